@@ -1,0 +1,151 @@
+package interlock
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/dirlockd/dirlockd/internal/proc"
+	"github.com/dirlockd/dirlockd/pidfile"
+)
+
+// Errors callers branch on, with errors.Is. The errors returned carry detail
+// in the types below, with errors.As.
+var (
+	// ErrHeld: a live instance holds the data directory (*HeldError).
+	ErrHeld = errors.New("data directory is held by another instance")
+	// ErrOrphans: the recorded holder is gone but processes of its tree
+	// survive and may still work in the directory (*OrphansError).
+	ErrOrphans = errors.New("data directory is held by orphaned processes")
+	// ErrInvalid: the data directory or pidfile cannot carry the interlock
+	// (*pidfile.InvalidError says why and how to fix it).
+	ErrInvalid = pidfile.ErrInvalid
+	// ErrUnsupported: the filesystem accepts none of the lock methods
+	// allowed.
+	ErrUnsupported = pidfile.ErrUnsupported
+)
+
+// HeldError says who holds the data directory.
+type HeldError struct {
+	Dir string
+	// PID, Host and Started come from the holder's record. PID is in the
+	// holder's own PID namespace.
+	PID     int
+	Host    string
+	Started time.Time
+	Status  pidfile.Status
+	// Holders are the processes holding the lock as the kernel sees them
+	// from here (the holder and any children sharing its descriptor).
+	// Empty when the holder is out of sight: another host, or a PID
+	// namespace we cannot see into.
+	Holders []int
+	// Record is the holder's record; nil if it could not be read (a
+	// holder that is still starting, or one that is out of sight and
+	// wrote garbage).
+	Record *pidfile.Record
+}
+
+func (e *HeldError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s is in use", e.Dir)
+	switch {
+	case e.Record == nil && len(e.Holders) > 0:
+		fmt.Fprintf(&b, ": the pidfile lock is held by PID %s, which has not written its record yet (starting?)", joinPIDs(e.Holders))
+	case e.Record == nil:
+		b.WriteString(": the pidfile lock is held by a process not visible from here (another host or PID namespace), and its record is unreadable")
+	default:
+		fmt.Fprintf(&b, ": held by PID %d on host %s since %s (status %s)", e.PID, e.Host,
+			e.Started.Local().Format(time.RFC3339), e.Status)
+		if len(e.Holders) == 0 {
+			b.WriteString("; that process is not visible from here (another host or PID namespace)")
+		}
+	}
+	return b.String()
+}
+
+func (e *HeldError) Is(target error) bool { return target == ErrHeld }
+
+// Witness names the evidence that a process survives from an earlier holder.
+type Witness string
+
+// The witnesses.
+const (
+	// WitnessLock: it holds the pidfile lock through a descriptor it
+	// inherited.
+	WitnessLock Witness = "holds the pidfile lock"
+	// WitnessSegment: it is attached to the directory's SysV segment.
+	WitnessSegment Witness = "is attached to the data directory's shared memory segment"
+	// WitnessToken: its environment carries the previous holder's
+	// DIRLOCKD_TOKEN.
+	WitnessToken Witness = "carries the previous holder's DIRLOCKD_TOKEN"
+)
+
+// Orphan is one surviving process.
+type Orphan struct {
+	PID     int // 0 when only an attach count shows it (not visible here)
+	Cmdline string
+	Witness Witness
+}
+
+// OrphansError lists the survivors of an earlier holder.
+type OrphansError struct {
+	Dir      string
+	Previous *pidfile.Record // the recorded holder, if the record is readable
+	Orphans  []Orphan
+}
+
+// PIDs returns the survivors' PIDs (without the invisible ones).
+func (e *OrphansError) PIDs() []int {
+	var out []int
+	for _, o := range e.Orphans {
+		if o.PID > 0 && !slices.Contains(out, o.PID) {
+			out = append(out, o.PID)
+		}
+	}
+	return out
+}
+
+func (e *OrphansError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s is still in use by processes of a previous holder", e.Dir)
+	if e.Previous != nil {
+		fmt.Fprintf(&b, " (PID %d, started %s)", e.Previous.PID, e.Previous.StartTime.Local().Format(time.RFC3339))
+	}
+	b.WriteString(":")
+	for i, o := range e.Orphans {
+		if i > 0 {
+			b.WriteString(";")
+		}
+		if o.PID > 0 {
+			fmt.Fprintf(&b, " PID %d (%s) %s", o.PID, o.Cmdline, o.Witness)
+		} else {
+			fmt.Fprintf(&b, " a process not visible from here %s", o.Witness)
+		}
+	}
+	if pids := e.PIDs(); len(pids) > 0 {
+		fmt.Fprintf(&b, "; stop them (kill %s) and start again", joinPIDs(pids))
+	} else {
+		b.WriteString("; stop the old server's processes and start again")
+	}
+	return b.String()
+}
+
+func (e *OrphansError) Is(target error) bool { return target == ErrOrphans }
+
+func orphansOf(pids []int, w Witness) []Orphan {
+	out := make([]Orphan, 0, len(pids))
+	for _, p := range pids {
+		out = append(out, Orphan{PID: p, Cmdline: proc.Cmdline(p), Witness: w})
+	}
+	return out
+}
+
+func joinPIDs(pids []int) string {
+	s := make([]string, len(pids))
+	for i, p := range pids {
+		s[i] = fmt.Sprint(p)
+	}
+	return strings.Join(s, " ")
+}

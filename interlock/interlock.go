@@ -1,0 +1,450 @@
+// Package interlock guarantees that at most one process tree works in a data
+// directory at a time.
+//
+// Two kernel facts witness a holder: a lock on the pidfile inside the
+// directory (package pidfile), and the attach count of a SysV segment whose
+// header names the directory (package shm). A third, the acquisition token in
+// the environment of the processes a holder starts, finds servers that closed
+// every inherited descriptor and exec'd away their attachment. Acquire takes
+// the directory only when all of them agree that nobody is left; the PID
+// written in the pidfile is never trusted on its own.
+//
+// The decision procedure, its inputs and its outcomes are laid out in
+// docs/design.md.
+package interlock
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dirlockd/dirlockd/internal/proc"
+	"github.com/dirlockd/dirlockd/pidfile"
+	"github.com/dirlockd/dirlockd/shm"
+)
+
+// TokenEnv is the environment variable through which a holder's children
+// carry its acquisition token; Acquire refuses while any process has the
+// previous holder's token in it.
+const TokenEnv = "DIRLOCKD_TOKEN"
+
+// DefaultSettle is how long a busy lock is watched before the busy-ness is
+// blamed on orphans: a starter holds the lock for a few milliseconds before
+// its record names it, and an inspector may be probing the lock.
+const DefaultSettle = 2 * time.Second
+
+// Options tune Acquire and Inspect. The zero value is ready to use.
+type Options struct {
+	// Pidfile is the pidfile's name inside the data directory
+	// (pidfile.DefaultName if empty).
+	Pidfile string
+	// LockMethod forces a lock method; Auto falls back from flock to OFD
+	// to POSIX locks as the filesystem demands.
+	LockMethod pidfile.Method
+	// Wait is how long Acquire waits for a held directory: 0 fails at
+	// once, a negative value waits until ctx is done.
+	Wait time.Duration
+	// Recheck is how often a long-running holder should call
+	// (*Lock).Check; Acquire itself does not use it.
+	Recheck time.Duration
+	// NoSync skips fsync of the pidfile. It exists for benchmarks; a crash
+	// can then leave an empty record.
+	NoSync bool
+
+	settle time.Duration // DefaultSettle if zero
+	hook   func(Step)    // test fault injection
+}
+
+func (o Options) pidfileOptions() pidfile.Options {
+	return pidfile.Options{Name: o.Pidfile, Method: o.LockMethod, NoSync: o.NoSync}
+}
+
+func (o Options) settleTime() time.Duration {
+	if o.settle > 0 {
+		return o.settle
+	}
+	return DefaultSettle
+}
+
+// Step names a point in Acquire and Release, for fault injection in tests.
+type Step int
+
+// The steps, in order.
+const (
+	StepOpened         Step = iota + 1 // data directory checked, pidfile open
+	StepLocked                         // file lock taken
+	StepReadPrevious                   // old record read
+	StepWitnessed                      // old segments analysed, stale ones removed
+	StepSegmentCreated                 // new segment created, attached, header written
+	StepRecordWritten                  // new record written and synced
+	StepReleaseMarked                  // Release: record says stopped
+	StepReleaseDetached                // Release: segment detached
+	StepReleaseRemoved                 // Release: segment removed
+	StepReleaseUnlocked                // Release: lock released
+)
+
+func (o Options) step(s Step) {
+	if o.hook != nil {
+		o.hook(s)
+	}
+}
+
+// self is the identity of the calling process, as a record states it.
+type self struct {
+	pid     int
+	start   uint64
+	bootID  string
+	pidNS   uint64
+	host    string
+}
+
+func whoami() (self, error) {
+	s := self{pid: os.Getpid()}
+	var err error
+	if s.start, err = proc.StartTime(s.pid); err != nil {
+		return s, fmt.Errorf("read own start time: %w", err)
+	}
+	if s.bootID, err = proc.BootID(); err != nil {
+		return s, err
+	}
+	if s.pidNS, err = proc.Namespace(s.pid, "pid"); err != nil {
+		return s, fmt.Errorf("read own PID namespace: %w", err)
+	}
+	if s.host, err = os.Hostname(); err != nil {
+		return s, fmt.Errorf("read hostname: %w", err)
+	}
+	return s, nil
+}
+
+// sameBoot reports whether r was written on this host since its last boot, so
+// that its PIDs and segment ids mean something here.
+func (s self) sameBoot(r *pidfile.Record) bool {
+	return r != nil && r.BootID == s.bootID
+}
+
+// Lock is a held data directory. Keep it reachable for as long as the
+// directory is held: it owns the locked descriptor and the attached segment.
+type Lock struct {
+	mu       sync.Mutex
+	file     *pidfile.File
+	seg      *shm.Segment
+	rec      pidfile.Record
+	prev     *Previous
+	opts     Options
+	released bool
+}
+
+// Previous describes what the pidfile said when Acquire took the lock.
+type Previous struct {
+	Record *pidfile.Record // the previous holder's record, if readable
+	Raw    []byte          // the content as found
+	Err    error           // why Record is nil although Raw is not empty
+}
+
+// Clean reports whether the previous holder released the directory itself.
+func (p *Previous) Clean() bool {
+	return p.Record != nil && p.Record.Status == pidfile.Stopped
+}
+
+func (p *Previous) String() string {
+	switch {
+	case p.Record == nil:
+		return fmt.Sprintf("the pidfile held no readable record (%v); its previous holder is unknown and left no survivors", p.Err)
+	case p.Clean():
+		return fmt.Sprintf("previous holder PID %d (started %s) shut down cleanly",
+			p.Record.PID, p.Record.StartTime.Local().Format(time.RFC3339))
+	}
+	return fmt.Sprintf("previous holder PID %d (started %s) did not shut down cleanly",
+		p.Record.PID, p.Record.StartTime.Local().Format(time.RFC3339))
+}
+
+// Acquire takes the data directory dir, or says who has it.
+//
+// It fails with an error matching ErrHeld (*HeldError) while a live instance
+// holds it, ErrOrphans (*OrphansError) while processes of a dead holder
+// survive, ErrInvalid when the directory or pidfile is unfit, and
+// ErrUnsupported when the filesystem takes no lock. With opts.Wait it retries
+// a held directory until the wait or ctx runs out.
+//
+// A failed Acquire undoes its own steps and never modifies the record of the
+// holder it found.
+func Acquire(ctx context.Context, dir string, opts Options) (*Lock, error) {
+	me, err := whoami()
+	if err != nil {
+		return nil, err
+	}
+	f, err := pidfile.Open(dir, opts.pidfileOptions())
+	if err != nil {
+		return nil, err
+	}
+	opts.step(StepOpened)
+	if err := lockWaiting(ctx, f, opts, me); err != nil {
+		f.Close()
+		return nil, err
+	}
+	opts.step(StepLocked)
+	l, err := takeOver(f, opts, me)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// lockWaiting takes f's lock, retrying while it is busy for as long as opts
+// and ctx allow, and at least until a busy lock can be blamed on somebody.
+func lockWaiting(ctx context.Context, f *pidfile.File, opts Options, me self) error {
+	start := time.Now()
+	backoff := time.Millisecond
+	for {
+		err := f.TryLock(opts.LockMethod)
+		if err == nil || !errors.Is(err, pidfile.ErrLocked) {
+			return err
+		}
+		rec, _, _ := f.ReadRecord()
+		dev, ino := f.ID()
+		verdict, final := judgeBusy(f.Dir(), rec, func(pid int) bool { return proc.HoldsLock(pid, dev, ino) }, f.Holders, me)
+		waited := time.Since(start)
+		settled := final || waited >= opts.settleTime()
+		if settled && opts.Wait >= 0 && waited >= opts.Wait {
+			return verdict
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (gave up waiting: %w)", verdict, ctx.Err())
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 50*time.Millisecond)
+	}
+}
+
+// judgeBusy says who holds a busy lock. final is false when the answer may be
+// transient: a starter that has the lock but has not written its record yet
+// looks like an orphan, and an inspector's probe like an invisible holder.
+//
+// holds answers whether a given process holds the lock, cheaply; holders
+// lists every holder, at the cost of a scan of all processes, needed only
+// when the recorded holder turns out not to be one.
+func judgeBusy(dir string, rec *pidfile.Record, holds func(pid int) bool,
+	holders func() ([]int, error), me self) (verdict error, final bool) {
+	held := &HeldError{Dir: dir, Record: rec}
+	if rec != nil {
+		held.PID, held.Host, held.Started, held.Status = rec.PID, rec.Hostname, rec.StartTime, rec.Status
+		// The recorded holder, seen from our own PID namespace.
+		if me.sameBoot(rec) && rec.PIDNS == me.pidNS && holds(rec.PID) && proc.Alive(rec.PID, rec.PIDStart) {
+			held.Holders = []int{rec.PID}
+			return held, true
+		}
+	}
+	hs, err := holders()
+	if err != nil {
+		return fmt.Errorf("find the holders of %s: %w", dir, err), true
+	}
+	held.Holders = hs
+	if len(hs) == 0 {
+		// Out of sight. Trust a record that plausibly names a holder we
+		// cannot see; anything else may be a passing probe.
+		remote := rec != nil && (!me.sameBoot(rec) || rec.PIDNS != me.pidNS)
+		return held, remote && rec.Status != pidfile.Stopped
+	}
+	if me.sameBoot(rec) && rec.PIDNS != me.pidNS {
+		for _, h := range hs {
+			// A holder in a PID namespace below ours shows another PID
+			// here; its start time is the same in every namespace.
+			if proc.Alive(h, rec.PIDStart) {
+				return held, true
+			}
+		}
+	}
+	if rec == nil {
+		return held, false
+	}
+	return &OrphansError{Dir: dir, Previous: rec, Orphans: orphansOf(hs, WitnessLock)}, false
+}
+
+// takeOver runs steps 3 to 7 with the lock held.
+func takeOver(f *pidfile.File, opts Options, me self) (*Lock, error) {
+	rec, raw, recErr := f.ReadRecord()
+	if recErr != nil && !errors.Is(recErr, pidfile.ErrMalformed) {
+		return nil, recErr
+	}
+	var prev *Previous
+	if len(raw) > 0 {
+		prev = &Previous{Record: rec, Raw: raw, Err: recErr}
+	}
+	opts.step(StepReadPrevious)
+
+	dirID, err := shm.DirIdentity(f.Dir())
+	if err != nil {
+		return nil, err
+	}
+	if _, err := witness(f.Dir(), dirID, rec, me, true); err != nil {
+		return nil, err
+	}
+	opts.step(StepWitnessed)
+
+	token, err := newToken()
+	if err != nil {
+		return nil, err
+	}
+	hdr := shm.Header{CreatorPID: me.pid, CreatorStart: me.start, Created: time.Now()}
+	copy(hdr.Token[:], token)
+	if b, err := hex.DecodeString(strings.ReplaceAll(me.bootID, "-", "")); err == nil {
+		copy(hdr.BootID[:], b)
+	}
+	seg, err := shm.Create(dirID, hdr)
+	if err != nil {
+		var ae *shm.AttachedError
+		if errors.As(err, &ae) {
+			return nil, &OrphansError{Dir: f.Dir(), Previous: rec, Orphans: segmentOrphans(ae.Analysis)}
+		}
+		return nil, fmt.Errorf("create shared memory segment for %s: %w", f.Dir(), err)
+	}
+	opts.step(StepSegmentCreated)
+
+	l := &Lock{file: f, seg: seg, prev: prev, opts: opts}
+	l.rec = pidfile.Record{
+		PID:        me.pid,
+		DataDir:    f.Dir(),
+		StartTime:  hdr.Created.UTC(),
+		BootID:     me.bootID,
+		Hostname:   me.host,
+		PIDNS:      me.pidNS,
+		PIDStart:   me.start,
+		ShmKey:     seg.Key,
+		ShmID:      seg.ID,
+		LockMethod: f.Method(),
+		Status:     pidfile.Starting,
+		Token:      hex.EncodeToString(token),
+		Version:    pidfile.Version,
+	}
+	if err := f.Write(&l.rec); err != nil {
+		seg.Detach()
+		seg.Remove()
+		return nil, err
+	}
+	opts.step(StepRecordWritten)
+	return l, nil
+}
+
+// witness looks for survivors of the holder that wrote rec (which may be nil:
+// a missing or corrupt record hides nothing from the segment scan). With
+// reclaim set it removes the unattached segments it finds. It returns the
+// segments of the directory it found, and an *OrphansError when anybody is
+// left.
+func witness(dir string, dirID shm.Identity, rec *pidfile.Record, me self, reclaim bool) ([]shm.Analysis, error) {
+	var ids []int
+	if me.sameBoot(rec) {
+		ids = append(ids, rec.ShmID)
+	}
+	segs, err := shm.Scan(dirID, reclaim, ids...)
+	if err != nil {
+		return nil, fmt.Errorf("analyse shared memory of %s (refusing to guess): %w", dir, err)
+	}
+	var orphans []Orphan
+	for _, a := range segs {
+		if a.State == shm.Attached {
+			orphans = append(orphans, segmentOrphans(a)...)
+		}
+	}
+	if me.sameBoot(rec) && rec.Token != "" {
+		pids, err := proc.WithEnv(TokenEnv, rec.Token)
+		if err != nil {
+			return segs, err
+		}
+		pids = slices.DeleteFunc(pids, func(p int) bool { return p == me.pid })
+		orphans = append(orphans, orphansOf(pids, WitnessToken)...)
+	}
+	if len(orphans) > 0 {
+		return segs, &OrphansError{Dir: dir, Previous: rec, Orphans: orphans}
+	}
+	return segs, nil
+}
+
+func segmentOrphans(a shm.Analysis) []Orphan {
+	o := orphansOf(a.PIDs, WitnessSegment)
+	for range a.Nattch - len(a.PIDs) {
+		o = append(o, Orphan{Witness: WitnessSegment})
+	}
+	return o
+}
+
+func newToken() ([]byte, error) {
+	t := make([]byte, 16)
+	if _, err := rand.Read(t); err != nil {
+		return nil, fmt.Errorf("make acquisition token: %w", err)
+	}
+	return t, nil
+}
+
+// Record returns a copy of the holder's current record.
+func (l *Lock) Record() pidfile.Record {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r := l.rec
+	r.Extra = maps.Clone(l.rec.Extra)
+	return r
+}
+
+// Previous describes the record found when the lock was taken; nil when the
+// pidfile was new or empty. Callers should log a Previous that is not Clean.
+func (l *Lock) Previous() *Previous { return l.prev }
+
+// File returns the locked pidfile, to pass to a child that should keep the
+// lock (see pidfile.File.OS).
+func (l *Lock) File() *pidfile.File { return l.file }
+
+// Segment returns the holder's attached SysV segment.
+func (l *Lock) Segment() *shm.Segment { return l.seg }
+
+// Update changes the record with fn and rewrites it. On error the record in
+// memory is left as it was.
+func (l *Lock) Update(fn func(*pidfile.Record)) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.released {
+		return errors.New("update pidfile: lock already released")
+	}
+	r := l.rec
+	r.Extra = maps.Clone(l.rec.Extra)
+	fn(&r)
+	if err := l.file.Write(&r); err != nil {
+		return err
+	}
+	l.rec = r
+	return nil
+}
+
+// Release gives the directory back: the record is marked stopped, the
+// segment detached and removed, and the lock released last. The pidfile
+// stays. Release is idempotent.
+func (l *Lock) Release() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.released {
+		return nil
+	}
+	l.released = true
+	r := l.rec
+	r.Status = pidfile.Stopped
+	errMark := l.file.Write(&r)
+	if errMark == nil {
+		l.rec = r
+	}
+	l.opts.step(StepReleaseMarked)
+	errDetach := l.seg.Detach()
+	l.opts.step(StepReleaseDetached)
+	errRemove := l.seg.Remove()
+	l.opts.step(StepReleaseRemoved)
+	errClose := l.file.Close()
+	l.opts.step(StepReleaseUnlocked)
+	return errors.Join(errMark, errDetach, errRemove, errClose)
+}

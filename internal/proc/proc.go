@@ -1,0 +1,278 @@
+// Package proc reads the facts dirlockd needs about processes from /proc:
+// identity that survives PID reuse (boot ID, namespace, start time), and the
+// three kernel witnesses of who still works in a data directory: processes
+// holding a lock on the pidfile (fdinfo), processes attached to a SysV segment
+// (maps), and processes carrying an acquisition token in their environment.
+//
+// Every scan is best effort per process: a process that exits or hides its
+// entries while it is being read is skipped, because it can no longer hold
+// anything. A failure to read /proc itself is an error, because then nothing
+// can be proven.
+package proc
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Root is where procfs is mounted.
+const Root = "/proc"
+
+// BootID returns the kernel's boot ID, which changes on every boot: PIDs and
+// SysV segments recorded under another boot ID mean nothing now.
+func BootID() (string, error) {
+	b, err := os.ReadFile(Root + "/sys/kernel/random/boot_id")
+	if err != nil {
+		return "", fmt.Errorf("read boot id: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// Namespace returns the inode number that identifies the namespace of the
+// given kind ("pid", "ipc", "mnt") of process pid.
+func Namespace(pid int, kind string) (uint64, error) {
+	p := fmt.Sprintf("%s/%d/ns/%s", Root, pid, kind)
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil {
+		return 0, &os.PathError{Op: "stat", Path: p, Err: err}
+	}
+	return st.Ino, nil
+}
+
+// StartTime returns the start time of process pid in clock ticks since boot
+// (field 22 of /proc/PID/stat). Together with the boot ID and the PID
+// namespace it tells a process apart from a later one that reuses its PID.
+func StartTime(pid int) (uint64, error) {
+	p := fmt.Sprintf("%s/%d/stat", Root, pid)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0, err
+	}
+	return parseStartTime(b, p)
+}
+
+func parseStartTime(b []byte, path string) (uint64, error) {
+	// The command name (field 2) may contain spaces and parentheses; the
+	// fields after it start after the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("%s: malformed stat line", path)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state); starttime is field 22.
+	const idx = 22 - 3
+	if len(f) <= idx {
+		return 0, fmt.Errorf("%s: stat line has %d fields, want at least %d", path, len(f)+2, 22)
+	}
+	v, err := strconv.ParseUint(f[idx], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s: starttime: %w", path, err)
+	}
+	return v, nil
+}
+
+// Alive reports whether a process with this PID exists in our PID namespace
+// and, when start is non-zero, has that start time (so a reused PID does not
+// count as the process that was recorded).
+func Alive(pid int, start uint64) bool {
+	if pid <= 0 {
+		return false
+	}
+	st, err := StartTime(pid)
+	if err != nil {
+		return false
+	}
+	return start == 0 || st == start
+}
+
+// Cmdline returns the command line of pid with arguments joined by spaces,
+// for messages; it returns "?" when the process cannot be read.
+func Cmdline(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("%s/%d/cmdline", Root, pid))
+	if err != nil || len(b) == 0 {
+		return "?"
+	}
+	return strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
+}
+
+// PIDs lists the processes visible in our PID namespace, in ascending order.
+func PIDs() ([]int, error) {
+	ents, err := os.ReadDir(Root)
+	if err != nil {
+		return nil, fmt.Errorf("list processes: %w", err)
+	}
+	pids := make([]int, 0, len(ents))
+	for _, e := range ents {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && pid > 0 {
+			pids = append(pids, pid)
+		}
+	}
+	slices.Sort(pids)
+	return pids, nil
+}
+
+// LockHolders returns the processes that hold a lock on the file identified
+// by (dev, ino): those with an open descriptor on it whose fdinfo shows a
+// "lock:" line. Unlike the PID column of /proc/locks, which names whoever
+// placed a flock and never changes, this finds every process that shares the
+// locked open file description, such as children that inherited it.
+func LockHolders(dev, ino uint64) ([]int, error) {
+	pids, err := PIDs()
+	if err != nil {
+		return nil, err
+	}
+	var holders []int
+	for _, pid := range pids {
+		if HoldsLock(pid, dev, ino) {
+			holders = append(holders, pid)
+		}
+	}
+	return holders, nil
+}
+
+// HoldsLock reports whether process pid holds a lock on the file identified
+// by (dev, ino) through one of its descriptors.
+func HoldsLock(pid int, dev, ino uint64) bool {
+	dir := fmt.Sprintf("%s/%d/fd", Root, pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		var st unix.Stat_t
+		if unix.Stat(dir+"/"+e.Name(), &st) != nil || st.Dev != dev || st.Ino != ino {
+			continue
+		}
+		info, err := os.ReadFile(fmt.Sprintf("%s/%d/fdinfo/%s", Root, pid, e.Name()))
+		if err == nil && hasLockLine(info) {
+			return true
+		}
+	}
+	return false
+}
+
+func hasLockLine(fdinfo []byte) bool {
+	for line := range bytes.Lines(fdinfo) {
+		if bytes.HasPrefix(line, []byte("lock:")) {
+			return true
+		}
+	}
+	return false
+}
+
+// Lock is one line of /proc/locks.
+type Lock struct {
+	Kind string // FLOCK, POSIX, OFDLCK, LEASE, ...
+	Type string // READ or WRITE
+	PID  int    // placer; -1 for OFD locks; stale for flock
+}
+
+// Locks returns the entries of /proc/locks on the file identified by
+// (dev, ino). Only locks whose placer is visible from our PID namespace are
+// listed by the kernel.
+func Locks(dev, ino uint64) ([]Lock, error) {
+	b, err := os.ReadFile(Root + "/locks")
+	if err != nil {
+		return nil, fmt.Errorf("read lock table: %w", err)
+	}
+	return parseLocks(b, dev, ino), nil
+}
+
+func parseLocks(b []byte, dev, ino uint64) []Lock {
+	want := fmt.Sprintf("%02x:%02x:%d", unix.Major(dev), unix.Minor(dev), ino)
+	var out []Lock
+	for line := range bytes.Lines(b) {
+		f := strings.Fields(string(line))
+		// "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; blocked
+		// waiters carry an extra "->" field after the number.
+		if len(f) > 1 && f[1] == "->" {
+			continue
+		}
+		if len(f) < 6 || f[5] != want {
+			continue
+		}
+		pid, _ := strconv.Atoi(f[4])
+		out = append(out, Lock{Kind: f[1], Type: f[3], PID: pid})
+	}
+	return out
+}
+
+// AttachedTo returns the processes in our IPC namespace that have the SysV
+// segment shmid mapped. The kernel offers no API for this; the mapping shows
+// in /proc/PID/maps as "/SYSV<key>" with the shmid in the inode column.
+func AttachedTo(shmid int) ([]int, error) {
+	pids, err := PIDs()
+	if err != nil {
+		return nil, err
+	}
+	self, err := Namespace(os.Getpid(), "ipc")
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("%s/%d/maps", Root, pid))
+		if err != nil || !mapsSysV(b, uint64(shmid)) {
+			continue
+		}
+		// shmids repeat across IPC namespaces: only ours count.
+		if ns, err := Namespace(pid, "ipc"); err == nil && ns == self {
+			out = append(out, pid)
+		}
+	}
+	return out, nil
+}
+
+func mapsSysV(maps []byte, shmid uint64) bool {
+	for line := range bytes.Lines(maps) {
+		if !bytes.Contains(line, []byte("/SYSV")) {
+			continue
+		}
+		// address perms offset dev inode path
+		f := strings.Fields(string(line))
+		if len(f) >= 6 && strings.HasPrefix(f[5], "/SYSV") {
+			if ino, err := strconv.ParseUint(f[4], 10, 64); err == nil && ino == shmid {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// WithEnv returns the processes whose initial environment contains
+// key=value. A server started by dirlockd carries its acquisition token this
+// way even after it has closed every inherited descriptor.
+func WithEnv(key, value string) ([]int, error) {
+	pids, err := PIDs()
+	if err != nil {
+		return nil, err
+	}
+	needle := []byte(key + "=" + value)
+	var out []int
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("%s/%d/environ", Root, pid))
+		if err != nil {
+			continue
+		}
+		for kv := range bytes.SplitSeq(b, []byte{0}) {
+			if bytes.Equal(kv, needle) {
+				out = append(out, pid)
+				break
+			}
+		}
+	}
+	return out, nil
+}
+
+// IsNotExist reports whether err says a process or its entry is gone.
+func IsNotExist(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH)
+}

@@ -1,0 +1,207 @@
+package pidfile
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dirlockd/dirlockd/internal/proc"
+)
+
+// Method is a kind of kernel file lock.
+//
+// The kinds differ in ways that matter to an interlock:
+//
+//   - Flock (flock(2)) belongs to the open file description: children that
+//     inherit the descriptor share it, it survives exec when the descriptor
+//     is not close-on-exec, and it is released only when the last copy is
+//     closed. On NFS and CIFS the kernel emulates it with a byte-range lock.
+//   - OFD (F_OFD_SETLK, Linux 3.15+) is a whole-file fcntl lock with the same
+//     ownership as flock: inherited, kept across exec, released on last close.
+//     It is what NFS and most FUSE filesystems implement natively.
+//   - POSIX (F_SETLK) belongs to the process. Children do NOT inherit it, so
+//     a server started under the lock does not keep it when the wrapper dies;
+//     and closing ANY descriptor of the file in the holding process releases
+//     it, so the holding process must never open the pidfile a second time
+//     (not even to read it). It is the last resort.
+//
+// Locally flock and fcntl locks do not conflict with each other; every lock
+// taken here therefore also checks for a lock of the other family on the
+// same file, so that holders forced onto different methods still exclude
+// each other.
+type Method int
+
+// The methods. Auto tries Flock, then OFD, then POSIX, moving on only when the
+// filesystem rejects a kind outright.
+const (
+	Auto Method = iota
+	Flock
+	OFD
+	POSIX
+)
+
+var methodNames = [...]string{"auto", "flock", "ofd", "posix"}
+
+func (m Method) String() string {
+	if m < 0 || int(m) >= len(methodNames) {
+		return fmt.Sprintf("Method(%d)", int(m))
+	}
+	return methodNames[m]
+}
+
+// ParseMethod parses "auto", "flock", "ofd" or "posix".
+func ParseMethod(s string) (Method, error) {
+	for i, n := range methodNames {
+		if s == n {
+			return Method(i), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown lock method %q (want auto, flock, ofd or posix)", s)
+}
+
+// ErrLocked says another open file description holds the lock.
+var ErrLocked = errors.New("pidfile is locked")
+
+// ErrUnsupported says the filesystem rejects every lock method tried.
+var ErrUnsupported = errors.New("lock method not supported by this filesystem")
+
+// unsupported reports whether errno means "this filesystem cannot do this kind
+// of lock" rather than "someone holds it". EBADF counts because the pidfile is
+// always open read-write, so it cannot mean a read-only descriptor.
+func unsupported(err error) bool {
+	switch err {
+	case unix.ENOLCK, unix.EOPNOTSUPP, unix.ENOSYS, unix.EINVAL, unix.EBADF:
+		return true
+	}
+	return false
+}
+
+func busy(err error) bool {
+	return err == unix.EWOULDBLOCK || err == unix.EAGAIN || err == unix.EACCES
+}
+
+// retryEINTR runs fn until it does not fail with EINTR: x/sys/unix does not
+// retry interrupted calls.
+func retryEINTR(fn func() error) error {
+	for {
+		if err := fn(); err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+func wholeFile(typ int16) *unix.Flock_t {
+	return &unix.Flock_t{Type: typ, Whence: 0, Start: 0, Len: 0}
+}
+
+// place takes a lock of kind m (not Auto) without waiting.
+func place(fd uintptr, m Method) error {
+	return retryEINTR(func() error {
+		switch m {
+		case Flock:
+			return unix.Flock(int(fd), unix.LOCK_EX|unix.LOCK_NB)
+		case OFD:
+			return unix.FcntlFlock(fd, unix.F_OFD_SETLK, wholeFile(unix.F_WRLCK))
+		default:
+			return unix.FcntlFlock(fd, unix.F_SETLK, wholeFile(unix.F_WRLCK))
+		}
+	})
+}
+
+func remove(fd uintptr, m Method) error {
+	return retryEINTR(func() error {
+		switch m {
+		case Flock:
+			return unix.Flock(int(fd), unix.LOCK_UN)
+		case OFD:
+			return unix.FcntlFlock(fd, unix.F_OFD_SETLK, wholeFile(unix.F_UNLCK))
+		default:
+			return unix.FcntlFlock(fd, unix.F_SETLK, wholeFile(unix.F_UNLCK))
+		}
+	})
+}
+
+// lock takes the lock with method want, falling back as Auto allows. It
+// returns the method that holds the lock.
+func (f *File) lock(want Method) (Method, error) {
+	chain := []Method{want}
+	if want == Auto {
+		chain = []Method{Flock, OFD, POSIX}
+	}
+	fd := f.f.Fd()
+	var tried []string
+	for _, m := range chain {
+		err := place(fd, m)
+		switch {
+		case err == nil:
+			if other := f.otherFamilyHeld(m); other != "" {
+				remove(fd, m)
+				return 0, fmt.Errorf("%w: %s: %s holds it (all holders of a data directory must use the same lock method)", ErrLocked, f.path, other)
+			}
+			return m, nil
+		case busy(err):
+			return 0, fmt.Errorf("%w: %s (%s)", ErrLocked, f.path, m)
+		case unsupported(err):
+			tried = append(tried, fmt.Sprintf("%s: %v", m, err))
+		default:
+			return 0, &os.PathError{Op: m.String() + " lock", Path: f.path, Err: err}
+		}
+	}
+	return 0, fmt.Errorf("%w: %s: %v", ErrUnsupported, f.path, tried)
+}
+
+// otherFamilyHeld looks for a lock that does not conflict with one of kind m
+// but guards the same file: an fcntl lock when we hold a flock, a flock when
+// we hold an fcntl lock. It returns the other kind's name, or "".
+func (f *File) otherFamilyHeld(m Method) string {
+	if m == Flock {
+		lk := wholeFile(unix.F_WRLCK)
+		err := retryEINTR(func() error { return unix.FcntlFlock(f.f.Fd(), unix.F_OFD_GETLK, lk) })
+		if err == nil && lk.Type != unix.F_UNLCK {
+			return "another process, with an fcntl lock,"
+		}
+		return ""
+	}
+	locks, err := proc.Locks(f.dev, f.ino)
+	if err != nil {
+		return ""
+	}
+	for _, l := range locks {
+		if l.Kind == "FLOCK" {
+			return fmt.Sprintf("PID %d, with a flock,", l.PID)
+		}
+	}
+	return ""
+}
+
+// probe reports whether the lock is free by taking it with method m and
+// dropping it at once; it returns nil when free, an error wrapping ErrLocked
+// when held. For fcntl kinds it only tests (F_OFD_GETLK / F_GETLK), taking
+// nothing.
+func (f *File) probe(m Method) error {
+	fd := f.f.Fd()
+	if m == OFD || m == POSIX {
+		cmd := unix.F_OFD_GETLK
+		if m == POSIX {
+			cmd = unix.F_GETLK
+		}
+		lk := wholeFile(unix.F_WRLCK)
+		if err := retryEINTR(func() error { return unix.FcntlFlock(fd, cmd, lk) }); err != nil {
+			return &os.PathError{Op: m.String() + " test", Path: f.path, Err: err}
+		}
+		if lk.Type != unix.F_UNLCK {
+			return fmt.Errorf("%w: %s (%s)", ErrLocked, f.path, m)
+		}
+		if other := f.otherFamilyHeld(m); other != "" {
+			return fmt.Errorf("%w: %s: %s", ErrLocked, f.path, other)
+		}
+		return nil
+	}
+	m, err := f.lock(m)
+	if err != nil {
+		return err
+	}
+	return remove(fd, m)
+}

@@ -1,0 +1,490 @@
+// Package pidfile claims and reads the lock file that guards a data
+// directory.
+//
+// The pidfile lives inside the data directory. Whoever holds a kernel lock on
+// it (flock, or an fcntl lock where flock is not supported) holds the
+// directory; the PID written in it is a hint for humans and tools, never the
+// proof. The file is never unlinked: a starter blocked on the lock of a file
+// that is then unlinked would hold the lock of a name nobody else can find,
+// and a third process would create a new file and lock that one too. Content
+// is rewritten in place instead, and marked "stopped" on a clean release.
+//
+// A read yields one of three outcomes, as in Neon's pid_file module: the file
+// does not exist; nobody holds it (the record is stale); or somebody holds it.
+// Claim takes the lock and hands the caller the old record under it; Read only
+// looks, and on a local filesystem asks the kernel who holds the lock instead
+// of taking it, so that a boot script's check cannot make a concurrent start
+// fail.
+package pidfile
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dirlockd/dirlockd/internal/proc"
+)
+
+// DefaultName is the pidfile's name inside the data directory.
+const DefaultName = "dirlockd.pid"
+
+// ErrInvalid is wrapped by every error that says the data directory or the
+// pidfile is unfit to carry the interlock (wrong owner, wrong mode, wrong
+// type, unreadable). The error says which and how to fix it.
+var ErrInvalid = errors.New("invalid data directory or pidfile")
+
+// InvalidError describes why a data directory or pidfile was refused.
+type InvalidError struct {
+	Path    string // the offending path
+	Problem string // what is wrong
+	Fix     string // what to do about it, if known
+	Err     error  // underlying cause, if any
+}
+
+func (e *InvalidError) Error() string {
+	s := e.Path + ": " + e.Problem
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	if e.Fix != "" {
+		s += " (" + e.Fix + ")"
+	}
+	return s
+}
+
+func (e *InvalidError) Is(target error) bool { return target == ErrInvalid }
+func (e *InvalidError) Unwrap() error        { return e.Err }
+
+// Options select the pidfile and how it is locked.
+type Options struct {
+	Name   string // file name inside the data directory; DefaultName if empty
+	Method Method // Auto if zero
+	NoSync bool   // skip fsync on write; for benchmarks only, unsafe
+}
+
+func (o Options) name() string {
+	if o.Name == "" {
+		return DefaultName
+	}
+	return o.Name
+}
+
+// File is an open pidfile, locked or not.
+type File struct {
+	f        *os.File
+	path     string
+	dir      string
+	dev, ino uint64
+	created  bool   // we created it: fsync the directory on first write
+	method   Method // method holding the lock; valid while locked
+	locked   bool
+	noSync   bool
+}
+
+// CheckDir verifies that dir can carry the interlock: an existing directory,
+// owned by the effective uid, not writable by group or others (anyone who can
+// write there can replace the pidfile). It returns the cleaned absolute path.
+func CheckDir(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", &InvalidError{Path: dir, Problem: "cannot resolve path", Err: err}
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(abs, &st); err != nil {
+		fix := ""
+		if err == unix.ENOENT {
+			fix = "create it with: install -d -m 0700 " + abs
+		}
+		return "", &InvalidError{Path: abs, Problem: "data directory not accessible", Fix: fix, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return "", &InvalidError{Path: abs, Problem: "data directory is not a directory"}
+	}
+	euid := os.Geteuid()
+	if int(st.Uid) != euid {
+		return "", &InvalidError{Path: abs,
+			Problem: fmt.Sprintf("data directory is owned by uid %d, not by the effective uid %d", st.Uid, euid),
+			Fix:     fmt.Sprintf("run as uid %d, or chown %d %s", st.Uid, euid, abs)}
+	}
+	if st.Mode&0o022 != 0 {
+		return "", &InvalidError{Path: abs,
+			Problem: fmt.Sprintf("data directory is group- or world-writable (mode %04o)", st.Mode&0o7777),
+			Fix:     "chmod go-w " + abs}
+	}
+	return abs, nil
+}
+
+// Open checks the data directory and opens (creating if needed) its pidfile
+// without locking it.
+func Open(dir string, opts Options) (*File, error) {
+	abs, err := CheckDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(abs, opts.name())
+	const flags = unix.O_RDWR | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK
+	created := true
+	fd, err := openRetry(path, flags|unix.O_CREAT|unix.O_EXCL)
+	if err == unix.EEXIST {
+		created = false
+		fd, err = openRetry(path, flags)
+	}
+	if err != nil {
+		return nil, openError(path, err)
+	}
+	f, err := newFile(fd, path, abs)
+	if err != nil {
+		return nil, err
+	}
+	f.created, f.noSync = created, opts.NoSync
+	return f, nil
+}
+
+func openRetry(path string, flags int) (int, error) {
+	for {
+		fd, err := unix.Open(path, flags, 0o600)
+		if err != unix.EINTR {
+			return fd, err
+		}
+	}
+}
+
+func openError(path string, err error) error {
+	e := &InvalidError{Path: path, Problem: "cannot open pidfile", Err: err}
+	switch err {
+	case unix.ELOOP:
+		e.Problem, e.Err = "pidfile is a symbolic link; dirlockd does not follow links here", nil
+		e.Fix = "remove the link: rm " + path
+	case unix.EISDIR:
+		e.Problem, e.Err = "pidfile is a directory", nil
+		e.Fix = "remove or rename it"
+	case unix.EACCES, unix.EPERM:
+		e.Fix = fmt.Sprintf("the data directory and pidfile must be writable by uid %d", os.Geteuid())
+	case unix.EROFS:
+		e.Fix = "the data directory is on a read-only filesystem"
+	}
+	return e
+}
+
+// newFile checks an opened descriptor and wraps it. It takes ownership of fd.
+func newFile(fd int, path, dir string) (*File, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, &InvalidError{Path: path, Problem: "cannot stat pidfile", Err: err}
+	}
+	var bad *InvalidError
+	switch {
+	case st.Mode&unix.S_IFMT != unix.S_IFREG:
+		bad = &InvalidError{Path: path, Problem: "pidfile is not a regular file", Fix: "remove it: it is not dirlockd's"}
+	case int(st.Uid) != os.Geteuid():
+		bad = &InvalidError{Path: path,
+			Problem: fmt.Sprintf("pidfile is owned by uid %d, not by the effective uid %d", st.Uid, os.Geteuid()),
+			Fix:     "run as its owner, or remove it if no instance of that user runs here"}
+	case st.Mode&0o022 != 0:
+		bad = &InvalidError{Path: path,
+			Problem: fmt.Sprintf("pidfile is group- or world-writable (mode %04o)", st.Mode&0o7777),
+			Fix:     "chmod 0600 " + path}
+	}
+	if bad != nil {
+		unix.Close(fd)
+		return nil, bad
+	}
+	// O_NONBLOCK only guarded the open against a FIFO in the pidfile's place.
+	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil {
+		unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
+	}
+	return &File{f: os.NewFile(uintptr(fd), path), path: path, dir: dir, dev: st.Dev, ino: st.Ino}, nil
+}
+
+// Path returns the pidfile's path.
+func (f *File) Path() string { return f.path }
+
+// Dir returns the data directory's absolute path.
+func (f *File) Dir() string { return f.dir }
+
+// ID returns the pidfile's device and inode numbers.
+func (f *File) ID() (dev, ino uint64) { return f.dev, f.ino }
+
+// Method returns the lock method that holds the lock, if it is held.
+func (f *File) Method() Method { return f.method }
+
+// OS returns the underlying file, to hand to a child process that should
+// keep the lock (the descriptor is close-on-exec until passed through
+// exec.Cmd.ExtraFiles). Keep f reachable while it is in use: dropping the
+// last reference lets the finalizer close it, releasing the lock.
+func (f *File) OS() *os.File { return f.f }
+
+// TryLock takes the lock with the requested method, without waiting. It
+// fails wrapping ErrLocked when another holder has it, and ErrUnsupported
+// when the filesystem accepts none of the methods allowed.
+func (f *File) TryLock(m Method) error {
+	if f.locked {
+		return nil
+	}
+	got, err := f.lock(m)
+	if err != nil {
+		return err
+	}
+	f.method, f.locked = got, true
+	return nil
+}
+
+// Unlock releases the lock but keeps the file open.
+func (f *File) Unlock() error {
+	if !f.locked {
+		return nil
+	}
+	f.locked = false
+	if err := remove(f.f.Fd(), f.method); err != nil {
+		return &os.PathError{Op: "unlock", Path: f.path, Err: err}
+	}
+	return nil
+}
+
+// Close releases the lock, if held, and closes the file. The file itself
+// stays where it is.
+func (f *File) Close() error {
+	f.Unlock()
+	return f.f.Close()
+}
+
+// Claim opens the pidfile in dir and locks it. The caller holds the data
+// directory until it closes the returned File; the previous holder's record
+// is then available from ReadRecord.
+func Claim(dir string, opts Options) (*File, error) {
+	f, err := Open(dir, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.TryLock(opts.Method); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// ReadRecord returns the pidfile's content and its parsed record. A file
+// that is empty has neither; content that is not an intact record comes back
+// with an error wrapping ErrMalformed. Content that changes while it is read
+// (a concurrent writer) is read again, so a torn record is never accepted.
+func (f *File) ReadRecord() (*Record, []byte, error) {
+	return readRecord(f.f, f.path)
+}
+
+func readRecord(f *os.File, path string) (*Record, []byte, error) {
+	// A malformed read is final only once the content has stayed the same
+	// for a while: a writer between its write and its truncate can stall
+	// for milliseconds, and the next read of its work may be whole.
+	const settle, giveUp = 20 * time.Millisecond, 500 * time.Millisecond
+	var prev []byte
+	var since, start time.Time
+	for {
+		b, err := readAll(f)
+		if err != nil {
+			return nil, nil, &os.PathError{Op: "read", Path: path, Err: err}
+		}
+		if len(b) == 0 {
+			return nil, nil, nil
+		}
+		r, perr := Parse(b)
+		if perr == nil {
+			return r, b, nil
+		}
+		now := time.Now()
+		if start.IsZero() {
+			start = now
+		}
+		if !bytes.Equal(b, prev) {
+			prev, since = b, now
+		}
+		if now.Sub(since) >= settle || now.Sub(start) >= giveUp {
+			return nil, b, fmt.Errorf("%s: %w", path, perr)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func readAll(f *os.File) ([]byte, error) {
+	size := MaxSize
+	if fi, err := f.Stat(); err == nil && fi.Size() < MaxSize {
+		size = int(fi.Size())
+	}
+	// One byte more than expected shows a file that grew, or is too large.
+	buf := make([]byte, size+1)
+	n, err := f.ReadAt(buf, 0)
+	if err != nil && err != io.EOF {
+		return nil, err
+	}
+	if n == len(buf) && n <= MaxSize {
+		return readAllFull(f)
+	}
+	return buf[:n], nil
+}
+
+func readAllFull(f *os.File) ([]byte, error) {
+	buf := make([]byte, MaxSize+1)
+	n, err := f.ReadAt(buf, 0)
+	if err != nil && err != io.EOF {
+		return nil, err
+	}
+	return buf[:n], nil
+}
+
+// Write replaces the record: one write of the whole record at offset 0,
+// truncation to its length, fsync (and an fsync of the directory after the
+// file was created). The caller must hold the lock.
+func (f *File) Write(r *Record) error {
+	if !f.locked {
+		return fmt.Errorf("write %s: lock not held", f.path)
+	}
+	b := r.Marshal()
+	n, err := f.f.WriteAt(b, 0)
+	if err == nil && n < len(b) {
+		err = unix.ENOSPC // a short write with no error means out of space
+	}
+	if err == nil {
+		err = f.f.Truncate(int64(len(b)))
+	}
+	if err == nil && !f.noSync {
+		err = f.f.Sync()
+	}
+	if err != nil {
+		return fmt.Errorf("write pidfile: %w", err)
+	}
+	if f.created && !f.noSync {
+		if err := syncDir(f.dir); err != nil {
+			return fmt.Errorf("write pidfile: %w", err)
+		}
+	}
+	f.created = false
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// Holders returns the live processes, visible from our PID namespace, that
+// hold a lock on this pidfile, according to the kernel.
+func (f *File) Holders() ([]int, error) {
+	return proc.LockHolders(f.dev, f.ino)
+}
+
+// Outcome is what a Read found.
+type Outcome int
+
+// The outcomes of Read.
+const (
+	NotExist Outcome = iota // no pidfile: nobody has held this directory, or it was cleaned up by hand
+	NotHeld                 // pidfile present, lock free: the record, if any, is stale
+	Held                    // somebody holds the lock
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case NotExist:
+		return "not there"
+	case NotHeld:
+		return "not held"
+	case Held:
+		return "held"
+	}
+	return fmt.Sprintf("Outcome(%d)", int(o))
+}
+
+// Reading is the result of Read.
+type Reading struct {
+	Outcome Outcome
+	Path    string
+	Dev     uint64 // the pidfile's device and inode, when it exists
+	Ino     uint64
+	Record  *Record // parsed record, if the content is one
+	Raw     []byte  // content as read
+	Err     error   // why Record is nil although Raw is not empty
+	// Holders are the processes holding the lock, as the kernel reports
+	// them. Held with no holders means the holder is out of our sight: on
+	// another host sharing the filesystem, or in a PID namespace we cannot
+	// see into.
+	Holders []int
+}
+
+// Read reports whether the pidfile in dir exists and is held, with its
+// record, without claiming anything. It first asks the kernel which
+// processes hold a lock on the file; only when it sees none does it test the
+// lock itself, which for flock means taking and dropping it at once. A
+// starter that finds the lock busy in that instant must retry briefly
+// (interlock.Acquire does).
+//
+// With the POSIX method, never call Read from the process that holds the
+// lock: closing its descriptor here would release that lock.
+func Read(dir string, opts Options) (*Reading, error) {
+	abs, err := CheckDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(abs, opts.name())
+	r := &Reading{Path: path}
+	const flags = unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK
+	// Read-write where we may: NFS refuses an exclusive lock, even a probe,
+	// on a read-only descriptor.
+	fd, err := openRetry(path, flags|unix.O_RDWR)
+	if err == unix.EACCES || err == unix.EROFS {
+		fd, err = openRetry(path, flags|unix.O_RDONLY)
+	}
+	if err == unix.ENOENT {
+		r.Outcome = NotExist
+		return r, nil
+	}
+	if err != nil {
+		return nil, openError(path, err)
+	}
+	f, err := newFile(fd, path, abs)
+	if err != nil {
+		return nil, err
+	}
+	defer f.f.Close()
+	r.Dev, r.Ino = f.dev, f.ino
+	r.Record, r.Raw, r.Err = f.ReadRecord()
+	// The kernel's lock table says cheaply whether anybody visible holds a
+	// lock; only then is it worth asking every process (and never worth
+	// probing, which would disturb a starter).
+	if locks, err := proc.Locks(f.dev, f.ino); err == nil && len(locks) > 0 {
+		return r.held(f)
+	}
+	m := opts.Method
+	if m == Auto && r.Record != nil && r.Record.LockMethod != Auto {
+		m = r.Record.LockMethod
+	}
+	switch err := f.probe(m); {
+	case err == nil:
+		r.Outcome = NotHeld
+		return r, nil
+	case errors.Is(err, ErrLocked):
+		// Held by someone the lock table hides (a placer that died in
+		// another PID namespace) or out of sight altogether.
+		return r.held(f)
+	default:
+		return nil, err
+	}
+}
+
+func (r *Reading) held(f *File) (*Reading, error) {
+	r.Outcome = Held
+	var err error
+	if r.Holders, err = f.Holders(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
