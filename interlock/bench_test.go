@@ -96,4 +96,3 @@ func BenchmarkBaselineFlockWrite(b *testing.B) {
 		unix.Close(fd)
 	}
 }
-

@@ -79,16 +79,16 @@ type Step int
 
 // The steps, in order.
 const (
-	StepOpened         Step = iota + 1 // data directory checked, pidfile open
-	StepLocked                         // file lock taken
-	StepReadPrevious                   // old record read
-	StepWitnessed                      // old segments analysed, stale ones removed
-	StepSegmentCreated                 // new segment created, attached, header written
-	StepRecordWritten                  // new record written and synced
-	StepReleaseMarked                  // Release: record says stopped
-	StepReleaseDetached                // Release: segment detached
-	StepReleaseRemoved                 // Release: segment removed
-	StepReleaseUnlocked                // Release: lock released
+	StepOpened          Step = iota + 1 // data directory checked, pidfile open
+	StepLocked                          // file lock taken
+	StepReadPrevious                    // old record read
+	StepWitnessed                       // old segments analysed, stale ones removed
+	StepSegmentCreated                  // new segment created, attached, header written
+	StepRecordWritten                   // new record written and synced
+	StepReleaseMarked                   // Release: record says stopped
+	StepReleaseDetached                 // Release: segment detached
+	StepReleaseRemoved                  // Release: segment removed
+	StepReleaseUnlocked                 // Release: lock released
 )
 
 func (o Options) step(s Step) {
@@ -99,11 +99,11 @@ func (o Options) step(s Step) {
 
 // self is the identity of the calling process, as a record states it.
 type self struct {
-	pid     int
-	start   uint64
-	bootID  string
-	pidNS   uint64
-	host    string
+	pid    int
+	start  uint64
+	bootID string
+	pidNS  uint64
+	host   string
 }
 
 func whoami() (self, error) {

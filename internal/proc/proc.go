@@ -12,9 +12,7 @@ package proc
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"slices"
 	"strconv"
@@ -270,9 +268,4 @@ func WithEnv(key, value string) ([]int, error) {
 		}
 	}
 	return out, nil
-}
-
-// IsNotExist reports whether err says a process or its entry is gone.
-func IsNotExist(err error) bool {
-	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH)
 }
