@@ -449,34 +449,53 @@ func TestOrphanCarryingToken(t *testing.T) {
 	acquire(t, dir, interlock.Options{})
 }
 
+// TestForeignSegmentAtKeyUntouched plants segments at the data directory's
+// key: one with another program's bytes, one owned by another user with a
+// read-only mode. Neither may be used, changed or removed.
 func TestForeignSegmentAtKeyUntouched(t *testing.T) {
-	dir := testutil.DataDir(t)
-	id, _ := shm.DirIdentity(dir)
-	key := shm.BaseKey(id)
-	fid, err := unix.SysvShmGet(key, shm.Size, unix.IPC_CREAT|unix.IPC_EXCL|0o600)
-	if err != nil {
-		t.Fatalf("plant segment at %#x: %v", key, err)
-	}
-	t.Cleanup(func() { unix.SysvShmCtl(fid, unix.IPC_RMID, nil) })
-	mem, err := unix.SysvShmAttach(fid, 0, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	copy(mem, "somebody else's data")
-	unix.SysvShmDetach(mem)
+	for _, owner := range []string{"same owner", "other owner"} {
+		t.Run(owner, func(t *testing.T) {
+			dir := testutil.DataDir(t)
+			id, _ := shm.DirIdentity(dir)
+			key := shm.BaseKey(id)
+			fid, err := unix.SysvShmGet(key, shm.Size, unix.IPC_CREAT|unix.IPC_EXCL|0o600)
+			if err != nil {
+				t.Fatalf("plant segment at %#x: %v", key, err)
+			}
+			t.Cleanup(func() { unix.SysvShmCtl(fid, unix.IPC_RMID, nil) })
+			mem, err := unix.SysvShmAttach(fid, 0, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			copy(mem, "somebody else's data")
+			unix.SysvShmDetach(mem)
+			if owner == "other owner" {
+				d, _ := shm.Stat(fid)
+				d.Perm.Uid, d.Perm.Gid, d.Perm.Mode = 65534, 65534, 0o400
+				if _, err := unix.SysvShmCtl(fid, unix.IPC_SET, d); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before, _ := shm.Stat(fid)
 
-	l := acquire(t, dir, interlock.Options{})
-	if r := l.Record(); r.ShmID == fid || r.ShmKey == key {
-		t.Errorf("holder took the foreign segment's key or id: %+v", r)
-	}
-	l.Release()
-	mem, err = unix.SysvShmAttach(fid, 0, unix.SHM_RDONLY)
-	if err != nil {
-		t.Fatalf("foreign segment gone after Acquire/Release: %v", err)
-	}
-	defer unix.SysvShmDetach(mem)
-	if !bytes.HasPrefix(mem, []byte("somebody else's data")) {
-		t.Error("foreign segment's content changed")
+			l := acquire(t, dir, interlock.Options{})
+			if r := l.Record(); r.ShmID == fid || r.ShmKey == key {
+				t.Errorf("holder took the foreign segment's key or id: %+v", r)
+			}
+			l.Release()
+			after, err := shm.Stat(fid)
+			if err != nil || after.Perm != before.Perm || after.Nattch != 0 {
+				t.Fatalf("foreign segment after Acquire/Release: %+v, %v; before %+v", after, err, before)
+			}
+			mem, err = unix.SysvShmAttach(fid, 0, unix.SHM_RDONLY)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.SysvShmDetach(mem)
+			if !bytes.HasPrefix(mem, []byte("somebody else's data")) {
+				t.Error("foreign segment's content changed")
+			}
+		})
 	}
 }
 

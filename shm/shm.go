@@ -113,13 +113,7 @@ func decodeHeader(b []byte) Header {
 // above PostgreSQL's first key (the inode's low 32 bits), so the two never
 // probe the same keys for the same directory.
 func BaseKey(dir Identity) int {
-	h := fnv.New32a()
-	var b [24]byte
-	copy(b[:8], "dirlockd")
-	binary.LittleEndian.PutUint64(b[8:], dir.Dev)
-	binary.LittleEndian.PutUint64(b[16:], dir.Ino)
-	h.Write(b[:])
-	k := h.Sum32()
+	k := rawKey(dir)
 	if k == 0 {
 		k = 1
 	}
@@ -130,6 +124,18 @@ func BaseKey(dir Identity) int {
 		}
 	}
 	return int(int32(k))
+}
+
+// rawKey is the hash BaseKey starts from: FNV-1a of "dirlockd", the device
+// and the inode, little-endian.
+func rawKey(dir Identity) uint32 {
+	h := fnv.New32a()
+	var b [24]byte
+	copy(b[:8], "dirlockd")
+	binary.LittleEndian.PutUint64(b[8:], dir.Dev)
+	binary.LittleEndian.PutUint64(b[16:], dir.Ino)
+	h.Write(b[:])
+	return h.Sum32()
 }
 
 // nextKey steps to the next key, wrapping around and skipping IPC_PRIVATE.
@@ -203,6 +209,19 @@ func Attach(id int, dir Identity) (*Segment, error) {
 
 func gone(err error) bool {
 	return errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EIDRM) || errors.Is(err, unix.ENOENT)
+}
+
+// answeredBy maps the errnos that answer an analysis rather than fail it:
+// the segment is gone, or it is not ours to read. why is "" for any other
+// errno, which the caller must treat as a failure.
+func answeredBy(err error) (s State, why string) {
+	switch {
+	case gone(err):
+		return Gone, "gone"
+	case errors.Is(err, unix.EACCES):
+		return Foreign, "no permission"
+	}
+	return 0, ""
 }
 
 // ErrAttached is wrapped by errors that say a segment of the data directory
@@ -330,12 +349,7 @@ func analyze(id int, dir Identity, remove bool) (Analysis, error) {
 	a := Analysis{ID: id, Key: -1}
 	var d unix.SysvShmDesc
 	if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, &d); err != nil {
-		switch {
-		case gone(err):
-			a.State = Gone
-			return a, nil
-		case errors.Is(err, unix.EACCES):
-			a.State, a.Why = Foreign, "no permission"
+		if a.State, a.Why = answeredBy(err); a.Why != "" {
 			return a, nil
 		}
 		return a, fmt.Errorf("shmctl(%d, IPC_STAT): %w", id, err)
@@ -347,13 +361,8 @@ func analyze(id int, dir Identity, remove bool) (Analysis, error) {
 	}
 	mem, err := unix.SysvShmAttach(id, 0, unix.SHM_RDONLY)
 	if err != nil {
-		switch {
-		case gone(err):
-			// Removed between IPC_STAT and shmat.
-			a.State = Gone
-			return a, nil
-		case errors.Is(err, unix.EACCES):
-			a.State, a.Why = Foreign, "no permission"
+		// Gone here means removed between IPC_STAT and shmat.
+		if a.State, a.Why = answeredBy(err); a.Why != "" {
 			return a, nil
 		}
 		return a, fmt.Errorf("shmat(%d): %w", id, err)

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -192,18 +191,6 @@ func TestNextKey(t *testing.T) {
 			t.Errorf("nextKey(%#x) = %#x, want %#x", c.in, got, c.want)
 		}
 	}
-}
-
-// rawKey is the hash BaseKey starts from: FNV-1a of "dirlockd", the device
-// and the inode, little-endian.
-func rawKey(dir Identity) uint32 {
-	h := fnv.New32a()
-	var b [24]byte
-	copy(b[:8], "dirlockd")
-	binary.LittleEndian.PutUint64(b[8:], dir.Dev)
-	binary.LittleEndian.PutUint64(b[16:], dir.Ino)
-	h.Write(b[:])
-	return h.Sum32()
 }
 
 // inZone says whether a raw hash k must be moved: BaseKey moves keys whose
