@@ -6,3 +6,5 @@ require (
 	github.com/spf13/pflag v1.0.10
 	golang.org/x/sys v0.49.0
 )
+
+require github.com/lmittmann/tint v1.2.1 // indirect

@@ -25,7 +25,28 @@ var (
 	// ErrUnsupported: the filesystem accepts none of the lock methods
 	// allowed.
 	ErrUnsupported = pidfile.ErrUnsupported
+	// ErrLost: a holder's Check found that its pidfile, record or segment
+	// no longer proves it the holder (*LostError).
+	ErrLost = errors.New("data directory interlock lost")
 )
+
+// LostError says what Check found wrong.
+type LostError struct {
+	Dir    string
+	Reason string
+	Err    error
+}
+
+func (e *LostError) Error() string {
+	s := fmt.Sprintf("%s: interlock lost: %s", e.Dir, e.Reason)
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+func (e *LostError) Is(target error) bool { return target == ErrLost }
+func (e *LostError) Unwrap() error        { return e.Err }
 
 // HeldError says who holds the data directory.
 type HeldError struct {

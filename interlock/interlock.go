@@ -26,6 +26,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/dirlockd/dirlockd/internal/proc"
 	"github.com/dirlockd/dirlockd/pidfile"
 	"github.com/dirlockd/dirlockd/shm"
@@ -420,6 +422,52 @@ func (l *Lock) Update(fn func(*pidfile.Record)) error {
 		return err
 	}
 	l.rec = r
+	return nil
+}
+
+// Check verifies that the holder still holds what it acquired, as
+// PostgreSQL's RecheckDataDirLockFile does, and more: the pidfile's path still
+// names the locked file (not deleted, not replaced), the record in it still
+// names this acquisition, and the segment still exists, not marked for
+// removal, with this acquisition's header. It writes nothing; the error
+// matches ErrLost when any of that fails. Long-running holders call it every
+// Options.Recheck.
+func (l *Lock) Check() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lost := func(reason string, err error) error {
+		return &LostError{Dir: l.rec.DataDir, Reason: reason, Err: err}
+	}
+	if l.released {
+		return lost("released", nil)
+	}
+	path := l.file.Path()
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return lost("pidfile "+path+" cannot be found", err)
+	}
+	if dev, ino := l.file.ID(); st.Dev != dev || st.Ino != ino {
+		return lost(fmt.Sprintf("pidfile %s was replaced by another file (inode %d, locked inode %d)", path, st.Ino, ino), nil)
+	}
+	rec, _, err := l.file.ReadRecord()
+	switch {
+	case err != nil:
+		return lost("pidfile "+path+" no longer holds our record", err)
+	case rec == nil:
+		return lost("pidfile "+path+" was emptied", nil)
+	case rec.Token != l.rec.Token || rec.PID != l.rec.PID:
+		return lost(fmt.Sprintf("pidfile %s was rewritten (it names PID %d, token %s)", path, rec.PID, rec.Token), nil)
+	}
+	d, err := shm.Stat(l.seg.ID)
+	if err != nil {
+		return lost(fmt.Sprintf("shared memory segment %d was removed", l.seg.ID), err)
+	}
+	if shm.MarkedForRemoval(d) || int(d.Perm.Key) != l.seg.Key {
+		return lost(fmt.Sprintf("shared memory segment %d was marked for removal (ipcrm?)", l.seg.ID), nil)
+	}
+	if h := l.seg.Header(); hex.EncodeToString(h.Token[:]) != l.rec.Token {
+		return lost(fmt.Sprintf("shared memory segment %d was overwritten", l.seg.ID), nil)
+	}
 	return nil
 }
 

@@ -693,3 +693,66 @@ func TestInspectStates(t *testing.T) {
 	}
 	acquire(t, dir, interlock.Options{}) // reclaims the dead holder's segment
 }
+
+func TestCheckDetectsLoss(t *testing.T) {
+	cases := map[string]func(t *testing.T, dir string, l *interlock.Lock){
+		"pidfile deleted": func(t *testing.T, dir string, _ *interlock.Lock) {
+			os.Remove(filepath.Join(dir, pidfile.DefaultName))
+		},
+		"pidfile replaced": func(t *testing.T, dir string, _ *interlock.Lock) {
+			p := filepath.Join(dir, pidfile.DefaultName)
+			b, _ := os.ReadFile(p)
+			os.WriteFile(p+".new", b, 0o600)
+			os.Rename(p+".new", p)
+		},
+		"record rewritten": func(t *testing.T, dir string, l *interlock.Lock) {
+			r := l.Record()
+			r.PID, r.Token = 1, strings.Repeat("0", 32)
+			os.WriteFile(filepath.Join(dir, pidfile.DefaultName), r.Marshal(), 0o600)
+		},
+		"segment removed": func(t *testing.T, dir string, l *interlock.Lock) {
+			if _, err := unix.SysvShmCtl(l.Segment().ID, unix.IPC_RMID, nil); err != nil {
+				t.Fatal(err)
+			}
+		},
+	}
+	for name, damage := range cases {
+		t.Run(name, func(t *testing.T) {
+			dir := testutil.DataDir(t)
+			l := acquire(t, dir, interlock.Options{})
+			if err := l.Check(); err != nil {
+				t.Fatalf("Check of an intact holder: %v", err)
+			}
+			damage(t, dir, l)
+			err := l.Check()
+			var le *interlock.LostError
+			if !errors.Is(err, interlock.ErrLost) || !errors.As(err, &le) {
+				t.Fatalf("Check after %s: %v, want lost", name, err)
+			}
+			t.Logf("%s: %v", name, err)
+		})
+	}
+}
+
+// TestReleaseLeavesInheritedLockHeld: a child that shares the holder's locked
+// descriptor keeps the lock after Release, so the next starter sees it as an
+// orphan instead of walking in.
+func TestReleaseLeavesInheritedLockHeld(t *testing.T) {
+	dir := testutil.DataDir(t)
+	h := testutil.StartHelper(t, "hold", dir)
+	h.Expect(t, "held")
+	h.Send(t, "spawn-fd")
+	child, _ := strconv.Atoi(h.Expect(t, "child"))
+	killLater(t, child)
+	h.Send(t, "release")
+	h.Expect(t, "released")
+	h.Wait()
+
+	_, err := interlock.Acquire(context.Background(), dir, fast)
+	var oe *interlock.OrphansError
+	if !errors.As(err, &oe) || !slices.Equal(oe.PIDs(), []int{child}) {
+		t.Fatalf("Acquire after a release with a surviving child: %v, want orphans [%d]", err, child)
+	}
+	killWait(t, child)
+	acquire(t, dir, interlock.Options{})
+}

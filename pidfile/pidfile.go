@@ -248,10 +248,12 @@ func (f *File) Unlock() error {
 	return nil
 }
 
-// Close releases the lock, if held, and closes the file. The file itself
-// stays where it is.
+// Close closes the file, which releases the lock unless other processes
+// share the locked open file description (children that inherited it): they
+// keep holding it, and so keep witnessing that the directory is in use. The
+// file itself stays where it is. Use Unlock to release the lock for everyone.
 func (f *File) Close() error {
-	f.Unlock()
+	f.locked = false
 	return f.f.Close()
 }
 

@@ -179,6 +179,11 @@ func (s *Segment) Remove() error {
 	return nil
 }
 
+// MarkedForRemoval reports whether a segment has been removed (IPC_RMID, as
+// ipcrm does) while still attached: it lives on, private, until the last
+// detach.
+func MarkedForRemoval(d *unix.SysvShmDesc) bool { return d.Perm.Mode&shmDest != 0 }
+
 // Stat returns the kernel's view of segment id.
 func Stat(id int) (*unix.SysvShmDesc, error) {
 	var d unix.SysvShmDesc
@@ -393,7 +398,7 @@ func analyze(id int, dir Identity, remove bool) (Analysis, error) {
 		return a, nil
 	}
 	a.State = Unattached
-	if remove && d.Perm.Mode&shmDest == 0 {
+	if remove && !MarkedForRemoval(&d) {
 		if _, err := unix.SysvShmCtl(id, unix.IPC_RMID, nil); err != nil && !gone(err) {
 			return a, fmt.Errorf("shmctl(%d, IPC_RMID): %w", id, err)
 		}
