@@ -36,11 +36,11 @@ lint: lint-vet
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) run $(STATICCHECK) ./...
 
-# Acquire a demo data directory and hold it until Ctrl-C. From another
-# terminal: bin/dirlockd inspect -D demo-data
+# Run a demo server (sleep) under the interlock of ./demo-data until Ctrl-C.
+# From another terminal: bin/dirlockd status -D demo-data
 run: build
 	install -d -m 0700 $(DEMO_DIR)
-	$(BIN) hold -D $(DEMO_DIR)
+	$(BIN) run -D $(DEMO_DIR) -- sleep infinity
 
 clean:
 	rm -rf bin $(DEMO_DIR)

@@ -1,15 +1,17 @@
 // Package integration drives the dirlockd binary as users do: real
-// processes, real signals, real namespaces.
+// processes, real signals, real namespaces, real servers.
 package integration
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -35,8 +37,8 @@ func TestMain(m *testing.M) {
 	testutil.Main(m, nil)
 }
 
-// run runs dirlockd to completion and returns its exit code and output.
-func run(t *testing.T, args ...string) (int, string, string) {
+// dirlockd runs the binary to completion and returns its exit code and output.
+func dirlockd(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	var out, errb bytes.Buffer
@@ -48,87 +50,173 @@ func run(t *testing.T, args ...string) (int, string, string) {
 	return cmd.ProcessState.ExitCode(), out.String(), errb.String()
 }
 
-// holder is a running "dirlockd hold".
-type holder struct {
-	*testutil.Proc
-	stderr *bytes.Buffer
+// checkReport is one line of "dirlockd check --json".
+type checkReport struct {
+	Datadir  string `json:"datadir"`
+	State    string `json:"state"`
+	PID      int    `json:"pid"`
+	ChildPID int    `json:"child_pid"`
+	Host     string `json:"host"`
+	Status   string `json:"status"`
+	Orphans  []int  `json:"orphans"`
+	Reason   string `json:"reason"`
 }
 
-// startHold starts "dirlockd hold -D dir" (through prefix, e.g. unshare) and
-// waits until it holds the directory.
-func startHold(t *testing.T, dir string, prefix ...string) *holder {
+func check(t *testing.T, dir string) (int, checkReport) {
 	t.Helper()
-	args := append(prefix, bin, "hold", "-D", dir)
-	cmd := exec.Command(args[0], args[1:]...)
-	h := &holder{stderr: new(bytes.Buffer)}
-	cmd.Stderr = h.stderr
-	h.Proc = testutil.Start(t, cmd)
-	line, err := h.ReadLine(10 * time.Second)
-	if err != nil || !strings.HasPrefix(line, "holding "+dir) {
-		t.Fatalf("dirlockd hold: %q, %v; stderr: %s", line, err, h.stderr)
+	code, out, stderr := dirlockd(t, "check", "--json", "-D", dir)
+	var r checkReport
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("check --json: %q (%v); stderr %s", out, err, stderr)
 	}
-	return h
+	return code, r
 }
 
-// target is the dirlockd process itself: the child that unshare --fork
-// started, or the process we started when nothing stands in between.
-func (h *holder) target() int {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", h.PID(), h.PID()))
+// eventually polls cond until it holds or the timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// syncBuffer collects a process's output while it runs.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// wrapper is a running "dirlockd run".
+type wrapper struct {
+	cmd    *exec.Cmd
+	out    *syncBuffer // the server's and dirlockd's stdout
+	stderr *syncBuffer // dirlockd's logs and the server's stderr
+	done   chan struct{}
+}
+
+// startRun starts "[prefix...] dirlockd run -D dir flags... -- argv..." and
+// kills it (by the PID we started) when the test ends.
+func startRun(t *testing.T, prefix []string, dir string, flags []string, argv ...string) *wrapper {
+	t.Helper()
+	args := append(append(append(append([]string{}, prefix...), bin, "run", "-D", dir), flags...), "--")
+	args = append(args, argv...)
+	w := &wrapper{out: new(syncBuffer), stderr: new(syncBuffer), done: make(chan struct{})}
+	w.cmd = exec.Command(args[0], args[1:]...)
+	w.cmd.Stdout, w.cmd.Stderr = w.out, w.stderr
+	if err := w.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { w.cmd.Wait(); close(w.done) }()
+	t.Cleanup(func() {
+		w.cmd.Process.Signal(syscall.SIGKILL)
+		<-w.done
+	})
+	return w
+}
+
+// pid is the wrapper's PID (the process we started).
+func (w *wrapper) pid() int { return w.cmd.Process.Pid }
+
+// wait waits for the wrapper to exit and returns its exit code (-1 if it
+// was killed by a signal).
+func (w *wrapper) wait(t *testing.T, timeout time.Duration) int {
+	t.Helper()
+	select {
+	case <-w.done:
+		return w.cmd.ProcessState.ExitCode()
+	case <-time.After(timeout):
+		t.Fatalf("dirlockd run did not exit within %v; stderr:\n%s", timeout, w.stderr)
+		return 0
+	}
+}
+
+// waitHeld waits until check reports the directory held with status want
+// ("" for any) and returns the report.
+func waitHeld(t *testing.T, dir, want string, timeout time.Duration) checkReport {
+	t.Helper()
+	var r checkReport
+	eventually(t, timeout, "the directory held with status "+want, func() bool {
+		_, r = check(t, dir)
+		return r.State == "held" && (want == "" || r.Status == want) && r.ChildPID > 0
+	})
+	return r
+}
+
+// killWait SIGKILLs pid (a process our test started, directly or through
+// dirlockd) and waits until it is dead.
+func killWait(t *testing.T, pid int) {
+	t.Helper()
+	syscall.Kill(pid, syscall.SIGKILL)
+	eventually(t, 10*time.Second, fmt.Sprintf("PID %d to die", pid), func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return true
+		}
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		i := bytes.LastIndexByte(b, ')')
+		return i > 0 && len(b) > i+2 && b[i+2] == 'Z' && len(tasks) <= 1
+	})
+}
+
+// childOf returns the first child of pid (the process unshare --fork
+// started), or pid itself when it has none.
+func childOf(pid int) int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
 	if f := strings.Fields(string(b)); len(f) > 0 {
-		if pid, err := strconv.Atoi(f[0]); err == nil {
-			return pid
+		if c, err := strconv.Atoi(f[0]); err == nil {
+			return c
 		}
 	}
-	return h.PID()
+	return pid
 }
 
-// stop sends SIGTERM and expects a clean release.
-func (h *holder) stop(t *testing.T) {
-	t.Helper()
-	syscall.Kill(h.target(), syscall.SIGTERM)
-	if line, _ := h.ReadLine(10 * time.Second); !strings.HasPrefix(line, "released") {
-		t.Errorf("after SIGTERM: %q; stderr: %s", line, h.stderr)
-	}
-	if code := h.Wait(); code != 0 {
-		t.Errorf("dirlockd hold exited %d after SIGTERM; stderr: %s", code, h.stderr)
-	}
-}
-
-func TestHoldConflictRelease(t *testing.T) {
+func TestRunConflictCheckStop(t *testing.T) {
 	dir := testutil.DataDir(t)
-	h := startHold(t, dir)
-	code, _, stderr := run(t, "hold", "-D", dir)
-	if code != 75 || !strings.Contains(stderr, fmt.Sprintf("held by PID %d", h.PID())) {
-		t.Errorf("second hold: exit %d, stderr %q; want 75 naming PID %d", code, stderr, h.PID())
+	w := startRun(t, nil, dir, nil, "sleep", "300")
+	r := waitHeld(t, dir, "ready", 10*time.Second)
+	if r.PID != w.pid() {
+		t.Errorf("check names PID %d, want the wrapper %d", r.PID, w.pid())
 	}
-	code, out, _ := run(t, "inspect", "-D", dir)
-	if code != 75 || !strings.HasPrefix(out, "held:") {
-		t.Errorf("inspect while held: exit %d, %q", code, out)
+	code, _, stderr := dirlockd(t, "run", "-D", dir, "--", "true")
+	if code != 75 || !strings.Contains(stderr, fmt.Sprintf("held by PID %d", w.pid())) {
+		t.Errorf("second run: exit %d, stderr %q; want 75 naming PID %d", code, stderr, w.pid())
 	}
-	h.stop(t)
-	code, out, _ = run(t, "inspect", "-D", dir)
-	if code != 0 || !strings.HasPrefix(out, "free:") {
-		t.Errorf("inspect after release: exit %d, %q", code, out)
+	code, _, _ = dirlockd(t, "run", "-D", dir, "--conflict-exit-code", "9", "--", "true")
+	if code != 9 {
+		t.Errorf("second run with --conflict-exit-code 9: exit %d", code)
+	}
+	if code, _ := check(t, dir); code != 1 {
+		t.Errorf("check while held: exit %d, want 1", code)
+	}
+	code, _, stderr = dirlockd(t, "stop", "-D", dir, "--timeout", "10s")
+	if code != 0 {
+		t.Fatalf("stop: exit %d; %s", code, stderr)
+	}
+	if code := w.wait(t, 10*time.Second); code != 128+int(syscall.SIGTERM) {
+		t.Errorf("wrapper exit %d after stop, want 143 (sleep killed by SIGTERM)", code)
+	}
+	if code, r := check(t, dir); code != 0 || r.State != "free" {
+		t.Errorf("check after stop: exit %d, %+v", code, r)
 	}
 	b, _ := os.ReadFile(filepath.Join(dir, "dirlockd.pid"))
-	if first, _, _ := strings.Cut(string(b), "\n"); first != fmt.Sprint(h.PID()) || !strings.Contains(string(b), "status=stopped") {
+	if first, _, _ := strings.Cut(string(b), "\n"); first != fmt.Sprint(w.pid()) || !strings.Contains(string(b), "status=stopped") {
 		t.Errorf("pidfile after release:\n%s", b)
-	}
-}
-
-func TestKilledHolderIsStaleThenTakenOver(t *testing.T) {
-	dir := testutil.DataDir(t)
-	h := startHold(t, dir)
-	h.Kill()
-	want := fmt.Sprintf("previous holder PID %d", h.PID())
-	code, out, _ := run(t, "inspect", "-D", dir)
-	if code != 0 || !strings.HasPrefix(out, "stale:") || !strings.Contains(out, want) || !strings.Contains(out, "did not shut down cleanly") {
-		t.Errorf("inspect after SIGKILL: exit %d, %q", code, out)
-	}
-	h2 := startHold(t, dir)
-	h2.stop(t)
-	if !strings.Contains(h2.stderr.String(), want+" (started") || !strings.Contains(h2.stderr.String(), "did not shut down cleanly") {
-		t.Errorf("new holder did not report the unclean predecessor; stderr: %s", h2.stderr)
 	}
 }
 
@@ -147,44 +235,26 @@ func TestNamespaceTwins(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			dir := testutil.DataDir(t)
 			// Inside the namespace first, contender on the host.
-			h := startHold(t, dir, c.prefix...)
-			code, _, stderr := run(t, "hold", "-D", dir)
-			if code != 75 {
+			w := startRun(t, c.prefix, dir, nil, "sleep", "300")
+			eventually(t, 10*time.Second, "the namespaced holder", func() bool {
+				return strings.Contains(w.stderr.String(), "the server is ready")
+			})
+			if code, _, stderr := dirlockd(t, "run", "-D", dir, "--", "true"); code != 75 {
 				t.Errorf("host contender against a %s-namespace holder: exit %d, %s", c.name, code, stderr)
 			}
-			h.stop(t)
+			syscall.Kill(childOf(w.pid()), syscall.SIGTERM)
+			w.wait(t, 10*time.Second)
 			// Holder on the host, contender inside the namespace.
-			h = startHold(t, dir)
-			args := append(append([]string{}, c.prefix[1:]...), bin, "hold", "-D", dir)
+			h := startRun(t, nil, dir, nil, "sleep", "300")
+			waitHeld(t, dir, "ready", 10*time.Second)
+			args := append(append([]string{}, c.prefix[1:]...), bin, "run", "-D", dir, "--", "true")
 			cmd := exec.Command(c.prefix[0], args...)
 			out, err := cmd.CombinedOutput()
 			if code := cmd.ProcessState.ExitCode(); code != 75 {
 				t.Errorf("%s-namespace contender against a host holder: exit %d (%v), %s", c.name, code, err, out)
 			}
-			h.stop(t)
+			syscall.Kill(h.pid(), syscall.SIGTERM)
+			h.wait(t, 10*time.Second)
 		})
-	}
-}
-
-func TestUsageAndInvalid(t *testing.T) {
-	dir := testutil.DataDir(t)
-	for _, c := range []struct {
-		args []string
-		code int
-		want string
-	}{
-		{[]string{}, 64, "Usage"},
-		{[]string{"frobnicate"}, 64, `unknown command "frobnicate"`},
-		{[]string{"hold"}, 64, "no data directory"},
-		{[]string{"hold", "-D", dir, "--lock-method", "carrier-pigeon"}, 64, "unknown lock method"},
-		{[]string{"hold", "-D", dir, "--wait", "soon"}, 64, "invalid argument"},
-		{[]string{"inspect", "-D", dir, "extra"}, 64, `unexpected argument "extra"`},
-		{[]string{"hold", "-D", dir + "/missing"}, 78, "install -d -m 0700"},
-		{[]string{"hold", "--help"}, 0, "Example:"},
-	} {
-		code, out, stderr := run(t, c.args...)
-		if code != c.code || !strings.Contains(out+stderr, c.want) {
-			t.Errorf("dirlockd %v: exit %d, output %q; want %d mentioning %q", c.args, code, out+stderr, c.code, c.want)
-		}
 	}
 }

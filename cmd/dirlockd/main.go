@@ -1,176 +1,213 @@
 // Command dirlockd guarantees that exactly one server process tree works in a
 // data directory.
 //
-// This first version has two subcommands: hold acquires the data directory
-// and holds it until SIGTERM or SIGINT, and inspect reports its state without
-// taking it. Run "dirlockd --help" for details.
+// Operators wrap a server with "dirlockd run -D DIR -- server ARGS"; boot
+// scripts ask "dirlockd check -D DIR" whether a start is safe; "status",
+// "stop" and "wait" serve init scripts and humans. Run "dirlockd --help".
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"time"
 
+	"github.com/lmittmann/tint"
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
-// Exit codes, from sysexits(3) where one fits.
+// Exit codes of run, and of every command for usage and internal errors:
+// from sysexits(3) where one fits, from the shell for commands that cannot
+// be executed.
 const (
-	exitOK       = 0
-	exitHeld     = 75 // EX_TEMPFAIL: held by a live instance
-	exitOrphans  = 76 // blocked by orphaned processes
-	exitInternal = 70 // EX_SOFTWARE
-	exitInvalid  = 78 // EX_CONFIG: invalid data directory or pidfile
-	exitUsage    = 64 // EX_USAGE
+	exitHeld       = 75  // EX_TEMPFAIL: held by a live instance
+	exitOrphans    = 76  // orphaned processes of a dead holder survive
+	exitInvalid    = 78  // EX_CONFIG: invalid data directory, pidfile or configuration
+	exitUsage      = 64  // EX_USAGE
+	exitInternal   = 70  // EX_SOFTWARE
+	exitNoExec     = 126 // command found but not executable
+	exitNotFound   = 127 // command not found
+	exitSignalBase = 128 // child killed by signal N: 128+N
 )
 
 const usage = `dirlockd guarantees that exactly one server process tree works in a data directory.
 
 Usage:
-  dirlockd hold -D DIR [flags]      acquire DIR and hold it until SIGTERM or SIGINT
-  dirlockd inspect -D DIR [flags]   report whether DIR is free, stale, held or orphaned
+  dirlockd run -D DIR [flags] -- COMMAND [ARGS...]   run a server under the interlock
+  dirlockd check -D DIR [-D DIR...] [--json]         is it safe to start here now? (for boot scripts)
+  dirlockd status -D DIR [--json]                    LSB status: 0 running, 1 dead with pidfile, 3 stopped, 4 unknown
+  dirlockd stop -D DIR [--timeout D]                 stop the holder, proven by the kernel, and wait
+  dirlockd wait -D DIR [--for free|ready]            block until the directory is free or its server ready
+  dirlockd version                                   print the version
 
-Run "dirlockd COMMAND --help" for a command's flags.
+Global flags (every command):
+  -D, --datadir DIR        data directory (default $DIRLOCKD_DATADIR)
+      --pidfile NAME       pidfile name inside the data directory (default dirlockd.pid)
+      --lock-method M      auto, flock, ofd or posix (default auto)
+      --log-format F       auto, text, logfmt or json (default auto: text on a terminal, else logfmt)
+      --log-level L        debug, info, warn or error (default info)
+
+Run "dirlockd COMMAND --help" for a command's flags and examples.
+Documentation: docs/cli.md, docs/design.md.
 `
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(dispatch(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+func dispatch(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	cmds := map[string]func([]string, io.Writer, io.Writer) int{
+		"run":    cmdRun,
+		"check":  cmdCheck,
+		"status": cmdStatus,
+		"stop":   cmdStop,
+		"wait":   cmdWait,
+	}
+	switch name := args[0]; name {
+	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
-		if len(args) == 0 {
-			return exitUsage
+		return 0
+	case "version", "--version":
+		fmt.Fprintln(stdout, "dirlockd", version())
+		return 0
+	default:
+		if c, ok := cmds[name]; ok {
+			return c(args[1:], stdout, stderr)
 		}
-		return exitOK
+		fmt.Fprintf(stderr, "dirlockd: unknown command %q\n\n%s", name, usage)
+		return exitUsage
 	}
-	switch args[0] {
-	case "hold":
-		return hold(args[1:], stdout, stderr)
-	case "inspect":
-		return inspect(args[1:], stdout, stderr)
-	}
-	fmt.Fprintf(stderr, "dirlockd: unknown command %q\n\n%s", args[0], usage)
-	return exitUsage
 }
 
-type common struct {
-	dir    string
-	opts   interlock.Options
-	method string
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "devel"
 }
 
-func newFlags(name, summary, example string, c *common, stderr io.Writer) *pflag.FlagSet {
+// globals are the flags every command takes.
+type globals struct {
+	dirs      []string
+	pidfile   string
+	method    string
+	logFormat string
+	logLevel  string
+
+	opts interlock.Options
+	log  *slog.Logger
+}
+
+// command builds a command's flag set with the global flags. multiDir lets
+// -D repeat (check).
+func command(name, synopsis, about, examples string, multiDir bool, g *globals, stderr io.Writer) *pflag.FlagSet {
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVarP(&c.dir, "datadir", "D", os.Getenv("DIRLOCKD_DATADIR"), "data directory (default $DIRLOCKD_DATADIR)")
-	fs.StringVar(&c.opts.Pidfile, "pidfile", pidfile.DefaultName, "pidfile name inside the data directory")
-	fs.StringVar(&c.method, "lock-method", "auto", "lock method: auto, flock, ofd or posix")
+	fs.SortFlags = false
+	if multiDir {
+		fs.StringArrayVarP(&g.dirs, "datadir", "D", nil, "data directory; repeat for several (default $DIRLOCKD_DATADIR)")
+	} else {
+		g.dirs = make([]string, 1)
+		fs.StringVarP(&g.dirs[0], "datadir", "D", "", "data directory (default $DIRLOCKD_DATADIR)")
+	}
+	fs.StringVar(&g.pidfile, "pidfile", pidfile.DefaultName, "pidfile name inside the data directory")
+	fs.StringVar(&g.method, "lock-method", "auto", "lock method: auto, flock, ofd or posix (all holders of a directory must agree)")
+	fs.StringVar(&g.logFormat, "log-format", "auto", "log format: auto (text on a terminal, else logfmt), text, logfmt or json")
+	fs.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "%s\n\nUsage:\n  dirlockd %s -D DIR [flags]\n\nFlags:\n%s\nExample:\n  %s\n",
-			summary, name, fs.FlagUsages(), example)
+		fmt.Fprintf(stderr, "%s\n\nUsage:\n  dirlockd %s\n\n%s\nFlags:\n%s\nExamples:\n%s", about, synopsis, "", fs.FlagUsages(), examples)
 	}
 	return fs
 }
 
-func (c *common) parse(fs *pflag.FlagSet, args []string, stderr io.Writer) (code int, ok bool) {
+// errUsage marks a command line that cannot be obeyed; parse has already
+// said why.
+var errUsage = errors.New("usage")
+
+// parse parses args and settles the global flags. It returns the positional
+// arguments. A nil error with help requested is reported as pflag.ErrHelp.
+func (g *globals) parse(fs *pflag.FlagSet, args []string, stderr io.Writer) ([]string, error) {
+	fail := func(format string, a ...any) ([]string, error) {
+		fmt.Fprintf(stderr, "dirlockd %s: %s\n", fs.Name(), fmt.Sprintf(format, a...))
+		fmt.Fprintf(stderr, "Run \"dirlockd %s --help\" for usage.\n", fs.Name())
+		return nil, errUsage
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
-			return exitOK, false
+			return nil, err
 		}
-		fmt.Fprintf(stderr, "dirlockd %s: %v\n", fs.Name(), err)
-		return exitUsage, false
+		return fail("%v", err)
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "dirlockd %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
-		return exitUsage, false
+	g.dirs = slices.DeleteFunc(g.dirs, func(d string) bool { return d == "" })
+	if len(g.dirs) == 0 {
+		if env := os.Getenv("DIRLOCKD_DATADIR"); env != "" {
+			g.dirs = []string{env}
+		} else {
+			return fail("no data directory: pass -D DIR or set DIRLOCKD_DATADIR")
+		}
 	}
-	if c.dir == "" {
-		fmt.Fprintf(stderr, "dirlockd %s: no data directory: pass -D DIR or set DIRLOCKD_DATADIR\n", fs.Name())
-		return exitUsage, false
-	}
-	m, err := pidfile.ParseMethod(c.method)
+	m, err := pidfile.ParseMethod(g.method)
 	if err != nil {
-		fmt.Fprintf(stderr, "dirlockd %s: --lock-method: %v\n", fs.Name(), err)
-		return exitUsage, false
+		return fail("--lock-method: %v", err)
 	}
-	c.opts.LockMethod = m
-	return 0, true
+	if g.pidfile == "" || strings.ContainsRune(g.pidfile, '/') {
+		return fail("--pidfile %q: want a file name inside the data directory, without /", g.pidfile)
+	}
+	g.opts.Pidfile, g.opts.LockMethod = g.pidfile, m
+	if g.log, err = newLogger(g.logFormat, g.logLevel, stderr); err != nil {
+		return fail("%v", err)
+	}
+	return fs.Args(), nil
 }
 
-func hold(args []string, stdout, stderr io.Writer) int {
-	var c common
-	fs := newFlags("hold", "Acquire the data directory and hold it until SIGTERM or SIGINT, then release it.",
-		"dirlockd hold -D /var/lib/demo --wait 10s", &c, stderr)
-	fs.DurationVar(&c.opts.Wait, "wait", 0, "how long to wait for a held data directory (0: fail at once)")
-	if code, ok := c.parse(fs, args, stderr); !ok {
-		return code
+// exitFor maps a parse error to an exit code.
+func exitFor(err error) int {
+	if errors.Is(err, pflag.ErrHelp) {
+		return 0
 	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { <-sigs; cancel() }()
-
-	l, err := interlock.Acquire(ctx, c.dir, c.opts)
-	if err != nil {
-		fmt.Fprintf(stderr, "dirlockd hold: %v\n", err)
-		return exitCode(err)
-	}
-	if p := l.Previous(); p != nil && !p.Clean() {
-		fmt.Fprintf(stderr, "dirlockd hold: %s\n", p)
-	}
-	if err := l.Update(func(r *pidfile.Record) { r.Status = pidfile.Ready }); err != nil {
-		fmt.Fprintf(stderr, "dirlockd hold: %v\n", err)
-		l.Release()
-		return exitInternal
-	}
-	r := l.Record()
-	fmt.Fprintf(stdout, "holding %s: pid=%d lock_method=%s shm_key=0x%08x shm_id=%d token=%s\n",
-		r.DataDir, r.PID, r.LockMethod, uint32(r.ShmKey), r.ShmID, r.Token)
-	<-ctx.Done()
-	if err := l.Release(); err != nil {
-		fmt.Fprintf(stderr, "dirlockd hold: release: %v\n", err)
-		return exitInternal
-	}
-	fmt.Fprintf(stdout, "released %s\n", r.DataDir)
-	return exitOK
+	return exitUsage
 }
 
-func inspect(args []string, stdout, stderr io.Writer) int {
-	var c common
-	fs := newFlags("inspect", "Report whether the data directory is free, stale, held or held by orphans, without taking it.",
-		"dirlockd inspect -D /var/lib/demo", &c, stderr)
-	if code, ok := c.parse(fs, args, stderr); !ok {
-		return code
+func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
-	rep, err := interlock.Inspect(c.dir, c.opts)
-	if err != nil {
-		fmt.Fprintf(stderr, "dirlockd inspect: %v\n", err)
-		return exitCode(err)
+	if format == "auto" {
+		format = "logfmt"
+		if isTerminal(w) {
+			format = "text"
+		}
 	}
-	fmt.Fprintf(stdout, "%s: %s\n", rep.State, rep.Message())
-	if rep.Err != nil {
-		return exitCode(rep.Err)
+	switch format {
+	case "text":
+		return slog.New(tint.NewHandler(w, &tint.Options{Level: lv, TimeFormat: time.TimeOnly, NoColor: !isTerminal(w)})), nil
+	case "logfmt":
+		return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv})), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lv})), nil
 	}
-	return exitOK
+	return nil, fmt.Errorf("--log-format %q: want auto, text, logfmt or json", format)
 }
 
-func exitCode(err error) int {
-	switch {
-	case errors.Is(err, interlock.ErrHeld):
-		return exitHeld
-	case errors.Is(err, interlock.ErrOrphans):
-		return exitOrphans
-	case errors.Is(err, interlock.ErrInvalid), errors.Is(err, interlock.ErrUnsupported):
-		return exitInvalid
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
 	}
-	return exitInternal
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }

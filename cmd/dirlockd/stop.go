@@ -1,0 +1,246 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/proc"
+	"github.com/dirlockd/dirlockd/pidfile"
+)
+
+func cmdStop(args []string, stdout, stderr io.Writer) int {
+	var g globals
+	var sigName string
+	var timeout, killAfter time.Duration
+	fs := command("stop", "stop -D DIR [--signal SIG] [--timeout D] [--kill-after D]",
+		`Stop the server holding the data directory and wait until the lock is free.
+
+The signal goes only to a holder proven by the kernel: the lock is held, the
+recorded PID is alive, holds the lock itself and has the recorded start time.
+It is sent through a pidfd, so a PID recycled in between cannot be hit. A
+stale record (the lock is free) is reported and nothing is signalled.
+
+Exit status: 0 the directory is free (stopped, or was not running); 1 still
+held after --timeout, or the holder cannot be proven (orphans, another host or
+PID namespace); 3 invalid data directory or pidfile; 64 usage.`,
+		`  dirlockd stop -D /var/lib/redis
+  dirlockd stop -D /var/lib/redis --signal INT --timeout 2m --kill-after 90s
+`, false, &g, stderr)
+	fs.StringVar(&sigName, "signal", "TERM", "signal to send: TERM, INT, QUIT, HUP, KILL, USR1, USR2 or a number")
+	fs.DurationVar(&timeout, "timeout", 60*time.Second, "how long to wait for the lock to be released")
+	fs.DurationVar(&killAfter, "kill-after", 0, "if still held this long after the signal, SIGKILL every process proven to hold the lock (0: never)")
+	rest, err := g.parse(fs, args, stderr)
+	if err != nil {
+		return exitFor(err)
+	}
+	sig, err := parseSignal(sigName)
+	if err != nil || len(rest) > 0 || timeout <= 0 {
+		switch {
+		case err != nil:
+			fmt.Fprintf(stderr, "dirlockd stop: --signal: %v\n", err)
+		case len(rest) > 0:
+			fmt.Fprintf(stderr, "dirlockd stop: unexpected argument %q\n", rest[0])
+		default:
+			fmt.Fprintln(stderr, "dirlockd stop: --timeout must be positive")
+		}
+		return exitUsage
+	}
+	log := g.log.With("datadir", g.dirs[0])
+	rep, err := interlock.Inspect(g.dirs[0], g.opts)
+	if err != nil {
+		log.Error("cannot inspect the data directory", "err", err)
+		return 3
+	}
+	switch rep.State {
+	case interlock.Free:
+		log.Info("not running: nothing to stop")
+		return 0
+	case interlock.Stale:
+		log.Info("not running; stale record, nothing signalled", "reason", rep.Message())
+		return 0
+	case interlock.Orphaned:
+		log.Error("the recorded holder is dead; refusing to signal processes it did not record: stop them yourself", "reason", rep.Message())
+		return 1
+	}
+	dev, ino, err := pidfileID(rep.Pidfile)
+	if err != nil {
+		log.Error("cannot stat the pidfile", "err", err)
+		return 3
+	}
+	rec := rep.Record
+	pfd, err := proveHolder(rec, dev, ino)
+	if err != nil {
+		log.Error("holder not proven; nothing signalled", "err", err)
+		return 1
+	}
+	defer unix.Close(pfd)
+	if err := unix.PidfdSendSignal(pfd, sig, nil, 0); err != nil {
+		log.Error("signal failed", "pid", rec.PID, "signal", unix.SignalName(sig), "err", err)
+		return 1
+	}
+	log.Info("signalled the holder; waiting for the lock to be released", "pid", rec.PID, "signal", unix.SignalName(sig), "timeout", timeout)
+	start := time.Now()
+	killed := false
+	for {
+		r, err := pidfile.Read(rep.Dir, pidfile.Options{Name: g.opts.Pidfile, Method: g.opts.LockMethod})
+		if err != nil {
+			log.Error("cannot read the pidfile", "err", err)
+			return 3
+		}
+		if r.Outcome != pidfile.Held {
+			log.Info("stopped", "pid", rec.PID, "after", time.Since(start).Round(time.Millisecond))
+			return 0
+		}
+		if killAfter > 0 && !killed && time.Since(start) >= killAfter {
+			killed = true
+			killHolders(log, r.Holders, dev, ino)
+		}
+		if time.Since(start) >= timeout {
+			log.Error("still held after the timeout", "pid", rec.PID, "holders", r.Holders, "timeout", timeout)
+			return 1
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func pidfileID(path string) (dev, ino uint64, err error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, 0, &os.PathError{Op: "stat", Path: path, Err: err}
+	}
+	return st.Dev, st.Ino, nil
+}
+
+// proveHolder opens a pidfd on the recorded holder and then proves, through
+// facts read after the pidfd pins the process, that it is the recorded
+// holder: same boot and PID namespace, same start time, and it holds the
+// lock itself. The caller closes the pidfd.
+func proveHolder(rec *pidfile.Record, dev, ino uint64) (int, error) {
+	if rec == nil {
+		return -1, errors.New("the holder has not written a readable record (still starting?)")
+	}
+	boot, err := proc.BootID()
+	if err != nil {
+		return -1, err
+	}
+	ns, err := proc.Namespace(os.Getpid(), "pid")
+	if err != nil {
+		return -1, err
+	}
+	if rec.BootID != boot || rec.PIDNS != ns {
+		return -1, fmt.Errorf("PID %d was recorded on host %s in another boot or PID namespace: it cannot be signalled from here", rec.PID, rec.Hostname)
+	}
+	pfd, err := unix.PidfdOpen(rec.PID, 0)
+	if err != nil {
+		return -1, fmt.Errorf("pidfd_open(%d): %w", rec.PID, err)
+	}
+	if err := proveOpened(pfd, rec.PID, rec.PIDStart, dev, ino); err != nil {
+		unix.Close(pfd)
+		return -1, err
+	}
+	return pfd, nil
+}
+
+// proveOpened checks, for a process already pinned by pfd, that it has the
+// expected start time (when known) and holds the lock.
+func proveOpened(pfd, pid int, start uint64, dev, ino uint64) error {
+	st, err := proc.StartTime(pid)
+	if err != nil || (start != 0 && st != start) {
+		return fmt.Errorf("PID %d is not the recorded holder any more (start time %d, recorded %d): PID reused", pid, st, start)
+	}
+	if !proc.HoldsLock(pid, dev, ino) {
+		return fmt.Errorf("PID %d does not hold the pidfile lock", pid)
+	}
+	// The pidfd still refers to a live process: a signal 0 through it fails
+	// with ESRCH once that process is gone.
+	if err := unix.PidfdSendSignal(pfd, 0, nil, 0); err != nil {
+		return fmt.Errorf("PID %d: %w", pid, err)
+	}
+	return nil
+}
+
+// killHolders SIGKILLs every process proven to hold the lock.
+func killHolders(log *slog.Logger, holders []int, dev, ino uint64) {
+	for _, pid := range holders {
+		pfd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			continue
+		}
+		if err := proveOpened(pfd, pid, 0, dev, ino); err == nil {
+			log.Warn("still held after --kill-after: sending SIGKILL", "pid", pid, "cmdline", proc.Cmdline(pid))
+			unix.PidfdSendSignal(pfd, unix.SIGKILL, nil, 0)
+		}
+		unix.Close(pfd)
+	}
+}
+
+func parseSignal(s string) (syscall.Signal, error) {
+	if v, err := strconv.Atoi(s); err == nil {
+		if v <= 0 || v > 64 {
+			return 0, fmt.Errorf("signal number %d out of range", v)
+		}
+		return syscall.Signal(v), nil
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	if sig := unix.SignalNum(name); sig != 0 {
+		return sig, nil
+	}
+	return 0, fmt.Errorf("unknown signal %q", s)
+}
+
+func cmdWait(args []string, stdout, stderr io.Writer) int {
+	var g globals
+	var target string
+	var timeout time.Duration
+	fs := command("wait", "wait -D DIR [--for free|ready] [--timeout D]",
+		`Block until the data directory is free (no holder; a stale record counts as
+free), or until its holder reports status "ready".
+
+Exit status: 0 reached; 1 timed out; 3 invalid data directory or pidfile; 64 usage.`,
+		`  dirlockd run -D /srv/redis -- redis-server --supervised systemd & dirlockd wait -D /srv/redis --for ready --timeout 30s
+  dirlockd stop -D /srv/redis; dirlockd wait -D /srv/redis --for free
+`, false, &g, stderr)
+	fs.StringVar(&target, "for", "free", "what to wait for: free or ready")
+	fs.DurationVar(&timeout, "timeout", 0, "give up after this long (0: wait forever)")
+	rest, err := g.parse(fs, args, stderr)
+	if err != nil {
+		return exitFor(err)
+	}
+	if len(rest) > 0 || (target != "free" && target != "ready") || timeout < 0 {
+		fmt.Fprintln(stderr, "dirlockd wait: want --for free or --for ready, a non-negative --timeout, and no arguments")
+		return exitUsage
+	}
+	log := g.log.With("datadir", g.dirs[0])
+	start := time.Now()
+	for {
+		rep, err := interlock.Inspect(g.dirs[0], g.opts)
+		if err != nil {
+			log.Error("cannot inspect the data directory", "err", err)
+			return 3
+		}
+		free := rep.State == interlock.Free || rep.State == interlock.Stale
+		ready := rep.State == interlock.Held && rep.Record != nil && rep.Record.Status == pidfile.Ready
+		if target == "free" && free || target == "ready" && ready {
+			log.Debug("reached", "for", target, "after", time.Since(start))
+			return 0
+		}
+		if timeout > 0 && time.Since(start) >= timeout {
+			log.Error("timed out", "for", target, "state", rep.State, "timeout", timeout)
+			return 1
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
