@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -84,29 +83,30 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 	}
 }
 
-// syncBuffer collects a process's output while it runs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+// output is a file a process writes to: unlike a pipe, it needs no copying
+// goroutine that would wait for every process holding the pipe (a server
+// outliving a killed wrapper) before exec.Cmd.Wait returns.
+type output struct{ f *os.File }
+
+func newOutput(t *testing.T, name string) *output {
+	f, err := os.Create(filepath.Join(t.TempDir(), name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return &output{f}
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+func (o *output) String() string {
+	b, _ := os.ReadFile(o.f.Name())
+	return string(b)
 }
 
 // wrapper is a running "dirlockd run".
 type wrapper struct {
 	cmd    *exec.Cmd
-	out    *syncBuffer // the server's and dirlockd's stdout
-	stderr *syncBuffer // dirlockd's logs and the server's stderr
+	out    *output // the server's and dirlockd's stdout
+	stderr *output // dirlockd's logs and the server's stderr
 	done   chan struct{}
 }
 
@@ -116,9 +116,9 @@ func startRun(t *testing.T, prefix []string, dir string, flags []string, argv ..
 	t.Helper()
 	args := append(append(append(append([]string{}, prefix...), bin, "run", "-D", dir), flags...), "--")
 	args = append(args, argv...)
-	w := &wrapper{out: new(syncBuffer), stderr: new(syncBuffer), done: make(chan struct{})}
+	w := &wrapper{out: newOutput(t, "stdout"), stderr: newOutput(t, "stderr"), done: make(chan struct{})}
 	w.cmd = exec.Command(args[0], args[1:]...)
-	w.cmd.Stdout, w.cmd.Stderr = w.out, w.stderr
+	w.cmd.Stdout, w.cmd.Stderr = w.out.f, w.stderr.f
 	if err := w.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

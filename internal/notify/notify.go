@@ -221,7 +221,7 @@ func (l *Listener) Close() error {
 
 func (l *Listener) read() {
 	defer close(l.exited)
-
+	defer close(l.msgs)
 	buf := make([]byte, readBuffer)
 	oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(maxFDs*4))
 	for {

@@ -210,11 +210,20 @@ func TestClose(t *testing.T) {
 	// Close waits for the reader, so the channel is closed by now: queued
 	// messages drain in order, then the channel ends.
 	n := 0
-	for m := range l.Messages() {
-		if v, _ := m.Get("N"); v != fmt.Sprint(n) {
-			t.Errorf("message %d: N=%q", n, v)
+drain:
+	for {
+		select {
+		case m, ok := <-l.Messages():
+			if !ok {
+				break drain
+			}
+			if v, _ := m.Get("N"); v != fmt.Sprint(n) {
+				t.Errorf("message %d: N=%q", n, v)
+			}
+			n++
+		default:
+			t.Fatal("Messages not closed when Close returned")
 		}
-		n++
 	}
 	if n != queueLen {
 		t.Errorf("%d messages after Close, want the %d queued ones", n, queueLen)

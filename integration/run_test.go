@@ -1,0 +1,310 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dirlockd/dirlockd/internal/testutil"
+	"github.com/dirlockd/dirlockd/pidfile"
+)
+
+// TestWrapperKilledServerKeepsDirectory: SIGKILL the wrapper while the server
+// lives. The server keeps the lock through the inherited descriptor; check
+// names it as an orphan and run refuses with 76. Once the server is gone,
+// check says the previous holder did not shut down cleanly, and run starts.
+func TestWrapperKilledServerKeepsDirectory(t *testing.T) {
+	dir := testutil.DataDir(t)
+	w := startRun(t, nil, dir, nil, "sleep", "300")
+	server := waitHeld(t, dir, "ready", 10*time.Second).ChildPID
+	t.Cleanup(func() { syscall.Kill(server, syscall.SIGKILL) })
+	w.cmd.Process.Signal(syscall.SIGKILL)
+	w.wait(t, 10*time.Second)
+
+	code, r := check(t, dir)
+	if code != 2 || r.State != "orphans" || !slices.Equal(r.Orphans, []int{server}) {
+		t.Fatalf("check after the wrapper was killed: exit %d, %+v; want 2, orphans [%d]", code, r, server)
+	}
+	code, _, stderr := dirlockd(t, "run", "-D", dir, "--", "true")
+	if code != 76 || !strings.Contains(stderr, strconv.Itoa(server)) || !strings.Contains(stderr, "sleep 300") {
+		t.Errorf("run against orphans: exit %d, stderr %q; want 76 naming %d and its command line", code, stderr, server)
+	}
+
+	killWait(t, server)
+	code, r = check(t, dir)
+	if code != 0 || r.State != "stale" || !strings.Contains(r.Reason, fmt.Sprintf("previous holder PID %d (started", w.pid())) ||
+		!strings.Contains(r.Reason, "did not shut down cleanly") {
+		t.Errorf("check after the server died: exit %d, %+v", code, r)
+	}
+	code, _, stderr = dirlockd(t, "run", "-D", dir, "--", "true")
+	if code != 0 || !strings.Contains(stderr, "did not shut down cleanly") {
+		t.Errorf("run after the orphan died: exit %d, stderr %q", code, stderr)
+	}
+}
+
+func TestExitStatus(t *testing.T) {
+	dir := testutil.DataDir(t)
+	notExec := filepath.Join(t.TempDir(), "script")
+	os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644)
+	for _, c := range []struct {
+		name string
+		args []string
+		want int
+		text string
+	}{
+		{"exit 0", []string{"-D", dir, "--", "true"}, 0, "released the data directory"},
+		{"exit 3", []string{"-D", dir, "--", "sh", "-c", "exit 3"}, 3, "status=3"},
+		{"killed by SIGTERM", []string{"-D", dir, "--", "sh", "-c", "kill -TERM $$"}, 143, "SIGTERM"},
+		{"not found", []string{"-D", dir, "--", "/nonexistent/server"}, 127, "cannot execute"},
+		{"not executable", []string{"-D", dir, "--", notExec}, 126, "permission denied"},
+		{"no command", []string{"-D", dir}, 64, "no command"},
+		{"bad on-lost", []string{"-D", dir, "--on-lost", "panic", "--", "true"}, 64, "--on-lost"},
+		{"bad duration", []string{"-D", dir, "--wait", "soon", "--", "true"}, 64, "invalid argument"},
+		{"invalid dir", []string{"-D", dir + "/missing", "--", "true"}, 78, "install -d -m 0700"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			code, out, stderr := dirlockd(t, append([]string{"run"}, c.args...)...)
+			if code != c.want || !strings.Contains(out+stderr, c.text) {
+				t.Errorf("exit %d, output %q; want %d mentioning %q", code, out+stderr, c.want, c.text)
+			}
+		})
+	}
+}
+
+func TestSignals(t *testing.T) {
+	dir := testutil.DataDir(t)
+	// The server reports the signals it gets on stdout.
+	w := startRun(t, nil, dir, nil, "sh", "-c",
+		`trap 'echo got-usr1' USR1; trap 'echo got-hup' HUP; trap 'echo got-usr2' USR2; echo up; while :; do sleep 0.05; done`)
+	waitHeld(t, dir, "ready", 10*time.Second)
+	eventually(t, 5*time.Second, "the server's trap set-up", func() bool { return strings.Contains(w.out.String(), "up") })
+	for s, want := range map[syscall.Signal]string{syscall.SIGUSR1: "got-usr1", syscall.SIGHUP: "got-hup", syscall.SIGUSR2: "got-usr2"} {
+		w.cmd.Process.Signal(s)
+		eventually(t, 5*time.Second, "the server to get "+s.String(), func() bool { return strings.Contains(w.out.String(), want) })
+	}
+	w.cmd.Process.Signal(syscall.SIGTERM)
+	if code := w.wait(t, 10*time.Second); code != 143 {
+		t.Errorf("exit %d after SIGTERM, want 143", code)
+	}
+}
+
+// TestStopTimeoutKills: a server that ignores SIGTERM gets SIGKILL after
+// --stop-timeout, the whole group with --signal-group.
+func TestStopTimeoutKills(t *testing.T) {
+	dir := testutil.DataDir(t)
+	w := startRun(t, nil, dir, []string{"--stop-timeout", "500ms", "--signal-group"},
+		"sh", "-c", `trap '' TERM; echo up; while :; do sleep 0.05; done`)
+	waitHeld(t, dir, "ready", 10*time.Second)
+	eventually(t, 5*time.Second, "the server's trap set-up", func() bool { return strings.Contains(w.out.String(), "up") })
+	start := time.Now()
+	w.cmd.Process.Signal(syscall.SIGTERM)
+	code := w.wait(t, 10*time.Second)
+	if code != 137 || time.Since(start) < 400*time.Millisecond {
+		t.Errorf("exit %d after %v, want 137 after the 500ms stop timeout", code, time.Since(start))
+	}
+	if !strings.Contains(w.stderr.String(), "sending SIGKILL") {
+		t.Errorf("no SIGKILL logged:\n%s", w.stderr)
+	}
+	if code, r := check(t, dir); code != 0 {
+		t.Errorf("check after the kill: exit %d, %+v (processes of the group left behind?)", code, r)
+	}
+}
+
+// TestRecheck: deleting or replacing the pidfile under a running wrapper is
+// found by the recheck, and the server is stopped within two intervals.
+func TestRecheck(t *testing.T) {
+	for _, damage := range []string{"deleted", "replaced"} {
+		t.Run(damage, func(t *testing.T) {
+			dir := testutil.DataDir(t)
+			const interval = 300 * time.Millisecond
+			w := startRun(t, nil, dir, []string{"--recheck", interval.String()}, "sleep", "300")
+			waitHeld(t, dir, "ready", 10*time.Second)
+			path := filepath.Join(dir, pidfile.DefaultName)
+			eventually(t, 5*time.Second, "a heartbeat", func() bool {
+				b, _ := os.ReadFile(path)
+				r, err := pidfile.Parse(b)
+				return err == nil && r.Extra["heartbeat"] != ""
+			})
+			start := time.Now()
+			if damage == "deleted" {
+				os.Remove(path)
+			} else {
+				os.WriteFile(path+".new", []byte("not yours\n"), 0o600)
+				os.Rename(path+".new", path)
+			}
+			code := w.wait(t, 10*time.Second)
+			if took := time.Since(start); took > 2*interval+200*time.Millisecond {
+				t.Errorf("server stopped %v after the pidfile was %s; want within two intervals (%v)", took, damage, 2*interval)
+			}
+			if code != 143 || !strings.Contains(w.stderr.String(), "interlock is lost") {
+				t.Errorf("exit %d; stderr:\n%s", code, w.stderr)
+			}
+		})
+	}
+}
+
+// TestPID1ReapsOrphans runs dirlockd as PID 1 of a new PID namespace. The
+// server leaves a grandchild behind that exits; dirlockd must reap it.
+func TestPID1ReapsOrphans(t *testing.T) {
+	dir := testutil.DataDir(t)
+	w := startRun(t, []string{"unshare", "--pid", "--fork", "--kill-child", "--mount-proc"}, dir, nil,
+		"sh", "-c", `(sleep 0.2 &); echo spawned; sleep 300`)
+	eventually(t, 10*time.Second, "the server to spawn its grandchild", func() bool {
+		return strings.Contains(w.out.String(), "spawned")
+	})
+	init := childOf(w.pid())
+	time.Sleep(800 * time.Millisecond) // the grandchild has exited by now
+	var zombies []string
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", init))
+	var kids []string
+	for _, f := range tasks {
+		b, _ := os.ReadFile(f)
+		kids = append(kids, strings.Fields(string(b))...)
+	}
+	for _, k := range kids {
+		b, _ := os.ReadFile("/proc/" + k + "/stat")
+		if i := bytes.LastIndexByte(b, ')'); i > 0 && len(b) > i+2 && b[i+2] == 'Z' {
+			zombies = append(zombies, k)
+		}
+	}
+	if len(kids) != 1 || len(zombies) > 0 {
+		t.Errorf("children of dirlockd as PID 1: %v, zombies %v; want only the server", kids, zombies)
+	}
+	syscall.Kill(init, syscall.SIGTERM)
+	if code := w.wait(t, 10*time.Second); code != 143 {
+		t.Errorf("exit %d; stderr:\n%s", code, w.stderr)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// redisDo sends one inline command to redis and returns the reply line.
+func redisDo(t *testing.T, port int, cmd string) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "%s\r\n", cmd)
+	rd := bufio.NewReader(c)
+	line, err := rd.ReadString('\n')
+	if err != nil {
+		t.Fatalf("redis %q: %v", cmd, err)
+	}
+	if strings.HasPrefix(line, "$") && line != "$-1\r\n" {
+		line, _ = rd.ReadString('\n')
+	}
+	return strings.TrimSpace(line)
+}
+
+// TestRedis wraps a real redis-server that reports readiness itself
+// (--supervised systemd sends READY=1 on NOTIFY_SOCKET).
+func TestRedis(t *testing.T) {
+	dir := testutil.DataDir(t)
+	port := freePort(t)
+	argv := []string{"redis-server", "--supervised", "systemd", "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--dir", dir, "--save", "3600 1", "--appendonly", "no", "--daemonize", "no", "--logfile", ""}
+	w := startRun(t, nil, dir, []string{"--ready-notify"}, argv...)
+	waitHeld(t, dir, "ready", 20*time.Second)
+	if !strings.Contains(w.stderr.String(), "via=notify") {
+		t.Errorf("readiness did not come from redis's READY=1:\n%s", w.stderr)
+	}
+	if code, _, stderr := dirlockd(t, "run", "-D", dir, "--", argv[0]); code != 75 || !strings.Contains(stderr, fmt.Sprintf("held by PID %d", w.pid())) {
+		t.Errorf("second run: exit %d, %q", code, stderr)
+	}
+	if got := redisDo(t, port, "SET dirlockd-key kept-across-restart"); got != "+OK" {
+		t.Fatalf("SET: %q", got)
+	}
+	if code, _, stderr := dirlockd(t, "stop", "-D", dir, "--timeout", "20s"); code != 0 {
+		t.Fatalf("stop: exit %d, %s", code, stderr)
+	}
+	if code := w.wait(t, 20*time.Second); code != 0 {
+		t.Errorf("redis under dirlockd exited %d after stop; stderr:\n%s", code, w.stderr)
+	}
+	if code, c := check(t, dir); code != 0 || c.State != "free" {
+		t.Errorf("check after stop: %d %+v", code, c)
+	}
+
+	w = startRun(t, nil, dir, []string{"--ready-notify"}, argv...)
+	waitHeld(t, dir, "ready", 20*time.Second)
+	if got := redisDo(t, port, "GET dirlockd-key"); got != "kept-across-restart" {
+		t.Errorf("GET after restart: %q", got)
+	}
+	if code, _, _ := dirlockd(t, "stop", "-D", dir, "--timeout", "20s"); code != 0 {
+		t.Errorf("second stop: exit %d", code)
+	}
+	w.wait(t, 20*time.Second)
+}
+
+// TestEtcd wraps a real etcd, which notifies systemd when it serves.
+func TestEtcd(t *testing.T) {
+	dir := testutil.DataDir(t)
+	client, peer := freePort(t), freePort(t)
+	curl := fmt.Sprintf("http://127.0.0.1:%d", client)
+	purl := fmt.Sprintf("http://127.0.0.1:%d", peer)
+	argv := []string{"etcd", "--name", "default", "--data-dir", filepath.Join(dir, "etcd"),
+		"--listen-client-urls", curl, "--advertise-client-urls", curl,
+		"--listen-peer-urls", purl, "--initial-advertise-peer-urls", purl,
+		"--initial-cluster", "default=" + purl}
+	w := startRun(t, nil, dir, []string{"--ready-notify"}, argv...)
+	waitHeld(t, dir, "ready", 30*time.Second)
+	if !strings.Contains(w.stderr.String(), "via=notify") {
+		t.Errorf("readiness did not come from etcd's READY=1")
+	}
+	if code, _, stderr := dirlockd(t, "run", "-D", dir, "--", "etcd"); code != 75 || !strings.Contains(stderr, fmt.Sprintf("held by PID %d", w.pid())) {
+		t.Errorf("second run: exit %d, %q", code, stderr)
+	}
+	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+	put, _ := json.Marshal(map[string]string{"key": b64("dirlockd"), "value": b64("survives")})
+	resp, err := http.Post(curl+"/v3/kv/put", "application/json", bytes.NewReader(put))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("put: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	if code, _, stderr := dirlockd(t, "stop", "-D", dir, "--timeout", "30s"); code != 0 {
+		t.Fatalf("stop: exit %d, %s", code, stderr)
+	}
+	w.wait(t, 30*time.Second)
+
+	w = startRun(t, nil, dir, []string{"--ready-notify"}, argv...)
+	waitHeld(t, dir, "ready", 30*time.Second)
+	rng, _ := json.Marshal(map[string]string{"key": b64("dirlockd")})
+	resp, err = http.Post(curl+"/v3/kv/range", "application/json", bytes.NewReader(rng))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Kvs []struct{ Value string } `json:"kvs"`
+	}
+	json.NewDecoder(resp.Body).Decode(&got)
+	resp.Body.Close()
+	if len(got.Kvs) != 1 || got.Kvs[0].Value != b64("survives") {
+		t.Errorf("range after restart: %+v", got)
+	}
+	if code, _, _ := dirlockd(t, "stop", "-D", dir, "--timeout", "30s"); code != 0 {
+		t.Errorf("second stop: exit %d", code)
+	}
+	w.wait(t, 30*time.Second)
+}
