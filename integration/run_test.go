@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dirlockd/dirlockd/internal/notify"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
@@ -307,4 +309,65 @@ func TestEtcd(t *testing.T) {
 		t.Errorf("second stop: exit %d", code)
 	}
 	w.wait(t, 30*time.Second)
+}
+
+// TestInternalError: a failure of dirlockd's own (here: no temporary
+// directory for the notify socket) exits 70 and still releases the lock.
+func TestInternalError(t *testing.T) {
+	dir := testutil.DataDir(t)
+	cmd := exec.Command(bin, "run", "-D", dir, "--", "true")
+	cmd.Env = append(os.Environ(), "TMPDIR=/nonexistent/dirlockd-test")
+	out, _ := cmd.CombinedOutput()
+	if code := cmd.ProcessState.ExitCode(); code != 70 || !strings.Contains(string(out), "notify socket directory") {
+		t.Errorf("exit %d, output %s; want 70", code, out)
+	}
+	if code, r := check(t, dir); code != 0 || r.Status != "stopped" {
+		t.Errorf("after the internal error: check exit %d, %+v; want free and a record marked stopped", code, r)
+	}
+	if code, out, _ := dirlockd(t, "version"); code != 0 || !strings.HasPrefix(out, "dirlockd ") {
+		t.Errorf("version: exit %d, %q", code, out)
+	}
+}
+
+// TestSystemdForwarding plays systemd: dirlockd runs with NOTIFY_SOCKET set
+// to a socket of ours, wrapping a redis that notifies. Everything redis says
+// must reach "systemd" with MAINPID naming dirlockd, and a stop must be
+// announced.
+func TestSystemdForwarding(t *testing.T) {
+	dir := testutil.DataDir(t)
+	sd, err := notify.Listen(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sd.Close()
+	t.Setenv("NOTIFY_SOCKET", sd.Path())
+	port := freePort(t)
+	w := startRun(t, nil, dir, []string{"--ready-notify"}, "redis-server", "--supervised", "systemd",
+		"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--logfile", "")
+	next := func(what string) notify.Message {
+		t.Helper()
+		select {
+		case m := <-sd.Messages():
+			return m
+		case <-time.After(20 * time.Second):
+			t.Fatalf("systemd got no %s", what)
+		}
+		return notify.Message{}
+	}
+	var ready notify.Message
+	for !ready.Ready() {
+		ready = next("READY=1")
+	}
+	if pid, _ := ready.Get("MAINPID"); pid != strconv.Itoa(w.pid()) || ready.PID != w.pid() {
+		t.Errorf("READY=1 came from PID %d with MAINPID=%s; want both dirlockd's %d", ready.PID, pid, w.pid())
+	}
+	waitHeld(t, dir, "ready", 10*time.Second)
+	w.cmd.Process.Signal(syscall.SIGTERM)
+	var stopping notify.Message
+	for !stopping.Stopping() {
+		stopping = next("STOPPING=1")
+	}
+	if code := w.wait(t, 20*time.Second); code != 0 {
+		t.Errorf("redis exited %d after SIGTERM", code)
+	}
 }
