@@ -15,25 +15,32 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dirlockd/dirlockd/integration/torture"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 )
 
-var bin string
+// bin is dirlockd as shipped; binFault is built with -tags faultinject,
+// for the crash-injection scenarios of the torture suite.
+var bin, binFault string
 
 func TestMain(m *testing.M) {
+	helpers := map[string]testutil.Helper{"torture-worker": torture.WorkerMain}
+	testutil.Dispatch(helpers)
 	dir, err := os.MkdirTemp("", "dirlockd-bin")
 	if err != nil {
 		panic(err)
 	}
-	bin = filepath.Join(dir, "dirlockd")
-	build := exec.Command("go", "build", "-o", bin, "../cmd/dirlockd")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build dirlockd:", err)
-		os.Exit(1)
+	bin, binFault = filepath.Join(dir, "dirlockd"), filepath.Join(dir, "dirlockd-faultinject")
+	for _, b := range [][]string{{"-o", bin}, {"-tags", "faultinject", "-o", binFault}} {
+		build := exec.Command("go", append(append([]string{"build"}, b...), "../cmd/dirlockd")...)
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "build dirlockd:", err)
+			os.Exit(1)
+		}
 	}
 	defer os.RemoveAll(dir)
-	testutil.Main(m, nil)
+	testutil.Main(m, helpers)
 }
 
 // dirlockd runs the binary to completion and returns its exit code and output.

@@ -85,6 +85,25 @@ func TestExitStatus(t *testing.T) {
 	}
 }
 
+// TestChildEnvironment: the server gets dirlockd's variables, replacing any
+// the caller had, and keeps every other variable (other DIRLOCKD_ ones too).
+func TestChildEnvironment(t *testing.T) {
+	dir := testutil.DataDir(t)
+	cmd := exec.Command(bin, "run", "-D", dir, "--", "sh", "-c",
+		`echo "token=$DIRLOCKD_TOKEN fd=$DIRLOCKD_LOCK_FD datadir=$DIRLOCKD_DATADIR other=$DIRLOCKD_OTHER notify=$NOTIFY_SOCKET"; `+
+			`readlink /proc/self/fd/3`)
+	cmd.Env = append(os.Environ(), "DIRLOCKD_OTHER=kept", "DIRLOCKD_TOKEN=forged", "NOTIFY_SOCKET=/forged")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(out)
+	if !strings.Contains(s, "other=kept") || strings.Contains(s, "forged") || !strings.Contains(s, "fd=3 datadir="+dir) ||
+		!strings.Contains(s, filepath.Join(dir, pidfile.DefaultName)) || !strings.Contains(s, "notify=/") {
+		t.Errorf("server's view:\n%s", s)
+	}
+}
+
 func TestSignals(t *testing.T) {
 	dir := testutil.DataDir(t)
 	// The server reports the signals it gets on stdout.
@@ -103,24 +122,38 @@ func TestSignals(t *testing.T) {
 }
 
 // TestStopTimeoutKills: a server that ignores SIGTERM gets SIGKILL after
-// --stop-timeout, the whole group with --signal-group.
+// --stop-timeout, the whole group with --signal-group. Neither a second
+// SIGTERM nor the server's own STOPPING=1 may disarm that timer.
 func TestStopTimeoutKills(t *testing.T) {
-	dir := testutil.DataDir(t)
-	w := startRun(t, nil, dir, []string{"--stop-timeout", "500ms", "--signal-group"},
-		"sh", "-c", `trap '' TERM; echo up; while :; do sleep 0.05; done`)
-	waitHeld(t, dir, "ready", 10*time.Second)
-	eventually(t, 5*time.Second, "the server's trap set-up", func() bool { return strings.Contains(w.out.String(), "up") })
-	start := time.Now()
-	w.cmd.Process.Signal(syscall.SIGTERM)
-	code := w.wait(t, 10*time.Second)
-	if code != 137 || time.Since(start) < 400*time.Millisecond {
-		t.Errorf("exit %d after %v, want 137 after the 500ms stop timeout", code, time.Since(start))
-	}
-	if !strings.Contains(w.stderr.String(), "sending SIGKILL") {
-		t.Errorf("no SIGKILL logged:\n%s", w.stderr)
-	}
-	if code, r := check(t, dir); code != 0 {
-		t.Errorf("check after the kill: exit %d, %+v (processes of the group left behind?)", code, r)
+	const announce = `python3 -c 'import os, socket; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"STOPPING=1", os.environ["NOTIFY_SOCKET"])'; `
+	for _, c := range []struct{ name, prelude string }{
+		{"plain", ""},
+		{"server said STOPPING=1", announce},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := testutil.DataDir(t)
+			w := startRun(t, nil, dir, []string{"--stop-timeout", "500ms", "--signal-group"},
+				"sh", "-c", `trap '' TERM; `+c.prelude+`echo up; while :; do sleep 0.05; done`)
+			waitHeld(t, dir, "", 10*time.Second)
+			eventually(t, 5*time.Second, "the server's set-up", func() bool { return strings.Contains(w.out.String(), "up") })
+			if c.prelude != "" {
+				eventually(t, 5*time.Second, "status stopping", func() bool { _, r := check(t, dir); return r.Status == "stopping" })
+			}
+			start := time.Now()
+			w.cmd.Process.Signal(syscall.SIGTERM)
+			time.Sleep(100 * time.Millisecond)
+			w.cmd.Process.Signal(syscall.SIGTERM) // must not restart or cancel the timer
+			code := w.wait(t, 10*time.Second)
+			if took := time.Since(start); code != 137 || took < 400*time.Millisecond || took > 3*time.Second {
+				t.Errorf("exit %d after %v, want 137 after the 500ms stop timeout; stderr:\n%s", code, took, w.stderr)
+			}
+			if !strings.Contains(w.stderr.String(), "sending SIGKILL") {
+				t.Errorf("no SIGKILL logged:\n%s", w.stderr)
+			}
+			if code, r := check(t, dir); code != 0 {
+				t.Errorf("check after the kill: exit %d, %+v (processes of the group left behind?)", code, r)
+			}
+		})
 	}
 }
 

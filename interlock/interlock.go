@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	mrand "math/rand/v2"
 	"os"
 	"slices"
 	"strings"
@@ -94,6 +95,7 @@ const (
 )
 
 func (o Options) step(s Step) {
+	faultPoint(s)
 	if o.hook != nil {
 		o.hook(s)
 	}
@@ -203,28 +205,38 @@ func Acquire(ctx context.Context, dir string, opts Options) (*Lock, error) {
 
 // lockWaiting takes f's lock, retrying while it is busy for as long as opts
 // and ctx allow, and at least until a busy lock can be blamed on somebody.
+//
+// Saying who holds a busy lock can cost a scan of every process's
+// descriptors, so a caller that waits asks only when it is about to give up:
+// dozens of waiters classifying on every retry would starve the very holder
+// they wait for.
 func lockWaiting(ctx context.Context, f *pidfile.File, opts Options, me self) error {
 	start := time.Now()
 	backoff := time.Millisecond
+	dev, ino := f.ID()
 	for {
 		err := f.TryLock(opts.LockMethod)
 		if err == nil || !errors.Is(err, pidfile.ErrLocked) {
 			return err
 		}
-		rec, _, _ := f.ReadRecord()
-		dev, ino := f.ID()
-		verdict, final := judgeBusy(f.Dir(), rec, func(pid int) bool { return proc.HoldsLock(pid, dev, ino) }, f.Holders, me)
 		waited := time.Since(start)
-		settled := final || waited >= opts.settleTime()
-		if settled && opts.Wait >= 0 && waited >= opts.Wait {
-			return verdict
+		if opts.Wait >= 0 && waited >= opts.Wait || ctx.Err() != nil {
+			rec, _, _ := f.ReadRecord()
+			verdict, final := judgeBusy(f.Dir(), rec, func(pid int) bool { return proc.HoldsLock(pid, dev, ino) }, f.Holders, me)
+			if ctx.Err() != nil {
+				return fmt.Errorf("%w (gave up waiting: %w)", verdict, ctx.Err())
+			}
+			if final || waited >= opts.settleTime() {
+				return verdict
+			}
 		}
+		// Jittered, and short at most: a waiter only notices a release
+		// when it tries again, so the ceiling is the hand-off latency.
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w (gave up waiting: %w)", verdict, ctx.Err())
-		case <-time.After(backoff):
+		case <-time.After(backoff/2 + mrand.N(backoff)):
 		}
-		backoff = min(2*backoff, 50*time.Millisecond)
+		backoff = min(2*backoff, 10*time.Millisecond)
 	}
 }
 

@@ -51,6 +51,9 @@ func (m Method) String() string {
 	return methodNames[m]
 }
 
+// MarshalText makes a Method print as its name in JSON and logs.
+func (m Method) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
 // ParseMethod parses "auto", "flock", "ofd" or "posix".
 func ParseMethod(s string) (Method, error) {
 	for i, n := range methodNames {

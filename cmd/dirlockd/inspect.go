@@ -78,7 +78,7 @@ stale, held, orphans, invalid), pid, host, status, orphans, reason, and more.`,
   dirlockd check -D /srv/a -D /srv/b --json
 `, true, &g, stderr)
 	fs.BoolVar(&asJSON, "json", false, "one JSON object per directory and line")
-	rest, err := g.parse(fs, args, stderr)
+	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		return exitFor(err)
 	}
@@ -123,7 +123,7 @@ pg_ctl status and start-stop-daemon --status):
   dirlockd status -D /var/lib/redis --json | jq .child_pid
 `, false, &g, stderr)
 	fs.BoolVar(&asJSON, "json", false, "print a JSON object")
-	rest, err := g.parse(fs, args, stderr)
+	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		if errors.Is(err, errUsage) {
 			return lsbUnknown

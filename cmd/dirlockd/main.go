@@ -107,8 +107,9 @@ type globals struct {
 	logFormat string
 	logLevel  string
 
-	opts interlock.Options
-	log  *slog.Logger
+	opts  interlock.Options
+	log   *slog.Logger
+	usage func(io.Writer)
 }
 
 // command builds a command's flag set with the global flags. multiDir lets
@@ -127,8 +128,11 @@ func command(name, synopsis, about, examples string, multiDir bool, g *globals, 
 	fs.StringVar(&g.method, "lock-method", "auto", "lock method: auto, flock, ofd or posix (all holders of a directory must agree)")
 	fs.StringVar(&g.logFormat, "log-format", "auto", "log format: auto (text on a terminal, else logfmt), text, logfmt or json")
 	fs.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "%s\n\nUsage:\n  dirlockd %s\n\n%s\nFlags:\n%s\nExamples:\n%s", about, synopsis, "", fs.FlagUsages(), examples)
+	// Help goes to stdout when asked for (parse prints it); a bad command
+	// line gets one line on stderr saying what is wrong, not the whole help.
+	fs.Usage = func() {}
+	g.usage = func(w io.Writer) {
+		fmt.Fprintf(w, "%s\n\nUsage:\n  dirlockd %s\n\nFlags:\n%s\nExamples:\n%s", about, synopsis, fs.FlagUsages(), examples)
 	}
 	return fs
 }
@@ -139,7 +143,7 @@ var errUsage = errors.New("usage")
 
 // parse parses args and settles the global flags. It returns the positional
 // arguments. A nil error with help requested is reported as pflag.ErrHelp.
-func (g *globals) parse(fs *pflag.FlagSet, args []string, stderr io.Writer) ([]string, error) {
+func (g *globals) parse(fs *pflag.FlagSet, args []string, stdout, stderr io.Writer) ([]string, error) {
 	fail := func(format string, a ...any) ([]string, error) {
 		fmt.Fprintf(stderr, "dirlockd %s: %s\n", fs.Name(), fmt.Sprintf(format, a...))
 		fmt.Fprintf(stderr, "Run \"dirlockd %s --help\" for usage.\n", fs.Name())
@@ -147,6 +151,7 @@ func (g *globals) parse(fs *pflag.FlagSet, args []string, stderr io.Writer) ([]s
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
+			g.usage(stdout)
 			return nil, err
 		}
 		return fail("%v", err)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -81,7 +82,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.readyTCP, "ready-tcp", "", "ready when HOST:PORT accepts a TCP connection")
 	fs.DurationVar(&f.recheck, "recheck", 10*time.Second, "how often to recheck the interlock and write a heartbeat (0: never)")
 	fs.StringVar(&f.onLost, "on-lost", "shutdown", "when the recheck finds the interlock lost: shutdown (stop COMMAND) or log")
-	rest, err := g.parse(fs, args, stderr)
+	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		return exitFor(err)
 	}
@@ -119,10 +120,12 @@ type runner struct {
 	log      *slog.Logger
 	upstream string // our own NOTIFY_SOCKET, when systemd supervises us
 
-	lock     *interlock.Lock
-	child    *os.Process
-	ready    bool
-	stopping bool
+	lock      *interlock.Lock
+	child     *os.Process
+	ready     bool
+	stopping  bool             // the pidfile says stopping (we, or the server itself, began to stop)
+	kill      <-chan time.Time // armed by the first stop request: SIGKILL when it fires
+	stopAsked bool
 }
 
 func (r *runner) run() int {
@@ -260,17 +263,17 @@ func (r *runner) start(path, notifySocket string) int {
 	return 0
 }
 
-// childEnv drops what the server must get from us, not from our caller.
+// childVars are the variables run gives the server; any value the caller's
+// environment has for them is replaced.
+var childVars = []string{"NOTIFY_SOCKET", "DIRLOCKD_DATADIR", "DIRLOCKD_PIDFILE", "DIRLOCKD_LOCK_FD", "DIRLOCKD_SHM_ID", interlock.TokenEnv}
+
+// childEnv drops from env what the server must get from us, not from our
+// caller, and keeps everything else (other DIRLOCKD_ variables included).
 func childEnv(env []string) []string {
-	out := env[:0:0]
-	for _, kv := range env {
+	return slices.DeleteFunc(slices.Clone(env), func(kv string) bool {
 		k, _, _ := strings.Cut(kv, "=")
-		if k == "NOTIFY_SOCKET" || strings.HasPrefix(k, "DIRLOCKD_") {
-			continue
-		}
-		out = append(out, kv)
-	}
-	return out
+		return slices.Contains(childVars, k)
+	})
 }
 
 func setExtra(p *pidfile.Record, k, v string) {
@@ -301,20 +304,23 @@ func (r *runner) supervise(sigs chan os.Signal, nl *notify.Listener) int {
 		recheck = t.C
 	}
 	msgs := nl.Messages()
-	var kill <-chan time.Time
 	for {
 		select {
 		case ws := <-exited:
 			return r.finish(r.exitStatus(ws))
 		case s := <-sigs:
-			r.signal(s.(syscall.Signal))
-			if s == syscall.SIGTERM || s == syscall.SIGINT {
-				kill = r.beginStop("signal " + unix.SignalName(s.(syscall.Signal)))
+			sig := s.(syscall.Signal)
+			r.signal(sig)
+			if sig == syscall.SIGTERM || sig == syscall.SIGINT {
+				// A server stopped by job control (SIGTTIN) would
+				// never act on the signal: wake it, as systemd does.
+				r.signal(syscall.SIGCONT)
+				r.beginStop("signal " + unix.SignalName(sig))
 			}
-		case <-kill:
+		case <-r.kill:
 			r.log.Warn("the server did not exit in time: sending SIGKILL", "stop_timeout", r.flags.stopTimeout)
 			r.signal(syscall.SIGKILL)
-			kill = nil
+			r.kill = nil
 		case m, ok := <-msgs:
 			if !ok {
 				msgs = nil
@@ -326,9 +332,10 @@ func (r *runner) supervise(sigs chan os.Signal, nl *notify.Listener) int {
 		case <-recheck:
 			if err := r.lock.Check(); err != nil {
 				r.log.Error("the data directory interlock is lost: "+err.Error(), "on_lost", r.flags.onLost)
-				if r.flags.onLost == "shutdown" && !r.stopping {
+				if r.flags.onLost == "shutdown" && !r.stopAsked {
 					r.signal(syscall.SIGTERM)
-					kill = r.beginStop("interlock lost")
+					r.signal(syscall.SIGCONT)
+					r.beginStop("interlock lost")
 				}
 				continue
 			}
@@ -352,16 +359,20 @@ func (r *runner) signal(s syscall.Signal) {
 	}
 }
 
-// beginStop records that the server is stopping and returns the timer after
-// which it gets SIGKILL.
-func (r *runner) beginStop(why string) <-chan time.Time {
-	if r.stopping {
-		return nil
+// beginStop records that the server is being stopped, once, and arms the
+// timer after which it gets SIGKILL. Later requests change nothing: the first
+// timer stands.
+func (r *runner) beginStop(why string) {
+	if r.stopAsked {
+		return
 	}
+	r.stopAsked = true
 	r.log.Info("stopping the server", "reason", why, "stop_timeout", r.flags.stopTimeout)
-	r.setStatus(pidfile.Stopping)
-	r.upstreamSend(notify.Field{Key: "STOPPING", Value: "1"})
-	return time.After(r.flags.stopTimeout)
+	if !r.stopping {
+		r.setStatus(pidfile.Stopping)
+		r.upstreamSend(notify.Field{Key: "STOPPING", Value: "1"})
+	}
+	r.kill = time.After(r.flags.stopTimeout)
 }
 
 func (r *runner) setStatus(s pidfile.Status) {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -39,15 +40,20 @@ PID namespace); 3 invalid data directory or pidfile; 64 usage.`,
 	fs.StringVar(&sigName, "signal", "TERM", "signal to send: TERM, INT, QUIT, HUP, KILL, USR1, USR2 or a number")
 	fs.DurationVar(&timeout, "timeout", 60*time.Second, "how long to wait for the lock to be released")
 	fs.DurationVar(&killAfter, "kill-after", 0, "if still held this long after the signal, SIGKILL every process proven to hold the lock (0: never)")
-	rest, err := g.parse(fs, args, stderr)
+	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		return exitFor(err)
 	}
 	sig, err := parseSignal(sigName)
+	if err != nil {
+		err = fmt.Errorf("--signal: %w", err)
+	} else if killAfter > 0 && killAfter >= timeout {
+		err = fmt.Errorf("--kill-after %v must be shorter than --timeout %v, or it never fires", killAfter, timeout)
+	}
 	if err != nil || len(rest) > 0 || timeout <= 0 {
 		switch {
 		case err != nil:
-			fmt.Fprintf(stderr, "dirlockd stop: --signal: %v\n", err)
+			fmt.Fprintf(stderr, "dirlockd stop: %v\n", err)
 		case len(rest) > 0:
 			fmt.Fprintf(stderr, "dirlockd stop: unexpected argument %q\n", rest[0])
 		default:
@@ -101,9 +107,14 @@ PID namespace); 3 invalid data directory or pidfile; 64 usage.`,
 			log.Info("stopped", "pid", rec.PID, "after", time.Since(start).Round(time.Millisecond))
 			return 0
 		}
+		// Held by another instance now: the one signalled has released.
+		if r.Record != nil && r.Record.Token != rec.Token {
+			log.Error("stopped, but another instance holds the data directory now", "pid", rec.PID, "new_pid", r.Record.PID, "holders", r.Holders)
+			return 1
+		}
 		if killAfter > 0 && !killed && time.Since(start) >= killAfter {
 			killed = true
-			killHolders(log, r.Holders, dev, ino)
+			killHolders(log, r.Holders, rec, dev, ino)
 		}
 		if time.Since(start) >= timeout {
 			log.Error("still held after the timeout", "pid", rec.PID, "holders", r.Holders, "timeout", timeout)
@@ -169,18 +180,40 @@ func proveOpened(pfd, pid int, start uint64, dev, ino uint64) error {
 	return nil
 }
 
-// killHolders SIGKILLs every process proven to hold the lock.
-func killHolders(log *slog.Logger, holders []int, dev, ino uint64) {
+// killHolders SIGKILLs every process proven to hold the lock and to belong
+// to the instance of rec: its recorded PID with the recorded start time, or
+// a process carrying its token. Holders are listed after the record is read,
+// so they may already be those of a next instance that took the lock over.
+func killHolders(log *slog.Logger, holders []int, rec *pidfile.Record, dev, ino uint64) {
+	pfds := make(map[int]int, len(holders))
 	for _, pid := range holders {
-		pfd, err := unix.PidfdOpen(pid, 0)
-		if err != nil {
+		if pfd, err := unix.PidfdOpen(pid, 0); err == nil {
+			pfds[pid] = pfd
+			defer unix.Close(pfd)
+		}
+	}
+	// Read the environments after the pidfds pin the processes.
+	var ours []int
+	if rec.Token != "" {
+		ours, _ = proc.WithEnv(interlock.TokenEnv, rec.Token)
+	}
+	for _, pid := range holders {
+		pfd, ok := pfds[pid]
+		if !ok {
 			continue
 		}
-		if err := proveOpened(pfd, pid, 0, dev, ino); err == nil {
+		var start uint64
+		switch {
+		case pid == rec.PID:
+			start = rec.PIDStart
+		case !slices.Contains(ours, pid):
+			log.Warn("holds the lock but is not of the instance signalled: not killed", "pid", pid, "cmdline", proc.Cmdline(pid))
+			continue
+		}
+		if err := proveOpened(pfd, pid, start, dev, ino); err == nil {
 			log.Warn("still held after --kill-after: sending SIGKILL", "pid", pid, "cmdline", proc.Cmdline(pid))
 			unix.PidfdSendSignal(pfd, unix.SIGKILL, nil, 0)
 		}
-		unix.Close(pfd)
 	}
 }
 
@@ -215,7 +248,7 @@ Exit status: 0 reached; 1 timed out; 3 invalid data directory or pidfile; 64 usa
 `, false, &g, stderr)
 	fs.StringVar(&target, "for", "free", "what to wait for: free or ready")
 	fs.DurationVar(&timeout, "timeout", 0, "give up after this long (0: wait forever)")
-	rest, err := g.parse(fs, args, stderr)
+	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		return exitFor(err)
 	}

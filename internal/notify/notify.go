@@ -329,9 +329,15 @@ func Forward(upstream string, m Message, mainPID int) error {
 	}
 	fields := make([]Field, 0, len(m.Fields)+1)
 	for _, f := range m.Fields {
-		if f.Key != "MAINPID" {
+		// BARRIER=1 asks systemd to wait for a descriptor to close, and
+		// descriptors are not forwarded: passing it on would make systemd
+		// complain about a barrier without one.
+		if f.Key != "MAINPID" && f.Key != "BARRIER" {
 			fields = append(fields, f)
 		}
+	}
+	if len(fields) == 0 {
+		return nil
 	}
 	fields = append(fields, Field{"MAINPID", strconv.Itoa(mainPID)})
 	return Send(upstream, fields...)

@@ -17,8 +17,10 @@ import (
 	"time"
 )
 
-// helperEnv names the helper a re-executed test binary runs.
-const helperEnv = "DIRLOCKD_TEST_HELPER"
+// HelperEnv names the helper a re-executed test binary runs. It must not look
+// like one of dirlockd's own variables, which dirlockd run replaces: a helper
+// that lost it would run the whole test suite again, recursively.
+const HelperEnv = "DLTEST_HELPER"
 
 // Helper is a function a re-executed test binary runs instead of the tests;
 // its return value is the process's exit code.
@@ -29,14 +31,7 @@ type Helper func(args []string) int
 // segments on the machine is the same after as before (run packages with
 // go test -p 1 so that they do not see each other's).
 func Main(m *testing.M, helpers map[string]Helper) {
-	if name := os.Getenv(helperEnv); name != "" {
-		h, ok := helpers[name]
-		if !ok {
-			fmt.Fprintf(os.Stderr, "unknown helper %q\n", name)
-			os.Exit(2)
-		}
-		os.Exit(h(os.Args[1:]))
-	}
+	Dispatch(helpers)
 	before, err := Segments()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "list SysV segments:", err)
@@ -55,6 +50,23 @@ func Main(m *testing.M, helpers map[string]Helper) {
 		}
 	}
 	os.Exit(code)
+}
+
+// Dispatch runs the helper a re-executed test binary was started for, and
+// exits; it returns at once in the test process itself. A TestMain that does
+// set-up work (building binaries) must call it first, or every helper would
+// repeat that work.
+func Dispatch(helpers map[string]Helper) {
+	name := os.Getenv(HelperEnv)
+	if name == "" {
+		return
+	}
+	h, ok := helpers[name]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "unknown helper %q\n", name)
+		os.Exit(2)
+	}
+	os.Exit(h(os.Args[1:]))
 }
 
 // Segments lists the ids of the SysV shared-memory segments in our IPC
@@ -103,7 +115,7 @@ func Command(name string, args ...string) *exec.Cmd {
 		panic(err)
 	}
 	cmd := exec.Command(exe, args...)
-	cmd.Env = append(os.Environ(), helperEnv+"="+name)
+	cmd.Env = append(os.Environ(), HelperEnv+"="+name)
 	cmd.Stderr = os.Stderr
 	return cmd
 }

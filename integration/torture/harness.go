@@ -1,0 +1,207 @@
+package torture
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/dirlockd/dirlockd/interlock"
+)
+
+// Scale sets how hard the scenarios push. CI uses a scale that finishes in
+// minutes; a soak run multiplies it.
+type Scale struct {
+	Iterations  int           // cycles per scenario (each scenario scales its own loops from it)
+	Concurrency int           // contenders at once in the storms
+	Hold        time.Duration // how long a holder works inside
+}
+
+// CI is the scale the test suite runs at.
+var CI = Scale{Iterations: 40, Concurrency: 64, Hold: time.Millisecond}
+
+// Env is what every scenario gets.
+type Env struct {
+	Bin    string   // dirlockd built with -tags faultinject
+	Worker []string // argv that runs this package's WorkerMain (a re-executed test binary)
+	Helper string   // name of the env var that selects a helper in Worker's binary
+	Work   string   // scratch directory, removed by the caller
+	Scale  Scale
+	Rand   *rand.Rand
+	Logf   func(format string, args ...any)
+
+	n int // counter for fresh directories
+}
+
+// Result is one row of the report.
+type Result struct {
+	Scenario   string
+	Iterations int           // what was repeated, counted
+	Faults     int           // faults injected (kills, stops, bad inputs, ...)
+	Violations []string      // broken invariants: must be none
+	Took       time.Duration // wall time
+	Notes      string
+}
+
+// Scenario is a named test of the promise.
+type Scenario struct {
+	Name string
+	Run  func(e *Env) Result
+}
+
+// DataDir makes a fresh data directory (0700) under the scratch directory.
+func (e *Env) DataDir() string {
+	e.n++
+	d := filepath.Join(e.Work, fmt.Sprintf("data%d", e.n))
+	if err := os.Mkdir(d, 0o700); err != nil {
+		panic(err)
+	}
+	return d
+}
+
+// NewWitness makes a fresh witness under the scratch directory.
+func (e *Env) NewWitness() Witness {
+	e.n++
+	w, err := NewWitness(filepath.Join(e.Work, fmt.Sprintf("witness%d", e.n)))
+	if err != nil {
+		panic(err)
+	}
+	return w
+}
+
+// Dirlockd runs the dirlockd binary to completion (bounded by a minute) and
+// returns its exit code and combined output. Extra environment entries come
+// from env.
+func (e *Env) Dirlockd(env []string, args ...string) (int, string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, e.Bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Run()
+	return cmd.ProcessState.ExitCode(), out.String()
+}
+
+// WorkerArgs is the command line that runs helper name (WorkerMain modes)
+// with args: append it after "dirlockd run -D DIR --".
+func (e *Env) WorkerArgs(mode string, args ...string) []string {
+	return append(append(append([]string{}, e.Worker...), mode), args...)
+}
+
+// WorkerEnv is the environment entry that makes Worker's binary run
+// WorkerMain.
+func (e *Env) WorkerEnv() string { return e.Helper + "=torture-worker" }
+
+// Run runs the scenarios in order and returns their results.
+func Run(e *Env, scenarios []Scenario) []Result {
+	var out []Result
+	for _, s := range scenarios {
+		start := time.Now()
+		r := s.Run(e)
+		r.Scenario, r.Took = s.Name, time.Since(start)
+		e.Logf("%-40s iterations=%d faults=%d violations=%d took=%v %s", r.Scenario, r.Iterations, r.Faults, len(r.Violations), r.Took.Round(time.Millisecond), r.Notes)
+		for _, v := range r.Violations {
+			e.Logf("    VIOLATION: %s", v)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// Table renders results as a Markdown table.
+func Table(rs []Result) string {
+	var b strings.Builder
+	b.WriteString("| scenario | iterations | faults injected | violations | time | notes |\n|---|---:|---:|---:|---:|---|\n")
+	var it, fl, vi int
+	var took time.Duration
+	for _, r := range rs {
+		fmt.Fprintf(&b, "| %s | %d | %d | %d | %s | %s |\n", r.Scenario, r.Iterations, r.Faults, len(r.Violations),
+			r.Took.Round(100*time.Millisecond), r.Notes)
+		it, fl, vi, took = it+r.Iterations, fl+r.Faults, vi+len(r.Violations), took+r.Took
+	}
+	fmt.Fprintf(&b, "| **total** | %d | %d | %d | %s | |\n", it, fl, vi, took.Round(100*time.Millisecond))
+	return b.String()
+}
+
+// WorkerMain is the worker side, run inside "dirlockd run" (or directly by a
+// scenario) as a re-executed test binary. args[0] is the mode:
+//
+//	work WITNESS HOLD        do the witness work once with $DIRLOCKD_TOKEN, exit 0
+//	lib DATADIR WITNESS HOLD N   N times: interlock.Acquire (waiting), work, Release
+//	sleep                    sleep until killed (a server that keeps the inherited lock)
+func WorkerMain(args []string) int {
+	if len(args) == 0 {
+		fmt.Fprintln(os.Stderr, "torture worker: no mode")
+		return 2
+	}
+	fail := func(err error) int {
+		fmt.Fprintln(os.Stderr, "torture worker:", err)
+		return 1
+	}
+	switch args[0] {
+	case "work":
+		hold, _ := time.ParseDuration(args[2])
+		if err := (Witness{Dir: args[1]}).Work(os.Getenv(interlock.TokenEnv), hold); err != nil {
+			return fail(err)
+		}
+		return 0
+	case "lib":
+		hold, _ := time.ParseDuration(args[3])
+		n, _ := strconv.Atoi(args[4])
+		w := Witness{Dir: args[2]}
+		for range n {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			l, err := interlock.Acquire(ctx, args[1], interlock.Options{Wait: -1})
+			cancel()
+			if err != nil {
+				return fail(err)
+			}
+			if err := w.Work(l.Record().Token, hold); err != nil {
+				l.Release()
+				return fail(err)
+			}
+			if err := l.Release(); err != nil {
+				return fail(err)
+			}
+		}
+		return 0
+	case "sleep":
+		fmt.Println("sleeping")
+		for {
+			time.Sleep(time.Hour)
+		}
+	}
+	return fail(fmt.Errorf("unknown mode %q", args[0]))
+}
+
+// Kill SIGKILLs pid and waits until it can no longer act: gone, or a zombie
+// whose threads have all exited. It reports whether it died in time.
+func Kill(pid int) bool {
+	syscall.Kill(pid, syscall.SIGKILL)
+	return WaitDead(pid, 10*time.Second)
+}
+
+// WaitDead waits until pid is gone or a fully exited zombie.
+func WaitDead(pid int, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return true
+		}
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if i := bytes.LastIndexByte(b, ')'); i > 0 && len(b) > i+2 && b[i+2] == 'Z' && len(tasks) <= 1 {
+			return true
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return false
+}
