@@ -6,7 +6,7 @@ DEMO_DIR    ?= demo-data
 FUZZTIME    ?= 30s
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: build test unit integration bench fuzz lint lint-vet run clean
+.PHONY: build test unit integration bench fuzz torture lint lint-vet run clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/dirlockd
@@ -15,19 +15,35 @@ build:
 # SysV segments on the machine is the same after its tests as before, which
 # only holds when no other package's tests run beside it.
 test: lint-vet
-	$(GO) test -p 1 -count=1 ./...
+	$(GO) test -p 1 -count=1 -timeout 25m ./...
 
 unit: lint-vet
 	$(GO) test -p 1 -count=1 ./pidfile/ ./shm/ ./interlock/ ./internal/...
 
 integration: lint-vet
-	$(GO) test -p 1 -count=1 ./integration/
+	$(GO) test -p 1 -count=1 -timeout 25m ./integration/
 
 bench:
 	$(GO) test -p 1 -run '^$$' -bench . -benchmem -count 5 ./interlock/
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./pidfile/
+	$(GO) test -run '^$$' -fuzz '^FuzzArgs$$' -fuzztime $(FUZZTIME) ./cmd/dirlockd/
+
+# The reliability suite at soak scale (make test runs it at CI scale), then
+# the fuzzers; the table goes to docs/reliability.md. Scale with
+# TORTURE_ITER, TORTURE_CONC, TORTURE_HOLD; replay with TORTURE_SEED.
+TORTURE_ITER ?= 200
+TORTURE_CONC ?= 64
+TORTURE_HOLD ?= 1ms
+TORTURE_SEED ?=
+torture:
+	DIRLOCKD_TORTURE_ITER=$(TORTURE_ITER) DIRLOCKD_TORTURE_CONC=$(TORTURE_CONC) \
+	DIRLOCKD_TORTURE_HOLD=$(TORTURE_HOLD) DIRLOCKD_TORTURE_SEED=$(TORTURE_SEED) \
+	DIRLOCKD_TORTURE_REPORT=$(CURDIR)/docs/reliability.md \
+	DIRLOCKD_TORTURE_COMMAND="make torture TORTURE_ITER=$(TORTURE_ITER) TORTURE_CONC=$(TORTURE_CONC)" \
+	$(GO) test -count=1 -timeout 6h -run '^TestTorture$$' -v ./integration/
+	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
 
 lint-vet:
 	$(GO) vet ./...

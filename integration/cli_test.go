@@ -422,7 +422,7 @@ func TestCheckSeveralDirs(t *testing.T) {
 			t.Errorf("check line %d: %q, want it to start with %q", i+1, lines[i], want)
 		}
 	}
-	// Order and worst code do not depend on the order of the worst.
+	// The exit code is the worst, wherever it comes in the list.
 	code, out, _ = dirlockd(t, "check", "-D", held, "-D", free)
 	if code != 1 || !strings.HasPrefix(out, "held: ") || !strings.Contains(out, "\nfree: ") {
 		t.Errorf("check of held, free: exit %d, %q; want 1", code, out)
