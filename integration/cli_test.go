@@ -31,16 +31,8 @@ import (
 // DIRLOCKD_DATADIR, plus extra.
 func cliEnv(t *testing.T, extra []string, args ...string) (int, string, string) {
 	t.Helper()
-	cmd := exec.Command(bin, args...)
-	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "DIRLOCKD_DATADIR=") })
-	cmd.Env = append(cmd.Env, extra...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	if _, ok := err.(*exec.ExitError); err != nil && !ok {
-		t.Fatalf("dirlockd %v: %v", args, err)
-	}
-	return cmd.ProcessState.ExitCode(), out.String(), errb.String()
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "DIRLOCKD_DATADIR=") })
+	return dirlockdEnv(t, append(env, extra...), args...)
 }
 
 type cliResult struct {

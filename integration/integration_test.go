@@ -46,7 +46,14 @@ func TestMain(m *testing.M) {
 // dirlockd runs the binary to completion and returns its exit code and output.
 func dirlockd(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
+	return dirlockdEnv(t, nil, args...)
+}
+
+// dirlockdEnv is dirlockd with env as the whole environment (nil: ours).
+func dirlockdEnv(t *testing.T, env []string, args ...string) (int, string, string) {
+	t.Helper()
 	cmd := exec.Command(bin, args...)
+	cmd.Env = env
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -8,10 +8,6 @@ import (
 	"syscall"
 )
 
-// FaultEnv names the step at which a faultinject build kills itself with
-// SIGKILL: the number of a Step. Release builds have no such hook.
-const FaultEnv = "DIRLOCKD_FAULT"
-
 // faultPoint kills the process at the step $DIRLOCKD_FAULT names.
 func faultPoint(s Step) {
 	if os.Getenv(FaultEnv) == strconv.Itoa(int(s)) {

@@ -94,6 +94,11 @@ const (
 	StepReleaseUnlocked                 // Release: lock released
 )
 
+// FaultEnv names the variable through which a build made with -tags
+// faultinject is told the Step at which to kill itself with SIGKILL (its
+// number). Release builds ignore it: they carry no fault hook at all.
+const FaultEnv = "DIRLOCKD_FAULT"
+
 func (o Options) step(s Step) {
 	faultPoint(s)
 	if o.hook != nil {

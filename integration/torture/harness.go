@@ -178,6 +178,14 @@ func WorkerMain(args []string) int {
 		for {
 			time.Sleep(time.Hour)
 		}
+	case "hold":
+		return workerHold(args[1:])
+	case "closefds-sleep":
+		return workerCloseFDsSleep(args[1:])
+	case "spawn-attacher":
+		return workerSpawnAttacher(args[1:])
+	case "attach-sleep":
+		return workerAttachSleep(args[1:])
 	}
 	return fail(fmt.Errorf("unknown mode %q", args[0]))
 }

@@ -22,23 +22,14 @@ func Storms() []Scenario {
 func stormLibrary(e *Env) Result {
 	dir, w := e.DataDir(), e.NewWitness()
 	per := max(1, e.Scale.Iterations*50/e.Scale.Concurrency)
-	var r Result
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	for range e.Scale.Concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cmd := exec.Command(e.Worker[0], append(e.Worker[1:], "lib", dir, w.Dir, e.Scale.Hold.String(), strconv.Itoa(per))...)
-			cmd.Env = append(cmd.Environ(), e.WorkerEnv())
-			if out, err := cmd.CombinedOutput(); err != nil {
-				mu.Lock()
-				r.Violations = append(r.Violations, fmt.Sprintf("library contender failed: %v: %s", err, out))
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
+	r := Result{Violations: fanOut(e.Scale.Concurrency, func() error {
+		cmd := exec.Command(e.Worker[0], append(e.Worker[1:], "lib", dir, w.Dir, e.Scale.Hold.String(), strconv.Itoa(per))...)
+		cmd.Env = append(cmd.Environ(), e.WorkerEnv())
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("library contender failed: %v: %s", err, out)
+		}
+		return nil
+	})}
 	return verify(w, r, e.Scale.Concurrency*per, "")
 }
 
@@ -47,26 +38,35 @@ func stormLibrary(e *Env) Result {
 func stormRun(e *Env) Result {
 	dir, w := e.DataDir(), e.NewWitness()
 	per := max(1, e.Scale.Iterations*12/e.Scale.Concurrency)
-	var r Result
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	for range e.Scale.Concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range per {
-				args := append([]string{"run", "-D", dir, "--wait", "5m", "--recheck", "0", "--"},
-					e.WorkerArgs("work", w.Dir, e.Scale.Hold.String())...)
-				if code, out := e.Dirlockd([]string{e.WorkerEnv()}, args...); code != 0 {
-					mu.Lock()
-					r.Violations = append(r.Violations, fmt.Sprintf("dirlockd run exited %d: %s", code, out))
-					mu.Unlock()
-				}
+	r := Result{Violations: fanOut(e.Scale.Concurrency, func() error {
+		for range per {
+			args := append([]string{"run", "-D", dir, "--wait", "5m", "--recheck", "0", "--"},
+				e.WorkerArgs("work", w.Dir, e.Scale.Hold.String())...)
+			if code, out := e.Dirlockd([]string{e.WorkerEnv()}, args...); code != 0 {
+				return fmt.Errorf("dirlockd run exited %d: %s", code, out)
 			}
-		}()
+		}
+		return nil
+	})}
+	return verify(w, r, e.Scale.Concurrency*per, "")
+}
+
+// fanOut runs f in n goroutines at once and returns their failures.
+func fanOut(n int, f func() error) []string {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var fails []string
+	for range n {
+		wg.Go(func() {
+			if err := f(); err != nil {
+				mu.Lock()
+				fails = append(fails, err.Error())
+				mu.Unlock()
+			}
+		})
 	}
 	wg.Wait()
-	return verify(w, r, e.Scale.Concurrency*per, "")
+	return fails
 }
 
 // verify adds the witness's verdict to r: want holders must have completed.
