@@ -101,6 +101,10 @@ const (
 	// WitnessToken: its environment carries the previous holder's
 	// DIRLOCKD_TOKEN.
 	WitnessToken Witness = "carries the previous holder's DIRLOCKD_TOKEN"
+	// WitnessStarted: its environment says dirlockd run started it for
+	// this data directory (DIRLOCKD_PIDFILE names its pidfile), whatever
+	// the pidfile says now.
+	WitnessStarted Witness = "was started by dirlockd run for this data directory (DIRLOCKD_PIDFILE)"
 )
 
 // Orphan is one surviving process.

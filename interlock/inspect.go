@@ -83,7 +83,7 @@ func Inspect(dir string, opts Options) (*Report, error) {
 			}
 			return rep, nil
 		}
-		rep.Segments, err = witness(abs, dirID, r.Record, me, false)
+		rep.Segments, err = witness(abs, r.Path, dirID, r.Record, me, false)
 		switch {
 		case errors.As(err, new(*OrphansError)):
 			rep.State, rep.Err = Orphaned, err
@@ -92,7 +92,8 @@ func Inspect(dir string, opts Options) (*Report, error) {
 		case r.Outcome == pidfile.NotExist, r.Record != nil && r.Record.Status == pidfile.Stopped:
 			rep.State = Free
 		case len(r.Raw) == 0:
-			rep.State = Free
+			// An empty pidfile: a start died before its first record.
+			rep.State, rep.RecordErr = Stale, errEmpty
 		default:
 			rep.State = Stale
 		}

@@ -39,6 +39,11 @@ import (
 // previous holder's token in it.
 const TokenEnv = "DIRLOCKD_TOKEN"
 
+// PidfileEnv is the environment variable through which a holder's children
+// carry the pidfile's path. It witnesses them even when the record that
+// named their token has been lost (emptied, deleted, torn by a crash).
+const PidfileEnv = "DIRLOCKD_PIDFILE"
+
 // DefaultSettle is how long a busy lock is watched before the busy-ness is
 // blamed on orphans: a starter holds the lock for a few milliseconds before
 // its record names it, and an inspector may be probing the lock.
@@ -157,6 +162,10 @@ type Previous struct {
 	Raw    []byte          // the content as found
 	Err    error           // why Record is nil although Raw is not empty
 }
+
+// errEmpty describes a pidfile found empty: a start died between creating it
+// and writing its first record.
+var errEmpty = fmt.Errorf("%w: empty: a start died before writing its record", pidfile.ErrMalformed)
 
 // Clean reports whether the previous holder released the directory itself.
 func (p *Previous) Clean() bool {
@@ -296,8 +305,11 @@ func takeOver(f *pidfile.File, opts Options, me self) (*Lock, error) {
 		return nil, recErr
 	}
 	var prev *Previous
-	if len(raw) > 0 {
+	switch {
+	case len(raw) > 0:
 		prev = &Previous{Record: rec, Raw: raw, Err: recErr}
+	case !f.Created():
+		prev = &Previous{Err: errEmpty}
 	}
 	opts.step(StepReadPrevious)
 
@@ -305,7 +317,7 @@ func takeOver(f *pidfile.File, opts Options, me self) (*Lock, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := witness(f.Dir(), dirID, rec, me, true); err != nil {
+	if _, err := witness(f.Dir(), f.Path(), dirID, rec, me, true); err != nil {
 		return nil, err
 	}
 	opts.step(StepWitnessed)
@@ -359,7 +371,7 @@ func takeOver(f *pidfile.File, opts Options, me self) (*Lock, error) {
 // reclaim set it removes the unattached segments it finds. It returns the
 // segments of the directory it found, and an *OrphansError when anybody is
 // left.
-func witness(dir string, dirID shm.Identity, rec *pidfile.Record, me self, reclaim bool) ([]shm.Analysis, error) {
+func witness(dir, path string, dirID shm.Identity, rec *pidfile.Record, me self, reclaim bool) ([]shm.Analysis, error) {
 	var ids []int
 	if me.sameBoot(rec) {
 		ids = append(ids, rec.ShmID)
@@ -374,13 +386,25 @@ func witness(dir string, dirID shm.Identity, rec *pidfile.Record, me self, recla
 			orphans = append(orphans, segmentOrphans(a)...)
 		}
 	}
+	token := PidfileEnv + "=" + path
+	envs := []string{token}
 	if me.sameBoot(rec) && rec.Token != "" {
-		pids, err := proc.WithEnv(TokenEnv, rec.Token)
-		if err != nil {
-			return segs, err
+		token = TokenEnv + "=" + rec.Token
+		envs = append(envs, token)
+	}
+	found, err := proc.WithEnv(envs...)
+	if err != nil {
+		return segs, err
+	}
+	for _, pid := range slices.Sorted(maps.Keys(found)) {
+		if pid == me.pid {
+			continue
 		}
-		pids = slices.DeleteFunc(pids, func(p int) bool { return p == me.pid })
-		orphans = append(orphans, orphansOf(pids, WitnessToken)...)
+		w := WitnessStarted
+		if found[pid] == token && token != envs[0] {
+			w = WitnessToken
+		}
+		orphans = append(orphans, Orphan{PID: pid, Cmdline: proc.Cmdline(pid), Witness: w})
 	}
 	if len(orphans) > 0 {
 		return segs, &OrphansError{Dir: dir, Previous: rec, Orphans: orphans}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -505,6 +506,7 @@ func TestBadPidfileContent(t *testing.T) {
 	valid := (&pidfile.Record{PID: 123, DataDir: "/x", StartTime: time.Unix(1, 0), ShmKey: 0, ShmID: -1,
 		Status: pidfile.Ready, Token: "t", Version: 1}).Marshal()
 	cases := map[string][]byte{
+		"empty":            {},
 		"garbage":          []byte("not a pidfile\n"),
 		"binary":           {0, 1, 2, 0xff, 0xfe, '\n', 0},
 		"truncated":        valid[:len(valid)/2],
@@ -755,4 +757,37 @@ func TestReleaseLeavesInheritedLockHeld(t *testing.T) {
 	}
 	killWait(t, child)
 	acquire(t, dir, interlock.Options{})
+}
+
+// TestOrphanStartedForThisDirectory: a server that dirlockd run started
+// carries DIRLOCKD_PIDFILE; with the record lost (here: emptied, as a crash
+// between write and truncate or a careless hand could leave it) and every
+// descriptor closed, that variable alone still blocks a takeover.
+func TestOrphanStartedForThisDirectory(t *testing.T) {
+	dir := testutil.DataDir(t)
+	path := filepath.Join(dir, pidfile.DefaultName)
+	l := acquire(t, dir, interlock.Options{})
+	l.Release()
+	cmd := exec.Command("/bin/sleep", "300")
+	cmd.Env = []string{interlock.PidfileEnv + "=" + path, interlock.TokenEnv + "=" + strings.Repeat("ab", 16)}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	os.Truncate(path, 0)
+
+	_, err := interlock.Acquire(context.Background(), dir, fast)
+	var oe *interlock.OrphansError
+	if !errors.As(err, &oe) || !slices.Equal(oe.PIDs(), []int{cmd.Process.Pid}) || oe.Orphans[0].Witness != interlock.WitnessStarted {
+		t.Fatalf("Acquire: %v; want orphans [%d] started for this directory", err, cmd.Process.Pid)
+	}
+	if rep, err := interlock.Inspect(dir, fast); err != nil || rep.State != interlock.Orphaned {
+		t.Errorf("Inspect: %+v, %v; want orphans", rep, err)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	l = acquire(t, dir, interlock.Options{})
+	if p := l.Previous(); p == nil || !errors.Is(p.Err, pidfile.ErrMalformed) || !strings.Contains(p.String(), "empty") {
+		t.Errorf("Previous after an empty pidfile = %v, want it reported", p)
+	}
 }

@@ -82,6 +82,7 @@ type File struct {
 	dir      string
 	dev, ino uint64
 	created  bool   // we created it: fsync the directory on first write
+	isNew    bool   // Open created it (never written before this process)
 	method   Method // method holding the lock; valid while locked
 	locked   bool
 	noSync   bool
@@ -142,7 +143,7 @@ func Open(dir string, opts Options) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
-	f.created, f.noSync = created, opts.NoSync
+	f.created, f.isNew, f.noSync = created, created, opts.NoSync
 	return f, nil
 }
 
@@ -168,6 +169,9 @@ func openError(path string, err error) error {
 		e.Fix = fmt.Sprintf("the data directory and pidfile must be writable by uid %d", os.Geteuid())
 	case unix.EROFS:
 		e.Fix = "the data directory is on a read-only filesystem"
+	case unix.ENXIO, unix.ENODEV:
+		e.Problem, e.Err = "pidfile is a socket or a device", nil
+		e.Fix = "remove it: it is not dirlockd's"
 	}
 	return e
 }
@@ -202,6 +206,11 @@ func newFile(fd int, path, dir string) (*File, error) {
 	}
 	return &File{f: os.NewFile(uintptr(fd), path), path: path, dir: dir, dev: st.Dev, ino: st.Ino}, nil
 }
+
+// Created reports whether Open created the file, as opposed to finding it.
+// An existing file that is empty was left by a start that died before it
+// wrote its first record.
+func (f *File) Created() bool { return f.isNew }
 
 // Path returns the pidfile's path.
 func (f *File) Path() string { return f.path }

@@ -837,7 +837,7 @@ func TestReadOutcomes(t *testing.T) {
 		if r.Outcome != NotHeld || r.Record != nil {
 			t.Fatalf("Read: %v record %+v, want NotHeld without a record", r.Outcome, r.Record)
 		}
-		if !errors.Is(r.Err, ErrMalformed) || !strings.Contains(r.Err.Error(), "no crc32c line at the end") ||
+		if !errors.Is(r.Err, ErrMalformed) || !strings.Contains(r.Err.Error(), "no crc32c line") ||
 			!strings.HasPrefix(r.Err.Error(), pidPath(dir)+": ") {
 			t.Fatalf("Read Err = %v, want the path and ErrMalformed (no crc32c line)", r.Err)
 		}
@@ -930,8 +930,11 @@ func TestConcurrentReaderNeverAcceptsTornRecord(t *testing.T) {
 
 	check := func(how string, r *Record, b []byte) {
 		t.Helper()
+		// The record accepted must be exactly one that was written; bytes
+		// after its checksum line are a longer record's tail not yet
+		// truncated, which Parse ignores by design.
 		n, ok := padLen[r.Token]
-		if !ok || len(r.Extra["pad"]) != n || !bytes.Equal(b, written[r.Token]) {
+		if !ok || len(r.Extra["pad"]) != n || !bytes.HasPrefix(b, written[r.Token]) {
 			halt()
 			t.Fatalf("%s accepted a record that was never written: token %q pad %d bytes:\n%q", how, r.Token, len(r.Extra["pad"]), b)
 		}

@@ -45,9 +45,9 @@ func (s Status) valid() bool {
 
 // Record is the content of a pidfile. Line 1 is the PID alone, so that
 // kill $(head -1 FILE), systemd's PIDFile= and start-stop-daemon can read it;
-// every further line is key=value; the last line is a CRC-32C of everything
-// before it, so a reader never takes a torn or half-written record for a
-// valid one. See docs/format.md.
+// every further line is key=value; the record ends with a CRC-32C of
+// everything before it, so a reader never takes a torn or half-written record
+// for a valid one. See docs/format.md.
 type Record struct {
 	PID        int       // holder's PID, in its own PID namespace
 	DataDir    string    // absolute path of the data directory
@@ -133,7 +133,8 @@ func validExtraKey(k string) bool {
 }
 
 // Parse decodes a pidfile record. It fails, wrapping ErrMalformed, unless the
-// content is one complete record whose checksum matches.
+// content starts with one complete record whose checksum matches; bytes after
+// the checksum line are ignored (see the comment inside).
 func Parse(b []byte) (*Record, error) {
 	if len(b) == 0 {
 		return nil, fmt.Errorf("%w: empty", ErrMalformed)
@@ -141,14 +142,20 @@ func Parse(b []byte) (*Record, error) {
 	if len(b) > MaxSize {
 		return nil, fmt.Errorf("%w: larger than %d bytes", ErrMalformed, MaxSize)
 	}
-	if b[len(b)-1] != '\n' {
-		return nil, fmt.Errorf("%w: truncated (no final newline)", ErrMalformed)
+	// The record ends at its checksum line. Whatever follows is the tail of
+	// an earlier, longer record that the writer has not truncated yet, or
+	// never will (it died between its write and its truncate): not part of
+	// the record. A torn record fails its checksum instead.
+	i := bytes.Index(b, []byte("\n"+keyChecksum+"="))
+	if i < 0 {
+		return nil, fmt.Errorf("%w: no %s line (truncated, or not written by dirlockd)", ErrMalformed, keyChecksum)
 	}
-	body, sumLine := splitLastLine(b[:len(b)-1])
-	sum, ok := strings.CutPrefix(string(sumLine), keyChecksum+"=")
-	if !ok {
-		return nil, fmt.Errorf("%w: no %s line at the end (truncated, or not written by dirlockd)", ErrMalformed, keyChecksum)
+	end := bytes.IndexByte(b[i+1:], '\n')
+	if end < 0 {
+		return nil, fmt.Errorf("%w: truncated (no newline after the %s line)", ErrMalformed, keyChecksum)
 	}
+	body, sumLine := b[:i+1], b[i+1:i+1+end]
+	sum, _ := strings.CutPrefix(string(sumLine), keyChecksum+"=")
 	want, err := strconv.ParseUint(sum, 16, 32)
 	if err != nil || len(sum) != 8 {
 		return nil, fmt.Errorf("%w: bad checksum %q", ErrMalformed, sum)
@@ -243,11 +250,6 @@ func parseKey(s string) (int, error) {
 		return 0, err
 	}
 	return int(int32(uint32(v))), nil
-}
-
-func splitLastLine(b []byte) (body, last []byte) {
-	i := bytes.LastIndexByte(b, '\n')
-	return b[:i+1], b[i+1:]
 }
 
 // escape keeps a value on one line: a path or hostname may contain anything

@@ -225,12 +225,12 @@ func TestParseRejects(t *testing.T) {
 	}{
 		{"nil", nil, "empty"},
 		{"empty", []byte{}, "empty"},
-		{"garbage text", []byte("hello, world\n"), "no crc32c line at the end"},
-		{"garbage without newline", []byte("hello, world"), "truncated (no final newline)"},
-		{"binary", []byte{0x00, 0xff, 0xfe, 0x01, 0x80, 0x7f}, "truncated (no final newline)"},
-		{"binary line", []byte{0x00, 0xff, 0xfe, 0x01, '\n'}, "no crc32c line at the end"},
+		{"garbage text", []byte("hello, world\n"), "no crc32c line"},
+		{"garbage without newline", []byte("hello, world"), "no crc32c line"},
+		{"binary", []byte{0x00, 0xff, 0xfe, 0x01, 0x80, 0x7f}, "no crc32c line"},
+		{"binary line", []byte{0x00, 0xff, 0xfe, 0x01, '\n'}, "no crc32c line"},
 		{"binary with its checksum", withSum([]byte{0x00, 0xff, 0x01, '\n'}), `line 1 is "\x00\xff\x01", want a PID`},
-		{"only a checksum line", withSum(nil), `line 1 is "", want a PID`},
+		{"only a checksum line", withSum(nil), "no crc32c line"},
 		{"oversized", bytes.Repeat([]byte("1\n"), MaxSize/2+1), fmt.Sprintf("larger than %d bytes", MaxSize)},
 		{"oversized record", big.Marshal(), fmt.Sprintf("larger than %d bytes", MaxSize)},
 		{"CRLF", crlf, `bad checksum "`},
@@ -264,7 +264,9 @@ func TestParseRejects(t *testing.T) {
 		{"shm_id above int32", edited(t, setKey("shm_id", "2147483648")), "shm_id: not an id"},
 		// Parse must only accept what Marshal can write back: otherwise a
 		// holder that rewrites the record it read loses or breaks it.
-		{"checksum key in the body", edited(t, func(l []string) []string { return append(l, "crc32c=00000000") }), `bad key "crc32c"`},
+		// The first checksum line ends the record: one in the body ends it
+		// early, and its checksum does not match.
+		{"checksum key in the body", edited(t, func(l []string) []string { return append(l, "crc32c=00000000") }), "checksum mismatch"},
 		{"CR in a key", edited(t, func(l []string) []string { return append(l, "ke\ry=v") }), `bad key "ke\ry"`},
 		{"year before 0 in UTC", edited(t, setKey("start_time", "0000-01-01T00:00:00+00:01")), "start_time: year -1 out of range"},
 		{"year after 9999 in UTC", edited(t, setKey("start_time", "9999-12-31T23:59:59-00:01")), "start_time: year 10000 out of range"},
@@ -321,18 +323,34 @@ func TestParseRejectsEveryProperPrefix(t *testing.T) {
 		if !errors.Is(err, ErrMalformed) {
 			t.Fatalf("Parse of the first %d of %d bytes = %v, want ErrMalformed", i, len(b), err)
 		}
+		sumAt := bytes.Index(b, []byte("\ncrc32c="))
 		var want string
 		switch {
 		case i == 0:
 			want = "empty"
-		case b[i-1] != '\n':
-			want = "truncated (no final newline)"
+		case i < sumAt+len("\ncrc32c="):
+			want = "no crc32c line"
 		default:
-			want = "no crc32c line at the end"
+			want = "no newline after the crc32c line"
 		}
 		if !strings.Contains(err.Error(), want) {
 			t.Fatalf("Parse of the first %d bytes: %q, want %q", i, err, want)
 		}
+	}
+}
+
+// TestParseIgnoresTail: a writer that dies between its write and its
+// truncate leaves the new record followed by the tail of the old, longer one.
+// The new record is whole and must be read as such.
+func TestParseIgnoresTail(t *testing.T) {
+	long := testRecord(4242, "tok-long")
+	long.Extra = map[string]string{"pad": strings.Repeat("x", 500)}
+	short := testRecord(4243, "tok-short")
+	lb, sb := long.Marshal(), short.Marshal()
+	b := append(append([]byte(nil), sb...), lb[len(sb):]...)
+	r, err := Parse(b)
+	if _, leaked := r.Extra["pad"]; err != nil || r.PID != 4243 || r.Token != "tok-short" || leaked {
+		t.Fatalf("Parse(new record + old tail) = %+v, %v; want the new record", r, err)
 	}
 }
 

@@ -133,6 +133,9 @@ func (r *runner) run() int {
 	if err != nil {
 		return r.execFailed(err)
 	}
+	// A closed log pipe must not kill the wrapper (the server would be
+	// left running unsupervised): writes then fail, and that is all.
+	signal.Ignore(syscall.SIGPIPE)
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, forwarded...)
 	defer signal.Stop(sigs)
@@ -224,7 +227,10 @@ func (r *runner) acquireFailed(err error) int {
 		r.log.Error("cannot start: "+err.Error(), "datadir", oe.Dir, "orphans", b.String(),
 			"hint", "stop the surviving processes of the old server, then start again")
 		return exitOrphans
-	case errors.Is(err, interlock.ErrInvalid), errors.Is(err, interlock.ErrUnsupported):
+	case errors.Is(err, interlock.ErrInvalid), errors.Is(err, interlock.ErrUnsupported),
+		errors.Is(err, unix.ENOSPC), errors.Is(err, unix.EDQUOT), errors.Is(err, unix.EROFS):
+		// A full or read-only filesystem is the data directory's
+		// condition, not dirlockd's failure.
 		r.log.Error("cannot start: "+err.Error(), "datadir", r.dir)
 		return exitInvalid
 	}
@@ -241,7 +247,7 @@ func (r *runner) start(path, notifySocket string) int {
 	cmd.ExtraFiles = []*os.File{r.lock.File().OS()}
 	cmd.Env = append(childEnv(os.Environ()),
 		"DIRLOCKD_DATADIR="+rec.DataDir,
-		"DIRLOCKD_PIDFILE="+r.lock.File().Path(),
+		interlock.PidfileEnv+"="+r.lock.File().Path(),
 		"DIRLOCKD_LOCK_FD="+strconv.Itoa(childLockFD),
 		"DIRLOCKD_SHM_ID="+strconv.Itoa(rec.ShmID),
 		interlock.TokenEnv+"="+rec.Token,
@@ -265,7 +271,7 @@ func (r *runner) start(path, notifySocket string) int {
 
 // childVars are the variables run gives the server; any value the caller's
 // environment has for them is replaced.
-var childVars = []string{"NOTIFY_SOCKET", "DIRLOCKD_DATADIR", "DIRLOCKD_PIDFILE", "DIRLOCKD_LOCK_FD", "DIRLOCKD_SHM_ID", interlock.TokenEnv}
+var childVars = []string{"NOTIFY_SOCKET", "DIRLOCKD_DATADIR", interlock.PidfileEnv, "DIRLOCKD_LOCK_FD", "DIRLOCKD_SHM_ID", interlock.TokenEnv}
 
 // childEnv drops from env what the server must get from us, not from our
 // caller, and keeps everything else (other DIRLOCKD_ variables included).

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -195,7 +196,8 @@ func killHolders(log *slog.Logger, holders []int, rec *pidfile.Record, dev, ino 
 	// Read the environments after the pidfds pin the processes.
 	var ours []int
 	if rec.Token != "" {
-		ours, _ = proc.WithEnv(interlock.TokenEnv, rec.Token)
+		found, _ := proc.WithEnv(interlock.TokenEnv + "=" + rec.Token)
+		ours = slices.Collect(maps.Keys(found))
 	}
 	for _, pid := range holders {
 		pfd, ok := pfds[pid]

@@ -5,7 +5,6 @@ import (
 	"os/exec"
 	"strconv"
 	"sync"
-	"time"
 )
 
 // Storms: many contenders, one data directory, thousands of cycles, no
@@ -85,5 +84,3 @@ func verify(w Witness, r Result, want int, notes string) Result {
 	return r
 }
 
-// since is a helper for notes.
-func since(t time.Time) string { return time.Since(t).Round(time.Millisecond).String() }

@@ -245,25 +245,28 @@ func mapsSysV(maps []byte, shmid uint64) bool {
 	return false
 }
 
-// WithEnv returns the processes whose initial environment contains
-// key=value. A server started by dirlockd carries its acquisition token this
-// way even after it has closed every inherited descriptor.
-func WithEnv(key, value string) ([]int, error) {
+// WithEnv returns the processes whose initial environment contains any of
+// the given "KEY=VALUE" entries, each with the first entry it matched. A
+// server started by dirlockd carries its acquisition token and pidfile path
+// this way even after it has closed every inherited descriptor.
+func WithEnv(entries ...string) (map[int]string, error) {
 	pids, err := PIDs()
 	if err != nil {
 		return nil, err
 	}
-	needle := []byte(key + "=" + value)
-	var out []int
+	out := map[int]string{}
 	for _, pid := range pids {
 		b, err := os.ReadFile(fmt.Sprintf("%s/%d/environ", Root, pid))
 		if err != nil {
 			continue
 		}
+	scan:
 		for kv := range bytes.SplitSeq(b, []byte{0}) {
-			if bytes.Equal(kv, needle) {
-				out = append(out, pid)
-				break
+			for _, e := range entries {
+				if string(kv) == e {
+					out[pid] = e
+					break scan
+				}
 			}
 		}
 	}

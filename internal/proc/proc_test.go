@@ -106,11 +106,11 @@ func TestWithEnvAndCmdline(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	pids, err := WithEnv("DIRLOCKD_TOKEN", token)
-	if err != nil || !slices.Equal(pids, []int{cmd.Process.Pid}) {
-		t.Errorf("WithEnv = %v, %v; want [%d]", pids, err, cmd.Process.Pid)
+	pids, err := WithEnv("DIRLOCKD_TOKEN="+token, "OTHER=x")
+	if err != nil || len(pids) != 1 || pids[cmd.Process.Pid] != "DIRLOCKD_TOKEN="+token {
+		t.Errorf("WithEnv = %v, %v; want {%d: the token}", pids, err, cmd.Process.Pid)
 	}
-	if pids, _ := WithEnv("DIRLOCKD_TOKEN", token[:len(token)-1]); len(pids) != 0 {
+	if pids, _ := WithEnv("DIRLOCKD_TOKEN=" + token[:len(token)-1]); len(pids) != 0 {
 		t.Errorf("WithEnv matched a prefix of the value: %v", pids)
 	}
 	if c := Cmdline(cmd.Process.Pid); c != "/bin/sleep 30" {
