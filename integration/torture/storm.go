@@ -83,4 +83,3 @@ func verify(w Witness, r Result, want int, notes string) Result {
 	r.Notes = fmt.Sprintf("%d holders, counter %d%s", v.Entries, v.Counter, notes)
 	return r
 }
-
