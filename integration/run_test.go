@@ -404,3 +404,36 @@ func TestSystemdForwarding(t *testing.T) {
 		t.Errorf("redis exited %d after SIGTERM", code)
 	}
 }
+
+// TestClosedLogPipe: when whatever reads dirlockd's output goes away, the
+// wrapper must not die of SIGPIPE and leave its server unsupervised: it keeps
+// going, and releases when the server exits.
+func TestClosedLogPipe(t *testing.T) {
+	dir := testutil.DataDir(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run", "-D", dir, "--", "sh", "-c", `trap '' PIPE; sleep 1; echo late || true`)
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	waitHeld(t, dir, "ready", 10*time.Second)
+	r.Close() // the reader is gone: every later write gets EPIPE
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("dirlockd run did not exit")
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("exit %d (%v), want 0: dirlockd must survive a closed log pipe", code, cmd.ProcessState)
+	}
+	if code, rep := check(t, dir); code != 0 || rep.Status != "stopped" {
+		t.Errorf("after the server exited: check %d, %+v; want a clean release", code, rep)
+	}
+}
