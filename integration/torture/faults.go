@@ -3,7 +3,6 @@ package torture
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -50,29 +49,21 @@ func BadInputs() []Scenario {
 	}
 }
 
-// The helpers below are prefixed flt so that they cannot collide with those
-// of the other scenario files of this package.
-
-// fltViolation appends a violation to r.
-func fltViolation(r *Result, format string, a ...any) {
-	r.Violations = append(r.Violations, fmt.Sprintf(format, a...))
-}
-
-// fltCrashed reports whether output shows a Go panic or runtime crash.
-func fltCrashed(out string) bool {
+// panicked reports whether output shows a Go panic or runtime crash.
+func panicked(out string) bool {
 	return strings.Contains(out, "panic") || strings.Contains(out, "goroutine ")
 }
 
-// fltFailedCleanly says what is wrong with a failed start, or "": a
+// failedCleanly says what is wrong with a failed start, or "": a
 // non-zero exit status of its own (not a signal, not the harness's
 // timeout), no crash, and a message containing every one of want.
-func fltFailedCleanly(code int, out string, want ...string) string {
+func failedCleanly(code int, out string, want ...string) string {
 	switch {
 	case code == 0:
 		return "exit 0, want a failure"
 	case code < 0 || code >= 128:
 		return fmt.Sprintf("exit %d: killed or crashed, want a clean failure", code)
-	case fltCrashed(out):
+	case panicked(out):
 		return fmt.Sprintf("exit %d with a crash in the output", code)
 	}
 	low := strings.ToLower(out)
@@ -84,15 +75,9 @@ func fltFailedCleanly(code int, out string, want ...string) string {
 	return ""
 }
 
-// fltWorkArgs is "run -D dir [flags] -- worker work W HOLD".
-func fltWorkArgs(e *Env, dir string, w Witness, flags ...string) []string {
-	args := append(append([]string{"run", "-D", dir}, flags...), "--")
-	return append(args, e.WorkerArgs("work", w.Dir, e.Scale.Hold.String())...)
-}
-
-// fltMount mounts a fresh tmpfs with options opts under the scratch
+// mountTmpfs mounts a fresh tmpfs with options opts under the scratch
 // directory. The returned function unmounts it (lazily, if it is busy).
-func fltMount(e *Env, opts string) (string, func(), error) {
+func mountTmpfs(e *Env, opts string) (string, func(), error) {
 	e.n++
 	mnt := filepath.Join(e.Work, fmt.Sprintf("tmpfs%d", e.n))
 	if err := os.Mkdir(mnt, 0o700); err != nil {
@@ -111,8 +96,8 @@ func fltMount(e *Env, opts string) (string, func(), error) {
 	}, nil
 }
 
-// fltFill writes path until the filesystem is full.
-func fltFill(path string) error {
+// fill writes path until the filesystem is full.
+func fill(path string) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
@@ -130,43 +115,21 @@ func fltFill(path string) error {
 	return errors.New("never full")
 }
 
-// fltNoSegments checks that no SysV segment names the directory with
-// identity id.
-func fltNoSegments(r *Result, what string, id shm.Identity) {
-	segs, err := shm.Scan(id, false)
-	if err != nil {
-		fltViolation(r, "%s: segment scan: %v", what, err)
-	}
-	for _, a := range segs {
-		fltViolation(r, "%s: segment %d (key 0x%08x, %s) of the data directory left behind", what, a.ID, uint32(a.Key), a.State)
-	}
-}
-
-// fltNoSegmentsDir is fltNoSegments for an existing directory.
-func fltNoSegmentsDir(r *Result, what, dir string) {
-	id, err := shm.DirIdentity(dir)
-	if err != nil {
-		fltViolation(r, "%s: %v", what, err)
-		return
-	}
-	fltNoSegments(r, what, id)
-}
-
-// fltNoHolders checks that nobody holds a lock on the pidfile at path, if it
+// noHolders checks that nobody holds a lock on the pidfile at path, if it
 // exists.
-func fltNoHolders(r *Result, what, path string) {
+func noHolders(r *Result, what, path string) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		return
 	}
 	if hs, err := proc.LockHolders(st.Dev, st.Ino); err != nil || len(hs) > 0 {
-		fltViolation(r, "%s: processes %v (%v) still hold %s", what, hs, err, path)
+		r.fail("%s: processes %v (%v) still hold %s", what, hs, err, path)
 	}
 }
 
-// fltReap kills, by PID, every process carrying token in its environment
+// reap kills, by PID, every process carrying token in its environment
 // and returns how many there were.
-func fltReap(token string) int {
+func reap(token string) int {
 	if token == "" {
 		return 0
 	}
@@ -178,125 +141,40 @@ func fltReap(token string) int {
 	return len(found)
 }
 
-// fltReport is one line of "dirlockd check --json".
-type fltReport struct {
-	State    string `json:"state"`
-	PID      int    `json:"pid"`
-	ChildPID int    `json:"child_pid"`
-	Status   string `json:"status"`
-	ShmID    *int   `json:"shm_id"`
-	Reason   string `json:"reason"`
-}
-
-// fltCheck runs "dirlockd check --json -D dir" and returns its exit status,
-// its report and its whole output.
-func fltCheck(e *Env, dir string) (int, fltReport, string) {
-	code, out := e.Dirlockd(nil, "check", "--json", "-D", dir)
-	var rep fltReport
-	for line := range strings.SplitSeq(out, "\n") {
-		if strings.HasPrefix(line, "{") {
-			json.Unmarshal([]byte(line), &rep)
-			break
-		}
-	}
-	return code, rep, out
-}
-
-// fltWrapper is a "dirlockd run" (or a command that execs it) running in the
-// background, its output going to a file: unlike a pipe, a file needs no
-// copying that would wait for every process that inherited it.
-type fltWrapper struct {
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-}
-
-func fltStart(e *Env, argv ...string) (*fltWrapper, error) {
-	e.n++
-	log := filepath.Join(e.Work, fmt.Sprintf("wrapper%d.log", e.n))
-	f, err := os.Create(log)
+// underHolder starts argv (a "dirlockd run", or a command that execs it) in
+// the background and, once it holds dir, runs fn with check's report; fn
+// returns the holder's token as soon as it knows it. Then it kills the
+// wrapper and reaps, by that token, whatever of the holder is left: a
+// violation, since the wrapper must have stopped its server. It reports false,
+// with a violation, when the wrapper cannot start.
+func underHolder(e *Env, r *Result, what, dir string, argv []string, fn func(w *Proc, rep Report) (token string)) bool {
+	w, err := start(e, argv[0], argv[1:], e.WorkerEnv())
 	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), e.WorkerEnv())
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	w := &fltWrapper{cmd: cmd, log: log, done: make(chan struct{})}
-	go func() { cmd.Wait(); close(w.done) }()
-	return w, nil
-}
-
-func (w *fltWrapper) pid() int { return w.cmd.Process.Pid }
-
-func (w *fltWrapper) output() string {
-	b, _ := os.ReadFile(w.log)
-	return string(b)
-}
-
-func (w *fltWrapper) alive() bool {
-	select {
-	case <-w.done:
+		r.fail("set-up: %v", err)
 		return false
-	default:
+	}
+	var token string
+	defer func() {
+		w.kill()
+		if n := reap(token); n > 0 {
+			r.fail("%s: %d process(es) of the holder left behind (killed)", what, n)
+		}
+	}()
+	rep, err := waitHeld(e, dir, w, 10*time.Second)
+	if err != nil {
+		r.fail("%s: %v", what, err)
 		return true
 	}
+	token = fn(w, rep)
+	return true
 }
 
-// wait waits up to d for the wrapper to exit and returns its exit status
-// (-1 if killed by a signal) and whether it exited in time.
-func (w *fltWrapper) wait(d time.Duration) (int, bool) {
-	select {
-	case <-w.done:
-		return w.cmd.ProcessState.ExitCode(), true
-	case <-time.After(d):
-		return 0, false
-	}
-}
-
-// kill SIGKILLs the wrapper (the process we started) if it still runs.
-func (w *fltWrapper) kill() {
-	if w.alive() {
-		w.cmd.Process.Kill()
-	}
-	<-w.done
-}
-
-// fltWaitHeld polls check until dir is held with a server started, while
-// the wrapper runs.
-func fltWaitHeld(e *Env, dir string, w *fltWrapper, timeout time.Duration) (fltReport, error) {
-	deadline := time.Now().Add(timeout)
-	for {
-		_, rep, out := fltCheck(e, dir)
-		if rep.State == "held" && rep.ChildPID > 0 {
-			return rep, nil
-		}
-		if !w.alive() || time.Now().After(deadline) {
-			return rep, fmt.Errorf("not held (wrapper alive %v; check said %q); wrapper output:\n%s", w.alive(), strings.TrimSpace(out), w.output())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// fltPidfile reads and parses the pidfile of dir.
-func fltPidfile(dir string) (*pidfile.Record, []byte, error) {
-	b, err := os.ReadFile(filepath.Join(dir, pidfile.DefaultName))
-	if err != nil {
-		return nil, nil, err
-	}
-	rec, err := pidfile.Parse(b)
-	return rec, b, err
-}
-
-// fltOnTmpfs runs fn on a fresh tmpfs mounted with opts, and unmounts it. It
+// onTmpfs runs fn on a fresh tmpfs mounted with opts, and unmounts it. It
 // reports false, with a violation, when the mount fails.
-func fltOnTmpfs(e *Env, r *Result, opts string, fn func(mnt string)) bool {
-	mnt, umount, err := fltMount(e, opts)
+func onTmpfs(e *Env, r *Result, opts string, fn func(mnt string)) bool {
+	mnt, umount, err := mountTmpfs(e, opts)
 	if err != nil {
-		fltViolation(r, "set-up: %v", err)
+		r.fail("set-up: %v", err)
 		return false
 	}
 	defer umount()
@@ -304,17 +182,8 @@ func fltOnTmpfs(e *Env, r *Result, opts string, fn func(mnt string)) bool {
 	return true
 }
 
-// fltVerify is verify, but Iterations stays what the scenario counted: every
-// dirlockd start it made, not only those that reached the witness.
-func fltVerify(w Witness, r Result, want int, notes string) Result {
-	n := r.Iterations
-	r = verify(w, r, want, notes)
-	r.Iterations = n
-	return r
-}
-
-// fltCodes renders a count of exit statuses for the notes.
-func fltCodes(codes map[int]int) string {
+// codeCounts renders a count of exit statuses for the notes.
+func codeCounts(codes map[int]int) string {
 	var ks []int
 	for k := range codes {
 		ks = append(ks, k)
@@ -334,53 +203,53 @@ func storageENOSPCFirst(e *Env) Result {
 	w := e.NewWitness()
 	want, codes := 0, map[int]int{}
 	for i := range max(2, e.Scale.Iterations/8) {
-		ok := fltOnTmpfs(e, &r, "size=64k,mode=0700", func(mnt string) {
+		ok := onTmpfs(e, &r, "size=64k,mode=0700", func(mnt string) {
 			dir, filler := filepath.Join(mnt, "data"), filepath.Join(mnt, "filler")
 			if err := os.Mkdir(dir, 0o700); err != nil {
-				fltViolation(&r, "set-up: %v", err)
+				r.fail("set-up: %v", err)
 				return
 			}
-			if err := fltFill(filler); err != nil {
-				fltViolation(&r, "set-up: fill: %v", err)
+			if err := fill(filler); err != nil {
+				r.fail("set-up: fill: %v", err)
 				return
 			}
 			what := fmt.Sprintf("round %d, filesystem full", i)
 			r.Faults++
 			r.Iterations++
-			code, out := e.Dirlockd([]string{e.WorkerEnv()}, fltWorkArgs(e, dir, w)...)
+			code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, w)...)
 			codes[code]++
-			if why := fltFailedCleanly(code, out, "no space"); why != "" {
-				fltViolation(&r, "%s: %s: %s", what, why, out)
+			if why := failedCleanly(code, out, "no space"); why != "" {
+				r.fail("%s: %s: %s", what, why, out)
 			}
-			fltNoSegmentsDir(&r, what, dir)
-			path := filepath.Join(dir, pidfile.DefaultName)
-			fltNoHolders(&r, what, path)
+			noSegmentsDir(&r, what, dir)
+			path := pidfilePath(dir)
+			noHolders(&r, what, path)
 			if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
 				if _, err := pidfile.Parse(b); err != nil {
-					fltViolation(&r, "%s: a failed start left a torn pidfile (%v): %q", what, err, b)
+					r.fail("%s: a failed start left a torn pidfile (%v): %q", what, err, b)
 				}
 			}
 			if code, out := e.Dirlockd(nil, "check", "-D", dir); code != 0 {
-				fltViolation(&r, "%s: check after the failed start: exit %d: %s", what, code, out)
+				r.fail("%s: check after the failed start: exit %d: %s", what, code, out)
 			}
 			if err := os.Remove(filler); err != nil {
-				fltViolation(&r, "set-up: %v", err)
+				r.fail("set-up: %v", err)
 				return
 			}
 			r.Iterations++
-			if code, out := e.Dirlockd([]string{e.WorkerEnv()}, fltWorkArgs(e, dir, w)...); code != 0 {
-				fltViolation(&r, "round %d, space freed: run exited %d, want 0: %s", i, code, out)
+			if code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, w)...); code != 0 {
+				r.fail("round %d, space freed: run exited %d, want 0: %s", i, code, out)
 			} else {
 				want++
 			}
-			fltNoSegmentsDir(&r, what+", then freed", dir)
+			noSegmentsDir(&r, what+", then freed", dir)
 		})
 		if !ok {
 			break
 		}
 	}
-	r = fltVerify(w, r, want, "")
-	r.Notes = fmt.Sprintf("failed starts exit %s; all rerun OK once freed", fltCodes(codes))
+	r = verify(w, r, want, "")
+	r.Notes = fmt.Sprintf("failed starts exit %s; all rerun OK once freed", codeCounts(codes))
 	return r
 }
 
@@ -393,10 +262,10 @@ func storageENOSPCPrevious(e *Env) Result {
 	want, succeeded, failed := 0, 0, 0
 	for i := range max(2, e.Scale.Iterations/8) {
 		crashed := i%2 == 1
-		ok := fltOnTmpfs(e, &r, "size=64k,mode=0700", func(mnt string) {
+		ok := onTmpfs(e, &r, "size=64k,mode=0700", func(mnt string) {
 			dir, filler := filepath.Join(mnt, "data"), filepath.Join(mnt, "filler")
 			if err := os.Mkdir(dir, 0o700); err != nil {
-				fltViolation(&r, "set-up: %v", err)
+				r.fail("set-up: %v", err)
 				return
 			}
 			what := fmt.Sprintf("round %d", i)
@@ -406,59 +275,59 @@ func storageENOSPCPrevious(e *Env) Result {
 				// record is written: a holder that died holding.
 				code, out := e.Dirlockd([]string{interlock.FaultEnv + "=" + strconv.Itoa(int(interlock.StepRecordWritten))}, "run", "-D", dir, "--", "true")
 				if code != -1 {
-					fltViolation(&r, "%s: set-up: the fault-injected start exited %d, want killed: %s", what, code, out)
+					r.fail("%s: set-up: the fault-injected start exited %d, want killed: %s", what, code, out)
 				}
 				what += " (previous holder crashed)"
 			} else {
-				if code, out := e.Dirlockd([]string{e.WorkerEnv()}, fltWorkArgs(e, dir, w)...); code != 0 {
-					fltViolation(&r, "%s: first run exited %d: %s", what, code, out)
+				if code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, w)...); code != 0 {
+					r.fail("%s: first run exited %d: %s", what, code, out)
 					return
 				}
 				want++
 				what += " (previous holder released)"
 			}
-			prev, before, err := fltPidfile(dir)
+			prev, before, err := readPidfile(dir)
 			if err != nil {
-				fltViolation(&r, "%s: set-up: previous record unreadable: %v", what, err)
+				r.fail("%s: set-up: previous record unreadable: %v", what, err)
 				return
 			}
-			if err := fltFill(filler); err != nil {
-				fltViolation(&r, "set-up: fill: %v", err)
+			if err := fill(filler); err != nil {
+				r.fail("set-up: fill: %v", err)
 				return
 			}
 			r.Faults++
 			r.Iterations++
-			code, out := e.Dirlockd([]string{e.WorkerEnv()}, fltWorkArgs(e, dir, w)...)
+			code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, w)...)
 			if code == 0 {
 				succeeded++
 				want++
 				if crashed && !strings.Contains(out, "did not shut down cleanly") {
-					fltViolation(&r, "%s: takeover of a crashed holder's record not reported: %s", what, out)
+					r.fail("%s: takeover of a crashed holder's record not reported: %s", what, out)
 				}
 			} else {
 				failed++
-				if why := fltFailedCleanly(code, out, "no space"); why != "" {
-					fltViolation(&r, "%s, filesystem full: %s: %s", what, why, out)
+				if why := failedCleanly(code, out, "no space"); why != "" {
+					r.fail("%s, filesystem full: %s: %s", what, why, out)
 				}
 			}
-			rec, after, err := fltPidfile(dir)
+			rec, after, err := readPidfile(dir)
 			switch {
 			case err != nil && !bytes.Equal(after, before):
-				fltViolation(&r, "%s: the record was left torn (%v): %q (was %q)", what, err, after, before)
+				r.fail("%s: the record was left torn (%v): %q (was %q)", what, err, after, before)
 			case code == 0 && (rec == nil || rec.Status != pidfile.Stopped || rec.Token == prev.Token):
-				fltViolation(&r, "%s: after a successful run the record is not the new holder's, released: %q", what, after)
+				r.fail("%s: after a successful run the record is not the new holder's, released: %q", what, after)
 			case code != 0 && !bytes.Equal(after, before):
-				fltViolation(&r, "%s: a failed start changed the previous record: %q (was %q)", what, after, before)
+				r.fail("%s: a failed start changed the previous record: %q (was %q)", what, after, before)
 			}
-			fltNoSegmentsDir(&r, what, dir)
-			fltNoHolders(&r, what, filepath.Join(dir, pidfile.DefaultName))
+			noSegmentsDir(&r, what, dir)
+			noHolders(&r, what, pidfilePath(dir))
 			os.Remove(filler)
 		})
 		if !ok {
 			break
 		}
 	}
-	r = fltVerify(w, r, want, "")
+	r = verify(w, r, want, "")
 	r.Notes = fmt.Sprintf("full disk over a previous record (clean and crashed): %d rewrote it in its page, %d failed cleanly; never torn", succeeded, failed)
 	return r
 }
@@ -469,10 +338,10 @@ func storageInodes(e *Env) Result {
 	w := e.NewWitness()
 	want := 0
 	for i := range max(2, e.Scale.Iterations/8) {
-		ok := fltOnTmpfs(e, &r, "size=1m,nr_inodes=16,mode=0700", func(mnt string) {
+		ok := onTmpfs(e, &r, "size=1m,nr_inodes=16,mode=0700", func(mnt string) {
 			dir := filepath.Join(mnt, "data")
 			if err := os.Mkdir(dir, 0o700); err != nil {
-				fltViolation(&r, "set-up: %v", err)
+				r.fail("set-up: %v", err)
 				return
 			}
 			var fillers []string
@@ -483,7 +352,7 @@ func storageInodes(e *Env) Result {
 					break
 				}
 				if err != nil || n > 100 {
-					fltViolation(&r, "set-up: cannot use up the inodes: %v", err)
+					r.fail("set-up: cannot use up the inodes: %v", err)
 					return
 				}
 				f.Close()
@@ -492,18 +361,18 @@ func storageInodes(e *Env) Result {
 			what := fmt.Sprintf("round %d, no inode left", i)
 			r.Faults++
 			r.Iterations++
-			code, out := e.Dirlockd([]string{e.WorkerEnv()}, fltWorkArgs(e, dir, w)...)
-			if why := fltFailedCleanly(code, out, "cannot open pidfile", "no space"); why != "" || code != 78 {
-				fltViolation(&r, "%s: exit %d, want 78 saying the pidfile cannot be created for lack of space (%s): %s", what, code, why, out)
+			code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, w)...)
+			if why := failedCleanly(code, out, "cannot open pidfile", "no space"); why != "" || code != 78 {
+				r.fail("%s: exit %d, want 78 saying the pidfile cannot be created for lack of space (%s): %s", what, code, why, out)
 			}
-			if _, err := os.Lstat(filepath.Join(dir, pidfile.DefaultName)); err == nil {
-				fltViolation(&r, "%s: a pidfile appeared", what)
+			if _, err := os.Lstat(pidfilePath(dir)); err == nil {
+				r.fail("%s: a pidfile appeared", what)
 			}
-			fltNoSegmentsDir(&r, what, dir)
+			noSegmentsDir(&r, what, dir)
 			os.Remove(fillers[len(fillers)-1])
 			r.Iterations++
-			if code, out := e.Dirlockd([]string{e.WorkerEnv()}, fltWorkArgs(e, dir, w)...); code != 0 {
-				fltViolation(&r, "round %d, an inode freed: run exited %d, want 0: %s", i, code, out)
+			if code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, w)...); code != 0 {
+				r.fail("round %d, an inode freed: run exited %d, want 0: %s", i, code, out)
 			} else {
 				want++
 			}
@@ -512,7 +381,7 @@ func storageInodes(e *Env) Result {
 			break
 		}
 	}
-	r = fltVerify(w, r, want, "")
+	r = verify(w, r, want, "")
 	r.Notes = "exit 78 naming the pidfile and ENOSPC; OK once an inode is freed"
 	return r
 }
@@ -523,27 +392,27 @@ func storageReadOnly(e *Env) Result {
 	w := e.NewWitness()
 	want := 0
 	for i := range max(2, e.Scale.Iterations/8) {
-		ok := fltOnTmpfs(e, &r, "size=1m,mode=0700", func(mnt string) {
+		ok := onTmpfs(e, &r, "size=1m,mode=0700", func(mnt string) {
 			dir, fresh := filepath.Join(mnt, "data"), filepath.Join(mnt, "fresh")
 			for _, d := range []string{dir, fresh} {
 				if err := os.Mkdir(d, 0o700); err != nil {
-					fltViolation(&r, "set-up: %v", err)
+					r.fail("set-up: %v", err)
 					return
 				}
 			}
 			r.Iterations++
-			if code, out := e.Dirlockd([]string{e.WorkerEnv()}, fltWorkArgs(e, dir, w)...); code != 0 {
-				fltViolation(&r, "round %d: first run exited %d: %s", i, code, out)
+			if code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, w)...); code != 0 {
+				r.fail("round %d: first run exited %d: %s", i, code, out)
 				return
 			}
 			want++
-			_, before, err := fltPidfile(dir)
+			_, before, err := readPidfile(dir)
 			if err != nil {
-				fltViolation(&r, "round %d: record after a clean run unreadable: %v", i, err)
+				r.fail("round %d: record after a clean run unreadable: %v", i, err)
 				return
 			}
 			if err := unix.Mount("", mnt, "", unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
-				fltViolation(&r, "set-up: remount ro: %v", err)
+				r.fail("set-up: remount ro: %v", err)
 				return
 			}
 			defer unix.Mount("", mnt, "", unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV, "")
@@ -551,40 +420,40 @@ func storageReadOnly(e *Env) Result {
 			for _, d := range []string{dir, fresh} {
 				what := fmt.Sprintf("round %d, read-only, %s", i, filepath.Base(d))
 				r.Iterations += 3
-				code, out := e.Dirlockd([]string{e.WorkerEnv()}, fltWorkArgs(e, d, w)...)
-				if why := fltFailedCleanly(code, out, "read-only"); why != "" || code != 78 {
-					fltViolation(&r, "%s: run: exit %d, want 78 saying read-only (%s): %s", what, code, why, out)
+				code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, d, w)...)
+				if why := failedCleanly(code, out, "read-only"); why != "" || code != 78 {
+					r.fail("%s: run: exit %d, want 78 saying read-only (%s): %s", what, code, why, out)
 				}
-				if code, rep, out := fltCheck(e, d); code != 0 || rep.State != "free" {
-					fltViolation(&r, "%s: check cannot inspect a read-only directory: exit %d: %s", what, code, out)
+				if code, rep, out := check(e, d); code != 0 || rep.State != "free" {
+					r.fail("%s: check cannot inspect a read-only directory: exit %d: %s", what, code, out)
 				}
 				if code, out := e.Dirlockd(nil, "status", "-D", d); code != 3 {
-					fltViolation(&r, "%s: status: exit %d, want 3 (not running): %s", what, code, out)
+					r.fail("%s: status: exit %d, want 3 (not running): %s", what, code, out)
 				}
 			}
-			if _, after, _ := fltPidfile(dir); !bytes.Equal(after, before) {
-				fltViolation(&r, "round %d: the record changed on a read-only filesystem: %q (was %q)", i, after, before)
+			if _, after, _ := readPidfile(dir); !bytes.Equal(after, before) {
+				r.fail("round %d: the record changed on a read-only filesystem: %q (was %q)", i, after, before)
 			}
-			if _, err := os.Lstat(filepath.Join(fresh, pidfile.DefaultName)); err == nil {
-				fltViolation(&r, "round %d: a pidfile appeared on a read-only filesystem", i)
+			if _, err := os.Lstat(pidfilePath(fresh)); err == nil {
+				r.fail("round %d: a pidfile appeared on a read-only filesystem", i)
 			}
 			if err := unix.Mount("", mnt, "", unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
-				fltViolation(&r, "set-up: remount rw: %v", err)
+				r.fail("set-up: remount rw: %v", err)
 				return
 			}
 			r.Iterations++
-			if code, out := e.Dirlockd([]string{e.WorkerEnv()}, fltWorkArgs(e, dir, w)...); code != 0 {
-				fltViolation(&r, "round %d, read-write again: run exited %d: %s", i, code, out)
+			if code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, w)...); code != 0 {
+				r.fail("round %d, read-write again: run exited %d: %s", i, code, out)
 			} else {
 				want++
 			}
-			fltNoSegmentsDir(&r, fmt.Sprintf("round %d", i), dir)
+			noSegmentsDir(&r, fmt.Sprintf("round %d", i), dir)
 		})
 		if !ok {
 			break
 		}
 	}
-	r = fltVerify(w, r, want, "")
+	r = verify(w, r, want, "")
 	r.Notes = "run exit 78 \"read-only\", record unchanged; check and status still inspect; OK after remount rw"
 	return r
 }
@@ -599,33 +468,17 @@ func storageDirGone(e *Env, remove bool) Result {
 	for i := range max(2, e.Scale.Iterations/8) {
 		dir := e.DataDir()
 		what := fmt.Sprintf("round %d", i)
-		w, err := fltStart(e, append([]string{e.Bin, "run", "-D", dir, "--recheck", recheck.String(), "--"}, e.WorkerArgs("sleep")...)...)
-		if err != nil {
-			fltViolation(&r, "set-up: %v", err)
-			break
-		}
-		func() {
-			var token string
-			defer func() {
-				w.kill()
-				if n := fltReap(token); n > 0 {
-					fltViolation(&r, "%s: %d process(es) of the holder left behind (killed)", what, n)
-				}
-			}()
-			rep, err := fltWaitHeld(e, dir, w, 10*time.Second)
+		argv := append([]string{e.Bin}, runArgs(dir, []string{"--recheck", recheck.String()}, e.WorkerArgs("sleep")...)...)
+		ok := underHolder(e, &r, what, dir, argv, func(w *Proc, rep Report) (token string) {
+			rec, _, err := readPidfile(dir)
 			if err != nil {
-				fltViolation(&r, "%s: %v", what, err)
-				return
-			}
-			rec, _, err := fltPidfile(dir)
-			if err != nil {
-				fltViolation(&r, "%s: the holder's record: %v", what, err)
+				r.fail("%s: the holder's record: %v", what, err)
 				return
 			}
 			token = rec.Token
 			id, err := shm.DirIdentity(dir)
 			if err != nil {
-				fltViolation(&r, "%s: %v", what, err)
+				r.fail("%s: %v", what, err)
 				return
 			}
 			moved := dir + ".moved"
@@ -636,72 +489,87 @@ func storageDirGone(e *Env, remove bool) Result {
 				err = os.Rename(dir, moved)
 			}
 			if err != nil {
-				fltViolation(&r, "set-up: %v", err)
+				r.fail("set-up: %v", err)
 				return
 			}
 			r.Faults++
 			r.Iterations++
-			code, exited := w.wait(10 * time.Second)
-			took := time.Since(start)
-			worst = max(worst, took)
-			if !exited {
-				fltViolation(&r, "%s: the wrapper still runs 10s after its data directory went: %s", what, w.output())
+			if !stopsAfterLoss(&r, w, what, "its data directory went", start, bound, recheck, &worst) {
 				return
 			}
-			if took > bound {
-				fltViolation(&r, "%s: the wrapper took %v to stop, want within %v (recheck %v)", what, took, bound, recheck)
-			}
-			if out := w.output(); code != 128+int(syscall.SIGTERM) || !strings.Contains(out, "interlock is lost") || fltCrashed(out) {
-				fltViolation(&r, "%s: exit %d, want 143 (server stopped) after \"interlock is lost\": %s", what, code, out)
-			}
 			if !WaitDead(rep.ChildPID, 2*time.Second) {
-				fltViolation(&r, "%s: the server (PID %d) still runs", what, rep.ChildPID)
+				r.fail("%s: the server (PID %d) still runs", what, rep.ChildPID)
 			}
-			fltNoSegments(&r, what, id)
+			noSegments(&r, what, id)
 			if !remove {
-				if rec, _, err := fltPidfile(moved); err != nil || rec.Status != pidfile.Stopped || rec.Token != token {
-					fltViolation(&r, "%s: the moved directory's record is not the holder's, released: %v %+v", what, err, rec)
+				if rec, _, err := readPidfile(moved); err != nil || rec.Status != pidfile.Stopped || rec.Token != token {
+					r.fail("%s: the moved directory's record is not the holder's, released: %v %+v", what, err, rec)
 				}
 				if code, out := e.Dirlockd(nil, "check", "-D", moved); code != 0 {
-					fltViolation(&r, "%s: check of the moved directory: exit %d: %s", what, code, out)
+					r.fail("%s: check of the moved directory: exit %d: %s", what, code, out)
 				}
 			}
-		}()
+			return
+		})
+		if !ok {
+			break
+		}
 	}
 	r.Notes = fmt.Sprintf("recheck %v; server stopped and wrapper exited within %v at worst", recheck, worst.Round(time.Millisecond))
 	return r
 }
 
-// fltRecord is a plausible record of a holder on another boot.
-func fltRecord(dir string) *pidfile.Record {
+// stopsAfterLoss checks that the wrapper w, whose interlock was broken at
+// start (cause says how), stops its server and exits 143 after "interlock is
+// lost", within bound, and updates worst. It reports false when the wrapper
+// still runs 10s later.
+func stopsAfterLoss(r *Result, w *Proc, what, cause string, start time.Time, bound, recheck time.Duration, worst *time.Duration) bool {
+	code, exited := w.wait(10 * time.Second)
+	took := time.Since(start)
+	*worst = max(*worst, took)
+	if !exited {
+		r.fail("%s: the wrapper still runs 10s after %s: %s", what, cause, w.output())
+		return false
+	}
+	if took > bound {
+		r.fail("%s: the wrapper took %v to stop, want within %v (recheck %v)", what, took, bound, recheck)
+	}
+	if out := w.output(); code != 128+int(syscall.SIGTERM) || !strings.Contains(out, "interlock is lost") || panicked(out) {
+		r.fail("%s: exit %d, want 143 (server stopped) after \"interlock is lost\": %s", what, code, out)
+	}
+	return true
+}
+
+// foreignRecord is a plausible record of a holder on another boot.
+func foreignRecord(dir string) *pidfile.Record {
 	return &pidfile.Record{PID: 4242, DataDir: dir, StartTime: time.Now().UTC(), BootID: "00000000-0000-4000-8000-000000000000",
 		Hostname: "elsewhere", PIDNS: 4026531836, PIDStart: 123456, ShmKey: 0, ShmID: -1, LockMethod: pidfile.Flock,
 		Status: pidfile.Ready, Token: strings.Repeat("5a", 16), Version: pidfile.Version}
 }
 
-var fltCastagnoli = crc32.MakeTable(crc32.Castagnoli)
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// fltSeal appends a matching checksum line to body, so that only what the
+// seal appends a matching checksum line to body, so that only what the
 // body says is wrong.
-func fltSeal(body string) []byte {
-	return fmt.Appendf(nil, "%scrc32c=%08x\n", body, crc32.Checksum([]byte(body), fltCastagnoli))
+func seal(body string) []byte {
+	return fmt.Appendf(nil, "%scrc32c=%08x\n", body, crc32.Checksum([]byte(body), castagnoli))
 }
 
-// fltBody is a record's text without its checksum line.
-func fltBody(r *pidfile.Record) string {
+// recordBody is a record's text without its checksum line.
+func recordBody(r *pidfile.Record) string {
 	b := string(r.Marshal())
 	return b[:strings.LastIndex(b[:len(b)-1], "\n")+1]
 }
 
-// fltMalformed are the classes of malformed pidfile content.
-func fltMalformed(e *Env) []struct {
+// malformedPidfiles are the classes of malformed pidfile content.
+func malformedPidfiles(e *Env) []struct {
 	name    string
 	content func(dir string) []byte
 } {
 	withPID := func(pid string) func(string) []byte {
 		return func(dir string) []byte {
-			_, rest, _ := strings.Cut(fltBody(fltRecord(dir)), "\n")
-			return fltSeal(pid + "\n" + rest)
+			_, rest, _ := strings.Cut(recordBody(foreignRecord(dir)), "\n")
+			return seal(pid + "\n" + rest)
 		}
 	}
 	return []struct {
@@ -718,10 +586,13 @@ func fltMalformed(e *Env) []struct {
 			return b
 		}},
 		{"oversized (1 MiB)", func(dir string) []byte {
-			return bytes.Repeat(fltRecord(dir).Marshal(), 1<<20/len(fltRecord(dir).Marshal())+1)[:1<<20]
+			// One record, marshalled once: its time stamp, and so its
+			// length, differ from call to call.
+			b := foreignRecord(dir).Marshal()
+			return bytes.Repeat(b, 1<<20/len(b)+1)[:1<<20]
 		}},
 		{"truncated mid-line", func(dir string) []byte {
-			b := fltRecord(dir).Marshal()
+			b := foreignRecord(dir).Marshal()
 			cut := len(b) / 2
 			for b[cut-1] == '\n' || b[cut] == '\n' {
 				cut++
@@ -733,17 +604,17 @@ func fltMalformed(e *Env) []struct {
 		{"huge PID", withPID("99999999999999999999")},
 		{"PID above pid_max", withPID(strconv.Itoa(1<<22 + 1))},
 		{"duplicate keys", func(dir string) []byte {
-			return fltSeal(strings.Replace(fltBody(fltRecord(dir)), "status=ready\n", "status=ready\nstatus=stopped\n", 1))
+			return seal(strings.Replace(recordBody(foreignRecord(dir)), "status=ready\n", "status=ready\nstatus=stopped\n", 1))
 		}},
 		{"CRLF line endings", func(dir string) []byte {
-			return []byte(strings.ReplaceAll(string(fltRecord(dir).Marshal()), "\n", "\r\n"))
+			return []byte(strings.ReplaceAll(string(foreignRecord(dir).Marshal()), "\n", "\r\n"))
 		}},
 		{"CRLF, resealed", func(dir string) []byte {
-			return fltSeal(strings.ReplaceAll(fltBody(fltRecord(dir)), "\n", "\r\n"))
+			return seal(strings.ReplaceAll(recordBody(foreignRecord(dir)), "\n", "\r\n"))
 		}},
 		{"missing PID line", func(dir string) []byte {
-			_, rest, _ := strings.Cut(fltBody(fltRecord(dir)), "\n")
-			return fltSeal(rest)
+			_, rest, _ := strings.Cut(recordBody(foreignRecord(dir)), "\n")
+			return seal(rest)
 		}},
 		{"PostgreSQL postmaster.pid", func(dir string) []byte {
 			return fmt.Appendf(nil, "4242\n%s\n1763790000\n5432\n/var/run/postgresql\nlocalhost\n  5432001     32768\nready   \n", dir)
@@ -757,45 +628,45 @@ func badPidfiles(e *Env) Result {
 	var r Result
 	w := e.NewWitness()
 	want := 0
-	classes := fltMalformed(e)
+	classes := malformedPidfiles(e)
 	for rep := range max(1, e.Scale.Iterations/10) {
 		for _, c := range classes {
 			dir := e.DataDir()
 			what := fmt.Sprintf("%s (round %d)", c.name, rep)
 			content := c.content(dir)
-			path := filepath.Join(dir, pidfile.DefaultName)
+			path := pidfilePath(dir)
 			if err := os.WriteFile(path, content, 0o600); err != nil {
-				fltViolation(&r, "set-up: %v", err)
+				r.fail("set-up: %v", err)
 				continue
 			}
 			if _, err := pidfile.Parse(content); err == nil {
-				fltViolation(&r, "set-up: %s parses as a record", what)
+				r.fail("set-up: %s parses as a record", what)
 			}
 			r.Faults++
 			r.Iterations++
-			code, out := e.Dirlockd([]string{e.WorkerEnv()}, fltWorkArgs(e, dir, w)...)
-			if code != 0 || fltCrashed(out) {
-				fltViolation(&r, "%s: exit %d, want 0 (safe takeover): %s", what, code, out)
+			code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, w)...)
+			if code != 0 || panicked(out) {
+				r.fail("%s: exit %d, want 0 (safe takeover): %s", what, code, out)
 				continue
 			}
 			want++
 			if !strings.Contains(out, "no readable record") {
-				fltViolation(&r, "%s: taken over without reporting the unreadable previous record: %s", what, out)
+				r.fail("%s: taken over without reporting the unreadable previous record: %s", what, out)
 			}
-			if rec, after, err := fltPidfile(dir); err != nil || rec.Status != pidfile.Stopped || rec.PID == 4242 {
-				fltViolation(&r, "%s: after the takeover the pidfile is not the new holder's released record (%v): %.200q", what, err, after)
+			if rec, after, err := readPidfile(dir); err != nil || rec.Status != pidfile.Stopped || rec.PID == 4242 {
+				r.fail("%s: after the takeover the pidfile is not the new holder's released record (%v): %.200q", what, err, after)
 			}
-			fltNoSegmentsDir(&r, what, dir)
+			noSegmentsDir(&r, what, dir)
 		}
 	}
 	notes := fmt.Sprintf("; %d classes, each taken over safely and reported", len(classes))
-	return fltVerify(w, r, want, notes)
+	return verify(w, r, want, notes)
 }
 
-// fltSnapshot describes everything about path that a refused start must
+// snapshot describes everything about path that a refused start must
 // leave alone: inode, type, mode, owner, content (or link target, or
 // directory entries).
-func fltSnapshot(path string) string {
+func snapshot(path string) string {
 	var st unix.Stat_t
 	if err := unix.Lstat(path, &st); err != nil {
 		return "lstat: " + err.Error()
@@ -804,7 +675,7 @@ func fltSnapshot(path string) string {
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
 		b, err := os.ReadFile(path)
-		s += fmt.Sprintf(" size %d crc %08x %v", len(b), crc32.Checksum(b, fltCastagnoli), err)
+		s += fmt.Sprintf(" size %d crc %08x %v", len(b), crc32.Checksum(b, castagnoli), err)
 	case unix.S_IFLNK:
 		t, err := os.Readlink(path)
 		s += fmt.Sprintf(" -> %s %v", t, err)
@@ -824,7 +695,7 @@ func badObjects(e *Env) Result {
 	var r Result
 	w := e.NewWitness()
 	var gaps []string
-	record := func(dir, path string) error { return os.WriteFile(path, fltRecord(dir).Marshal(), 0o600) }
+	record := func(dir, path string) error { return os.WriteFile(path, foreignRecord(dir).Marshal(), 0o600) }
 	cases := []struct {
 		name  string
 		fix   string // what the message must say to do
@@ -880,56 +751,56 @@ func badObjects(e *Env) Result {
 	for rep := range max(1, e.Scale.Iterations/10) {
 		for _, c := range cases {
 			dir := e.DataDir()
-			pf := filepath.Join(dir, pidfile.DefaultName)
+			pf := pidfilePath(dir)
 			what := fmt.Sprintf("%s (round %d)", c.name, rep)
 			paths, err := c.plant(dir, pf)
 			if err != nil {
-				fltViolation(&r, "set-up: %s: %v", what, err)
+				r.fail("set-up: %s: %v", what, err)
 				continue
 			}
 			var before []string
 			for _, p := range paths {
-				before = append(before, fltSnapshot(p))
+				before = append(before, snapshot(p))
 			}
 			r.Faults++
 			r.Iterations += 2
-			code, out := e.Dirlockd([]string{e.WorkerEnv()}, fltWorkArgs(e, dir, w)...)
-			if why := fltFailedCleanly(code, out, c.fix); why != "" || code != 78 {
-				if c.gap && code == 78 && fltFailedCleanly(code, out) == "" {
+			code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, w)...)
+			if why := failedCleanly(code, out, c.fix); why != "" || code != 78 {
+				if c.gap && code == 78 && failedCleanly(code, out) == "" {
 					if rep == 0 {
 						gaps = append(gaps, c.name)
 					}
 				} else {
-					fltViolation(&r, "%s: run: exit %d, want 78 saying %q (%s): %s", what, code, c.fix, why, out)
+					r.fail("%s: run: exit %d, want 78 saying %q (%s): %s", what, code, c.fix, why, out)
 				}
 			}
-			if code, out := e.Dirlockd(nil, "check", "-D", dir); code != 3 || fltCrashed(out) {
-				fltViolation(&r, "%s: check: exit %d, want 3: %s", what, code, out)
+			if code, out := e.Dirlockd(nil, "check", "-D", dir); code != 3 || panicked(out) {
+				r.fail("%s: check: exit %d, want 3: %s", what, code, out)
 			}
 			for i, p := range paths {
-				if after := fltSnapshot(p); after != before[i] {
-					fltViolation(&r, "%s: %s changed: %s (was %s)", what, p, after, before[i])
+				if after := snapshot(p); after != before[i] {
+					r.fail("%s: %s changed: %s (was %s)", what, p, after, before[i])
 				}
 			}
-			fltNoSegmentsDir(&r, what, dir)
+			noSegmentsDir(&r, what, dir)
 		}
 	}
 	notes := fmt.Sprintf("; %d cases, each exit 78 with its fix, check exit 3, nothing touched", len(cases))
 	if len(gaps) > 0 {
 		notes += fmt.Sprintf(" (finding: %s: exit 78 but the message names no fix)", strings.Join(gaps, ", "))
 	}
-	return fltVerify(w, r, 0, notes)
+	return verify(w, r, 0, notes)
 }
 
-// fltSeg is a foreign segment planted by the harness.
-type fltSeg struct {
+// plantedSeg is a foreign segment planted by the harness.
+type plantedSeg struct {
 	id, key int
 	content []byte
 }
 
-// fltKeys are the keys dirlockd probes for a directory: ProbeLimit of them
+// probeKeys are the keys dirlockd probes for a directory: ProbeLimit of them
 // from its base key, wrapping around and skipping IPC_PRIVATE.
-func fltKeys(id shm.Identity) []int {
+func probeKeys(id shm.Identity) []int {
 	keys := make([]int, 0, shm.ProbeLimit)
 	k := shm.BaseKey(id)
 	for range shm.ProbeLimit {
@@ -943,16 +814,16 @@ func fltKeys(id shm.Identity) []int {
 	return keys
 }
 
-// fltPlant creates a foreign segment at each key: random bytes, and every
+// plantSegments creates a foreign segment at each key: random bytes, and every
 // third one a dirlockd header naming another directory.
-func fltPlant(e *Env, keys []int, id shm.Identity) ([]fltSeg, error) {
-	var segs []fltSeg
+func plantSegments(e *Env, keys []int, id shm.Identity) ([]plantedSeg, error) {
+	var segs []plantedSeg
 	for i, key := range keys {
 		sid, err := unix.SysvShmGet(key, shm.Size, unix.IPC_CREAT|unix.IPC_EXCL|0o600)
 		if err != nil {
 			return segs, fmt.Errorf("shmget(0x%08x): %w", uint32(key), err)
 		}
-		s := fltSeg{id: sid, key: key, content: make([]byte, shm.Size)}
+		s := plantedSeg{id: sid, key: key, content: make([]byte, shm.Size)}
 		segs = append(segs, s)
 		for j := range s.content {
 			s.content[j] = byte(e.Rand.Uint32())
@@ -974,8 +845,8 @@ func fltPlant(e *Env, keys []int, id shm.Identity) ([]fltSeg, error) {
 	return segs, nil
 }
 
-// fltIntact says what happened to a planted segment, or "".
-func fltIntact(s fltSeg) string {
+// intact says what happened to a planted segment, or "".
+func intact(s plantedSeg) string {
 	d, err := shm.Stat(s.id)
 	switch {
 	case err != nil:
@@ -1007,56 +878,56 @@ func badForeignSegments(e *Env) Result {
 			dir := e.DataDir()
 			id, err := shm.DirIdentity(dir)
 			if err != nil {
-				fltViolation(&r, "set-up: %v", err)
+				r.fail("set-up: %v", err)
 				continue
 			}
-			keys := fltKeys(id)
+			keys := probeKeys(id)
 			what := fmt.Sprintf("round %d, %d foreign segments", rep, len(keys))
 			if !all {
 				keys = keys[:len(keys)-1]
 				what = fmt.Sprintf("round %d, %d foreign segments, last key free", rep, len(keys))
 			}
 			func() {
-				segs, err := fltPlant(e, keys, id)
+				segs, err := plantSegments(e, keys, id)
 				defer func() {
 					for _, s := range segs {
 						if _, err := unix.SysvShmCtl(s.id, unix.IPC_RMID, nil); err != nil {
-							fltViolation(&r, "%s: cannot remove planted segment %d: %v", what, s.id, err)
+							r.fail("%s: cannot remove planted segment %d: %v", what, s.id, err)
 						}
 					}
 				}()
 				if err != nil {
-					fltViolation(&r, "set-up: %v", err)
+					r.fail("set-up: %v", err)
 					return
 				}
 				r.Faults += len(segs)
 				r.Iterations++
-				code, out := e.Dirlockd([]string{e.WorkerEnv()}, fltWorkArgs(e, dir, w)...)
+				code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, w)...)
 				if all {
 					codes[code]++
-					if why := fltFailedCleanly(code, out, "no free SysV key"); why != "" {
-						fltViolation(&r, "%s: %s: %s", what, why, out)
+					if why := failedCleanly(code, out, "no free SysV key"); why != "" {
+						r.fail("%s: %s: %s", what, why, out)
 					}
-					if b, err := os.ReadFile(filepath.Join(dir, pidfile.DefaultName)); err == nil && len(b) > 0 {
-						fltViolation(&r, "%s: a failed start wrote a record: %q", what, b)
+					if b, err := os.ReadFile(pidfilePath(dir)); err == nil && len(b) > 0 {
+						r.fail("%s: a failed start wrote a record: %q", what, b)
 					}
 				} else if code != 0 {
-					fltViolation(&r, "%s: exit %d, want 0 with the last key: %s", what, code, out)
+					r.fail("%s: exit %d, want 0 with the last key: %s", what, code, out)
 				} else {
 					want++
 				}
 				for _, s := range segs {
-					if why := fltIntact(s); why != "" {
-						fltViolation(&r, "%s: planted segment %d (key 0x%08x): %s", what, s.id, uint32(s.key), why)
+					if why := intact(s); why != "" {
+						r.fail("%s: planted segment %d (key 0x%08x): %s", what, s.id, uint32(s.key), why)
 					}
 				}
-				fltNoSegments(&r, what, id)
-				fltNoHolders(&r, what, filepath.Join(dir, pidfile.DefaultName))
+				noSegments(&r, what, id)
+				noHolders(&r, what, pidfilePath(dir))
 			}()
 		}
 	}
-	return fltVerify(w, r, want, fmt.Sprintf("; all %d keys taken: exit %s \"no free SysV key\"; %d taken: the last used; every foreign segment intact",
-		shm.ProbeLimit, fltCodes(codes), shm.ProbeLimit-1))
+	return verify(w, r, want, fmt.Sprintf("; all %d keys taken: exit %s \"no free SysV key\"; %d taken: the last used; every foreign segment intact",
+		shm.ProbeLimit, codeCounts(codes), shm.ProbeLimit-1))
 }
 
 // badSegmentRemoved: ipcrm of a running holder's segment.
@@ -1070,71 +941,49 @@ func badSegmentRemoved(e *Env) Result {
 	for i := range max(2, e.Scale.Iterations/10) {
 		dir := e.DataDir()
 		what := fmt.Sprintf("round %d", i)
-		w, err := fltStart(e, append([]string{e.Bin, "run", "-D", dir, "--recheck", recheck.String(), "--"}, e.WorkerArgs("sleep")...)...)
-		if err != nil {
-			fltViolation(&r, "set-up: %v", err)
-			break
-		}
-		func() {
-			var token string
-			defer func() {
-				w.kill()
-				if n := fltReap(token); n > 0 {
-					fltViolation(&r, "%s: %d process(es) of the holder left behind (killed)", what, n)
-				}
-			}()
-			rep, err := fltWaitHeld(e, dir, w, 10*time.Second)
-			if err != nil {
-				fltViolation(&r, "%s: %v", what, err)
-				return
-			}
-			rec, _, err := fltPidfile(dir)
+		argv := append([]string{e.Bin}, runArgs(dir, []string{"--recheck", recheck.String()}, e.WorkerArgs("sleep")...)...)
+		ok := underHolder(e, &r, what, dir, argv, func(w *Proc, rep Report) (token string) {
+			rec, _, err := readPidfile(dir)
 			if err != nil || rep.ShmID == nil || rec.ShmID != *rep.ShmID {
-				fltViolation(&r, "%s: the holder's record (%v) and check disagree on the segment: %+v", what, err, rep)
+				r.fail("%s: the holder's record (%v) and check disagree on the segment: %+v", what, err, rep)
 				return
 			}
 			token = rec.Token
 			start := time.Now()
 			if out, err := exec.Command("ipcrm", "-m", strconv.Itoa(rec.ShmID)).CombinedOutput(); err != nil {
-				fltViolation(&r, "set-up: ipcrm -m %d: %v: %s", rec.ShmID, err, out)
+				r.fail("set-up: ipcrm -m %d: %v: %s", rec.ShmID, err, out)
 				return
 			}
 			r.Faults++
 			r.Iterations++
-			code, exited := w.wait(10 * time.Second)
-			took := time.Since(start)
-			worst = max(worst, took)
-			if !exited {
-				fltViolation(&r, "%s: the wrapper still runs 10s after ipcrm: %s", what, w.output())
+			if !stopsAfterLoss(&r, w, what, "ipcrm", start, bound, recheck, &worst) {
 				return
 			}
-			if took > bound {
-				fltViolation(&r, "%s: the wrapper took %v to stop, want within %v (recheck %v)", what, took, bound, recheck)
-			}
-			if out := w.output(); code != 128+int(syscall.SIGTERM) || !strings.Contains(out, "interlock is lost") || fltCrashed(out) {
-				fltViolation(&r, "%s: exit %d, want 143 (server stopped) after \"interlock is lost\": %s", what, code, out)
-			}
 			if _, err := shm.Stat(rec.ShmID); err == nil {
-				fltViolation(&r, "%s: segment %d still exists after the wrapper exited", what, rec.ShmID)
+				r.fail("%s: segment %d still exists after the wrapper exited", what, rec.ShmID)
 			}
-			fltNoSegmentsDir(&r, what, dir)
-			if n := fltReap(token); n > 0 {
-				fltViolation(&r, "%s: %d process(es) of the holder left behind (killed)", what, n)
+			noSegmentsDir(&r, what, dir)
+			if n := reap(token); n > 0 {
+				r.fail("%s: %d process(es) of the holder left behind (killed)", what, n)
 			}
 			token = ""
 			r.Iterations++
-			if code, out := e.Dirlockd([]string{e.WorkerEnv()}, fltWorkArgs(e, dir, wit)...); code != 0 {
-				fltViolation(&r, "%s: the next run exited %d, want 0: %s", what, code, out)
+			if code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, wit)...); code != 0 {
+				r.fail("%s: the next run exited %d, want 0: %s", what, code, out)
 			} else {
 				want++
 			}
-		}()
+			return
+		})
+		if !ok {
+			break
+		}
 	}
-	return fltVerify(wit, r, want, fmt.Sprintf("; recheck %v: stopped within %v at worst; next run OK", recheck, worst.Round(time.Millisecond)))
+	return verify(wit, r, want, fmt.Sprintf("; recheck %v: stopped within %v at worst; next run OK", recheck, worst.Round(time.Millisecond)))
 }
 
-// fltRmidForced reads shm_rmid_forced of our IPC namespace.
-func fltRmidForced() string {
+// rmidForced reads shm_rmid_forced of our IPC namespace.
+func rmidForced() string {
 	b, _ := os.ReadFile("/proc/sys/kernel/shm_rmid_forced")
 	return strings.TrimSpace(string(b))
 }
@@ -1147,10 +996,10 @@ func badRmidForced(e *Env) Result {
 	var r Result
 	wit := e.NewWitness()
 	want := 0
-	host := fltRmidForced()
+	host := rmidForced()
 	defer func() {
-		if now := fltRmidForced(); now != host {
-			fltViolation(&r, "the host's shm_rmid_forced changed from %s to %s (restored)", host, now)
+		if now := rmidForced(); now != host {
+			r.fail("the host's shm_rmid_forced changed from %s to %s (restored)", host, now)
 			os.WriteFile("/proc/sys/kernel/shm_rmid_forced", []byte(host), 0o644)
 		}
 	}()
@@ -1160,27 +1009,10 @@ func badRmidForced(e *Env) Result {
 		what := fmt.Sprintf("round %d", i)
 		argv := append([]string{"unshare", "--ipc", "sh", "-c", `echo 1 > /proc/sys/kernel/shm_rmid_forced && exec "$@"`, "sh",
 			e.Bin, "run", "-D", dir, "--recheck", recheck.String(), "--"}, e.WorkerArgs("sleep")...)
-		w, err := fltStart(e, argv...)
-		if err != nil {
-			fltViolation(&r, "set-up: %v", err)
-			break
-		}
-		func() {
-			var token string
-			defer func() {
-				w.kill()
-				if n := fltReap(token); n > 0 {
-					fltViolation(&r, "%s: %d process(es) of the holder left behind (killed)", what, n)
-				}
-			}()
-			rep, err := fltWaitHeld(e, dir, w, 10*time.Second)
+		ok := underHolder(e, &r, what, dir, argv, func(w *Proc, rep Report) (token string) {
+			rec, _, err := readPidfile(dir)
 			if err != nil {
-				fltViolation(&r, "%s: %v", what, err)
-				return
-			}
-			rec, _, err := fltPidfile(dir)
-			if err != nil {
-				fltViolation(&r, "%s: the holder's record: %v", what, err)
+				r.fail("%s: the holder's record: %v", what, err)
 				return
 			}
 			token = rec.Token
@@ -1189,7 +1021,7 @@ func badRmidForced(e *Env) Result {
 			bin, err2 := os.Stat(e.Bin)
 			ns, err3 := os.Readlink(fmt.Sprintf("/proc/%d/ns/ipc", pid))
 			if err := errors.Join(err1, err2, err3); err != nil || !os.SameFile(exe, bin) || ns == ownNS || rec.PID != pid {
-				fltViolation(&r, "set-up: PID %d is not dirlockd in its own IPC namespace (%v, ns %s, record PID %d)", pid, err, ns, rec.PID)
+				r.fail("set-up: PID %d is not dirlockd in its own IPC namespace (%v, ns %s, record PID %d)", pid, err, ns, rec.PID)
 				return
 			}
 			inside := func(args ...string) string {
@@ -1197,7 +1029,7 @@ func badRmidForced(e *Env) Result {
 				return string(out)
 			}
 			if v := strings.TrimSpace(inside("cat", "/proc/sys/kernel/shm_rmid_forced")); v != "1" {
-				fltViolation(&r, "set-up: shm_rmid_forced in the namespace is %q, want 1", v)
+				r.fail("set-up: shm_rmid_forced in the namespace is %q, want 1", v)
 				return
 			}
 			r.Faults++
@@ -1206,14 +1038,14 @@ func badRmidForced(e *Env) Result {
 			beats := map[string]bool{}
 			deadline := time.Now().Add(10 * recheck)
 			for len(beats) < 4 && time.Now().Before(deadline) && w.alive() {
-				if rec, _, err := fltPidfile(dir); err == nil && rec.Extra["heartbeat"] != "" {
+				if rec, _, err := readPidfile(dir); err == nil && rec.Extra["heartbeat"] != "" {
 					beats[rec.Extra["heartbeat"]] = true
 				}
 				time.Sleep(recheck / 4)
 			}
 			r.Iterations++
 			if len(beats) < 4 || !w.alive() {
-				fltViolation(&r, "%s: %d rechecks passed in %v (wrapper alive: %v), want 4: %s", what, len(beats), 10*recheck, w.alive(), w.output())
+				r.fail("%s: %d rechecks passed in %v (wrapper alive: %v), want 4: %s", what, len(beats), 10*recheck, w.alive(), w.output())
 				return
 			}
 			seg := false
@@ -1224,43 +1056,47 @@ func badRmidForced(e *Env) Result {
 				}
 			}
 			if !seg {
-				fltViolation(&r, "%s: the holder's segment %d is not in its namespace, attached", what, rec.ShmID)
+				r.fail("%s: the holder's segment %d is not in its namespace, attached", what, rec.ShmID)
 			}
 			r.Iterations++
 			if code, out := e.Dirlockd(nil, "run", "-D", dir, "--", "true"); code != 75 {
-				fltViolation(&r, "%s: host contender: exit %d, want 75: %s", what, code, out)
+				r.fail("%s: host contender: exit %d, want 75: %s", what, code, out)
 			}
 			syscall.Kill(pid, syscall.SIGTERM)
 			code, exited := w.wait(10 * time.Second)
 			if !exited {
-				fltViolation(&r, "%s: still running 10s after SIGTERM: %s", what, w.output())
+				r.fail("%s: still running 10s after SIGTERM: %s", what, w.output())
 				return
 			}
-			if out := w.output(); code != 128+int(syscall.SIGTERM) || !strings.Contains(out, "released the data directory") || fltCrashed(out) {
-				fltViolation(&r, "%s: exit %d after SIGTERM, want 143 and a release: %s", what, code, out)
+			if out := w.output(); code != 128+int(syscall.SIGTERM) || !strings.Contains(out, "released the data directory") || panicked(out) {
+				r.fail("%s: exit %d after SIGTERM, want 143 and a release: %s", what, code, out)
 			}
 			if !WaitDead(rep.ChildPID, 2*time.Second) {
-				fltViolation(&r, "%s: the server (PID %d) still runs", what, rep.ChildPID)
+				r.fail("%s: the server (PID %d) still runs", what, rep.ChildPID)
 			}
-			if n := fltReap(token); n > 0 {
-				fltViolation(&r, "%s: %d process(es) of the holder left behind (killed)", what, n)
+			if n := reap(token); n > 0 {
+				r.fail("%s: %d process(es) of the holder left behind (killed)", what, n)
 			}
 			token = ""
 			links, _ := filepath.Glob("/proc/[0-9]*/ns/ipc")
 			for _, l := range links {
 				if t, _ := os.Readlink(l); t == ns {
-					fltViolation(&r, "%s: %s is still in the holder's IPC namespace %s", what, l, ns)
+					r.fail("%s: %s is still in the holder's IPC namespace %s", what, l, ns)
 				}
 			}
 			r.Iterations++
-			if code, out := e.Dirlockd([]string{e.WorkerEnv()}, fltWorkArgs(e, dir, wit)...); code != 0 {
-				fltViolation(&r, "%s: the next run on the host exited %d: %s", what, code, out)
+			if code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, wit)...); code != 0 {
+				r.fail("%s: the next run on the host exited %d: %s", what, code, out)
 			} else {
 				want++
 			}
-		}()
+			return
+		})
+		if !ok {
+			break
+		}
 	}
-	return fltVerify(wit, r, want, "; holder kept its segment over 4+ rechecks, host contender 75, SIGTERM 143, namespace gone")
+	return verify(wit, r, want, "; holder kept its segment over 4+ rechecks, host contender 75, SIGTERM 143, namespace gone")
 }
 
 // badCommandLines: usage errors exit 64 (status: 4, its LSB "unknown"),
@@ -1316,14 +1152,14 @@ func badCommandLines(e *Env) Result {
 		r.Faults++
 		r.Iterations++
 		code, out := e.Dirlockd([]string{"DIRLOCKD_DATADIR="}, c.args...)
-		if code != c.want || fltCrashed(out) || strings.TrimSpace(out) == "" {
-			fltViolation(&r, "dirlockd %q: exit %d, want %d with a message: %s", c.args, code, c.want, out)
+		if code != c.want || panicked(out) || strings.TrimSpace(out) == "" {
+			r.fail("dirlockd %q: exit %d, want %d with a message: %s", c.args, code, c.want, out)
 		}
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) > 0 {
-		fltViolation(&r, "a refused command line created %s/%s", dir, ents[0].Name())
+		r.fail("a refused command line created %s/%s", dir, ents[0].Name())
 	}
-	fltNoSegmentsDir(&r, "bad command lines", dir)
+	noSegmentsDir(&r, "bad command lines", dir)
 	r.Notes = fmt.Sprintf("%d command lines: exit 64 (status: 4), a message, no panic, nothing created", len(cases))
 	return r
 }

@@ -76,11 +76,16 @@ func (e *Env) NewWitness() Witness {
 	return w
 }
 
-// Dirlockd runs the dirlockd binary to completion (bounded by a minute) and
-// returns its exit code and combined output. Extra environment entries come
-// from env.
+// callTimeout bounds one dirlockd command. It must exceed every --wait a
+// scenario passes: waiters poll, and polling is not fair, so in a storm one
+// contender can wait minutes for its turn without anything being wrong.
+const callTimeout = 15 * time.Minute
+
+// Dirlockd runs the dirlockd binary to completion (bounded by callTimeout)
+// and returns its exit code and combined output. Extra environment entries
+// come from env.
 func (e *Env) Dirlockd(env []string, args ...string) (int, string) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, e.Bin, args...)
 	cmd.Env = append(os.Environ(), env...)
@@ -158,7 +163,7 @@ func WorkerMain(args []string) int {
 		n, _ := strconv.Atoi(args[4])
 		w := Witness{Dir: args[2]}
 		for range n {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 			l, err := interlock.Acquire(ctx, args[1], interlock.Options{Wait: -1})
 			cancel()
 			if err != nil {

@@ -58,22 +58,22 @@ func orphanCycle(e *Env, mode, ready, what string) Result {
 	k := newKit(e, &r)
 	defer k.cleanup()
 	dir, w := e.DataDir(), e.NewWitness()
-	hold := e.Scale.Hold.String()
-	work := k.runArgs(dir, nil, e.WorkerArgs("work", w.Dir, hold))
+	work := workArgs(e, dir, w)
 	want := 0
 	var refusal time.Duration
 	for i := range max(2, e.Scale.Iterations/8) {
-		p, err := k.start(e.Bin, k.runArgs(dir, nil, e.WorkerArgs(mode, w.Dir)), e.WorkerEnv())
+		p, err := k.start(e.Bin, runArgs(dir, nil, e.WorkerArgs(mode, w.Dir)...), e.WorkerEnv())
 		if err != nil {
-			k.fail("iteration %d: start: %v", i, err)
+			r.fail("iteration %d: start: %v", i, err)
 			break
 		}
-		rep, ok := k.waitHeld(dir, p, 10*time.Second)
-		if ok && !k.waitOutput(p, ready, 10*time.Second) {
+		rep, err := waitHeld(e, dir, p, 10*time.Second)
+		ok := err == nil
+		if ok && !p.waitOutput(ready, 10*time.Second) {
 			ok = false
 		}
 		if !ok {
-			k.fail("iteration %d: the holder never came up: %s", i, coTail(p.output()))
+			r.fail("iteration %d: the holder never came up: %s", i, tail(p.output()))
 			k.killTree(p.pid())
 			continue
 		}
@@ -82,44 +82,44 @@ func orphanCycle(e *Env, mode, ready, what string) Result {
 		token := k.token(dir)
 		syscall.Kill(p.pid(), syscall.SIGKILL)
 		r.Faults++
-		if !p.waitDone(10 * time.Second) {
-			k.fail("iteration %d: the wrapper %d survived SIGKILL", i, p.pid())
+		if _, ok := p.wait(10 * time.Second); !ok {
+			r.fail("iteration %d: the wrapper %d survived SIGKILL", i, p.pid())
 		}
 
 		before := k.pidfile(dir)
 		t0 := time.Now()
 		code, out := e.Dirlockd([]string{e.WorkerEnv()}, work...)
 		refusal = max(refusal, time.Since(t0))
-		if code != coExitOrphans || !coNames(out, child) {
-			k.fail("iteration %d: a starter while the server %d (%s) of a killed wrapper lives: exit %d, want 76 naming it: %s",
-				i, child, what, code, coTail(out))
+		if code != exitOrphans || !mentions(out, child) {
+			r.fail("iteration %d: a starter while the server %d (%s) of a killed wrapper lives: exit %d, want 76 naming it: %s",
+				i, child, what, code, tail(out))
 		}
-		if code, rep, out := k.check(dir); code != 2 || rep.State != "orphans" || !slices.Equal(rep.Orphans, []int{child}) {
-			k.fail("iteration %d: check with the server %d orphaned: exit %d, state %s, orphans %v; want 2, orphans [%d]: %s",
-				i, child, code, rep.State, rep.Orphans, child, coTail(out))
+		if code, rep, out := check(e, dir); code != 2 || rep.State != "orphans" || !slices.Equal(rep.Orphans, []int{child}) {
+			r.fail("iteration %d: check with the server %d orphaned: exit %d, state %s, orphans %v; want 2, orphans [%d]: %s",
+				i, child, code, rep.State, rep.Orphans, child, tail(out))
 		}
 		if after := k.pidfile(dir); string(after) != string(before) {
-			k.fail("iteration %d: a refused starter (or check) changed the pidfile:\nbefore %q\nafter  %q", i, before, after)
+			r.fail("iteration %d: a refused starter (or check) changed the pidfile:\nbefore %q\nafter  %q", i, before, after)
 		}
 
 		if !Kill(child) {
-			k.fail("iteration %d: the server %d survived SIGKILL", i, child)
+			r.fail("iteration %d: the server %d survived SIGKILL", i, child)
 		}
 		tKill := time.Now()
 		if err := w.Killed(token); err != nil {
-			k.fail("witness: %v", err)
+			r.fail("witness: %v", err)
 		}
-		if code, rep, out := k.check(dir); code != 0 || rep.State != "stale" {
-			k.fail("iteration %d: check once the orphan is dead: exit %d, state %s; want 0, stale: %s", i, code, rep.State, coTail(out))
+		if code, rep, out := check(e, dir); code != 0 || rep.State != "stale" {
+			r.fail("iteration %d: check once the orphan is dead: exit %d, state %s; want 0, stale: %s", i, code, rep.State, tail(out))
 		}
 		if code, out := e.Dirlockd([]string{e.WorkerEnv()}, work...); code != 0 {
-			k.fail("iteration %d: the run after the orphan died exited %d: %s", i, code, coTail(out))
+			r.fail("iteration %d: the run after the orphan died exited %d: %s", i, code, tail(out))
 			continue
 		}
 		k.live(time.Since(tKill))
 		want++
-		if code, rep, out := k.check(dir); code != 0 || rep.State != "free" {
-			k.fail("iteration %d: check after a clean run: exit %d, state %s; want 0, free: %s", i, code, rep.State, coTail(out))
+		if code, rep, out := check(e, dir); code != 0 || rep.State != "free" {
+			r.fail("iteration %d: check after a clean run: exit %d, state %s; want 0, free: %s", i, code, rep.State, tail(out))
 		}
 	}
 	k.finish(dir)
@@ -137,32 +137,33 @@ func orphansAttached(e *Env) Result {
 	defer k.cleanup()
 	dir, w := e.DataDir(), e.NewWitness()
 	hold := e.Scale.Hold.String()
-	work := k.runArgs(dir, nil, e.WorkerArgs("work", w.Dir, hold))
+	work := workArgs(e, dir, w)
 	want := 0
 	gcRe := regexp.MustCompile(`grandchild (\d+)`)
 	var segNote string
 	for i := range max(2, e.Scale.Iterations/8) {
-		p, err := k.start(e.Bin, k.runArgs(dir, nil, e.WorkerArgs("spawn-attacher", w.Dir, hold)), e.WorkerEnv())
+		p, err := k.start(e.Bin, runArgs(dir, nil, e.WorkerArgs("spawn-attacher", w.Dir, hold)...), e.WorkerEnv())
 		if err != nil {
-			k.fail("iteration %d: start: %v", i, err)
+			r.fail("iteration %d: start: %v", i, err)
 			break
 		}
-		if !p.waitDone(20 * time.Second) {
-			k.fail("iteration %d: the wrapper did not exit after its server did: %s", i, coTail(p.output()))
+		code, ok := p.wait(20 * time.Second)
+		if !ok {
+			r.fail("iteration %d: the wrapper did not exit after its server did: %s", i, tail(p.output()))
 			k.killTree(p.pid())
 			continue
 		}
 		m := gcRe.FindStringSubmatch(p.output())
 		if m == nil {
-			k.fail("iteration %d: the server started no attached helper: %s", i, coTail(p.output()))
+			r.fail("iteration %d: the server started no attached helper: %s", i, tail(p.output()))
 			continue
 		}
 		gc, _ := strconv.Atoi(m[1])
 		k.track(gc)
 		r.Faults++
 		want++ // the server did its work
-		if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-			k.fail("iteration %d: the wrapper exited %d, want 0: %s", i, code, coTail(p.output()))
+		if code != 0 {
+			r.fail("iteration %d: the wrapper exited %d, want 0: %s", i, code, tail(p.output()))
 		}
 		rec := k.record(dir)
 		if rec == nil {
@@ -170,10 +171,10 @@ func orphansAttached(e *Env) Result {
 			continue
 		}
 		if env, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", gc)); strings.Contains(string(env), interlock.TokenEnv+"=") {
-			k.fail("iteration %d: harness error: the helper %d carries the token", i, gc)
+			r.fail("iteration %d: harness error: the helper %d carries the token", i, gc)
 		}
 		if d, err := shm.Stat(rec.ShmID); err != nil {
-			k.fail("iteration %d: harness error: segment %d of the record is gone while the helper %d is attached: %v", i, rec.ShmID, gc, err)
+			r.fail("iteration %d: harness error: segment %d of the record is gone while the helper %d is attached: %v", i, rec.ShmID, gc, err)
 		} else {
 			segNote = fmt.Sprintf(", old segment after release: key 0x%08x nattch %d marked for removal %v",
 				uint32(d.Perm.Key), d.Nattch, shm.MarkedForRemoval(d))
@@ -183,29 +184,29 @@ func orphansAttached(e *Env) Result {
 		code, out := e.Dirlockd([]string{e.WorkerEnv()}, work...)
 		switch {
 		case code == 0:
-			k.fail("iteration %d: a new holder started while the helper %d is still attached to segment %d (the previous record's shm_id, removed at release): %s",
-				i, gc, rec.ShmID, coTail(out))
+			r.fail("iteration %d: a new holder started while the helper %d is still attached to segment %d (the previous record's shm_id, removed at release): %s",
+				i, gc, rec.ShmID, tail(out))
 			want++
-		case code != coExitOrphans || !coNames(out, gc):
-			k.fail("iteration %d: a starter while the attached helper %d lives: exit %d, want 76 naming it: %s", i, gc, code, coTail(out))
+		case code != exitOrphans || !mentions(out, gc):
+			r.fail("iteration %d: a starter while the attached helper %d lives: exit %d, want 76 naming it: %s", i, gc, code, tail(out))
 		}
-		if code, rep, out := k.check(dir); code != 2 || rep.State != "orphans" || !slices.Equal(rep.Orphans, []int{gc}) {
-			k.fail("iteration %d: check with the helper %d attached: exit %d, state %s, orphans %v; want 2, orphans [%d]: %s",
-				i, gc, code, rep.State, rep.Orphans, gc, coTail(out))
+		if code, rep, out := check(e, dir); code != 2 || rep.State != "orphans" || !slices.Equal(rep.Orphans, []int{gc}) {
+			r.fail("iteration %d: check with the helper %d attached: exit %d, state %s, orphans %v; want 2, orphans [%d]: %s",
+				i, gc, code, rep.State, rep.Orphans, gc, tail(out))
 		}
 		if after := k.pidfile(dir); code != 0 && string(after) != string(before) {
-			k.fail("iteration %d: a refused starter changed the pidfile:\nbefore %q\nafter  %q", i, before, after)
+			r.fail("iteration %d: a refused starter changed the pidfile:\nbefore %q\nafter  %q", i, before, after)
 		}
 
 		if !Kill(gc) {
-			k.fail("iteration %d: the helper %d survived SIGKILL", i, gc)
+			r.fail("iteration %d: the helper %d survived SIGKILL", i, gc)
 		}
 		tKill := time.Now()
 		if _, err := shm.Stat(rec.ShmID); err == nil {
-			k.fail("iteration %d: segment %d still exists after its last process died", i, rec.ShmID)
+			r.fail("iteration %d: segment %d still exists after its last process died", i, rec.ShmID)
 		}
 		if code, out := e.Dirlockd([]string{e.WorkerEnv()}, work...); code != 0 {
-			k.fail("iteration %d: the run after the helper died exited %d: %s", i, code, coTail(out))
+			r.fail("iteration %d: the run after the helper died exited %d: %s", i, code, tail(out))
 			continue
 		}
 		k.live(time.Since(tKill))
@@ -225,13 +226,12 @@ func identityLivePIDs(e *Env) Result {
 	k := newKit(e, &r)
 	defer k.cleanup()
 	dir, w := e.DataDir(), e.NewWitness()
-	hold := e.Scale.Hold.String()
-	work := k.runArgs(dir, nil, e.WorkerArgs("work", w.Dir, hold))
+	work := workArgs(e, dir, w)
 	want := 0
 
 	sleeper, err := k.start("sleep", []string{"60"})
 	if err != nil {
-		k.fail("start sleep: %v", err)
+		r.fail("start sleep: %v", err)
 		return r
 	}
 	// A signal meant for a holder must not reach us.
@@ -246,14 +246,14 @@ func identityLivePIDs(e *Env) Result {
 	for round := range max(2, e.Scale.Iterations/8) {
 		for _, t := range targets {
 			if code, out := e.Dirlockd([]string{e.WorkerEnv()}, work...); code != 0 {
-				k.fail("round %d, %s: run: exit %d: %s", round, t.what, code, coTail(out))
+				r.fail("round %d, %s: run: exit %d: %s", round, t.what, code, tail(out))
 				continue
 			}
 			want++
 			rec := k.record(dir)
 			st, err := proc.StartTime(t.pid)
 			if rec == nil || err != nil {
-				k.fail("round %d, %s: cannot plant the record: %v", round, t.what, err)
+				r.fail("round %d, %s: cannot plant the record: %v", round, t.what, err)
 				continue
 			}
 			rec.PID, rec.PIDStart, rec.Status = t.pid, st, pidfile.Ready
@@ -262,32 +262,32 @@ func identityLivePIDs(e *Env) Result {
 			}
 			rec.Extra["child_pid"] = strconv.Itoa(t.pid)
 			planted := rec.Marshal()
-			if err := os.WriteFile(k.pidfilePath(dir), planted, 0o600); err != nil {
-				k.fail("round %d, %s: write the record: %v", round, t.what, err)
+			if err := os.WriteFile(pidfilePath(dir), planted, 0o600); err != nil {
+				r.fail("round %d, %s: write the record: %v", round, t.what, err)
 				continue
 			}
 			r.Faults++
 
 			if code, out := e.Dirlockd(nil, "stop", "-D", dir, "--timeout", "5s"); code != 0 {
-				k.fail("round %d, %s (PID %d): stop on a stale record: exit %d, want 0: %s", round, t.what, t.pid, code, coTail(out))
+				r.fail("round %d, %s (PID %d): stop on a stale record: exit %d, want 0: %s", round, t.what, t.pid, code, tail(out))
 			}
-			if code, rep, out := k.check(dir); code != 0 || rep.State != "stale" {
-				k.fail("round %d, %s (PID %d): check: exit %d, state %s; want 0, stale: %s", round, t.what, t.pid, code, rep.State, coTail(out))
+			if code, rep, out := check(e, dir); code != 0 || rep.State != "stale" {
+				r.fail("round %d, %s (PID %d): check: exit %d, state %s; want 0, stale: %s", round, t.what, t.pid, code, rep.State, tail(out))
 			}
 			if b := k.pidfile(dir); string(b) != string(planted) {
-				k.fail("round %d, %s: stop or check changed the pidfile:\nplanted %q\nnow     %q", round, t.what, planted, b)
+				r.fail("round %d, %s: stop or check changed the pidfile:\nplanted %q\nnow     %q", round, t.what, planted, b)
 			}
 			select {
 			case s := <-sigs:
-				k.fail("round %d, %s: the harness received %v", round, t.what, s)
+				r.fail("round %d, %s: the harness received %v", round, t.what, s)
 			default:
 			}
-			if sleeper.exited() || !proc.Alive(sleeper.pid(), k.procs[sleeper.pid()]) {
-				k.fail("round %d, %s: the unrelated sleep %d died: %v", round, t.what, sleeper.pid(), sleeper.cmd.ProcessState)
+			if !sleeper.alive() || !proc.Alive(sleeper.pid(), k.procs[sleeper.pid()]) {
+				r.fail("round %d, %s: the unrelated sleep %d died: %v", round, t.what, sleeper.pid(), sleeper.cmd.ProcessState)
 			}
 			t0 := time.Now()
 			if code, out := e.Dirlockd([]string{e.WorkerEnv()}, work...); code != 0 {
-				k.fail("round %d, %s (PID %d): run over the stale record: exit %d: %s", round, t.what, t.pid, code, coTail(out))
+				r.fail("round %d, %s (PID %d): run over the stale record: exit %d: %s", round, t.what, t.pid, code, tail(out))
 				continue
 			}
 			k.live(time.Since(t0))
@@ -295,9 +295,9 @@ func identityLivePIDs(e *Env) Result {
 		}
 	}
 	sleeper.cmd.Process.Signal(syscall.SIGKILL)
-	if sleeper.waitDone(10 * time.Second) {
+	if _, ok := sleeper.wait(10 * time.Second); ok {
 		if ws, ok := sleeper.cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-			k.fail("the unrelated sleep ended with %v, not by our SIGKILL", sleeper.cmd.ProcessState)
+			r.fail("the unrelated sleep ended with %v, not by our SIGKILL", sleeper.cmd.ProcessState)
 		}
 	}
 	k.finish(dir)
@@ -328,7 +328,7 @@ func identityNamespaceTwins(e *Env) Result {
 	for _, v := range variants {
 		dir := e.DataDir()
 		dirs = append(dirs, dir)
-		run := k.runArgs(dir, nil, e.WorkerArgs("work", w.Dir, "50ms"))
+		run := runArgs(dir, nil, e.WorkerArgs("work", w.Dir, "50ms")...)
 		for round := range rounds {
 			host := exec.Command(e.Bin, run...)
 			ns := exec.Command("unshare", append(append([]string{}, v.prefix...), append([]string{e.Bin}, run...)...)...)
@@ -350,7 +350,7 @@ func identityNamespaceTwins(e *Env) Result {
 					time.Sleep(delay)
 				}
 				if err := cmds[j].Start(); err != nil {
-					k.fail("%s round %d: start: %v", v.name, round, err)
+					r.fail("%s round %d: start: %v", v.name, round, err)
 					continue
 				}
 				started[j] = time.Now()
@@ -367,7 +367,7 @@ func identityNamespaceTwins(e *Env) Result {
 			select {
 			case <-done:
 			case <-time.After(30 * time.Second):
-				k.fail("%s round %d: a twin did not finish within 30s", v.name, round)
+				r.fail("%s round %d: a twin did not finish within 30s", v.name, round)
 				for _, c := range cmds {
 					if c.Process != nil {
 						k.killTree(c.Process.Pid)
@@ -379,8 +379,8 @@ func identityNamespaceTwins(e *Env) Result {
 				close5++
 			}
 			for j, c := range codes {
-				if c != 0 && c != coExitHeld {
-					k.fail("%s round %d: the %s twin exited %d, want 0 or 75: %s", v.name, round, []string{"host", "namespaced"}[j], c, coTail(outs[j].String()))
+				if c != 0 && c != exitHeld {
+					r.fail("%s round %d: the %s twin exited %d, want 0 or 75: %s", v.name, round, []string{"host", "namespaced"}[j], c, tail(outs[j].String()))
 				}
 				if c == 0 {
 					want++
@@ -395,8 +395,8 @@ func identityNamespaceTwins(e *Env) Result {
 				if codes[0] == 0 {
 					hostWon++
 				}
-			case codes[0] == coExitHeld && codes[1] == coExitHeld:
-				k.fail("%s round %d: both twins were refused as held: nobody got in", v.name, round)
+			case codes[0] == exitHeld && codes[1] == exitHeld:
+				r.fail("%s round %d: both twins were refused as held: nobody got in", v.name, round)
 			}
 		}
 	}

@@ -69,6 +69,12 @@ func (w Witness) Work(token string, hold time.Duration) error {
 	if err := w.event("enter", token); err != nil {
 		return err
 	}
+	return w.finishWork(token, hold)
+}
+
+// finishWork is the second half of Work: increment the counter (read, sleep
+// hold, write) and announce the exit, also for holders that entered earlier.
+func (w Witness) finishWork(token string, hold time.Duration) error {
 	b, err := os.ReadFile(w.counterPath())
 	if err != nil {
 		return err

@@ -1,0 +1,365 @@
+package torture
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/dirlockd/dirlockd/internal/proc"
+	"github.com/dirlockd/dirlockd/pidfile"
+	"github.com/dirlockd/dirlockd/shm"
+)
+
+// The kit every scenario family shares: processes in the background, check
+// reports, pidfile reads, segment checks, violations.
+
+// Exit codes of dirlockd run (cmd/dirlockd/main.go).
+const (
+	exitHeld    = 75
+	exitOrphans = 76
+)
+
+// fail records a broken invariant.
+func (r *Result) fail(format string, a ...any) {
+	r.Violations = append(r.Violations, fmt.Sprintf(format, a...))
+}
+
+// Report is one line of "dirlockd check --json".
+type Report struct {
+	State    string `json:"state"`
+	PID      int    `json:"pid"`
+	ChildPID int    `json:"child_pid"`
+	Status   string `json:"status"`
+	ShmID    *int   `json:"shm_id"`
+	Holders  []int  `json:"holders"`
+	Orphans  []int  `json:"orphans"`
+	Reason   string `json:"reason"`
+}
+
+// check runs "dirlockd check --json -D dir" and returns its exit status, its
+// report (State "unparsable: ..." when there is none) and its whole output.
+func check(e *Env, dir string) (int, Report, string) {
+	code, out := e.Dirlockd(nil, "check", "--json", "-D", dir)
+	rep := Report{State: "unparsable: no JSON line"}
+	for line := range strings.SplitSeq(out, "\n") {
+		if strings.HasPrefix(line, "{") {
+			rep = Report{}
+			if err := json.Unmarshal([]byte(line), &rep); err != nil {
+				rep.State = "unparsable: " + err.Error()
+			}
+			break
+		}
+	}
+	return code, rep, out
+}
+
+// Proc is a process started in the background (a "dirlockd run", or a
+// command that execs it), its stdout and stderr in a file: unlike a pipe, a
+// file needs no copying that would keep cmd.Wait waiting for every process
+// that inherited it.
+type Proc struct {
+	cmd  *exec.Cmd
+	out  string
+	done chan struct{}
+}
+
+// start starts name with args in the background, with env added to ours.
+func start(e *Env, name string, args []string, env ...string) (*Proc, error) {
+	f, err := os.CreateTemp(e.Work, "out-*")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &Proc{cmd: cmd, out: f.Name(), done: make(chan struct{})}
+	go func() { cmd.Wait(); close(p.done) }()
+	return p, nil
+}
+
+func (p *Proc) pid() int { return p.cmd.Process.Pid }
+
+func (p *Proc) output() string {
+	b, _ := os.ReadFile(p.out)
+	return string(b)
+}
+
+func (p *Proc) alive() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// wait waits up to d for the process to exit (and be reaped) and returns its
+// exit status (-1 if killed by a signal) and whether it exited in time.
+func (p *Proc) wait(d time.Duration) (int, bool) {
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState.ExitCode(), true
+	case <-time.After(d):
+		return 0, false
+	}
+}
+
+// kill SIGKILLs the process (the one we started) if it still runs, and
+// waits for it.
+func (p *Proc) kill() {
+	if p.alive() {
+		p.cmd.Process.Kill()
+	}
+	<-p.done
+}
+
+// waitOutput waits until p's output contains s.
+func (p *Proc) waitOutput(s string, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for !strings.Contains(p.output(), s) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
+}
+
+// waitHeld polls check until dir is held by p with a server started, or p
+// exits, or the time runs out.
+func waitHeld(e *Env, dir string, p *Proc, timeout time.Duration) (Report, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		code, rep, out := check(e, dir)
+		if code == 1 && rep.State == "held" && rep.ChildPID > 0 && rep.PID == p.pid() {
+			return rep, nil
+		}
+		if !p.alive() || time.Now().After(deadline) {
+			return rep, fmt.Errorf("not held (wrapper alive %v; check said %q); wrapper output:\n%s", p.alive(), strings.TrimSpace(out), p.output())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// runArgs is "run -D dir flags... -- argv...".
+func runArgs(dir string, flags []string, argv ...string) []string {
+	args := append(append([]string{"run", "-D", dir}, flags...), "--")
+	return append(args, argv...)
+}
+
+// workArgs is "run -D dir [flags] -- worker work W HOLD".
+func workArgs(e *Env, dir string, w Witness, flags ...string) []string {
+	return runArgs(dir, flags, e.WorkerArgs("work", w.Dir, e.Scale.Hold.String())...)
+}
+
+func pidfilePath(dir string) string { return filepath.Join(dir, pidfile.DefaultName) }
+
+// readPidfile reads and parses the pidfile of dir. b is nil exactly when the
+// file could not be read; err is then the read error, else the parse error.
+func readPidfile(dir string) (rec *pidfile.Record, b []byte, err error) {
+	b, err = os.ReadFile(pidfilePath(dir))
+	if err != nil {
+		return nil, nil, err
+	}
+	rec, err = pidfile.Parse(b)
+	return rec, b, err
+}
+
+// noSegments checks that no SysV segment names the directory with identity
+// id (which outlives the directory itself).
+func noSegments(r *Result, what string, id shm.Identity) {
+	segs, err := shm.Scan(id, false)
+	if err != nil {
+		r.fail("%s: segment scan: %v", what, err)
+	}
+	for _, a := range segs {
+		r.fail("%s: segment %d (key 0x%08x, %s, %d attached) of the data directory left behind", what, a.ID, uint32(a.Key), a.State, a.Nattch)
+	}
+}
+
+// noSegmentsDir is noSegments for an existing directory.
+func noSegmentsDir(r *Result, what, dir string) {
+	id, err := shm.DirIdentity(dir)
+	if err != nil {
+		r.fail("%s: %v", what, err)
+		return
+	}
+	noSegments(r, what, id)
+}
+
+// kit carries a scenario's result, the processes it started (to kill them
+// by PID at the end) and its liveness figures.
+type kit struct {
+	e     *Env
+	r     *Result
+	procs map[int]uint64 // PID -> start time, of every process we started
+	order []int
+	lives []time.Duration
+}
+
+func newKit(e *Env, r *Result) *kit {
+	return &kit{e: e, r: r, procs: map[int]uint64{}}
+}
+
+// track remembers pid, a process we started directly or through a wrapper,
+// with its start time, so that cleanup never hits a reused PID.
+func (k *kit) track(pid int) {
+	if pid <= 0 {
+		return
+	}
+	if _, ok := k.procs[pid]; ok {
+		return
+	}
+	if st, err := proc.StartTime(pid); err == nil {
+		k.procs[pid] = st
+		k.order = append(k.order, pid)
+	}
+}
+
+// start is start, for a tracked process.
+func (k *kit) start(name string, args []string, env ...string) (*Proc, error) {
+	p, err := start(k.e, name, args, env...)
+	if err == nil {
+		k.track(p.pid())
+	}
+	return p, err
+}
+
+// cleanup SIGKILLs every tracked process that is still alive (same start
+// time), newest first, and waits for each to die.
+func (k *kit) cleanup() {
+	for _, pid := range slices.Backward(k.order) {
+		if proc.Alive(pid, k.procs[pid]) && !Kill(pid) {
+			k.r.fail("cleanup: PID %d survived SIGKILL", pid)
+		}
+	}
+}
+
+// killTree SIGKILLs pid and the descendants we can still find, all of them
+// processes we started.
+func (k *kit) killTree(pid int) {
+	for _, d := range descendants(pid) {
+		k.track(d)
+	}
+	k.track(pid)
+	syscall.Kill(pid, syscall.SIGKILL)
+	for _, d := range descendants(pid) {
+		Kill(d)
+	}
+	WaitDead(pid, 10*time.Second)
+}
+
+// descendants lists pid's descendants, children first.
+func descendants(pid int) []int {
+	var out []int
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	for _, f := range strings.Fields(string(b)) {
+		if c, err := strconv.Atoi(f); err == nil {
+			out = append(out, c)
+			out = append(out, descendants(c)...)
+		}
+	}
+	return out
+}
+
+// live records how long a next holder took to get in after a crash.
+func (k *kit) live(d time.Duration) { k.lives = append(k.lives, d) }
+
+// notes reports the liveness figures: after every crash, how long until a
+// next holder got in.
+func (k *kit) notes() string {
+	if len(k.lives) == 0 {
+		return ""
+	}
+	var sum, top time.Duration
+	for _, d := range k.lives {
+		sum += d
+		top = max(top, d)
+	}
+	return fmt.Sprintf(", next holder in: max %v, mean %v (n=%d)", top.Round(time.Millisecond),
+		(sum / time.Duration(len(k.lives))).Round(time.Millisecond), len(k.lives))
+}
+
+// pidfile reads the pidfile of dir (nil if there is none), with a violation
+// if it cannot.
+func (k *kit) pidfile(dir string) []byte {
+	_, b, err := readPidfile(dir)
+	if b == nil && !errors.Is(err, fs.ErrNotExist) {
+		k.r.fail("read the pidfile: %v", err)
+	}
+	return b
+}
+
+// record parses the pidfile; nil (and a violation) if it cannot.
+func (k *kit) record(dir string) *pidfile.Record {
+	rec, err := pidfile.Parse(k.pidfile(dir))
+	if err != nil {
+		k.r.fail("pidfile of %s: %v", dir, err)
+		return nil
+	}
+	return rec
+}
+
+func (k *kit) token(dir string) string {
+	if rec := k.record(dir); rec != nil {
+		return rec.Token
+	}
+	return ""
+}
+
+func (k *kit) heartbeat(dir string) string {
+	if rec := k.record(dir); rec != nil {
+		return rec.Extra["heartbeat"]
+	}
+	return ""
+}
+
+// finish checks the end state of dirs: check says it is safe to start (exit
+// 0) and no segment of them is left; it first kills whatever we started that
+// still lives.
+func (k *kit) finish(dirs ...string) {
+	k.cleanup()
+	for _, dir := range dirs {
+		if code, rep, out := check(k.e, dir); code != 0 {
+			k.r.fail("at the end, dirlockd check -D %s: exit %d (%s): %s", dir, code, rep.State, tail(out))
+		}
+		noSegmentsDir(k.r, "at the end", dir)
+	}
+}
+
+// mentions reports whether out mentions pid as a number of its own.
+func mentions(out string, pid int) bool {
+	return regexp.MustCompile(`\b` + strconv.Itoa(pid) + `\b`).MatchString(out)
+}
+
+// tornNote explains a refusal gone wrong when the pidfile the starter found
+// was not a whole record.
+func tornNote(b []byte) string {
+	if _, err := pidfile.Parse(b); err != nil {
+		return fmt.Sprintf(" (the pidfile the killed wrapper left is not a whole record: %v: %q)", err, b)
+	}
+	return ""
+}
+
+// tail shortens output for a violation message.
+func tail(s string) string {
+	s = strings.TrimSpace(s)
+	if len(s) > 600 {
+		s = "..." + s[len(s)-600:]
+	}
+	return strings.ReplaceAll(s, "\n", " | ")
+}
