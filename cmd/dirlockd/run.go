@@ -62,8 +62,9 @@ dirlockd also reaps orphaned processes.
 
 Exit status when COMMAND cannot be started: 75 data directory held by a live
 instance (or --conflict-exit-code), 76 orphaned processes of a dead holder
-survive, 78 invalid data directory, pidfile or configuration, 64 usage,
-70 internal error, 127 command not found, 126 command not executable.`
+survive, 78 invalid data directory, pidfile or configuration (or a full or
+read-only filesystem), 64 usage, 70 internal error, 127 command not found,
+126 command not executable.`
 
 const runExamples = `  dirlockd run -D /var/lib/redis -- redis-server --supervised systemd --dir /var/lib/redis
   dirlockd run -D /var/lib/etcd --wait 30s -- etcd --data-dir /var/lib/etcd
