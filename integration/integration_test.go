@@ -36,11 +36,17 @@ func TestMain(m *testing.M) {
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
 			fmt.Fprintln(os.Stderr, "build dirlockd:", err)
+			os.RemoveAll(dir)
 			os.Exit(1)
 		}
 	}
-	defer os.RemoveAll(dir)
-	testutil.Main(m, helpers)
+	// Every process the tests start makes its scratch (a wrapper's notify
+	// socket directory) under dir, which goes when the tests end: a wrapper
+	// the tests SIGKILL cannot remove its own.
+	os.Setenv("TMPDIR", dir)
+	code := testutil.Run(m)
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 // dirlockd runs the binary to completion and returns its exit code and output.

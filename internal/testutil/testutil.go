@@ -32,16 +32,23 @@ type Helper func(args []string) int
 // go test -p 1 so that they do not see each other's).
 func Main(m *testing.M, helpers map[string]Helper) {
 	Dispatch(helpers)
+	os.Exit(Run(m))
+}
+
+// Run runs the tests with the segment check of Main and returns the exit
+// code, for a TestMain that has its own clean-up to do before it exits.
+// Call Dispatch first.
+func Run(m *testing.M) int {
 	before, err := Segments()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "list SysV segments:", err)
-		os.Exit(1)
+		return 1
 	}
 	code := m.Run()
 	after, err := Segments()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "list SysV segments:", err)
-		os.Exit(1)
+		return 1
 	}
 	if leaked := slices.DeleteFunc(after, func(id int) bool { return slices.Contains(before, id) }); len(leaked) > 0 {
 		fmt.Fprintf(os.Stderr, "FAIL: tests leaked SysV segments (ipcs -m): ids %v\n", leaked)
@@ -49,7 +56,7 @@ func Main(m *testing.M, helpers map[string]Helper) {
 			code = 1
 		}
 	}
-	os.Exit(code)
+	return code
 }
 
 // Dispatch runs the helper a re-executed test binary was started for, and
