@@ -322,30 +322,25 @@ func readRecord(f *os.File, path string) (*Record, []byte, error) {
 	}
 }
 
+// readAll reads up to MaxSize+1 bytes: one more than a record may have, so
+// that an oversized file shows. The buffer is sized from fstat; a file that
+// grew since then fills it, and is read again at full size.
 func readAll(f *os.File) ([]byte, error) {
 	size := MaxSize
 	if fi, err := f.Stat(); err == nil && fi.Size() < MaxSize {
 		size = int(fi.Size())
 	}
-	// One byte more than expected shows a file that grew, or is too large.
-	buf := make([]byte, size+1)
-	n, err := f.ReadAt(buf, 0)
-	if err != nil && err != io.EOF {
-		return nil, err
+	for {
+		buf := make([]byte, size+1)
+		n, err := f.ReadAt(buf, 0)
+		if err != nil && err != io.EOF {
+			return nil, err
+		}
+		if n < len(buf) || size == MaxSize {
+			return buf[:n], nil
+		}
+		size = MaxSize
 	}
-	if n == len(buf) && n <= MaxSize {
-		return readAllFull(f)
-	}
-	return buf[:n], nil
-}
-
-func readAllFull(f *os.File) ([]byte, error) {
-	buf := make([]byte, MaxSize+1)
-	n, err := f.ReadAt(buf, 0)
-	if err != nil && err != io.EOF {
-		return nil, err
-	}
-	return buf[:n], nil
 }
 
 // Write replaces the record: one write of the whole record at offset 0,

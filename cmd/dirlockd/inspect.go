@@ -29,7 +29,6 @@ type report struct {
 	Reason   string `json:"reason"`
 
 	rep *interlock.Report
-	err error
 }
 
 // inspect reports on dir without taking anything.
@@ -37,7 +36,7 @@ func inspect(dir string, opts interlock.Options) *report {
 	r := &report{Datadir: dir, Orphans: []int{}}
 	rep, err := interlock.Inspect(dir, opts)
 	if err != nil {
-		r.State, r.Reason, r.err = "invalid", err.Error(), err
+		r.State, r.Reason = "invalid", err.Error()
 		return r
 	}
 	r.rep, r.Datadir, r.State, r.Reason, r.Holders = rep, rep.Dir, string(rep.State), rep.Message(), rep.Holders

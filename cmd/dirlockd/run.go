@@ -38,7 +38,6 @@ type runFlags struct {
 	stopTimeout  time.Duration
 	readyNotify  bool
 	readyTCP     string
-	recheck      time.Duration
 	onLost       string
 }
 
@@ -81,7 +80,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&f.stopTimeout, "stop-timeout", 60*time.Second, "after SIGTERM/SIGINT, how long COMMAND may take to exit before SIGKILL")
 	fs.BoolVar(&f.readyNotify, "ready-notify", false, "COMMAND sends READY=1 (sd_notify): ready only then")
 	fs.StringVar(&f.readyTCP, "ready-tcp", "", "ready when HOST:PORT accepts a TCP connection")
-	fs.DurationVar(&f.recheck, "recheck", 10*time.Second, "how often to recheck the interlock and write a heartbeat (0: never)")
+	fs.DurationVar(&g.opts.Recheck, "recheck", 10*time.Second, "how often to recheck the interlock and write a heartbeat (0: never)")
 	fs.StringVar(&f.onLost, "on-lost", "shutdown", "when the recheck finds the interlock lost: shutdown (stop COMMAND) or log")
 	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
@@ -100,7 +99,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		return usageErr("--conflict-exit-code %d: want 1 to 255", f.conflictExit)
 	case f.onLost != "shutdown" && f.onLost != "log":
 		return usageErr("--on-lost %q: want shutdown or log", f.onLost)
-	case f.stopTimeout < 0 || f.recheck < 0 || g.opts.Wait < 0:
+	case f.stopTimeout < 0 || g.opts.Recheck < 0 || g.opts.Wait < 0:
 		return usageErr("durations must not be negative")
 	}
 	if f.readyTCP != "" {
@@ -305,8 +304,8 @@ func (r *runner) supervise(sigs chan os.Signal, nl *notify.Listener) int {
 		r.markReady("started")
 	}
 	var recheck <-chan time.Time
-	if r.flags.recheck > 0 {
-		t := time.NewTicker(r.flags.recheck)
+	if r.opts.Recheck > 0 {
+		t := time.NewTicker(r.opts.Recheck)
 		defer t.Stop()
 		recheck = t.C
 	}
