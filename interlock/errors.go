@@ -28,7 +28,66 @@ var (
 	// ErrLost: a holder's Check found that its pidfile, record or segment
 	// no longer proves it the holder (*LostError).
 	ErrLost = errors.New("data directory interlock lost")
+	// ErrLocalLocks: the filesystem is shared with other hosts, but its
+	// mount options keep locks on this host (*LocalLocksError). It also
+	// matches ErrInvalid.
+	ErrLocalLocks = errors.New("file locks on this shared filesystem do not reach other hosts")
+	// ErrLocksBroken: the lock was free, yet a holder on another host
+	// proved itself alive by its heartbeat (*BrokenLocksError). It also
+	// matches ErrHeld.
+	ErrLocksBroken = errors.New("the storage's file locks do not keep other hosts out")
 )
+
+// LocalLocksError says why the filesystem's locks stay on this host.
+type LocalLocksError struct {
+	Dir        string
+	Filesystem pidfile.Filesystem
+	Reason     string
+}
+
+func (e *LocalLocksError) Error() string {
+	return fmt.Sprintf("%s: %s (%s on %s): a second host that mounts it would not be excluded; "+
+		"remount with working locks (NFS: without nolock, local_lock=none; CIFS: without nobrl), "+
+		"or allow local locks (--allow-local-locks) only if no other host ever mounts it",
+		e.Dir, e.Reason, e.Filesystem.Source, e.Filesystem.MountPoint)
+}
+
+func (e *LocalLocksError) Is(target error) bool {
+	return target == ErrLocalLocks || target == ErrInvalid
+}
+
+// BrokenLocksError says how a holder on another host showed itself alive
+// while the lock was free.
+type BrokenLocksError struct {
+	Dir     string
+	Record  *pidfile.Record // the record as Acquire found it
+	Now     *pidfile.Record // the record when it changed; nil if unreadable
+	Watched time.Duration   // how long Acquire had watched
+}
+
+func (e *BrokenLocksError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: THE STORAGE'S LOCKING IS BROKEN: the pidfile lock was free, yet host %s (PID %d) is alive: ",
+		e.Dir, e.Record.Hostname, e.Record.PID)
+	was, _ := heartbeat(e.Record)
+	switch {
+	case e.Now == nil:
+		fmt.Fprintf(&b, "it rewrote the record within %s", e.Watched.Round(time.Millisecond))
+	case e.Now.Token != e.Record.Token:
+		fmt.Fprintf(&b, "host %s (PID %d) wrote a new record within %s", e.Now.Hostname, e.Now.PID, e.Watched.Round(time.Millisecond))
+	default:
+		now, _ := heartbeat(e.Now)
+		fmt.Fprintf(&b, "its heartbeat moved from %s to %s within %s", was.Format(time.RFC3339Nano), now.Format(time.RFC3339Nano), e.Watched.Round(time.Millisecond))
+	}
+	b.WriteString(". Locks taken here do not reach that host (NFS mounted nolock or local_lock=, CIFS nobrl, " +
+		"a FUSE filesystem without lock support?), so the interlock cannot protect this directory. Refusing to start; " +
+		"fix the mounts on every host and test the storage with dirlockd stress")
+	return b.String()
+}
+
+func (e *BrokenLocksError) Is(target error) bool {
+	return target == ErrLocksBroken || target == ErrHeld
+}
 
 // LostError says what Check found wrong.
 type LostError struct {

@@ -39,6 +39,12 @@ type Report struct {
 	// Err is the *HeldError or *OrphansError that Acquire would return
 	// now, for Held and Orphaned.
 	Err error
+	// Filesystem is the filesystem under the data directory.
+	Filesystem pidfile.Filesystem
+	// TakeoverWatch is, for Stale on shared storage, how long a start
+	// would watch the previous holder's heartbeat before taking over (it
+	// is on another host, and beat recently); zero otherwise.
+	TakeoverWatch time.Duration
 }
 
 // Inspect reports the state of dir without taking it. It never holds the
@@ -58,13 +64,20 @@ func Inspect(dir string, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	fs, err := pidfile.StatFS(abs)
+	if err != nil {
+		return nil, err
+	}
+	if why := fs.LocalOnly(opts.LockMethod); why != "" && !opts.AllowLocalLocks {
+		return nil, &LocalLocksError{Dir: abs, Filesystem: fs, Reason: why}
+	}
 	deadline := time.Now().Add(opts.settleTime())
 	for {
 		r, err := pidfile.Read(abs, opts.pidfileOptions())
 		if err != nil {
 			return nil, err
 		}
-		rep := &Report{Dir: abs, Pidfile: r.Path, Record: r.Record, RecordErr: r.Err, Holders: r.Holders}
+		rep := &Report{Dir: abs, Pidfile: r.Path, Record: r.Record, RecordErr: r.Err, Holders: r.Holders, Filesystem: fs}
 		if r.Outcome == pidfile.Held {
 			v, final := judgeBusy(abs, r.Record, func(pid int) bool { return slices.Contains(r.Holders, pid) },
 				func() ([]int, error) { return r.Holders, nil }, me)
@@ -96,6 +109,9 @@ func Inspect(dir string, opts Options) (*Report, error) {
 			rep.State, rep.RecordErr = Stale, errEmpty
 		default:
 			rep.State = Stale
+			if fs.Shared() {
+				rep.TakeoverWatch = opts.takeoverWatch(r.Record, me, time.Now())
+			}
 		}
 		return rep, nil
 	}
@@ -109,6 +125,11 @@ func (r *Report) Message() string {
 		return r.Err.Error()
 	case Stale:
 		p := &Previous{Record: r.Record, Raw: nil, Err: r.RecordErr}
+		if r.TakeoverWatch > 0 {
+			at, _ := heartbeat(r.Record)
+			return fmt.Sprintf("%s is free: %s; it ran on host %s and beat %s ago, so a start will first watch its heartbeat for %s",
+				r.Dir, p, r.Record.Hostname, time.Since(at).Round(time.Second), r.TakeoverWatch)
+		}
 		return fmt.Sprintf("%s is free: %s", r.Dir, p)
 	}
 	if _, err := os.Stat(r.Pidfile); err != nil {

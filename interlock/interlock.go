@@ -63,6 +63,17 @@ type Options struct {
 	// Recheck is how often a long-running holder should call
 	// (*Lock).Check; Acquire itself does not use it.
 	Recheck time.Duration
+	// TakeoverAfter is how long Acquire watches the heartbeat of a holder
+	// on another host before taking over from it when the lock is free (a
+	// heartbeat that moves means the storage's locks are broken). Zero
+	// means three times the longer of Recheck and the holder's own
+	// heartbeat interval, or DefaultTakeoverAfter. It is never shorter than
+	// twice the holder's interval.
+	TakeoverAfter time.Duration
+	// AllowLocalLocks lets Acquire use a shared filesystem whose mount
+	// options keep locks on this host (NFS nolock or local_lock=, CIFS
+	// nobrl). Set it only when no other host mounts the filesystem.
+	AllowLocalLocks bool
 	// NoSync skips fsync of the pidfile. It exists for benchmarks; a crash
 	// can then leave an empty record.
 	NoSync bool
@@ -152,6 +163,7 @@ type Lock struct {
 	seg      *shm.Segment
 	rec      pidfile.Record
 	prev     *Previous
+	takeover *Takeover
 	opts     Options
 	released bool
 }
@@ -204,17 +216,34 @@ func Acquire(ctx context.Context, dir string, opts Options) (*Lock, error) {
 		return nil, err
 	}
 	opts.step(StepOpened)
+	if err := checkStorage(f, opts); err != nil {
+		f.Close()
+		return nil, err
+	}
 	if err := lockWaiting(ctx, f, opts, me); err != nil {
 		f.Close()
 		return nil, err
 	}
 	opts.step(StepLocked)
-	l, err := takeOver(f, opts, me)
+	l, err := takeOver(ctx, f, opts, me)
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
 	return l, nil
+}
+
+// checkStorage refuses a shared filesystem whose mount options keep the lock
+// method's locks on this host, unless opts allow it.
+func checkStorage(f *pidfile.File, opts Options) error {
+	fs, err := f.Filesystem()
+	if err != nil {
+		return fmt.Errorf("%s: %w", f.Dir(), err)
+	}
+	if why := fs.LocalOnly(opts.LockMethod); why != "" && !opts.AllowLocalLocks {
+		return &LocalLocksError{Dir: f.Dir(), Filesystem: fs, Reason: why}
+	}
+	return nil
 }
 
 // lockWaiting takes f's lock, retrying while it is busy for as long as opts
@@ -299,7 +328,7 @@ func judgeBusy(dir string, rec *pidfile.Record, holds func(pid int) bool,
 }
 
 // takeOver runs steps 3 to 7 with the lock held.
-func takeOver(f *pidfile.File, opts Options, me self) (*Lock, error) {
+func takeOver(ctx context.Context, f *pidfile.File, opts Options, me self) (*Lock, error) {
 	rec, raw, recErr := f.ReadRecord()
 	if recErr != nil && !errors.Is(recErr, pidfile.ErrMalformed) {
 		return nil, recErr
@@ -312,6 +341,20 @@ func takeOver(f *pidfile.File, opts Options, me self) (*Lock, error) {
 		prev = &Previous{Err: errEmpty}
 	}
 	opts.step(StepReadPrevious)
+
+	// On a local filesystem the kernel's lock is the whole truth; on a
+	// shared one, a record of another host is a holder we cannot see.
+	var takeover *Takeover
+	if fs, _ := f.Filesystem(); fs.Shared() && me.otherHost(rec) && rec.Status != pidfile.Stopped {
+		takeover = &Takeover{Host: rec.Hostname, PID: rec.PID}
+		takeover.Heartbeat, _ = heartbeat(rec)
+		if d := opts.takeoverWatch(rec, me, time.Now()); d > 0 {
+			if err := watchHeartbeat(ctx, f, rec, raw, d); err != nil {
+				return nil, err
+			}
+			takeover.Watched = d
+		}
+	}
 
 	dirID, err := shm.DirIdentity(f.Dir())
 	if err != nil {
@@ -341,7 +384,7 @@ func takeOver(f *pidfile.File, opts Options, me self) (*Lock, error) {
 	}
 	opts.step(StepSegmentCreated)
 
-	l := &Lock{file: f, seg: seg, prev: prev, opts: opts}
+	l := &Lock{file: f, seg: seg, prev: prev, takeover: takeover, opts: opts}
 	l.rec = pidfile.Record{
 		PID:        me.pid,
 		DataDir:    f.Dir(),

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 
 	"golang.org/x/sys/unix"
 
@@ -131,7 +132,7 @@ func remove(fd uintptr, m Method) error {
 func (f *File) lock(want Method) (Method, error) {
 	chain := []Method{want}
 	if want == Auto {
-		chain = []Method{Flock, OFD, POSIX}
+		chain = f.autoChain()
 	}
 	fd := f.f.Fd()
 	var tried []string
@@ -153,6 +154,19 @@ func (f *File) lock(want Method) (Method, error) {
 		}
 	}
 	return 0, fmt.Errorf("%w: %s: %v", ErrUnsupported, f.path, tried)
+}
+
+// autoChain is the order in which Auto tries the lock methods: flock, OFD,
+// POSIX, leaving out a kind that the mount options say stays on this host
+// (NFS local_lock=flock keeps flock local but sends fcntl locks to the
+// server) unless every kind does.
+func (f *File) autoChain() []Method {
+	all := []Method{Flock, OFD, POSIX}
+	fs, err := f.Filesystem()
+	if err != nil || fs.LocalOnly(Auto) != "" {
+		return all
+	}
+	return slices.DeleteFunc(all, func(m Method) bool { return fs.LocalOnly(m) != "" })
 }
 
 // otherFamilyHeld looks for a lock that does not conflict with one of kind m

@@ -86,6 +86,7 @@ type File struct {
 	method   Method // method holding the lock; valid while locked
 	locked   bool
 	noSync   bool
+	fs       *Filesystem // looked up on first use
 }
 
 // CheckDir verifies that dir can carry the interlock: an existing directory,
@@ -224,6 +225,19 @@ func (f *File) ID() (dev, ino uint64) { return f.dev, f.ino }
 // Method returns the lock method that holds the lock, if it is held.
 func (f *File) Method() Method { return f.method }
 
+// Filesystem describes the filesystem the pidfile is on. It is looked up
+// once and remembered.
+func (f *File) Filesystem() (Filesystem, error) {
+	if f.fs == nil {
+		fs, err := StatFS(f.path)
+		if err != nil {
+			return fs, err
+		}
+		f.fs = &fs
+	}
+	return *f.fs, nil
+}
+
 // OS returns the underlying file, to hand to a child process that should
 // keep the lock (the descriptor is close-on-exec until passed through
 // exec.Cmd.ExtraFiles). Keep f reachable while it is in use: dropping the
@@ -285,7 +299,14 @@ func Claim(dir string, opts Options) (*File, error) {
 // that is empty has neither; content that is not an intact record comes back
 // with an error wrapping ErrMalformed. Content that changes while it is read
 // (a concurrent writer) is read again, so a torn record is never accepted.
+//
+// On a shared filesystem the cached pages are dropped first: another host's
+// write does not invalidate this host's page cache until its attributes are
+// revalidated, which on NFS can take a minute.
 func (f *File) ReadRecord() (*Record, []byte, error) {
+	if fs, err := f.Filesystem(); err == nil && fs.Shared() {
+		unix.Fadvise(int(f.f.Fd()), 0, 0, unix.FADV_DONTNEED)
+	}
 	return readRecord(f.f, f.path)
 }
 

@@ -726,7 +726,14 @@ func TestInheritedLock(t *testing.T) {
 		}
 	}
 	t.Cleanup(kill)
-	if cmd := proc.Cmdline(sleepPID); cmd != "/bin/sleep 60" {
+	// exec.Cmd.Start returns once the exec has closed its close-on-exec
+	// pipe, which the kernel does a moment before it sets up the new
+	// command line: an early read can find none.
+	cmd := proc.Cmdline(sleepPID)
+	for deadline := time.Now().Add(time.Second); cmd == "?" && time.Now().Before(deadline); cmd = proc.Cmdline(sleepPID) {
+		time.Sleep(time.Millisecond)
+	}
+	if cmd != "/bin/sleep 60" {
 		t.Fatalf("PID %d runs %q, want /bin/sleep 60", sleepPID, cmd)
 	}
 	if code := p.Wait(); code != 0 {

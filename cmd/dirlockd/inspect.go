@@ -27,6 +27,11 @@ type report struct {
 	Holders  []int  `json:"holders,omitempty"`
 	Orphans  []int  `json:"orphans"`
 	Reason   string `json:"reason"`
+	// Filesystem is the kind of filesystem under the directory (local,
+	// nfs, cifs, fuse, ...); TakeoverWatch, in seconds, how long a start
+	// would watch another host's heartbeat first.
+	Filesystem    string  `json:"filesystem,omitempty"`
+	TakeoverWatch float64 `json:"takeover_watch_s,omitempty"`
 
 	rep *interlock.Report
 }
@@ -40,6 +45,7 @@ func inspect(dir string, opts interlock.Options) *report {
 		return r
 	}
 	r.rep, r.Datadir, r.State, r.Reason, r.Holders = rep, rep.Dir, string(rep.State), rep.Message(), rep.Holders
+	r.Filesystem, r.TakeoverWatch = rep.Filesystem.Kind(), rep.TakeoverWatch.Seconds()
 	if rec := rep.Record; rec != nil {
 		r.PID, r.Host, r.Status, r.Method = rec.PID, rec.Hostname, string(rec.Status), rec.LockMethod.String()
 		r.Started = rec.StartTime.Format(time.RFC3339)

@@ -53,11 +53,12 @@ Global flags (every command):
   -D, --datadir DIR        data directory (default $DIRLOCKD_DATADIR)
       --pidfile NAME       pidfile name inside the data directory (default dirlockd.pid)
       --lock-method M      auto, flock, ofd or posix (default auto)
+      --allow-local-locks  accept NFS nolock/local_lock=, CIFS nobrl mounts (no other host may mount them)
       --log-format F       auto, text, logfmt or json (default auto: text on a terminal, else logfmt)
       --log-level L        debug, info, warn or error (default info)
 
 Run "dirlockd COMMAND --help" for a command's flags and examples.
-Documentation: docs/cli.md, docs/design.md.
+Documentation: docs/cli.md, docs/design.md, docs/nfs.md (shared storage).
 `
 
 func main() {
@@ -126,6 +127,7 @@ func command(name, synopsis, about, examples string, multiDir bool, g *globals, 
 	}
 	fs.StringVar(&g.pidfile, "pidfile", pidfile.DefaultName, "pidfile name inside the data directory")
 	fs.StringVar(&g.method, "lock-method", "auto", "lock method: auto, flock, ofd or posix (all holders of a directory must agree)")
+	fs.BoolVar(&g.opts.AllowLocalLocks, "allow-local-locks", false, "accept a shared filesystem whose locks stay on this host (NFS nolock or local_lock=, CIFS nobrl): only if no other host mounts it")
 	fs.StringVar(&g.logFormat, "log-format", "auto", "log format: auto (text on a terminal, else logfmt), text, logfmt or json")
 	fs.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	// Help goes to stdout when asked for (parse prints it); a bad command

@@ -82,6 +82,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.readyTCP, "ready-tcp", "", "ready when HOST:PORT accepts a TCP connection")
 	fs.DurationVar(&g.opts.Recheck, "recheck", 10*time.Second, "how often to recheck the interlock and write a heartbeat (0: never)")
 	fs.StringVar(&f.onLost, "on-lost", "shutdown", "when the recheck finds the interlock lost: shutdown (stop COMMAND) or log")
+	fs.DurationVar(&g.opts.TakeoverAfter, "takeover-after", 0, "on shared storage, how long to watch the heartbeat of a holder on another host before taking over (0: 3 x the longer of --recheck and its interval)")
 	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		return exitFor(err)
@@ -99,7 +100,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		return usageErr("--conflict-exit-code %d: want 1 to 255", f.conflictExit)
 	case f.onLost != "shutdown" && f.onLost != "log":
 		return usageErr("--on-lost %q: want shutdown or log", f.onLost)
-	case f.stopTimeout < 0 || g.opts.Recheck < 0 || g.opts.Wait < 0:
+	case f.stopTimeout < 0 || g.opts.Recheck < 0 || g.opts.Wait < 0 || g.opts.TakeoverAfter < 0:
 		return usageErr("durations must not be negative")
 	}
 	if f.readyTCP != "" {
@@ -172,6 +173,10 @@ func (r *runner) run() int {
 	if p := r.lock.Previous(); p != nil && !p.Clean() {
 		r.log.Warn(p.String())
 	}
+	if t := r.lock.Takeover(); t != nil {
+		r.log.Warn(t.String())
+	}
+	r.logStorage()
 	for _, s := range early {
 		if s == syscall.SIGTERM || s == syscall.SIGINT {
 			r.log.Info("stopped before the server started", "signal", s)
@@ -198,6 +203,21 @@ func (r *runner) run() int {
 	return r.supervise(sigs, nl)
 }
 
+// logStorage says what the locks are worth when the data directory is on
+// shared storage.
+func (r *runner) logStorage() {
+	fs, err := r.lock.File().Filesystem()
+	if err != nil || !fs.Shared() {
+		return
+	}
+	m := r.lock.File().Method()
+	if why := fs.LocalOnly(m); why != "" {
+		r.log.Warn("shared storage with host-local locks, allowed by --allow-local-locks: "+why, "fs", fs.Type, "mount", fs.MountPoint)
+		return
+	}
+	r.log.Info("shared storage: "+fs.Guarantee(m), "fs", fs.Type, "mount", fs.MountPoint)
+}
+
 func (r *runner) execFailed(err error) int {
 	code := exitNotFound
 	if errors.Is(err, fs.ErrPermission) || errors.Is(err, unix.EACCES) || errors.Is(err, unix.ENOEXEC) {
@@ -210,7 +230,12 @@ func (r *runner) execFailed(err error) int {
 func (r *runner) acquireFailed(err error) int {
 	var he *interlock.HeldError
 	var oe *interlock.OrphansError
+	var be *interlock.BrokenLocksError
 	switch {
+	case errors.As(err, &be):
+		r.log.Error("cannot start: "+err.Error(), "datadir", be.Dir, "holder_host", be.Record.Hostname, "holder_pid", be.Record.PID,
+			"hint", "do not start anything in this directory from this host until every host's mount keeps locks (see docs/nfs.md)")
+		return r.flags.conflictExit
 	case errors.As(err, &he):
 		r.log.Error("cannot start: "+err.Error(), "datadir", he.Dir, "holder_pid", he.PID, "host", he.Host,
 			"since", he.Started.Format(time.RFC3339), "holders", he.Holders,
@@ -336,18 +361,19 @@ func (r *runner) supervise(sigs chan os.Signal, nl *notify.Listener) int {
 		case <-readyTCP:
 			r.markReady("tcp " + r.flags.readyTCP)
 		case <-recheck:
-			if err := r.lock.Check(); err != nil {
+			err := r.lock.Check()
+			if err == nil {
+				err = r.lock.Heartbeat()
+			}
+			switch {
+			case errors.Is(err, interlock.ErrLost):
 				r.log.Error("the data directory interlock is lost: "+err.Error(), "on_lost", r.flags.onLost)
 				if r.flags.onLost == "shutdown" && !r.stopAsked {
 					r.signal(syscall.SIGTERM)
 					r.signal(syscall.SIGCONT)
 					r.beginStop("interlock lost")
 				}
-				continue
-			}
-			if err := r.lock.Update(func(p *pidfile.Record) {
-				setExtra(p, "heartbeat", time.Now().UTC().Format(time.RFC3339Nano))
-			}); err != nil {
+			case err != nil:
 				r.log.Error("cannot write the heartbeat", "err", err)
 			}
 		}
