@@ -75,10 +75,12 @@ Exit status (the worst over all directories):
   0  free: no pidfile, a clean release, or a stale record with no survivors
   1  held by a live instance
   2  orphaned processes of a dead holder still hold the directory
-  3  invalid or inaccessible data directory or pidfile
+  3  invalid or inaccessible data directory or pidfile, or a shared filesystem
+     whose locks stay on this host (see --allow-local-locks)
   64 usage error
 With --json, one JSON object per directory and line: datadir, state (free,
-stale, held, orphans, invalid), pid, host, status, orphans, reason, and more.`,
+stale, held, orphans, invalid), pid, host, status, orphans, reason, filesystem,
+and more.`,
 		`  dirlockd check -D /var/lib/postgresql/16/main || exit 1
   dirlockd check -D /srv/a -D /srv/b --json
 `, true, &g, stderr)

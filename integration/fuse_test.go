@@ -1,0 +1,233 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dirlockd/dirlockd/integration/fusefs"
+	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/testutil"
+	"github.com/dirlockd/dirlockd/pidfile"
+)
+
+// Shared storage on one machine: the test FUSE filesystem serves one backing
+// directory at two mount points, A and B, as an NFS server serves one export
+// to two clients. Processes "on another host" run under onHost: their own
+// hostname, PIDs and SysV IPC, the same files.
+
+// mountHosts mounts a fresh backing directory twice in mode and returns the
+// filesystem, the backing directory and the two views.
+func mountHosts(t *testing.T, mode fusefs.Mode) (fs *fusefs.FS, backing, a, b string) {
+	t.Helper()
+	backing = testutil.DataDir(t)
+	root := t.TempDir()
+	a, b = filepath.Join(root, "a"), filepath.Join(root, "b")
+	for _, d := range []string{a, b} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fs, err := fusefs.Mount(backing, mode, a, b)
+	if err != nil {
+		t.Fatalf("mount the test FUSE filesystem (%s): %v", mode, err)
+	}
+	t.Cleanup(func() {
+		if err := fs.Close(); err != nil {
+			t.Errorf("unmount: %v", err)
+		}
+	})
+	return fs, backing, a, b
+}
+
+// onHost is a command prefix that runs a command as if on another host
+// named name: its own hostname (UTS namespace), PIDs (PID namespace with
+// its own /proc) and SysV IPC. Killing the unshare process we start sends
+// SIGTERM to the command, which is PID 1 of its namespace.
+func onHost(name string) []string {
+	return []string{"unshare", "--uts", "--ipc", "--pid", "--fork", "--kill-child=SIGTERM", "--mount-proc",
+		"sh", "-c", `echo "$0" > /proc/sys/kernel/hostname && exec "$@"`, name}
+}
+
+// runOn runs "dirlockd ARGS" on host name to completion.
+func runOn(t *testing.T, name string, args ...string) (int, string) {
+	t.Helper()
+	argv := append(append(onHost(name), bin), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	if _, ok := err.(*exec.ExitError); err != nil && !ok {
+		t.Fatalf("%v: %v", argv, err)
+	}
+	return cmd.ProcessState.ExitCode(), out.String()
+}
+
+// recordOf reads the pidfile's record through the backing directory, as the
+// storage server sees it.
+func recordOf(t *testing.T, backing string) *pidfile.Record {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(backing, pidfile.DefaultName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := pidfile.Parse(b)
+	if err != nil {
+		t.Fatalf("pidfile on the backing directory: %v\n%s", err, b)
+	}
+	return r
+}
+
+// TestFUSEFallback: a filesystem that rejects flock (ENOSYS from its lock
+// operation) makes Acquire fall back to OFD locks, which the filesystem
+// keeps in its shared table: the two mounts still exclude each other.
+// 20 rounds of claims, 3 of Acquire, and dirlockd run on both mounts.
+func TestFUSEFallback(t *testing.T) {
+	_, _, a, b := mountHosts(t, fusefs.NoFlock)
+	// FUSE sends RELEASE, which drops an OFD lock, after close(2) has
+	// returned: a claim right after the other mount's close may find the
+	// lock held for a moment.
+	claim := func(dir string) *pidfile.File {
+		var f *pidfile.File
+		var err error
+		eventually(t, 5*time.Second, "a claim on "+dir+" after the other mount's close", func() bool {
+			f, err = pidfile.Claim(dir, pidfile.Options{})
+			return err == nil
+		})
+		return f
+	}
+	for i := range 20 {
+		fa := claim(a)
+		if fa.Method() != pidfile.OFD {
+			t.Fatalf("round %d: Auto took %v on a filesystem without flock, want ofd", i, fa.Method())
+		}
+		for _, m := range []pidfile.Method{pidfile.Auto, pidfile.OFD, pidfile.POSIX} {
+			if fb, err := pidfile.Claim(b, pidfile.Options{Method: m}); !errors.Is(err, pidfile.ErrLocked) {
+				if fb != nil {
+					fb.Close()
+				}
+				t.Fatalf("round %d: claim on B with %v while A holds: %v, want locked", i, m, err)
+			}
+		}
+		if _, err := pidfile.Claim(b, pidfile.Options{Method: pidfile.Flock}); !errors.Is(err, pidfile.ErrUnsupported) {
+			t.Fatalf("round %d: forced flock on B: %v, want unsupported", i, err)
+		}
+		fa.Close()
+		claim(b).Close()
+	}
+	for i := range 3 {
+		l, err := interlock.Acquire(context.Background(), a, interlock.Options{Wait: 5 * time.Second})
+		if err != nil {
+			t.Fatalf("round %d: Acquire on A: %v", i, err)
+		}
+		if m := l.Record().LockMethod; m != pidfile.OFD {
+			t.Errorf("round %d: record says lock method %v, want ofd", i, m)
+		}
+		if _, err := interlock.Acquire(context.Background(), b, interlock.Options{}); !errors.Is(err, interlock.ErrHeld) {
+			t.Fatalf("round %d: Acquire on B while A holds: %v, want held", i, err)
+		}
+		if err := l.Release(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	w := startRun(t, nil, a, nil, "sleep", "60")
+	eventually(t, 10*time.Second, "the server on A", func() bool { return strings.Contains(w.stderr.String(), "the server is ready") })
+	if s := w.stderr.String(); !strings.Contains(s, "lock_method=ofd") || !strings.Contains(s, "shared storage: FUSE") {
+		t.Errorf("run on A does not log the OFD fallback and the FUSE guarantee:\n%s", s)
+	}
+	if code, _, stderr := dirlockd(t, "run", "-D", b, "--", "true"); code != 75 {
+		t.Errorf("run on B while A runs: exit %d, want 75\n%s", code, stderr)
+	}
+	if code, out, _ := dirlockd(t, "check", "--json", "-D", b); code != 1 || !strings.Contains(out, `"filesystem":"fuse"`) {
+		t.Errorf("check on B: exit %d, %s; want 1 (held), filesystem fuse", code, out)
+	}
+	w.cmd.Process.Signal(syscall.SIGTERM)
+	if code := w.wait(t, 10*time.Second); code != 128+int(syscall.SIGTERM) {
+		t.Errorf("run on A after SIGTERM: exit %d, want 143", code)
+	}
+}
+
+// TestFUSEHeartbeatRule: with locks that stay on each host (as NFS mounted
+// nolock), host beta finds the lock free although alpha runs. The record's
+// heartbeat moves while beta watches, so beta refuses and says that the
+// storage's locking is broken; once alpha is dead, its heartbeat stands
+// still and beta takes over after the watch. 5 rounds of each.
+func TestFUSEHeartbeatRule(t *testing.T) {
+	_, backing, a, b := mountHosts(t, fusefs.LocalOnly)
+	for i := range 5 {
+		w := startRun(t, onHost("alpha"), a, []string{"--recheck", "100ms"}, "sleep", "60")
+		eventually(t, 10*time.Second, "a heartbeat from alpha", func() bool {
+			b, _ := os.ReadFile(filepath.Join(backing, pidfile.DefaultName))
+			r, err := pidfile.Parse(b)
+			return err == nil && r.Hostname == "alpha" && r.Extra["heartbeat"] != ""
+		})
+		before := recordOf(t, backing)
+		start := time.Now()
+		code, out := runOn(t, "beta", "run", "-D", b, "--recheck", "100ms", "--", "true")
+		took := time.Since(start)
+		if code != 75 || !strings.Contains(out, "LOCKING IS BROKEN") || !strings.Contains(out, "host alpha") {
+			t.Fatalf("round %d: beta's run while alpha runs: exit %d, want 75 saying the locking is broken\n%s", i, code, out)
+		}
+		if after := recordOf(t, backing); after.Token != before.Token || after.Hostname != "alpha" {
+			t.Fatalf("round %d: beta's refusal changed alpha's record: %+v", i, after)
+		}
+		t.Logf("round %d: beta refused after %v", i, took.Round(time.Millisecond))
+
+		// alpha dies without a word: SIGKILL of its whole PID namespace
+		// leaves the record "ready" with its last heartbeat.
+		if pid1 := childOf(w.pid()); pid1 == w.pid() {
+			t.Fatalf("round %d: unshare %d has no child", i, w.pid())
+		} else if err := syscall.Kill(pid1, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill alpha's PID 1 (%d, child of unshare %d): %v", pid1, w.pid(), err)
+		}
+		w.wait(t, 10*time.Second)
+		if r := recordOf(t, backing); r.Status == pidfile.Stopped {
+			t.Fatalf("round %d: alpha's record says stopped after SIGKILL", i)
+		}
+		start = time.Now()
+		code, out = runOn(t, "beta", "run", "-D", b, "--recheck", "100ms", "--", "true")
+		took = time.Since(start)
+		if code != 0 || !strings.Contains(out, "took over from host alpha") {
+			t.Fatalf("round %d: beta's run after alpha died: exit %d, want 0 and a takeover\n%s", i, code, out)
+		}
+		// --recheck 100ms on both sides: a watch of 300 ms.
+		if took < 300*time.Millisecond {
+			t.Fatalf("round %d: beta took over after %v, before the 300 ms watch ended", i, took)
+		}
+		t.Logf("round %d: beta took over in %v", i, took.Round(time.Millisecond))
+	}
+}
+
+// TestFUSELockLoss: the storage loses its locks (an NFSv4 server whose lease
+// for the client expired). The holder's next heartbeat fails with EIO, the
+// recheck calls the interlock lost and stops the server. 5 rounds.
+func TestFUSELockLoss(t *testing.T) {
+	fs, _, a, b := mountHosts(t, fusefs.Shared)
+	for i := range 5 {
+		w := startRun(t, nil, a, []string{"--recheck", "100ms"}, "sleep", "60")
+		eventually(t, 10*time.Second, "the server on A", func() bool { return strings.Contains(w.stderr.String(), "the server is ready") })
+		if code, _, _ := dirlockd(t, "run", "-D", b, "--", "true"); code != 75 {
+			t.Fatalf("round %d: run on B while A holds: exit %d, want 75", i, code)
+		}
+		if n := fs.LoseLocks(); n == 0 {
+			t.Fatalf("round %d: LoseLocks dropped nothing while A held the directory", i)
+		}
+		lost := time.Now()
+		code := w.wait(t, 10*time.Second)
+		s := w.stderr.String()
+		if code != 128+int(syscall.SIGTERM) || !strings.Contains(s, "interlock is lost") || !strings.Contains(s, "input/output error") {
+			t.Fatalf("round %d: after the locks were lost: exit %d, want 143 after an EIO\n%s", i, code, s)
+		}
+		t.Logf("round %d: server stopped %v after the loss", i, time.Since(lost).Round(time.Millisecond))
+		if code, _, stderr := dirlockd(t, "run", "-D", b, "--", "true"); code != 0 {
+			t.Fatalf("round %d: run on B after A stopped: exit %d\n%s", i, code, stderr)
+		}
+	}
+}
