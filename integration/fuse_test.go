@@ -89,7 +89,22 @@ func recordOf(t *testing.T, backing string) *pidfile.Record {
 // keeps in its shared table: the two mounts still exclude each other.
 // 20 rounds of claims, 3 of Acquire, and dirlockd run on both mounts.
 func TestFUSEFallback(t *testing.T) {
-	_, _, a, b := mountHosts(t, fusefs.NoFlock)
+	fs, _, a, b := mountHosts(t, fusefs.NoFlock)
+	if st, err := pidfile.StatFS(a); err != nil || st.Kind() != "fuse" || !st.Shared() || st.Type != "fuse.dirlockdtest" || st.MountPoint != a {
+		t.Errorf("StatFS(%s) = %+v, %v; want the FUSE mount", a, st, err)
+	}
+	// Every errno a FUSE filesystem may refuse flock with moves Auto on.
+	for _, errno := range []syscall.Errno{syscall.EOPNOTSUPP, syscall.ENOLCK, syscall.ENOSYS} {
+		fs.SetFlockErrno(errno)
+		f, err := pidfile.Claim(a, pidfile.Options{})
+		if err != nil {
+			t.Fatalf("flock refused with %v: claim: %v", errno, err)
+		}
+		if f.Method() != pidfile.OFD {
+			t.Errorf("flock refused with %v: Auto took %v, want ofd", errno, f.Method())
+		}
+		f.Close()
+	}
 	// FUSE sends RELEASE, which drops an OFD lock, after close(2) has
 	// returned: a claim right after the other mount's close may find the
 	// lock held for a moment.
