@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/dirlockd/dirlockd/integration/fusefs"
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/stress"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
@@ -244,5 +246,81 @@ func TestFUSELockLoss(t *testing.T) {
 		if code, _, stderr := dirlockd(t, "run", "-D", b, "--", "true"); code != 0 {
 			t.Fatalf("round %d: run on B after A stopped: exit %d\n%s", i, code, stderr)
 		}
+	}
+}
+
+// stressHosts runs "dirlockd stress --json" on host alpha against dirA and
+// on host beta against dirB at the same time, then "stress --verify" over the
+// combined log, and returns the three reports and exit codes.
+func stressHosts(t *testing.T, dirA, dirB string, args ...string) (codes [3]int, reps [3]stress.Report) {
+	t.Helper()
+	type result struct {
+		code int
+		out  string
+	}
+	results := make([]chan result, 2)
+	for i, h := range []struct{ host, dir string }{{"alpha", dirA}, {"beta", dirB}} {
+		results[i] = make(chan result, 1)
+		argv := append(append(onHost(h.host), bin, "stress", "-D", h.dir, "--json", "--host-label", h.host), args...)
+		go func() {
+			cmd := exec.Command(argv[0], argv[1:]...)
+			var out, errb strings.Builder
+			cmd.Stdout, cmd.Stderr = &out, &errb
+			cmd.Run()
+			results[i] <- result{cmd.ProcessState.ExitCode(), out.String() + errb.String()}
+		}()
+	}
+	parse := func(i int, code int, out string) {
+		codes[i] = code
+		start := strings.Index(out, "{")
+		if start < 0 || json.Unmarshal([]byte(out[start:strings.LastIndex(out, "}")+1]), &reps[i]) != nil {
+			t.Fatalf("stress report %d (exit %d) is not JSON:\n%s", i, code, out)
+		}
+	}
+	for i, ch := range results {
+		r := <-ch
+		parse(i, r.code, r.out)
+	}
+	code, out, stderr := dirlockd(t, "stress", "--verify", "--json", "-D", dirA)
+	parse(2, code, out+stderr)
+	return codes, reps
+}
+
+// TestFUSEStress runs dirlockd stress from two hosts at once against the
+// two mounts of one directory, 3 rounds per mode: with shared locks the
+// witnesses find no violation; with host-local locks (NFS nolock) they
+// must find violations, or the checker proves nothing.
+func TestFUSEStress(t *testing.T) {
+	const rounds = 3
+	for _, mode := range []fusefs.Mode{fusefs.Shared, fusefs.NoFlock, fusefs.LocalOnly} {
+		t.Run(mode.String(), func(t *testing.T) {
+			_, _, a, b := mountHosts(t, mode)
+			for i := range rounds {
+				codes, reps := stressHosts(t, a, b, "--workers", "3", "--duration", "2s", "--hold", "2ms", "--kill-rate", "0.05")
+				for h, r := range reps[:2] {
+					t.Logf("round %d %s: exit %d, %d acquisitions (%.0f/s), wait p50 %v p99 %v max %v, %d killed; %s",
+						i, r.Run.Host, codes[h], r.Run.Acquisitions, r.Run.Rate, r.Run.Wait.P50, r.Run.Wait.P99, r.Run.Wait.Max, r.Run.Killed, r.Verdict)
+				}
+				v := reps[2]
+				t.Logf("round %d verify: exit %d, %d holds entered, %d completed, %d killed, %d violations", i, codes[2], v.Log.Entered, v.Log.Completed, v.Log.Killed, v.Log.ViolationCount)
+				if len(v.Log.Hosts) != 2 {
+					t.Fatalf("round %d: verify saw hosts %+v, want alpha and beta", i, v.Log.Hosts)
+				}
+				for _, h := range v.Log.Hosts {
+					if h.Entered == 0 {
+						t.Fatalf("round %d: host %s never held the directory", i, h.Host)
+					}
+				}
+				if mode == fusefs.LocalOnly {
+					if v.Log.ViolationCount == 0 || codes[2] != 1 || v.Verdict != "fail" {
+						t.Fatalf("round %d: with host-local locks, verify found %d violations (exit %d, %s): the checker missed two holders", i, v.Log.ViolationCount, codes[2], v.Summary)
+					}
+					continue
+				}
+				if codes != [3]int{0, 0, 0} || v.Log.ViolationCount != 0 || v.Verdict != "pass" {
+					t.Fatalf("round %d: with shared locks, exits %v, verify: %s", i, codes, v.Summary)
+				}
+			}
+		})
 	}
 }

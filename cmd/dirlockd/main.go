@@ -47,6 +47,7 @@ Usage:
   dirlockd status -D DIR [--json]                    LSB status: 0 running, 1 dead with pidfile, 3 stopped, 4 unknown
   dirlockd stop -D DIR [--timeout D]                 stop the holder, proven by the kernel, and wait
   dirlockd wait -D DIR [--for free|ready]            block until the directory is free or its server ready
+  dirlockd stress -D DIR [--workers N] [--duration D] does this storage keep the interlock? (run on several clients at once)
   dirlockd version                                   print the version
 
 Global flags (every command):
@@ -76,6 +77,7 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		"status": cmdStatus,
 		"stop":   cmdStop,
 		"wait":   cmdWait,
+		"stress": cmdStress,
 	}
 	switch name := args[0]; name {
 	case "-h", "--help", "help":
@@ -147,8 +149,7 @@ var errUsage = errors.New("usage")
 // arguments. A nil error with help requested is reported as pflag.ErrHelp.
 func (g *globals) parse(fs *pflag.FlagSet, args []string, stdout, stderr io.Writer) ([]string, error) {
 	fail := func(format string, a ...any) ([]string, error) {
-		fmt.Fprintf(stderr, "dirlockd %s: %s\n", fs.Name(), fmt.Sprintf(format, a...))
-		fmt.Fprintf(stderr, "Run \"dirlockd %s --help\" for usage.\n", fs.Name())
+		usageError(stderr, fs.Name(), format, a...)
 		return nil, errUsage
 	}
 	if err := fs.Parse(args); err != nil {
@@ -178,6 +179,21 @@ func (g *globals) parse(fs *pflag.FlagSet, args []string, stdout, stderr io.Writ
 		return fail("%v", err)
 	}
 	return fs.Args(), nil
+}
+
+// usageError says on stderr, in one line, what is wrong with a command line
+// of cmd, and returns exitUsage.
+func usageError(stderr io.Writer, cmd, format string, a ...any) int {
+	fmt.Fprintf(stderr, "dirlockd %s: %s\nRun \"dirlockd %s --help\" for usage.\n", cmd, fmt.Sprintf(format, a...), cmd)
+	return exitUsage
+}
+
+// invalidStorage reports whether err is the data directory's condition, not
+// dirlockd's failure: an unfit directory or pidfile, a filesystem that takes
+// no lock or keeps it local, a full or read-only filesystem.
+func invalidStorage(err error) bool {
+	return errors.Is(err, interlock.ErrInvalid) || errors.Is(err, interlock.ErrUnsupported) ||
+		errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) || errors.Is(err, unix.EROFS)
 }
 
 // exitFor maps a parse error to an exit code.

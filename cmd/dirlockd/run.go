@@ -87,10 +87,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return exitFor(err)
 	}
-	usageErr := func(format string, a ...any) int {
-		fmt.Fprintf(stderr, "dirlockd run: %s\nRun \"dirlockd run --help\" for usage.\n", fmt.Sprintf(format, a...))
-		return exitUsage
-	}
+	usageErr := func(format string, a ...any) int { return usageError(stderr, "run", format, a...) }
 	switch {
 	case len(rest) == 0:
 		return usageErr("no command: dirlockd run -D DIR [flags] -- COMMAND [ARGS...]")
@@ -252,10 +249,7 @@ func (r *runner) acquireFailed(err error) int {
 		r.log.Error("cannot start: "+err.Error(), "datadir", oe.Dir, "orphans", b.String(),
 			"hint", "stop the surviving processes of the old server, then start again")
 		return exitOrphans
-	case errors.Is(err, interlock.ErrInvalid), errors.Is(err, interlock.ErrUnsupported),
-		errors.Is(err, unix.ENOSPC), errors.Is(err, unix.EDQUOT), errors.Is(err, unix.EROFS):
-		// A full or read-only filesystem is the data directory's
-		// condition, not dirlockd's failure.
+	case invalidStorage(err):
 		r.log.Error("cannot start: "+err.Error(), "datadir", r.dir)
 		return exitInvalid
 	}

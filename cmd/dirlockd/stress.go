@@ -1,0 +1,240 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/stress"
+	"github.com/dirlockd/dirlockd/pidfile"
+)
+
+const stressAbout = `Test whether a storage keeps dirlockd's interlock. Worker processes acquire and
+release the data directory in a loop, as servers starting one after another
+would, and every hold reports to two witness files in DIR:
+dirlockd-stress.log (a line when a hold begins, ends, or is killed) and
+dirlockd-stress.counter (each hold reads it, sleeps --hold, writes it plus
+one). Two holders at once show up as overlapping holds, torn or lost log
+lines, or lost increments. When the workers stop, the whole log, of every
+host that ran against DIR, is checked, and a report ends with the verdict:
+  PASS          no violation: the storage kept the interlock, across every
+                host the report names
+  FAIL          two holders overlapped, or writes made under the lock were
+                lost: do not run a database on this storage with dirlockd's
+                interlock as its only protection
+  INCONCLUSIVE  nothing was held, so nothing was tested (is DIR in use?)
+
+Shared storage: run the same command at the same time on several clients of
+the storage (NFS, CIFS, a cluster filesystem), with the same DIR on the shared
+mount. Each host's holds are logged under --host-label, the hostname unless
+given: give distinct labels where hostnames collide (containers). Each run
+checks the log when it ends; once every host has finished, run
+"dirlockd stress -D DIR --verify" on any of them for the final verdict. With
+--kill-rate, some workers are SIGKILLed inside their hold to exercise the
+takeover of a dead holder's directory; a kill on one host cannot be timed
+against a hold on another, so for a verdict across hosts run once with
+--kill-rate 0 as well.
+
+Never point it at a live server's data directory: it takes the same lock (a
+server could not start meanwhile, and the workers would wait all along for a
+server that holds it). Use a scratch directory on the same mount, made with
+install -d -m 0700 DIR.
+
+The witness files are created when missing and never truncated, so that runs
+on several hosts add to one log. To start afresh, delete both (never one
+alone) while no run is going on.
+
+A progress line is shown on standard error when it is a terminal.
+
+Exit status: 0 PASS; 1 FAIL or INCONCLUSIVE; 64 usage; 70 internal error;
+76 processes of an earlier holder still hold the directory; 78 the directory
+cannot carry the interlock (invalid directory or pidfile, no lock method
+accepted by the filesystem, a full or read-only filesystem, witness files it
+may not write).`
+
+const stressExamples = `  install -d -m 0700 /mnt/nfs/scratch
+  dirlockd stress -D /mnt/nfs/scratch                   # this host alone, 10s
+  dirlockd stress -D /mnt/nfs/scratch --duration 2m     # on clients A and B at the same time
+  dirlockd stress -D /mnt/nfs/scratch --verify          # once A and B have finished
+  dirlockd stress -D /mnt/nfs/scratch --kill-rate 0.1 --json | jq -r .summary
+`
+
+type stressFlags struct {
+	workers  int
+	duration time.Duration
+	hold     time.Duration
+	killRate float64
+	host     string
+	verify   bool
+	json     bool
+	worker   string // hidden: run as a worker with this writer id
+	run      string // hidden: the worker's run (its parent's writer id)
+}
+
+func cmdStress(args []string, stdout, stderr io.Writer) int {
+	var g globals
+	var f stressFlags
+	fs := command("stress", "stress -D DIR [--workers N] [--duration D] [--hold D] [--kill-rate R] [--host-label L] [--json]\n  dirlockd stress -D DIR --verify [--json]",
+		stressAbout, stressExamples, false, &g, stderr)
+	fs.IntVar(&f.workers, "workers", 4, "worker processes on this host")
+	fs.DurationVar(&f.duration, "duration", 10*time.Second, "how long the workers run")
+	fs.DurationVar(&f.hold, "hold", 5*time.Millisecond, "how long each hold lasts")
+	fs.Float64Var(&f.killRate, "kill-rate", 0, "fraction of holds, 0 to 1, whose worker is SIGKILLed inside, to exercise takeover")
+	fs.StringVar(&f.host, "host-label", "", "this host's name in the log (default: the hostname); distinct on every client")
+	fs.BoolVar(&f.verify, "verify", false, "run no worker: check the witness files left by every run against DIR")
+	fs.BoolVar(&f.json, "json", false, "print the report as one JSON object")
+	fs.StringVar(&f.worker, "worker", "", "run as a worker with this writer id (internal)")
+	fs.StringVar(&f.run, "run", "", "the run a worker belongs to (internal)")
+	fs.MarkHidden("worker")
+	fs.MarkHidden("run")
+	rest, err := g.parse(fs, args, stdout, stderr)
+	if err != nil {
+		return exitFor(err)
+	}
+	usageErr := func(format string, a ...any) int { return usageError(stderr, "stress", format, a...) }
+	if len(rest) > 0 {
+		return usageErr("unexpected argument %q (the data directory goes with -D)", rest[0])
+	}
+	if f.verify {
+		for _, name := range []string{"workers", "duration", "hold", "kill-rate", "host-label"} {
+			if fs.Changed(name) {
+				return usageErr("--%s does not apply to --verify, which starts no worker", name)
+			}
+		}
+	}
+	switch {
+	case f.workers < 1 || f.workers > 1024:
+		return usageErr("--workers %d: want 1 to 1024", f.workers)
+	case f.duration <= 0:
+		return usageErr("--duration %v: want a positive duration", f.duration)
+	case f.hold < 0:
+		return usageErr("--hold %v: must not be negative", f.hold)
+	case !(f.killRate >= 0 && f.killRate <= 1):
+		return usageErr("--kill-rate %v: want a fraction from 0 to 1", f.killRate)
+	case fs.Changed("host-label") && f.host == "":
+		return usageErr("--host-label must not be empty")
+	}
+	if f.host == "" {
+		if f.host, err = os.Hostname(); err != nil {
+			g.log.Error("cannot read the hostname; pass --host-label", "err", err)
+			return exitInternal
+		}
+	}
+	dir, err := pidfile.CheckDir(g.dirs[0])
+	if err != nil {
+		g.log.Error("cannot stress the data directory: "+err.Error(), "datadir", g.dirs[0])
+		return exitInvalid
+	}
+	log := g.log.With("datadir", dir)
+	if f.worker != "" {
+		return stressWorker(dir, f, g.opts, stdout)
+	}
+
+	var run *stress.RunReport
+	if !f.verify {
+		ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer cancel()
+		// The first SIGINT or SIGTERM stops the workers between holds;
+		// a second one kills, as by default.
+		go func() { <-ctx.Done(); cancel() }()
+		cfg := stress.Config{Dir: dir, Opts: g.opts, Host: f.host, Workers: f.workers, Duration: f.duration,
+			Hold: f.hold, KillRate: f.killRate, Command: workerCommand(dir, f.host, args, stderr)}
+		if isTerminal(stderr) {
+			cfg.Progress = func(p stress.Progress) {
+				fmt.Fprintf(stderr, "\r%6.1fs  %d acquisitions  %.1f/s  p99 %s  killed %d  violations %d\033[K",
+					p.Elapsed.Seconds(), p.Acquisitions, p.Rate, stress.Dur(p.P99), p.Killed, p.Violations)
+			}
+		}
+		log.Info("stressing the interlock", "host", f.host, "workers", f.workers, "duration", f.duration, "hold", f.hold, "kill_rate", f.killRate)
+		st, err := stress.Run(ctx, cfg)
+		if cfg.Progress != nil {
+			fmt.Fprint(stderr, "\r\033[K")
+		}
+		if err != nil {
+			code := stressExit(err)
+			var we *stress.WorkerError
+			if errors.As(err, &we) && (we.Code == exitInvalid || we.Code == exitOrphans) {
+				code = we.Code
+			}
+			switch code {
+			case exitInvalid:
+				log.Error("the data directory cannot carry the interlock: " + err.Error())
+			case exitOrphans:
+				log.Error("cannot stress the data directory: " + err.Error())
+			default:
+				log.Error("stress failed: " + err.Error())
+			}
+			return code
+		}
+		run = stress.NewRunReport(cfg, st)
+	}
+	res, err := stress.Check(dir)
+	if err != nil {
+		log.Error("cannot check the witness files", "err", err)
+		return exitInternal
+	}
+	rep := stress.NewReport(dir, run, res)
+	if f.json {
+		writeJSON(stdout, rep)
+	} else {
+		rep.WriteText(stdout)
+	}
+	if rep.Verdict != stress.Pass {
+		return 1
+	}
+	return 0
+}
+
+// stressExit is the exit status for err, as for run: 78 for the data
+// directory's condition rather than dirlockd's failure (and for witness
+// files it may not write), 76 for survivors of an earlier holder.
+func stressExit(err error) int {
+	switch {
+	case invalidStorage(err), errors.Is(err, unix.EACCES):
+		return exitInvalid
+	case errors.Is(err, interlock.ErrOrphans):
+		return exitOrphans
+	}
+	return exitInternal
+}
+
+// workerCommand returns how the stress parent starts a worker: this same
+// binary, through /proc/self/exe (still the right one if the file was
+// replaced since), with the parent's command line, so that every global flag
+// reaches the worker's Acquire. Workers get a process group of their own,
+// so that a terminal's Ctrl-C reaches the parent alone, which then stops
+// them between holds.
+func workerCommand(dir, host string, args []string, stderr io.Writer) func(run, id string) *exec.Cmd {
+	return func(run, id string) *exec.Cmd {
+		cmd := exec.Command("/proc/self/exe", append([]string{"stress", "-D", dir, "--host-label", host, "--run", run, "--worker", id}, args...)...)
+		cmd.Args[0] = "dirlockd"
+		cmd.Env = childEnv(os.Environ())
+		cmd.Stderr = stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		return cmd
+	}
+}
+
+// stressWorker is a worker process: it runs until the parent closes its
+// standard input, or until SIGTERM or SIGINT, and tells the parent why it
+// failed if it does.
+func stressWorker(dir string, f stressFlags, opts interlock.Options, stdout io.Writer) int {
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer cancel()
+	err := stress.Work(ctx, stress.WorkerConfig{Dir: dir, Opts: opts, Hold: f.hold, Host: f.host, ID: f.worker, Run: f.run,
+		Verdicts: f.killRate > 0, In: os.Stdin, Out: stdout})
+	if err == nil {
+		return 0
+	}
+	stress.FailMessage(stdout, err)
+	return stressExit(err)
+}

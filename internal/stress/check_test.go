@@ -1,0 +1,437 @@
+package stress
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// script writes a crafted log, line by line, as the writers would.
+type script struct {
+	t     *testing.T
+	lines []string
+	seqs  map[string]int64
+	mono  int64
+}
+
+func newScript(t *testing.T) *script { return &script{t: t, seqs: map[string]int64{}, mono: 1e9} }
+
+// ev appends e, filling in the writer's seq and a mono one millisecond
+// after the previous line's (unless e has one).
+func (s *script) ev(e Event) *script {
+	s.seqs[e.W]++
+	if e.Seq == 0 {
+		e.Seq = s.seqs[e.W]
+	}
+	if e.Host == "" {
+		e.Host = "a"
+	}
+	if e.Boot == "" {
+		e.Boot = "boot-a"
+	}
+	if e.Run == "" {
+		e.Run = "p"
+	}
+	s.mono += int64(time.Millisecond)
+	if e.Mono == 0 {
+		e.Mono = s.mono
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.lines = append(s.lines, string(b))
+	return s
+}
+
+func (s *script) enter(w, token string, counter int64) *script {
+	return s.ev(Event{Ev: EvEnter, W: w, PID: pidOf(w), Token: token, Counter: counter, WaitNS: int64(time.Millisecond)})
+}
+
+func (s *script) exit(w, token string, counter int64) *script {
+	return s.ev(Event{Ev: EvExit, W: w, PID: pidOf(w), Token: token, Counter: counter})
+}
+
+// killed logs, as stress parent p, that w died in hold token; the SIGKILL
+// was sent at signal.
+func (s *script) killed(p, w, token string, signal int64) *script {
+	return s.ev(Event{Ev: EvKilled, W: p, PID: 1, Token: token, Victim: w, VictimPID: pidOf(w), SignalMono: signal})
+}
+
+// stop logs the end of run p.
+func (s *script) stop() *script {
+	return s.ev(Event{Ev: EvStop, W: "p", PID: 1})
+}
+
+func (s *script) raw(line string) *script {
+	s.lines = append(s.lines, line)
+	return s
+}
+
+func pidOf(w string) int { return 100 + int(w[0]) }
+
+// check writes the log and a counter file holding counter (none if < 0)
+// and checks them.
+func (s *script) check(counter int64) *Result {
+	s.t.Helper()
+	dir := s.t.TempDir()
+	log := strings.Join(s.lines, "\n")
+	if len(s.lines) > 0 {
+		log += "\n"
+	}
+	if err := os.WriteFile(filepath.Join(dir, LogName), []byte(log), 0o600); err != nil {
+		s.t.Fatal(err)
+	}
+	if counter >= 0 {
+		f, err := openCounter(dir)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		if err := writeCounter(f, counter); err != nil {
+			s.t.Fatal(err)
+		}
+		f.Close()
+	}
+	r, err := Check(dir)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return r
+}
+
+// kinds lists the kinds of r's violations with the lines they name.
+func kinds(r *Result) []string {
+	var out []string
+	for _, v := range r.Violations {
+		out = append(out, v.Kind)
+	}
+	return out
+}
+
+func wantKinds(t *testing.T, r *Result, want ...string) {
+	t.Helper()
+	if got := kinds(r); !slices.Equal(got, want) {
+		t.Errorf("violations %q, want %q", got, want)
+		for _, v := range r.Violations {
+			t.Logf("  %s", v)
+		}
+	}
+	if r.ViolationCount != len(want) {
+		t.Errorf("ViolationCount %d, want %d", r.ViolationCount, len(want))
+	}
+}
+
+func TestCheckClean(t *testing.T) {
+	r := newScript(t).
+		enter("w1", "t1", 0).exit("w1", "t1", 1).
+		enter("w2", "t2", 1).exit("w2", "t2", 2).
+		enter("w1", "t3", 2).exit("w1", "t3", 3).
+		stop().
+		check(3)
+	wantKinds(t, r)
+	if r.Entered != 3 || r.Completed != 3 || r.Killed != 0 || r.Lines != 7 || !r.CounterChecked || r.Counter != 3 {
+		t.Errorf("result %+v", r)
+	}
+	if len(r.Hosts) != 1 || r.Hosts[0].Host != "a" || r.Hosts[0].Entered != 3 {
+		t.Errorf("hosts %+v", r.Hosts)
+	}
+	if r.Wait.P50 < time.Millisecond || r.Wait.P50 > time.Millisecond*101/100 {
+		t.Errorf("wait p50 %v, want 1ms", r.Wait.P50)
+	}
+}
+
+func TestCheckEmpty(t *testing.T) {
+	r := newScript(t).check(-1)
+	wantKinds(t, r)
+	if rep := NewReport("d", nil, r); r.Entered != 0 || rep.Verdict != Inconclusive {
+		t.Errorf("verdict %s, want %s; result %+v", rep.Verdict, Inconclusive, r)
+	}
+	// No witness files at all.
+	r, err := Check(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantKinds(t, r)
+	if r.Entered != 0 || len(r.Notes) != 1 || !strings.Contains(r.Notes[0], "nothing has run") {
+		t.Errorf("result %+v", r)
+	}
+}
+
+func TestCheckOverlap(t *testing.T) {
+	// Both read 0 and wrote 1: the second increment is lost as well.
+	r := newScript(t).
+		enter("w1", "t1", 0).
+		enter("w2", "t2", 0).
+		exit("w1", "t1", 1).
+		exit("w2", "t2", 1).
+		check(1)
+	wantKinds(t, r, KindOverlap, KindCounter)
+	if v := r.Violations[0]; v.Line != 2 || !strings.Contains(v.Text, "exited at line 3") {
+		t.Errorf("overlap reported as %s", v)
+	}
+	if !strings.Contains(r.Violations[1].Text, "increments were lost") {
+		t.Errorf("tally reported as %s", r.Violations[1])
+	}
+	if rep := NewReport("d", nil, r); rep.Verdict != Fail || !strings.HasPrefix(rep.Summary, "FAIL") {
+		t.Errorf("report %+v", rep)
+	}
+}
+
+func TestCheckCounterContinuity(t *testing.T) {
+	for _, c := range []struct {
+		read int64 // what the second hold read after the first wrote 1
+		want string
+	}{{0, "lost increment"}, {5, "unexplained write"}} {
+		r := newScript(t).
+			enter("w1", "t1", 0).exit("w1", "t1", 1).
+			enter("w2", "t2", c.read).exit("w2", "t2", c.read+1).
+			check(c.read + 1)
+		// The final tally disagrees too.
+		wantKinds(t, r, KindCounter, KindCounter)
+		if v := r.Violations[0]; v.Line != 3 || !strings.Contains(v.Text, c.want) {
+			t.Errorf("read %d: got %s, want %q", c.read, v, c.want)
+		}
+	}
+}
+
+func TestCheckKilledTakeover(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		read    int64 // what the holder after the kill read
+		counter int64
+	}{
+		{"killed before its write", 1, 2},
+		{"killed after its write", 2, 3},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := newScript(t).enter("w1", "t1", 0).exit("w1", "t1", 1).enter("w1", "t2", 1)
+			signal := s.mono + int64(time.Microsecond) // sent after w1's enter, before w2's
+			r := s.enter("w2", "t3", c.read).exit("w2", "t3", c.read+1).
+				killed("p", "w1", "t2", signal).
+				check(c.counter)
+			wantKinds(t, r)
+			if r.Killed != 1 || r.Takeovers != 1 || r.Completed != 2 {
+				t.Errorf("result %+v", r)
+			}
+		})
+	}
+}
+
+func TestCheckKilledInsideNobodyFollowed(t *testing.T) {
+	// The kill is logged before anyone else entered (the parent took the
+	// lock first); the counter may be one more than the victim read.
+	for _, counter := range []int64{1, 2} {
+		s := newScript(t).enter("w1", "t1", 0).exit("w1", "t1", 1).enter("w1", "t2", 1)
+		r := s.killed("p", "w1", "t2", s.mono+1).check(counter)
+		wantKinds(t, r)
+		if r.Killed != 1 || r.Takeovers != 0 {
+			t.Errorf("result %+v", r)
+		}
+	}
+	s := newScript(t).enter("w1", "t1", 0).exit("w1", "t1", 1).enter("w1", "t2", 1)
+	r := s.killed("p", "w1", "t2", s.mono+1).check(3)
+	wantKinds(t, r, KindCounter, KindCounter)
+}
+
+func TestCheckKilledTooLate(t *testing.T) {
+	// w2 entered before the SIGKILL to w1 was even sent, on the same
+	// clock: w1 was alive, so two held at once.
+	s := newScript(t).enter("w1", "t1", 0).enter("w2", "t2", 0)
+	r := s.killed("p", "w1", "t1", s.mono+int64(time.Millisecond)).exit("w2", "t2", 1).check(1)
+	wantKinds(t, r, KindOverlap)
+	if v := r.Violations[0]; v.Line != 2 || !strings.Contains(v.Text, "SIGKILL was sent to it 1ms later") {
+		t.Errorf("got %s", v)
+	}
+}
+
+func TestCheckKilledOtherClock(t *testing.T) {
+	// The same timing across boots proves nothing: clocks of different
+	// machines are not compared.
+	s := newScript(t).enter("w1", "t1", 0)
+	s.ev(Event{Ev: EvEnter, W: "w2", PID: 7, Host: "b", Boot: "boot-b", Token: "t2", Counter: 0})
+	s.ev(Event{Ev: EvExit, W: "w2", PID: 7, Host: "b", Boot: "boot-b", Token: "t2", Counter: 1})
+	r := s.killed("p", "w1", "t1", s.mono+int64(time.Millisecond)).check(1)
+	wantKinds(t, r)
+	if r.Takeovers != 1 || len(r.Hosts) != 2 {
+		t.Errorf("result %+v", r)
+	}
+}
+
+func TestCheckNeverKilled(t *testing.T) {
+	// Its run ended without reporting it killed: it was alive.
+	r := newScript(t).enter("w1", "t1", 0).enter("w2", "t2", 0).exit("w2", "t2", 1).stop().check(1)
+	wantKinds(t, r, KindOverlap)
+	if v := r.Violations[0]; v.Line != 2 || !strings.Contains(v.Text, "its run ended at line 4 without reporting it killed") {
+		t.Errorf("got %s", v)
+	}
+	if r.Pending != 0 {
+		t.Errorf("%d pending", r.Pending)
+	}
+	// Its run goes on: the kill may still come.
+	r = newScript(t).enter("w1", "t1", 0).enter("w2", "t2", 0).exit("w2", "t2", 1).check(1)
+	wantKinds(t, r)
+	if r.Pending != 1 || len(r.Notes) != 1 || !strings.Contains(r.Notes[0], "not judged") {
+		t.Errorf("result %+v", r)
+	}
+	if rep := NewReport("d", nil, r); rep.Verdict != Pass || !strings.Contains(rep.Summary, "--verify") {
+		t.Errorf("report %+v", rep)
+	}
+}
+
+func TestCheckTornLine(t *testing.T) {
+	s := newScript(t).enter("w1", "t1", 0).exit("w1", "t1", 1)
+	good := s.lines[0]
+	// Half a line, then the next append's start: another append cut it.
+	r := s.raw(good[:len(good)/2]+good[:20]).enter("w2", "t2", 1).exit("w2", "t2", 2).check(2)
+	wantKinds(t, r, KindTorn)
+	if r.Violations[0].Line != 3 {
+		t.Errorf("got %s", r.Violations[0])
+	}
+	r = newScript(t).raw("\x00\x00\x00").check(-1)
+	wantKinds(t, r, KindTorn)
+}
+
+func TestCheckUnterminatedLastLine(t *testing.T) {
+	s := newScript(t).enter("w1", "t1", 0).exit("w1", "t1", 1)
+	dir := t.TempDir()
+	log := strings.Join(s.lines, "\n") + "\n" + `{"ev":"enter","w":"w2"`
+	if err := os.WriteFile(filepath.Join(dir, LogName), []byte(log), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, _ := openCounter(dir)
+	writeCounter(f, 1)
+	f.Close()
+	r, err := Check(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantKinds(t, r, KindTorn)
+}
+
+func TestCheckSeqGap(t *testing.T) {
+	s := newScript(t).enter("w1", "t1", 0)
+	s.seqs["w1"]++ // line 2 of w1 is lost (its exit)
+	r := s.enter("w1", "t2", 1).exit("w1", "t2", 2).check(2)
+	// The lost exit shows twice: as a gap, and as an enter with no exit
+	// before it.
+	wantKinds(t, r, KindLost, KindLost)
+	if v := r.Violations[0]; v.Line != 2 || !strings.Contains(v.Text, "seq 3 follows 1") {
+		t.Errorf("got %s", v)
+	}
+	// A repeat.
+	s = newScript(t).enter("w1", "t1", 0).exit("w1", "t1", 1)
+	s.seqs["w1"] = 1
+	r = s.enter("w1", "t2", 1).exit("w1", "t2", 2).check(2)
+	wantKinds(t, r, KindLost)
+}
+
+func TestCheckCounterFileMismatch(t *testing.T) {
+	s := newScript(t).enter("w1", "t1", 0).exit("w1", "t1", 1).enter("w2", "t2", 1).exit("w2", "t2", 2)
+	r := s.check(5)
+	wantKinds(t, r, KindCounter, KindCounter)
+	if v := r.Violations[0]; v.Line != 0 || !strings.Contains(v.Text, "holds 5") {
+		t.Errorf("got %s", v)
+	}
+	r = s.check(1)
+	wantKinds(t, r, KindCounter, KindCounter)
+	// A counter file that is not a number.
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, LogName), []byte(strings.Join(s.lines, "\n")+"\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, CounterName), []byte("2\n"), 0o600)
+	r, err := Check(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantKinds(t, r, KindCounter)
+}
+
+func TestCheckCounterOlderThanLog(t *testing.T) {
+	r := newScript(t).enter("w1", "t1", 7).exit("w1", "t1", 8).check(8)
+	wantKinds(t, r, KindCounter)
+	if !strings.Contains(r.Violations[0].Text, "delete both") {
+		t.Errorf("got %s", r.Violations[0])
+	}
+}
+
+func TestCheckUnmatched(t *testing.T) {
+	r := newScript(t).exit("w1", "t1", 1).check(0)
+	wantKinds(t, r, KindExit)
+	r = newScript(t).enter("w1", "t1", 0).exit("w1", "tX", 1).check(1)
+	wantKinds(t, r, KindExit)
+	r = newScript(t).enter("w1", "t1", 0).exit("w1", "t1", 1).killed("p", "w1", "t1", 1).check(1)
+	wantKinds(t, r, KindKill)
+	s := newScript(t).enter("w1", "t1", 0)
+	r = s.killed("p", "w1", "t1", s.mono).exit("w1", "t1", 1).check(1)
+	wantKinds(t, r, KindOrder, KindExit)
+}
+
+func TestCheckUnfinished(t *testing.T) {
+	// A hold still going on at the end is a note, not a violation; the
+	// counter may already have its increment.
+	for _, counter := range []int64{1, 2} {
+		r := newScript(t).enter("w1", "t1", 0).exit("w1", "t1", 1).enter("w2", "t2", 1).check(counter)
+		wantKinds(t, r)
+		if r.Unfinished != 1 || len(r.Notes) != 1 {
+			t.Errorf("result %+v", r)
+		}
+	}
+	// Once its run has ended, the hold lost its exit line.
+	r := newScript(t).enter("w1", "t1", 0).exit("w1", "t1", 1).enter("w2", "t2", 1).stop().check(2)
+	wantKinds(t, r, KindLost)
+	if v := r.Violations[0]; v.Line != 4 || !strings.Contains(v.Text, "before its run ended here") {
+		t.Errorf("got %s", v)
+	}
+	// And its run writes nothing after its stop.
+	r = newScript(t).enter("w1", "t1", 0).exit("w1", "t1", 1).stop().enter("w2", "t2", 1).exit("w2", "t2", 2).check(2)
+	wantKinds(t, r, KindOrder, KindOrder)
+}
+
+func TestCheckCorruptCounterRead(t *testing.T) {
+	s := newScript(t).enter("w1", "t1", 0).exit("w1", "t1", 1)
+	s.ev(Event{Ev: EvEnter, W: "w2", PID: 9, Token: "t2", Counter: -1, Err: "counter file is corrupt"})
+	s.ev(Event{Ev: EvExit, W: "w2", PID: 9, Token: "t2", Counter: -1})
+	r := s.check(1)
+	wantKinds(t, r, KindCounter)
+}
+
+func TestCheckCap(t *testing.T) {
+	s := newScript(t)
+	for range MaxViolations + 5 {
+		s.raw("garbage")
+	}
+	r := s.check(-1)
+	if len(r.Violations) != MaxViolations || r.ViolationCount != MaxViolations+5 {
+		t.Errorf("%d violations kept, %d counted", len(r.Violations), r.ViolationCount)
+	}
+	var b strings.Builder
+	NewReport("d", nil, r).WriteText(&b)
+	if !strings.Contains(b.String(), "and 985 more") || strings.Count(b.String(), "\n  line ") != ShownViolations {
+		t.Errorf("report:\n%s", b.String())
+	}
+}
+
+// TestTail: fed a log in pieces, cut anywhere, the incremental check finds
+// what Check finds.
+func TestTail(t *testing.T) {
+	s := newScript(t).enter("w1", "t1", 0).enter("w2", "t2", 0).exit("w1", "t1", 1).exit("w2", "t2", 1).raw("torn")
+	log := strings.Join(s.lines, "\n") + "\n"
+	dir := t.TempDir()
+	path := filepath.Join(dir, LogName)
+	tail := NewTail(dir)
+	for i := 0; i < len(log); i += 37 {
+		if err := os.WriteFile(path, []byte(log[:min(i+37, len(log))]), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tail.Poll(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The overlap is proven by w1's exit; the torn line counts too.
+	if n, _ := tail.Poll(); n != 2 {
+		t.Errorf("tail found %d violations, want 2", n)
+	}
+}
