@@ -325,8 +325,17 @@ func TestFUSEStress(t *testing.T) {
 					}
 					continue
 				}
-				if codes != [3]int{0, 0, 0} || v.Log.ViolationCount != 0 || v.Verdict != "pass" {
-					t.Fatalf("round %d: with shared locks, exits %v, verify: %s", i, codes, v.Summary)
+				// The verdict that counts is --verify's, over the whole log
+				// once both hosts have finished. A run's own check at its
+				// end reads a log the other host may still be writing.
+				if codes[2] != 0 || v.Log.ViolationCount != 0 || v.Verdict != "pass" {
+					t.Fatalf("round %d: with shared locks, verify found %d violations (exit %d): %s\n%+v", i, v.Log.ViolationCount, codes[2], v.Summary, v.Log.Violations)
+				}
+				for h, r := range reps[:2] {
+					if codes[h] != 0 {
+						t.Logf("round %d: %s's own end-of-run check said %s although --verify of the same log passed: %+v; notes %q",
+							i, r.Run.Host, r.Summary, r.Log.Violations, r.Log.Notes)
+					}
 				}
 			}
 		})

@@ -16,16 +16,21 @@ func TestMain(m *testing.M) {
 	})
 }
 
-// helperAttach attaches SysV segment args[0] read-write by id, prints
-// "attached", and stays attached until its stdin is closed (or it is
-// killed). A "detach" line makes it detach and print "detached".
+// helperAttach attaches SysV segment args[0] by id, read-write (read-only
+// with a second argument "ro", as analyzers do), prints "attached", and
+// stays attached until its stdin is closed (or it is killed). A "detach"
+// line makes it detach and print "detached".
 func helperAttach(args []string) int {
 	id, err := strconv.Atoi(args[0])
 	if err != nil {
 		fmt.Println("error", err)
 		return 2
 	}
-	mem, err := unix.SysvShmAttach(id, 0, 0)
+	flag := 0
+	if len(args) > 1 && args[1] == "ro" {
+		flag = unix.SHM_RDONLY
+	}
+	mem, err := unix.SysvShmAttach(id, 0, flag)
 	if err != nil {
 		fmt.Println("error", err)
 		return 1

@@ -385,16 +385,28 @@ func analyze(id int, dir Identity, remove bool) (Analysis, error) {
 	}
 	a.Nattch = max(a.Nattch, int(d.Nattch)-1)
 	if a.Nattch > 0 {
-		a.State = Attached
-		pids, err := proc.AttachedTo(id)
+		atts, err := proc.AttachedTo(id)
 		if err != nil {
 			return a, err
 		}
-		for _, p := range pids {
-			if p != os.Getpid() {
-				a.PIDs = append(a.PIDs, p)
+		// A read-only attachment is another analyzer (an Inspect, a
+		// starter's scan) reading the header for a moment, never a
+		// survivor: holders and their children map the segment
+		// read-write. Attachments out of sight still count.
+		readers := 0
+		for _, at := range atts {
+			switch {
+			case at.PID == os.Getpid():
+			case !at.Writable:
+				readers++
+			default:
+				a.PIDs = append(a.PIDs, at.PID)
 			}
 		}
+		a.Nattch = max(a.Nattch-readers, len(a.PIDs))
+	}
+	if a.Nattch > 0 {
+		a.State = Attached
 		return a, nil
 	}
 	a.State = Unattached

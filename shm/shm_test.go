@@ -604,6 +604,31 @@ func TestAnalyzeAttachedByHelper(t *testing.T) {
 	assertGone(t, s.ID)
 }
 
+// TestAnalyzeReaders: a read-only attachment is another analyzer reading
+// the header (an Inspect while a server starts) and must not make the
+// segment look attached; a read-write one beside it still does.
+func TestAnalyzeReaders(t *testing.T) {
+	dir := newDir(t)
+	s := create(t, dir, header(0x32))
+	if err := s.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	r := testutil.StartHelper(t, "attach", strconv.Itoa(s.ID), "ro")
+	r.Expect(t, "attached")
+	if d := mustStat(t, s.ID); d.Nattch != 1 {
+		t.Fatalf("nattch %d with the reader attached, want 1", d.Nattch)
+	}
+	if a, err := Analyze(s.ID, dir); err != nil || a.State != Unattached || a.Nattch != 0 || a.PIDs != nil {
+		t.Fatalf("Analyze with a reader attached = %+v, %v; want Unattached", a, err)
+	}
+	w := attachHelper(t, s.ID)
+	if a, err := Analyze(s.ID, dir); err != nil || a.State != Attached || a.Nattch != 1 || !slices.Equal(a.PIDs, []int{w.PID()}) {
+		t.Fatalf("Analyze with a reader and a writer attached = %+v, %v; want Attached by PID %d alone", a, err, w.PID())
+	}
+	w.Kill()
+	r.Kill()
+}
+
 func TestAnalyzeKilledHelper(t *testing.T) {
 	// A process killed while attached drops its attachment at exit.
 	dir := newDir(t)

@@ -203,10 +203,20 @@ func parseLocks(b []byte, dev, ino uint64) []Lock {
 	return out
 }
 
+// Attachment is a process attached to a SysV segment.
+type Attachment struct {
+	PID int
+	// Writable is false for a read-only attachment (shmat with
+	// SHM_RDONLY), which is how dirlockd's analyzers look at a segment;
+	// holders and the children that inherit their attachment map it
+	// read-write.
+	Writable bool
+}
+
 // AttachedTo returns the processes in our IPC namespace that have the SysV
 // segment shmid mapped. The kernel offers no API for this; the mapping shows
 // in /proc/PID/maps as "/SYSV<key>" with the shmid in the inode column.
-func AttachedTo(shmid int) ([]int, error) {
+func AttachedTo(shmid int) ([]Attachment, error) {
 	pids, err := PIDs()
 	if err != nil {
 		return nil, err
@@ -215,21 +225,27 @@ func AttachedTo(shmid int) ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []int
+	var out []Attachment
 	for _, pid := range pids {
 		b, err := os.ReadFile(fmt.Sprintf("%s/%d/maps", Root, pid))
-		if err != nil || !mapsSysV(b, uint64(shmid)) {
+		if err != nil {
+			continue
+		}
+		found, writable := mapsSysV(b, uint64(shmid))
+		if !found {
 			continue
 		}
 		// shmids repeat across IPC namespaces: only ours count.
 		if ns, err := Namespace(pid, "ipc"); err == nil && ns == self {
-			out = append(out, pid)
+			out = append(out, Attachment{PID: pid, Writable: writable})
 		}
 	}
 	return out, nil
 }
 
-func mapsSysV(maps []byte, shmid uint64) bool {
+// mapsSysV reports whether maps has a mapping of segment shmid, and whether
+// any such mapping is writable.
+func mapsSysV(maps []byte, shmid uint64) (found, writable bool) {
 	for line := range bytes.Lines(maps) {
 		if !bytes.Contains(line, []byte("/SYSV")) {
 			continue
@@ -238,11 +254,12 @@ func mapsSysV(maps []byte, shmid uint64) bool {
 		f := strings.Fields(string(line))
 		if len(f) >= 6 && strings.HasPrefix(f[5], "/SYSV") {
 			if ino, err := strconv.ParseUint(f[4], 10, 64); err == nil && ino == shmid {
-				return true
+				found = true
+				writable = writable || strings.HasPrefix(f[1], "rw")
 			}
 		}
 	}
-	return false
+	return found, writable
 }
 
 // WithEnv returns the processes whose initial environment contains any of
