@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -339,5 +340,42 @@ func TestFUSEStress(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestFUSEStall: the storage stops answering writes (a hard NFS mount whose
+// server is unreachable). The heartbeat write blocks, and dirlockd run with
+// it; its watchdog stops the server once the recheck has not returned for
+// 5 s (twice --recheck, at least 5 s), before the storage answers again.
+// 2 rounds.
+func TestFUSEStall(t *testing.T) {
+	fs, backing, a, _ := mountHosts(t, fusefs.Shared)
+	for i := range 2 {
+		w := startRun(t, nil, a, []string{"--recheck", "100ms"}, "sleep", "60")
+		eventually(t, 10*time.Second, "a heartbeat of this round's wrapper", func() bool {
+			b, _ := os.ReadFile(filepath.Join(backing, pidfile.DefaultName))
+			r, err := pidfile.Parse(b)
+			return err == nil && r.PID == w.pid() && r.Extra["heartbeat"] != ""
+		})
+		child := 0
+		if _, err := fmt.Sscan(recordOf(t, backing).Extra["child_pid"], &child); err != nil || child <= 0 {
+			t.Fatalf("round %d: no child_pid in the record", i)
+		}
+		resume := fs.Stall()
+		stalled := time.Now()
+		eventually(t, 20*time.Second, "the server's death", func() bool { return syscall.Kill(child, 0) != nil })
+		took := time.Since(stalled)
+		select {
+		case <-w.done:
+			t.Fatalf("round %d: dirlockd run exited while its heartbeat write was blocked", i)
+		default:
+		}
+		resume()
+		code := w.wait(t, 10*time.Second)
+		s := w.stderr.String()
+		if took < 5*time.Second || code != 128+int(syscall.SIGTERM) || !strings.Contains(s, "the recheck has not returned for 5s") {
+			t.Fatalf("round %d: server stopped %v after the stall, run exit %d; want 5 s or more, 143 and the watchdog's message\n%s", i, took, code, s)
+		}
+		t.Logf("round %d: server stopped %v after the storage stalled", i, took.Round(time.Millisecond))
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -355,10 +356,7 @@ func (r *runner) supervise(sigs chan os.Signal, nl *notify.Listener) int {
 		case <-readyTCP:
 			r.markReady("tcp " + r.flags.readyTCP)
 		case <-recheck:
-			err := r.lock.Check()
-			if err == nil {
-				err = r.lock.Heartbeat()
-			}
+			err := r.recheck()
 			switch {
 			case errors.Is(err, interlock.ErrLost):
 				r.log.Error("the data directory interlock is lost: "+err.Error(), "on_lost", r.flags.onLost)
@@ -371,6 +369,63 @@ func (r *runner) supervise(sigs chan os.Signal, nl *notify.Listener) int {
 				r.log.Error("cannot write the heartbeat", "err", err)
 			}
 		}
+	}
+}
+
+// stallLimit is how long a recheck may take before the storage counts as
+// gone: twice the interval (the heartbeat is then three intervals old, the
+// least a starter on another host watches it before taking over), and never
+// less than stallFloor, so that a slow fsync on a busy disk is not a loss.
+func (r *runner) stallLimit() time.Duration { return max(2*r.opts.Recheck, stallFloor) }
+
+const stallFloor = 5 * time.Second
+
+// recheck runs the interlock's Check and writes the heartbeat. Both touch the
+// storage, which on a hard NFS mount blocks for as long as the server does
+// not answer, and this goroutine with it. A watchdog applies the lost-lock
+// action from the side when they take longer than stallLimit: the server
+// must not work on while another host may take over. The main loop learns
+// of it when the storage answers again.
+func (r *runner) recheck() error {
+	done := make(chan struct{})
+	var fired atomic.Bool
+	go r.watchdog(done, &fired)
+	err := r.lock.Check()
+	if err == nil {
+		err = r.lock.Heartbeat()
+	}
+	close(done)
+	if err == nil && fired.Load() {
+		err = fmt.Errorf("%w: the recheck took longer than %v", interlock.ErrLost, r.stallLimit())
+	}
+	return err
+}
+
+// watchdog waits for done; if it does not come within stallLimit, it says
+// so, and with --on-lost shutdown stops the server itself: SIGTERM, and
+// SIGKILL after --stop-timeout unless the recheck returns first (the main
+// loop then takes over the stop).
+func (r *runner) watchdog(done <-chan struct{}, fired *atomic.Bool) {
+	limit := r.stallLimit()
+	select {
+	case <-done:
+		return
+	case <-time.After(limit):
+	}
+	fired.Store(true)
+	r.log.Error(fmt.Sprintf("the data directory interlock is lost: the recheck has not returned for %v: the storage does not answer, and another host may take over", limit),
+		"on_lost", r.flags.onLost)
+	if r.flags.onLost != "shutdown" {
+		return
+	}
+	r.log.Info("stopping the server", "reason", "storage stalled", "stop_timeout", r.flags.stopTimeout)
+	r.signal(syscall.SIGTERM)
+	r.signal(syscall.SIGCONT)
+	select {
+	case <-done:
+	case <-time.After(r.flags.stopTimeout):
+		r.log.Warn("the server did not exit in time: sending SIGKILL", "stop_timeout", r.flags.stopTimeout)
+		r.signal(syscall.SIGKILL)
 	}
 }
 

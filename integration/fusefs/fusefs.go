@@ -166,6 +166,9 @@ type FS struct {
 	// lost holds the open files that held a lock LoseLocks dropped: their
 	// writes fail with EIO until they are released.
 	lost map[handle]bool
+	// stalled, while not nil, holds writes and fsyncs until it is closed
+	// (Stall).
+	stalled chan struct{}
 
 	flockErrno atomic.Uintptr // syscall.Errno for flock on NoFlock mounts
 
@@ -303,6 +306,45 @@ func (fs *FS) LoseLocks() int {
 	return n
 }
 
+// Stall makes every write and fsync, through every mount, wait until resume
+// is called (or Close), as on a hard NFS mount whose server does not answer:
+// the caller blocks in the system call, and only SIGKILL gets it out. Reads,
+// lookups and lock operations go on.
+func (fs *FS) Stall() (resume func()) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if fs.stalled == nil {
+		fs.stalled = make(chan struct{})
+	}
+	return fs.resume
+}
+
+func (fs *FS) resume() {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if fs.stalled != nil {
+		close(fs.stalled)
+		fs.stalled = nil
+	}
+}
+
+// waitStall holds a write or fsync while the filesystem is stalled. The
+// kernel interrupts the request only for a fatal signal.
+func (m *mount) waitStall(cancel <-chan struct{}) fuse.Status {
+	m.fs.mu.Lock()
+	ch := m.fs.stalled
+	m.fs.mu.Unlock()
+	if ch == nil {
+		return fuse.OK
+	}
+	select {
+	case <-ch:
+		return fuse.OK
+	case <-cancel:
+		return fuse.EINTR
+	}
+}
+
 // Locks returns how many lock records the table holds now. A lock that was
 // split by unlocking its middle counts twice.
 func (fs *FS) Locks() int {
@@ -320,6 +362,7 @@ func (fs *FS) Locks() int {
 // still open there; Close gives up waiting for it after a while and says so.
 func (fs *FS) Close() error {
 	fs.closeOnce.Do(func() {
+		fs.resume()
 		var errs []error
 		for _, m := range fs.mounts {
 			errs = append(errs, m.unmount())
@@ -615,8 +658,12 @@ func (m *mount) lostHandle(fh uint64) bool {
 	return m.fs.lost[handle{m.index, fh}]
 }
 
-// Write fails with EIO on an open file whose lock was lost.
+// Write waits while the filesystem is stalled, and fails with EIO on an
+// open file whose lock was lost.
 func (m *mount) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
+	if st := m.waitStall(cancel); !st.Ok() {
+		return 0, st
+	}
 	if m.lostHandle(in.Fh) {
 		return 0, fuse.EIO
 	}
@@ -625,14 +672,21 @@ func (m *mount) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (ui
 
 // Writev is what go-fuse calls for WRITE first; see Write.
 func (m *mount) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (uint32, fuse.Status) {
+	if st := m.waitStall(cancel); !st.Ok() {
+		return 0, st
+	}
 	if m.lostHandle(in.Fh) {
 		return 0, fuse.EIO
 	}
 	return m.RawFileSystem.Writev(cancel, in, data)
 }
 
-// Fsync fails with EIO on an open file whose lock was lost.
+// Fsync waits while the filesystem is stalled, and fails with EIO on an
+// open file whose lock was lost.
 func (m *mount) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
+	if st := m.waitStall(cancel); !st.Ok() {
+		return st
+	}
 	if m.lostHandle(in.Fh) {
 		return fuse.EIO
 	}

@@ -282,6 +282,21 @@ func TestCheckNeverKilled(t *testing.T) {
 	}
 }
 
+func TestCheckPendingWroteCounter(t *testing.T) {
+	// A run's own check while another run goes on: w1 wrote its increment
+	// (0 to 1) and was killed, its kill not logged yet; w2 took over,
+	// read 1, wrote 2, and has not exited. The counter file's 2 is
+	// explained by the pending hold, not an unexplained write.
+	r := newScript(t).enter("w1", "t1", 0).enter("w2", "t2", 1).check(2)
+	wantKinds(t, r)
+	if r.Pending != 1 || r.Unfinished != 1 {
+		t.Errorf("result %+v", r)
+	}
+	// Once that run logs its end, the same increments are judged.
+	r = newScript(t).enter("w1", "t1", 0).enter("w2", "t2", 1).killed("p", "w1", "t1", 0).check(2)
+	wantKinds(t, r)
+}
+
 func TestCheckTornLine(t *testing.T) {
 	s := newScript(t).enter("w1", "t1", 0).exit("w1", "t1", 1)
 	good := s.lines[0]
