@@ -60,11 +60,24 @@ its process group with --signal-group). After SIGTERM or SIGINT, COMMAND gets
 --stop-timeout to exit before SIGKILL. As PID 1 (a container's entrypoint)
 dirlockd also reaps orphaned processes.
 
+Every --recheck, dirlockd checks that it still holds the directory and writes
+a heartbeat through the locked descriptor; a failed check, a write the storage
+refuses (EIO: an NFSv4 lock lost with its lease), or a recheck that does not
+return within twice --recheck (a storage that stopped answering) counts as a
+lost interlock: --on-lost shutdown stops COMMAND.
+
+On shared storage (NFS, CIFS, FUSE) dirlockd refuses mounts whose locks stay
+on this host (NFS nolock or local_lock=, CIFS nobrl; --allow-local-locks if no
+other host mounts it), and before taking over from a holder on another host
+that did not stop cleanly it watches that holder's heartbeat for
+--takeover-after: if it moves, the storage's locks are broken, and dirlockd
+refuses (exit 75). See docs/nfs.md.
+
 Exit status when COMMAND cannot be started: 75 data directory held by a live
 instance (or --conflict-exit-code), 76 orphaned processes of a dead holder
 survive, 78 invalid data directory, pidfile or configuration (or a full or
-read-only filesystem), 64 usage, 70 internal error, 127 command not found,
-126 command not executable.`
+read-only filesystem, or host-local locks on shared storage), 64 usage, 70
+internal error, 127 command not found, 126 command not executable.`
 
 const runExamples = `  dirlockd run -D /var/lib/redis -- redis-server --supervised systemd --dir /var/lib/redis
   dirlockd run -D /var/lib/etcd --wait 30s -- etcd --data-dir /var/lib/etcd
