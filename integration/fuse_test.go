@@ -209,6 +209,10 @@ func TestFUSEHeartbeatRule(t *testing.T) {
 		if r := recordOf(t, backing); r.Status == pidfile.Stopped {
 			t.Fatalf("round %d: alpha's record says stopped after SIGKILL", i)
 		}
+		if code, out := runOn(t, "beta", "check", "--json", "-D", b); code != 0 || !strings.Contains(out, `"state":"stale"`) ||
+			!strings.Contains(out, `"takeover_watch_s":0.3`) || !strings.Contains(out, "will first watch its heartbeat for 300ms") {
+			t.Fatalf("round %d: beta's check after alpha died: exit %d\n%s", i, code, out)
+		}
 		start = time.Now()
 		code, out = runOn(t, "beta", "run", "-D", b, "--recheck", "100ms", "--", "true")
 		took = time.Since(start)
