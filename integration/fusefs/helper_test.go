@@ -155,71 +155,33 @@ func retryEINTR(f func() error) error {
 
 // client is a running clientMain process: a process on one "host".
 type client struct {
-	t     testing.TB
-	name  string
-	in    io.WriteCloser
-	lines chan string
-	pid   int
-	kill  func() // SIGKILL and reap; idempotent
+	*testutil.Proc
+	t    testing.TB
+	name string
+	pid  int
 }
 
 // startClient starts a client process, killed (by its PID) and reaped when
 // the test ends.
 func startClient(t testing.TB, name string) *client {
 	t.Helper()
-	cmd := testutil.Command("fusefs-client")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c := &client{t: t, name: name, in: in, lines: make(chan string, 16), pid: cmd.Process.Pid}
-	// One reader for the process's whole life, so that a reply the test
-	// stopped waiting for is still the next one it reads.
-	go func() {
-		defer close(c.lines)
-		s := bufio.NewScanner(out)
-		for s.Scan() {
-			c.lines <- s.Text()
-		}
-	}()
-	killed := false
-	c.kill = func() {
-		if !killed {
-			killed = true
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	}
-	t.Cleanup(c.kill)
-	return c
+	p := testutil.Start(t, testutil.Command("fusefs-client"))
+	return &client{Proc: p, t: t, name: name, pid: p.PID()}
 }
+
+// kill SIGKILLs the client and reaps it; idempotent.
+func (c *client) kill() { c.Kill() }
 
 // send sends a command without waiting for its reply.
 func (c *client) send(format string, args ...any) {
 	c.t.Helper()
-	if _, err := fmt.Fprintf(c.in, format+"\n", args...); err != nil {
-		c.t.Fatalf("%s: send: %v", c.name, err)
-	}
+	c.Send(c.t, fmt.Sprintf(format, args...))
 }
 
 // reply waits up to timeout for the next reply.
 func (c *client) reply(timeout time.Duration) (string, bool) {
-	select {
-	case l, ok := <-c.lines:
-		if !ok {
-			return "", false
-		}
-		return l, true
-	case <-time.After(timeout):
-		return "", false
-	}
+	l, err := c.ReadLine(timeout)
+	return l, err == nil
 }
 
 // wait returns the reply to a command sent before, failing the test if there

@@ -111,8 +111,11 @@ func DataDir(t testing.TB) string {
 // Proc is a running helper process.
 type Proc struct {
 	Cmd *exec.Cmd
-	out *bufio.Reader
-	in  io.WriteCloser
+	// lines carries the process's output, a line at a time, from one
+	// reader for its whole life: a line that a timed-out ReadLine stopped
+	// waiting for is still the next one read.
+	lines chan string
+	in    io.WriteCloser
 }
 
 // Command prepares the test binary to run helper name with args.
@@ -150,7 +153,14 @@ func Start(t testing.TB, cmd *exec.Cmd) *Proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &Proc{Cmd: cmd, out: bufio.NewReader(out), in: in}
+	p := &Proc{Cmd: cmd, lines: make(chan string, 64), in: in}
+	go func() {
+		defer close(p.lines)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+	}()
 	t.Cleanup(func() { p.Kill() })
 	return p
 }
@@ -173,20 +183,15 @@ func (p *Proc) Expect(t testing.TB, prefix string) string {
 	return strings.TrimSpace(rest)
 }
 
-// ReadLine reads the helper's next line of output, without the newline.
+// ReadLine reads the helper's next line of output, without the newline. It
+// fails with io.EOF once the output is closed.
 func (p *Proc) ReadLine(timeout time.Duration) (string, error) {
-	type res struct {
-		s   string
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		s, err := p.out.ReadString('\n')
-		ch <- res{strings.TrimRight(s, "\n"), err}
-	}()
 	select {
-	case r := <-ch:
-		return r.s, r.err
+	case l, ok := <-p.lines:
+		if !ok {
+			return "", io.EOF
+		}
+		return l, nil
 	case <-time.After(timeout):
 		return "", fmt.Errorf("no output within %v", timeout)
 	}
