@@ -427,11 +427,7 @@ func (fs *FS) trySetLocked(ino uint64, r lock) bool {
 		}
 		out = append(out, r)
 	}
-	if len(out) == 0 {
-		delete(fs.locks, ino)
-	} else {
-		fs.locks[ino] = out
-	}
+	fs.storeLocked(ino, out)
 	if changed {
 		// A lock went or shrank, or was downgraded: waiters may now fit.
 		fs.wakeLocked()
@@ -452,14 +448,20 @@ func (fs *FS) dropLocked(drop func(ino uint64, l *lock) bool) {
 			}
 			out = append(out, l)
 		}
-		if len(out) == 0 {
-			delete(fs.locks, ino)
-		} else {
-			fs.locks[ino] = out
-		}
+		fs.storeLocked(ino, out)
 	}
 	if dropped {
 		fs.wakeLocked()
+	}
+}
+
+// storeLocked sets the locks of ino, forgetting the inode when there are
+// none. fs.mu must be held.
+func (fs *FS) storeLocked(ino uint64, ls []lock) {
+	if len(ls) == 0 {
+		delete(fs.locks, ino)
+	} else {
+		fs.locks[ino] = ls
 	}
 }
 
