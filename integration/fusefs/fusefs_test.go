@@ -81,10 +81,7 @@ func TestExcludeAcrossMounts(t *testing.T) {
 	for _, mode := range []Mode{Shared, NoFlock} {
 		for _, k := range tableKinds(mode) {
 			t.Run(mode.String()+"/"+k.name, func(t *testing.T) {
-				fs, mp := mountFS(t, mode, 2)
-				a, b := startClient(t, "A@host0"), startClient(t, "B@host1")
-				a.ok("open f %s rdwr,creat", filepath.Join(mp[0], "pid"))
-				b.ok("open f %s rdwr", filepath.Join(mp[1], "pid"))
+				fs, _, a, b := openOnBoth(t, mode, "pid")
 				for range rounds {
 					a.ok(k.try, "f")
 					wantLocks(t, fs, 1)
@@ -120,10 +117,7 @@ func TestExcludeAcrossMounts(t *testing.T) {
 func TestRanges(t *testing.T) {
 	for _, mode := range []Mode{Shared, NoFlock} {
 		t.Run(mode.String(), func(t *testing.T) {
-			fs, mp := mountFS(t, mode, 2)
-			a, b := startClient(t, "A@host0"), startClient(t, "B@host1")
-			a.ok("open f %s rdwr,creat", filepath.Join(mp[0], "f"))
-			b.ok("open f %s rdwr", filepath.Join(mp[1], "f"))
+			fs, _, a, b := openOnBoth(t, mode, "f")
 			for range rounds {
 				a.ok("lk f setlk w 0 100")
 				a.ok("lk f setlk u 40 20") // A now holds [0,40) and [60,100)
@@ -202,11 +196,8 @@ func TestCloseDropsLocks(t *testing.T) {
 	for _, mode := range []Mode{Shared, NoFlock} {
 		for _, k := range tableKinds(mode) {
 			t.Run(mode.String()+"/"+k.name, func(t *testing.T) {
-				fs, mp := mountFS(t, mode, 2)
-				a, b := startClient(t, "A@host0"), startClient(t, "B@host1")
+				fs, mp, a, b := openOnBoth(t, mode, "pid")
 				pa := filepath.Join(mp[0], "pid")
-				a.ok("open f %s rdwr,creat", pa)
-				b.ok("open f %s rdwr", filepath.Join(mp[1], "pid"))
 				for range rounds {
 					a.ok("open f2 %s rdonly", pa)
 					a.ok("open other %s rdwr,creat", filepath.Join(mp[0], "other"))
@@ -323,10 +314,7 @@ func TestLocalOnly(t *testing.T) {
 // unchanged; OFD and POSIX locks work and exclude across mounts meanwhile.
 // rounds rounds per errno.
 func TestNoFlock(t *testing.T) {
-	fs, mp := mountFS(t, NoFlock, 2)
-	a, b := startClient(t, "A@host0"), startClient(t, "B@host1")
-	a.ok("open f %s rdwr,creat", filepath.Join(mp[0], "pid"))
-	b.ok("open f %s rdwr", filepath.Join(mp[1], "pid"))
+	fs, _, a, b := openOnBoth(t, NoFlock, "pid")
 	for _, errno := range []syscall.Errno{DefaultFlockErrno, syscall.EOPNOTSUPP, syscall.ENOLCK, syscall.ENOSYS} {
 		fs.SetFlockErrno(errno)
 		for range rounds {
@@ -541,4 +529,15 @@ func mounted(t *testing.T, dir string) bool {
 		}
 	}
 	return false
+}
+
+// openOnBoth mounts a filesystem in mode twice and starts a client on each
+// mount ("host"), each with file name open as "f" (A creates it).
+func openOnBoth(t *testing.T, mode Mode, name string) (fs *FS, mp []string, a, b *client) {
+	t.Helper()
+	fs, mp = mountFS(t, mode, 2)
+	a, b = startClient(t, "A@host0"), startClient(t, "B@host1")
+	a.ok("open f %s rdwr,creat", filepath.Join(mp[0], name))
+	b.ok("open f %s rdwr", filepath.Join(mp[1], name))
+	return fs, mp, a, b
 }
