@@ -254,7 +254,7 @@ func TestCheckStatusHeldThenStale(t *testing.T) {
 	code, out, _ = dirlockd(t, "status", "-D", dir)
 	for _, want := range []string{
 		"running: " + dir + "\n",
-		fmt.Sprintf("  pid %d, child pid %d, host %s\n", w.pid(), child.pid, host),
+		fmt.Sprintf("  pid %d, main pid %d, host %s\n", w.pid(), child.pid, host),
 		"  status ready, up ",
 		"  lock flock, shm key 0x",
 	} {

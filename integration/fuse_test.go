@@ -233,7 +233,7 @@ func TestFUSEHeartbeatRule(t *testing.T) {
 func TestFUSELockLoss(t *testing.T) {
 	fs, _, a, b := mountHosts(t, fusefs.Shared)
 	for i := range 5 {
-		w := startRun(t, nil, a, []string{"--recheck", "100ms"}, "sleep", "60")
+		w := startRun(t, nil, a, []string{"--recheck", "100ms"}, "sh", "-c", `trap 'echo got-usr1' USR1; while :; do sleep 0.05; done`)
 		eventually(t, 10*time.Second, "the server on A", func() bool { return strings.Contains(w.stderr.String(), "the server is ready") })
 		if code, _, _ := dirlockd(t, "run", "-D", b, "--", "true"); code != 75 {
 			t.Fatalf("round %d: run on B while A holds: exit %d, want 75", i, code)
@@ -355,7 +355,7 @@ func TestFUSEStress(t *testing.T) {
 func TestFUSEStall(t *testing.T) {
 	fs, backing, a, _ := mountHosts(t, fusefs.Shared)
 	for i := range 2 {
-		w := startRun(t, nil, a, []string{"--recheck", "100ms"}, "sleep", "60")
+		w := startRun(t, nil, a, []string{"--recheck", "100ms"}, "sh", "-c", `trap 'echo got-usr1' USR1; while :; do sleep 0.05; done`)
 		eventually(t, 10*time.Second, "a heartbeat of this round's wrapper", func() bool {
 			b, _ := os.ReadFile(filepath.Join(backing, pidfile.DefaultName))
 			r, err := pidfile.Parse(b)
@@ -367,7 +367,15 @@ func TestFUSEStall(t *testing.T) {
 		}
 		resume := fs.Stall()
 		stalled := time.Now()
-		eventually(t, 20*time.Second, "the server's death", func() bool { return syscall.Kill(child, 0) != nil })
+		// The supervisor must not wait for the storage: a signal still
+		// reaches the server at once, long before the stall limit.
+		eventually(t, 20*time.Second, "a write blocked on the stalled storage", func() bool { return fs.Stalled() > 0 })
+		w.cmd.Process.Signal(syscall.SIGUSR1)
+		eventually(t, 2*time.Second, "SIGUSR1 to reach the server during the stall", func() bool { return strings.Contains(w.out.String(), "got-usr1") })
+		if d := time.Since(stalled); d > 4*time.Second {
+			t.Fatalf("round %d: SIGUSR1 took until %v into the stall", i, d)
+		}
+		eventually(t, 20*time.Second, "the server's death", func() bool { return !alive(child) })
 		took := time.Since(stalled)
 		select {
 		case <-w.done:
@@ -377,7 +385,7 @@ func TestFUSEStall(t *testing.T) {
 		resume()
 		code := w.wait(t, 10*time.Second)
 		s := w.stderr.String()
-		if took < 5*time.Second || code != 128+int(syscall.SIGTERM) || !strings.Contains(s, "the recheck has not returned for 5s") {
+		if took < 5*time.Second || code != 128+int(syscall.SIGTERM) || !strings.Contains(s, "the storage has not answered for 5s") {
 			t.Fatalf("round %d: server stopped %v after the stall, run exit %d; want 5 s or more, 143 and the watchdog's message\n%s", i, took, code, s)
 		}
 		t.Logf("round %d: server stopped %v after the storage stalled", i, took.Round(time.Millisecond))

@@ -75,6 +75,7 @@ type checkReport struct {
 	State    string `json:"state"`
 	PID      int    `json:"pid"`
 	ChildPID int    `json:"child_pid"`
+	MainPID  int    `json:"main_pid"`
 	Host     string `json:"host"`
 	Status   string `json:"status"`
 	Orphans  []int  `json:"orphans"`
@@ -135,19 +136,52 @@ type wrapper struct {
 func startRun(t *testing.T, prefix []string, dir string, flags []string, argv ...string) *wrapper {
 	t.Helper()
 	args := append(append(append(append([]string{}, prefix...), bin, "run", "-D", dir), flags...), "--")
-	args = append(args, argv...)
+	return startWrapper(t, nil, append(args, argv...))
+}
+
+// startRunEnv is startRun with the environment env.
+func startRunEnv(t *testing.T, env []string, dir string, flags []string, argv ...string) *wrapper {
+	t.Helper()
+	args := append(append([]string{bin, "run", "-D", dir}, flags...), "--")
+	return startWrapper(t, env, append(args, argv...))
+}
+
+func startWrapper(t *testing.T, env, args []string) *wrapper {
+	t.Helper()
 	w := &wrapper{out: newOutput(t, "stdout"), stderr: newOutput(t, "stderr"), done: make(chan struct{})}
 	w.cmd = exec.Command(args[0], args[1:]...)
+	w.cmd.Env = env
 	w.cmd.Stdout, w.cmd.Stderr = w.out.f, w.stderr.f
 	if err := w.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	go func() { w.cmd.Wait(); close(w.done) }()
 	t.Cleanup(func() {
+		// The server's tree first: with the wrapper gone, its
+		// daemonized processes would be reparented out of reach.
+		for _, pid := range descendants(w.pid()) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
 		w.cmd.Process.Signal(syscall.SIGKILL)
 		<-w.done
 	})
 	return w
+}
+
+// descendants lists the processes below pid (which our test started),
+// children before their parents.
+func descendants(pid int) []int {
+	var out []int
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, f := range tasks {
+		b, _ := os.ReadFile(f)
+		for _, c := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(c); err == nil {
+				out = append(append(out, descendants(n)...), n)
+			}
+		}
+	}
+	return out
 }
 
 // pid is the wrapper's PID (the process we started).

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/notify"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
@@ -99,7 +100,7 @@ func TestChildEnvironment(t *testing.T) {
 	}
 	s := string(out)
 	if !strings.Contains(s, "other=kept") || strings.Contains(s, "forged") || !strings.Contains(s, "fd=3 datadir="+dir) ||
-		!strings.Contains(s, filepath.Join(dir, pidfile.DefaultName)) || !strings.Contains(s, "notify=/") {
+		!strings.Contains(s, filepath.Join(dir, pidfile.DefaultName)) || !strings.Contains(s, "notify=@dirlockd/notify/") {
 		t.Errorf("server's view:\n%s", s)
 	}
 }
@@ -125,7 +126,8 @@ func TestSignals(t *testing.T) {
 // --stop-timeout, the whole group with --signal-group. Neither a second
 // SIGTERM nor the server's own STOPPING=1 may disarm that timer.
 func TestStopTimeoutKills(t *testing.T) {
-	const announce = `python3 -c 'import os, socket; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"STOPPING=1", os.environ["NOTIFY_SOCKET"])'; `
+	// As sd_notify(3) does, "@" stands for the abstract namespace's NUL.
+	const announce = `python3 -c 'import os, socket; a = os.environ["NOTIFY_SOCKET"]; a = "\0" + a[1:] if a[0] == "@" else a; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"STOPPING=1", a)'; `
 	for _, c := range []struct{ name, prelude string }{
 		{"plain", ""},
 		{"server said STOPPING=1", announce},
@@ -344,14 +346,14 @@ func TestEtcd(t *testing.T) {
 	w.wait(t, 30*time.Second)
 }
 
-// TestInternalError: a failure of dirlockd's own (here: no temporary
-// directory for the notify socket) exits 70 and still releases the lock.
+// TestInternalError: a failure of dirlockd's own (here: the notify socket,
+// failed by the faultinject build) exits 70 and still releases the lock.
 func TestInternalError(t *testing.T) {
 	dir := testutil.DataDir(t)
-	cmd := exec.Command(bin, "run", "-D", dir, "--", "true")
-	cmd.Env = append(os.Environ(), "TMPDIR=/nonexistent/dirlockd-test")
+	cmd := exec.Command(binFault, "run", "-D", dir, "--", "true")
+	cmd.Env = append(os.Environ(), interlock.FaultEnv+"=notify")
 	out, _ := cmd.CombinedOutput()
-	if code := cmd.ProcessState.ExitCode(); code != 70 || !strings.Contains(string(out), "notify socket directory") {
+	if code := cmd.ProcessState.ExitCode(); code != 70 || !strings.Contains(string(out), "cannot listen for notifications") {
 		t.Errorf("exit %d, output %s; want 70", code, out)
 	}
 	if code, r := check(t, dir); code != 0 || r.Status != "stopped" {
@@ -368,7 +370,7 @@ func TestInternalError(t *testing.T) {
 // announced.
 func TestSystemdForwarding(t *testing.T) {
 	dir := testutil.DataDir(t)
-	sd, err := notify.Listen(t.TempDir())
+	sd, err := notify.Listen(filepath.Join(t.TempDir(), "notify.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,8 @@ type report struct {
 	Datadir  string `json:"datadir"`
 	State    string `json:"state"` // free, stale, held, orphans, invalid
 	PID      int    `json:"pid,omitempty"`
-	ChildPID int    `json:"child_pid,omitempty"`
+	ChildPID int    `json:"child_pid,omitempty"` // the command run started
+	MainPID  int    `json:"main_pid,omitempty"`  // the server's main process, while there is one
 	Host     string `json:"host,omitempty"`
 	Status   string `json:"status,omitempty"`
 	Started  string `json:"started,omitempty"`
@@ -50,7 +51,8 @@ func inspect(dir string, opts interlock.Options) *report {
 		r.PID, r.Host, r.Status, r.Method = rec.PID, rec.Hostname, string(rec.Status), rec.LockMethod.String()
 		r.Started = rec.StartTime.Format(time.RFC3339)
 		r.ShmKey, r.ShmID = fmt.Sprintf("0x%08x", uint32(rec.ShmKey)), &rec.ShmID
-		r.ChildPID, _ = strconv.Atoi(rec.Extra["child_pid"])
+		r.ChildPID, _ = strconv.Atoi(rec.Extra[childPIDKey])
+		r.MainPID, _ = strconv.Atoi(rec.Extra[mainPIDKey])
 	}
 	var oe *interlock.OrphansError
 	if errors.As(rep.Err, &oe) {
@@ -156,8 +158,17 @@ pg_ctl status and start-stop-daemon --status):
 	if r.rep.Record != nil {
 		up = time.Since(r.rep.Record.StartTime).Round(time.Second).String()
 	}
-	fmt.Fprintf(stdout, "running: %s\n  pid %d, child pid %d, host %s\n  status %s, up %s (since %s)\n  lock %s, shm key %s id %d\n",
-		r.Datadir, r.PID, r.ChildPID, r.Host, r.Status, up, r.Started, r.Method, r.ShmKey, derefInt(r.ShmID))
+	main := "none (the command has exited; several processes of its tree remain)"
+	switch {
+	case r.MainPID > 0 && r.MainPID == r.ChildPID:
+		main = strconv.Itoa(r.MainPID)
+	case r.MainPID > 0:
+		main = fmt.Sprintf("%d (command pid %d)", r.MainPID, r.ChildPID)
+	case r.ChildPID == 0:
+		main = "none yet"
+	}
+	fmt.Fprintf(stdout, "running: %s\n  pid %d, main pid %s, host %s\n  status %s, up %s (since %s)\n  lock %s, shm key %s id %d\n",
+		r.Datadir, r.PID, main, r.Host, r.Status, up, r.Started, r.Method, r.ShmKey, derefInt(r.ShmID))
 	return code
 }
 

@@ -169,6 +169,7 @@ type FS struct {
 	// stalled, while not nil, holds writes and fsyncs until it is closed
 	// (Stall).
 	stalled chan struct{}
+	waiting atomic.Int32 // writes and fsyncs held by a stall
 
 	flockErrno atomic.Uintptr // syscall.Errno for flock on NoFlock mounts
 
@@ -319,6 +320,9 @@ func (fs *FS) Stall() (resume func()) {
 	return fs.resume
 }
 
+// Stalled says how many writes and fsyncs are waiting on a stall now.
+func (fs *FS) Stalled() int { return int(fs.waiting.Load()) }
+
 func (fs *FS) resume() {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
@@ -337,6 +341,8 @@ func (m *mount) waitStall(cancel <-chan struct{}) fuse.Status {
 	if ch == nil {
 		return fuse.OK
 	}
+	m.fs.waiting.Add(1)
+	defer m.fs.waiting.Add(-1)
 	select {
 	case <-ch:
 		return fuse.OK

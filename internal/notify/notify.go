@@ -11,11 +11,12 @@
 // byte the kernel expects.
 //
 // dirlockd plays supervisor to the server it wraps: [Listen] binds a socket
-// in a private directory, the server gets [Listener.Path] as its
-// NOTIFY_SOCKET, and each datagram arrives on [Listener.Messages] as a
-// [Message] carrying the sender's PID, which the kernel attests through
-// SCM_CREDENTIALS and the sender cannot forge. That is how dirlockd learns
-// that the server is ready or stopping.
+// (dirlockd uses an abstract one, which leaves nothing on disk when it
+// dies), the server gets [Listener.Path] as its NOTIFY_SOCKET, and each
+// datagram arrives on [Listener.Messages] as a [Message] carrying the
+// sender's PID and UID, which the kernel attests through SCM_CREDENTIALS and
+// the sender cannot forge. That is how dirlockd learns that the server is
+// ready or stopping, and whether the sender may say so.
 //
 // When dirlockd itself runs as a Type=notify systemd unit it plays service to
 // systemd: [Forward] passes the server's notifications upstream, so the unit
@@ -38,9 +39,6 @@ import (
 
 	"golang.org/x/sys/unix"
 )
-
-// SocketName is the name of the socket file Listen creates in its directory.
-const SocketName = "notify.sock"
 
 const (
 	// maxDatagram is the largest notification accepted. systemd drops
@@ -73,6 +71,9 @@ type Message struct {
 	// PID is the sender's process ID as attested by the kernel
 	// (SCM_CREDENTIALS), in dirlockd's PID namespace; 0 if unknown.
 	PID int
+	// UID is the sender's user ID as attested by the kernel; -1 if
+	// unknown.
+	UID int
 	// Fields are the datagram's assignments in the order sent, duplicates
 	// included.
 	Fields []Field
@@ -138,42 +139,60 @@ type Listener struct {
 	closeErr error
 }
 
-// Listen binds a new notification socket named SocketName inside dir.
+// Listen binds a new notification socket at addr: a filesystem path, or an
+// abstract name written "@name".
 //
-// The socket file is created with the process umask and anyone who can reach
-// it can send to it, so dir should be private to dirlockd and the child
-// (os.MkdirTemp creates it 0700). The socket has SO_PASSCRED set so every
-// message carries the sender's PID.
+// Anyone who can reach the socket can send to it. A socket file is created
+// with the process umask, so its directory should be private to dirlockd
+// and the child; an abstract name can be reached by every process of the
+// network namespace, so the receiver should judge each message by its
+// sender ([Message.PID], [Message.UID]). The socket has SO_PASSCRED set so
+// every message carries the sender's credentials.
 //
 // The caller must keep receiving from Messages until Close: a child's
 // sd_notify blocks once the socket's queue is full, just as it would under a
 // stalled systemd.
-func Listen(dir string) (*Listener, error) {
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return nil, fmt.Errorf("notify: listen in %s: %w", dir, err)
+func Listen(addr string) (*Listener, error) {
+	if !strings.HasPrefix(addr, "@") {
+		abs, err := filepath.Abs(addr)
+		if err != nil {
+			return nil, fmt.Errorf("notify: listen on %s: %w", addr, err)
+		}
+		// Absolute because the path goes into another process's
+		// environment and that process may change directory before it
+		// sends.
+		addr = abs
 	}
-	// Absolute because the path goes into another process's environment
-	// and that process may change directory before it sends.
-	path := filepath.Join(abs, SocketName)
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: addr, Net: "unixgram"})
 	if err != nil {
 		return nil, fmt.Errorf("notify: %w", err)
 	}
-	if err := setPassCred(conn); err != nil {
-		conn.Close()
-		os.Remove(path)
-		return nil, fmt.Errorf("notify: listen %s: SO_PASSCRED: %w", path, err)
-	}
 	l := &Listener{
 		conn:   conn,
-		path:   path,
+		path:   addr,
 		msgs:   make(chan Message, queueLen),
 		done:   make(chan struct{}),
 		exited: make(chan struct{}),
 	}
+	if err := setPassCred(conn); err != nil {
+		conn.Close()
+		l.removeFile()
+		return nil, fmt.Errorf("notify: listen on %s: SO_PASSCRED: %w", addr, err)
+	}
 	go l.read()
 	return l, nil
+}
+
+// removeFile removes the socket's file, which closing a datagram socket
+// does not; an abstract socket has none.
+func (l *Listener) removeFile() error {
+	if strings.HasPrefix(l.path, "@") {
+		return nil
+	}
+	if err := os.Remove(l.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("notify: %w", err)
+	}
+	return nil
 }
 
 // setPassCred turns on SO_PASSCRED. It happens before the path is handed to
@@ -192,15 +211,15 @@ func setPassCred(conn *net.UnixConn) error {
 	return serr
 }
 
-// Path returns the socket's absolute path, the value for the child's
-// NOTIFY_SOCKET.
+// Path returns the socket's address (an absolute path, or "@name"), the
+// value for the child's NOTIFY_SOCKET.
 func (l *Listener) Path() string { return l.path }
 
 // Messages returns the channel on which notifications arrive. It is closed
 // once the listener stops reading: after Close, or if the socket fails.
 func (l *Listener) Messages() <-chan Message { return l.msgs }
 
-// Close stops reading, closes the socket and removes its file. Messages
+// Close stops reading, closes the socket and removes its file, if any. Messages
 // still queued in the channel remain readable. Close returns only after the
 // reader goroutine has exited; calling it again returns the first result.
 func (l *Listener) Close() error {
@@ -211,9 +230,8 @@ func (l *Listener) Close() error {
 		// message to a consumer that has stopped listening.
 		l.closeErr = l.conn.Close()
 		<-l.exited
-		// A datagram socket's file is not removed by closing it.
-		if err := os.Remove(l.path); err != nil && !errors.Is(err, fs.ErrNotExist) && l.closeErr == nil {
-			l.closeErr = fmt.Errorf("notify: %w", err)
+		if err := l.removeFile(); err != nil && l.closeErr == nil {
+			l.closeErr = err
 		}
 	})
 	return l.closeErr
@@ -232,11 +250,11 @@ func (l *Listener) read() {
 			// spin, so stop and let the closed channel say so.
 			return
 		}
-		pid := control(oob[:oobn])
+		pid, uid := control(oob[:oobn])
 		if n > maxDatagram || flags&unix.MSG_TRUNC != 0 {
 			continue
 		}
-		m := Message{PID: pid, Fields: Parse(buf[:n])}
+		m := Message{PID: pid, UID: uid, Fields: Parse(buf[:n])}
 		select {
 		case l.msgs <- m:
 		case <-l.done:
@@ -245,15 +263,15 @@ func (l *Listener) read() {
 	}
 }
 
-// control extracts the sender's PID from a message's ancillary data and
+// control extracts the sender's PID and UID from a message's ancillary data and
 // closes any file descriptors that came with it: notification fds (for
 // FDSTORE=1) are not kept, and leaving them open would leak one per message.
-func control(oob []byte) int {
+func control(oob []byte) (pid, uid int) {
+	pid, uid = 0, -1
 	cmsgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
-		return 0
+		return pid, uid
 	}
-	pid := 0
 	for i := range cmsgs {
 		c := &cmsgs[i]
 		if c.Header.Level != unix.SOL_SOCKET {
@@ -262,7 +280,7 @@ func control(oob []byte) int {
 		switch c.Header.Type {
 		case unix.SCM_CREDENTIALS:
 			if cred, err := unix.ParseUnixCredentials(c); err == nil {
-				pid = int(cred.Pid)
+				pid, uid = int(cred.Pid), int(cred.Uid)
 			}
 		case unix.SCM_RIGHTS:
 			if fds, err := unix.ParseUnixRights(c); err == nil {
@@ -272,7 +290,7 @@ func control(oob []byte) int {
 			}
 		}
 	}
-	return pid
+	return pid, uid
 }
 
 // Send sends fields as one notification datagram to socket, a filesystem

@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 
 func listen(t *testing.T) *Listener {
 	t.Helper()
-	l, err := Listen(t.TempDir())
+	l, err := Listen(filepath.Join(t.TempDir(), "notify.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +99,7 @@ func TestMessageAccessors(t *testing.T) {
 
 func TestRoundTrip(t *testing.T) {
 	l := listen(t)
-	if !filepath.IsAbs(l.Path()) || filepath.Base(l.Path()) != SocketName {
+	if !filepath.IsAbs(l.Path()) || filepath.Base(l.Path()) != "notify.sock" {
 		t.Errorf("Path = %q", l.Path())
 	}
 	if err := Send(l.Path(), Field{"READY", "1"}, Field{"STATUS", "Ready to accept connections"}); err != nil {
@@ -176,7 +176,7 @@ func TestSendAbstract(t *testing.T) {
 }
 
 func TestClose(t *testing.T) {
-	l, err := Listen(t.TempDir())
+	l, err := Listen(filepath.Join(t.TempDir(), "notify.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,7 +320,7 @@ func TestSendErrors(t *testing.T) {
 	// A relative name is refused even where it would resolve: NOTIFY_SOCKET
 	// is never relative, and the sender's working directory is arbitrary.
 	t.Chdir(filepath.Dir(l.Path()))
-	if err := Send(SocketName, Field{"READY", "1"}); err == nil || !strings.Contains(err.Error(), SocketName) {
+	if err := Send("notify.sock", Field{"READY", "1"}); err == nil || !strings.Contains(err.Error(), "notify.sock") {
 		t.Errorf("Send to relative path: %v", err)
 	}
 	for _, f := range []Field{{"", "1"}, {"A=B", "1"}, {"READY", "1\nMAINPID=1"}, {"STATUS", "a\rb"}, {"STATUS", "a\x00b"}} {
@@ -337,16 +337,17 @@ func TestSendErrors(t *testing.T) {
 
 func TestListenErrors(t *testing.T) {
 	dir := t.TempDir()
-	l, err := Listen(dir)
+	sock := filepath.Join(dir, "notify.sock")
+	l, err := Listen(sock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
 	// The socket is new: a second listener in the same place fails
 	// rather than stealing or unlinking the first one's socket.
-	if l2, err := Listen(dir); err == nil {
+	if l2, err := Listen(sock); err == nil {
 		l2.Close()
-		t.Error("second Listen in the same directory succeeded")
+		t.Error("second Listen on the same path succeeded")
 	}
 	if err := Send(l.Path(), Field{"READY", "1"}); err != nil {
 		t.Fatal(err)
@@ -354,7 +355,34 @@ func TestListenErrors(t *testing.T) {
 	if m := receive(t, l); !m.Ready() {
 		t.Errorf("first listener got %q", m.Fields)
 	}
-	if _, err := Listen(filepath.Join(dir, "nonexistent")); err == nil {
+	if _, err := Listen(filepath.Join(dir, "nonexistent", "notify.sock")); err == nil {
 		t.Error("Listen in a missing directory succeeded")
+	}
+}
+
+// TestListenAbstract: an abstract listener leaves no file anywhere, and its
+// messages carry the sender's PID and UID.
+func TestListenAbstract(t *testing.T) {
+	name := fmt.Sprintf("@dirlockd-test-listen-%d", os.Getpid())
+	l, err := Listen(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Path() != name {
+		t.Errorf("Path() = %q, want %q", l.Path(), name)
+	}
+	if err := Send(l.Path(), Field{"READY", "1"}); err != nil {
+		t.Fatal(err)
+	}
+	m := receive(t, l)
+	if !m.Ready() || m.PID != os.Getpid() || m.UID != os.Geteuid() {
+		t.Errorf("got %+v; want READY=1 from PID %d UID %d", m, os.Getpid(), os.Geteuid())
+	}
+	if err := l.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	// Closed: the name is free again, and nobody listens on it.
+	if err := Send(name, Field{"READY", "1"}); err == nil {
+		t.Error("Send to a closed abstract listener succeeded")
 	}
 }
