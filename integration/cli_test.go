@@ -393,6 +393,46 @@ func TestCheckStatusStopWaitInvalidDir(t *testing.T) {
 	}
 }
 
+// TestEmptyPidfile: an empty pidfile with the lock free is what a start
+// that died before writing its first record leaves: stale, not free, for
+// every command, and the next run starts and reports it.
+func TestEmptyPidfile(t *testing.T) {
+	dir := cliDataDir(t)
+	path := filepath.Join(dir, pidfile.DefaultName)
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, r := check(t, dir)
+	if code != 0 || r.State != "stale" || r.PID != 0 || len(r.Orphans) != 0 ||
+		!strings.Contains(r.Reason, path+": malformed pidfile record: empty") || !strings.Contains(r.Reason, "left no survivors") {
+		t.Errorf("check --json on an empty pidfile: exit %d, %+v; want 0, stale, naming the empty pidfile", code, r)
+	}
+	code, out, _ := dirlockd(t, "check", "-D", dir)
+	if code != 0 || !strings.HasPrefix(out, "stale: "+dir+" is free: ") {
+		t.Errorf("check on an empty pidfile: exit %d, %q; want 0, stale", code, out)
+	}
+	code, out, _ = dirlockd(t, "status", "-D", dir)
+	if code != 1 || !strings.HasPrefix(out, "stale: ") {
+		t.Errorf("status on an empty pidfile: exit %d, %q; want LSB 1 (dead with pidfile), stale", code, out)
+	}
+	if code, _, stderr := dirlockd(t, "stop", "-D", dir); code != 0 || !strings.Contains(stderr, "nothing signalled") {
+		t.Errorf("stop on an empty pidfile: exit %d, %q; want 0, nothing signalled", code, stderr)
+	}
+	if code, _, stderr := dirlockd(t, "wait", "-D", dir, "--for", "free", "--timeout", "2s"); code != 0 {
+		t.Errorf("wait --for free on an empty pidfile: exit %d, %q; want 0 (stale counts as free)", code, stderr)
+	}
+	if b, err := os.ReadFile(path); err != nil || len(b) != 0 {
+		t.Errorf("an inspection changed the empty pidfile: %q, %v", b, err)
+	}
+	code, _, stderr := dirlockd(t, "run", "-D", dir, "--", "true")
+	if code != 0 || !strings.Contains(stderr, "level=WARN") || !strings.Contains(stderr, "empty: a start died before writing its record") {
+		t.Errorf("run on an empty pidfile: exit %d, %q; want 0 and a warning about the empty pidfile", code, stderr)
+	}
+	if code, r := check(t, dir); code != 0 || r.State != "free" {
+		t.Errorf("check after a clean run: exit %d, %+v; want free", code, r)
+	}
+}
+
 func TestCheckSeveralDirs(t *testing.T) {
 	free, held, invalid := cliDataDir(t), cliDataDir(t), cliDataDir(t)
 	if err := os.Chmod(invalid, 0o770); err != nil {
@@ -481,18 +521,64 @@ func TestCheckUsage(t *testing.T) {
 		t.Errorf("check with a positional argument: exit %d, stdout %q, stderr %q; want 64", code, out, stderr)
 	}
 	code, out, stderr = cliEnv(t, nil, "check", "--help")
-	if help := out + stderr; code != 0 || !strings.Contains(help, "Examples:") || !strings.Contains(help, "dirlockd check -D /srv/a -D /srv/b --json") ||
-		!strings.Contains(help, "--datadir") {
-		t.Errorf("check --help: exit %d, stdout %q, stderr %q; want 0 with flags and Examples:", code, out, stderr)
-	}
-	for _, c := range []string{"status", "stop", "wait"} {
-		if code, out, stderr := cliEnv(t, nil, c, "--help"); code != 0 || !strings.Contains(out+stderr, "Examples:\n  dirlockd ") {
-			t.Errorf("%s --help: exit %d, %q %q", c, code, out, stderr)
-		}
+	if code != 0 || stderr != "" || !strings.Contains(out, "dirlockd check -D /srv/a -D /srv/b --json") {
+		t.Errorf("check --help: exit %d, stdout %q, stderr %q; want 0, its examples on stdout, nothing on stderr", code, out, stderr)
 	}
 	// status has no usage code of its own: LSB 4 (unknown).
 	if code, _, stderr := cliEnv(t, nil, "status"); code != 4 || !strings.Contains(stderr, "no data directory") {
 		t.Errorf("status without -D: exit %d, %q; want LSB 4", code, stderr)
+	}
+}
+
+// TestHelp: help goes to standard output, with exit 0 and nothing on
+// standard error (docs/cli.md); a command line that cannot be obeyed gets the
+// summary on standard error and exit 64.
+func TestHelp(t *testing.T) {
+	type want struct {
+		code             int
+		stdout, stderr   []string // must contain each
+		noStdout, noErrs bool     // must be empty
+	}
+	summary := []string{"Usage:\n  dirlockd run -D DIR", "dirlockd version", "Global flags"}
+	cases := map[string]want{
+		"":             {code: 64, stderr: summary, noStdout: true},
+		"bogus":        {code: 64, stderr: append([]string{`unknown command "bogus"`}, summary...), noStdout: true},
+		"help":         {stdout: summary, noErrs: true},
+		"-h":           {stdout: summary, noErrs: true},
+		"--help":       {stdout: summary, noErrs: true},
+		"version -h":   {stdout: []string{"Usage:\n  dirlockd version\n"}, noErrs: true},
+		"help version": {stdout: []string{"Usage:\n  dirlockd version\n"}, noErrs: true},
+		"version x":    {code: 64, stderr: []string{`dirlockd version: unexpected argument "x"`}, noStdout: true},
+	}
+	for _, c := range []string{"run", "check", "status", "stop", "wait", "stress"} {
+		w := want{stdout: []string{"\nUsage:\n  dirlockd " + c + " -D DIR", "\nFlags:\n  -D, --datadir", "--log-format", "\nExamples:\n  "}, noErrs: true}
+		cases[c+" --help"], cases[c+" -h"], cases["help "+c] = w, w, w
+		// --help wins over a bad data directory and stray arguments, not
+		// over an unknown flag before it.
+		cases[c+" -D /nonexistent --help extra"] = w
+		bad := want{code: 64, stderr: []string{"unknown flag: --bogus", `Run "dirlockd ` + c + ` --help"`}, noStdout: true}
+		if c == "status" {
+			bad.code = 4 // LSB: unknown
+		}
+		cases[c+" --bogus --help"] = bad
+	}
+	for line, w := range cases {
+		code, out, stderr := cliEnv(t, nil, strings.Fields(line)...)
+		if code != w.code || (w.noStdout && out != "") || (w.noErrs && stderr != "") {
+			t.Errorf("dirlockd %s: exit %d, stdout %q, stderr %q; want exit %d, stdout empty %v, stderr empty %v",
+				line, code, out, stderr, w.code, w.noStdout, w.noErrs)
+			continue
+		}
+		for _, s := range w.stdout {
+			if !strings.Contains(out, s) {
+				t.Errorf("dirlockd %s: stdout lacks %q:\n%s", line, s, out)
+			}
+		}
+		for _, s := range w.stderr {
+			if !strings.Contains(stderr, s) {
+				t.Errorf("dirlockd %s: stderr lacks %q:\n%s", line, s, stderr)
+			}
+		}
 	}
 }
 
@@ -731,10 +817,13 @@ func TestStopUsage(t *testing.T) {
 		{[]string{"--timeout", "0"}, "--timeout must be positive"},
 		{[]string{"--timeout", "-1s"}, "--timeout must be positive"},
 		{[]string{"--timeout", "1s", "--kill-after", "2s"}, "--kill-after 2s must be shorter than --timeout 1s"},
+		{[]string{"--timeout", "1s", "--kill-after", "1s"}, "--kill-after 1s must be shorter than --timeout 1s"},
+		{[]string{"--kill-after", "90s"}, "--kill-after 1m30s must be shorter than --timeout 1m0s"}, // the default --timeout
+		{[]string{"--kill-after", "-1s"}, "--kill-after must not be negative"},
 		{[]string{"extra"}, `unexpected argument "extra"`},
 	} {
 		code, out, stderr := dirlockd(t, append([]string{"stop", "-D", dir}, c.args...)...)
-		if code != 64 || out != "" || !strings.Contains(stderr, c.want) {
+		if code != 64 || out != "" || !strings.Contains(stderr, c.want) || !strings.Contains(stderr, `Run "dirlockd stop --help"`) {
 			t.Errorf("stop %v: exit %d, stdout %q, stderr %q; want 64 and %q", c.args, code, out, stderr, c.want)
 		}
 	}

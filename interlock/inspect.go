@@ -17,7 +17,7 @@ type State string
 // The states.
 const (
 	Free     State = "free"    // no pidfile, or the last holder shut down cleanly
-	Stale    State = "stale"   // lock free, the last holder did not shut down cleanly, nobody left
+	Stale    State = "stale"   // lock free, nobody left, but no clean release: the holder died, or the pidfile is empty or malformed
 	Held     State = "held"    // a live instance holds it
 	Orphaned State = "orphans" // a dead holder's processes survive
 )
@@ -106,7 +106,7 @@ func Inspect(dir string, opts Options) (*Report, error) {
 			rep.State = Free
 		case len(r.Raw) == 0:
 			// An empty pidfile: a start died before its first record.
-			rep.State, rep.RecordErr = Stale, errEmpty
+			rep.State, rep.RecordErr = Stale, fmt.Errorf("%s: %w", r.Path, errEmpty)
 		default:
 			rep.State = Stale
 			if fs.Shared() {

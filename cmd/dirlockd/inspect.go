@@ -74,7 +74,8 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 takes the lock in a way that could make a concurrent start fail.
 
 Exit status (the worst over all directories):
-  0  free: no pidfile, a clean release, or a stale record with no survivors
+  0  free or stale: nobody is left (no pidfile; a clean or an unclean
+     release; an empty or unreadable pidfile)
   1  held by a live instance
   2  orphaned processes of a dead holder still hold the directory
   3  invalid or inaccessible data directory or pidfile, or a shared filesystem
@@ -92,8 +93,7 @@ and more.`,
 		return exitFor(err)
 	}
 	if len(rest) > 0 {
-		fmt.Fprintf(stderr, "dirlockd check: unexpected argument %q\n", rest[0])
-		return exitUsage
+		return usageError(stderr, "check", "unexpected argument %q", rest[0])
 	}
 	worst := 0
 	for _, dir := range g.dirs {
@@ -124,8 +124,9 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 		`Report whether a server holds the data directory, with LSB status codes (as
 pg_ctl status and start-stop-daemon --status):
   0  running: held by a live instance (PID, child PID, status, uptime, lock method, segment)
-  1  not running, but the pidfile's record says it did not shut down cleanly
-     (or orphaned processes of a dead holder survive)
+  1  not running, but the pidfile's record says it did not shut down cleanly,
+     or the pidfile is empty or unreadable (stale), or orphaned processes of a
+     dead holder survive
   3  not running
   4  unknown: the data directory or pidfile cannot be inspected`,
 		`  dirlockd status -D /var/lib/redis
@@ -140,7 +141,7 @@ pg_ctl status and start-stop-daemon --status):
 		return exitFor(err)
 	}
 	if len(rest) > 0 {
-		fmt.Fprintf(stderr, "dirlockd status: unexpected argument %q\n", rest[0])
+		usageError(stderr, "status", "unexpected argument %q", rest[0])
 		return lsbUnknown
 	}
 	r := inspect(g.dirs[0], g.opts)

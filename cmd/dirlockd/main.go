@@ -58,7 +58,8 @@ Global flags (every command):
       --log-format F       auto, text, logfmt or json (default auto: text on a terminal, else logfmt)
       --log-level L        debug, info, warn or error (default info)
 
-Run "dirlockd COMMAND --help" for a command's flags and examples.
+Run "dirlockd COMMAND --help" or "dirlockd help COMMAND" for a command's flags
+and examples.
 Documentation: docs/cli.md, docs/design.md, docs/nfs.md (shared storage).
 `
 
@@ -81,11 +82,28 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 	}
 	switch name := args[0]; name {
 	case "-h", "--help", "help":
+		// "dirlockd help COMMAND" is "dirlockd COMMAND --help".
+		if name == "help" && len(args) == 2 {
+			if c, ok := cmds[args[1]]; ok {
+				return c([]string{"--help"}, stdout, stderr)
+			}
+			if args[1] == "version" {
+				fmt.Fprint(stdout, versionHelp)
+				return 0
+			}
+		}
 		fmt.Fprint(stdout, usage)
 		return 0
 	case "version", "--version":
-		fmt.Fprintln(stdout, "dirlockd", version())
-		return 0
+		switch {
+		case len(args) == 1:
+			fmt.Fprintln(stdout, "dirlockd", version())
+			return 0
+		case len(args) == 2 && (args[1] == "-h" || args[1] == "--help"):
+			fmt.Fprint(stdout, versionHelp)
+			return 0
+		}
+		return usageError(stderr, "version", "unexpected argument %q: version takes none", args[1])
 	default:
 		if c, ok := cmds[name]; ok {
 			return c(args[1:], stdout, stderr)
@@ -94,6 +112,13 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 }
+
+const versionHelp = `Print dirlockd's module version, or devel for a build from a source tree.
+
+Usage:
+  dirlockd version
+  dirlockd --version
+`
 
 func version() string {
 	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {

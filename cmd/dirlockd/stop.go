@@ -30,37 +30,36 @@ func cmdStop(args []string, stdout, stderr io.Writer) int {
 The signal goes only to a holder proven by the kernel: the lock is held, the
 recorded PID is alive, holds the lock itself and has the recorded start time.
 It is sent through a pidfd, so a PID recycled in between cannot be hit. A
-stale record (the lock is free) is reported and nothing is signalled.
+free or stale directory is reported and nothing is signalled; neither are
+orphans of a dead holder, which the record does not name.
 
 Exit status: 0 the directory is free (stopped, or was not running); 1 still
-held after --timeout, or the holder cannot be proven (orphans, another host or
-PID namespace); 3 invalid data directory or pidfile; 64 usage.`,
+held after --timeout, the holder cannot be proven (orphans, another host or
+PID namespace), or the signal failed; 3 invalid data directory or pidfile;
+64 usage (also --kill-after not shorter than --timeout).`,
 		`  dirlockd stop -D /var/lib/redis
   dirlockd stop -D /var/lib/redis --signal INT --timeout 2m --kill-after 90s
 `, false, &g, stderr)
 	fs.StringVar(&sigName, "signal", "TERM", "signal to send: TERM, INT, QUIT, HUP, KILL, USR1, USR2 or a number")
-	fs.DurationVar(&timeout, "timeout", 60*time.Second, "how long to wait for the lock to be released")
-	fs.DurationVar(&killAfter, "kill-after", 0, "if still held this long after the signal, SIGKILL every process proven to hold the lock (0: never)")
+	fs.DurationVar(&timeout, "timeout", 60*time.Second, "how long to wait for the lock to be released; must be positive")
+	fs.DurationVar(&killAfter, "kill-after", 0, "if still held this long after the signal, SIGKILL every process proven to hold the lock (0: never); must be shorter than --timeout")
 	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		return exitFor(err)
 	}
+	usageErr := func(format string, a ...any) int { return usageError(stderr, "stop", format, a...) }
 	sig, err := parseSignal(sigName)
-	if err != nil {
-		err = fmt.Errorf("--signal: %w", err)
-	} else if killAfter > 0 && killAfter >= timeout {
-		err = fmt.Errorf("--kill-after %v must be shorter than --timeout %v, or it never fires", killAfter, timeout)
-	}
-	if err != nil || len(rest) > 0 || timeout <= 0 {
-		switch {
-		case err != nil:
-			fmt.Fprintf(stderr, "dirlockd stop: %v\n", err)
-		case len(rest) > 0:
-			fmt.Fprintf(stderr, "dirlockd stop: unexpected argument %q\n", rest[0])
-		default:
-			fmt.Fprintln(stderr, "dirlockd stop: --timeout must be positive")
-		}
-		return exitUsage
+	switch {
+	case err != nil:
+		return usageErr("--signal: %v", err)
+	case len(rest) > 0:
+		return usageErr("unexpected argument %q", rest[0])
+	case timeout <= 0:
+		return usageErr("--timeout must be positive")
+	case killAfter < 0:
+		return usageErr("--kill-after must not be negative")
+	case killAfter > 0 && killAfter >= timeout:
+		return usageErr("--kill-after %v must be shorter than --timeout %v, or it never fires", killAfter, timeout)
 	}
 	log := g.log.With("datadir", g.dirs[0])
 	rep, err := interlock.Inspect(g.dirs[0], g.opts)
@@ -255,8 +254,7 @@ Exit status: 0 reached; 1 timed out; 3 invalid data directory or pidfile; 64 usa
 		return exitFor(err)
 	}
 	if len(rest) > 0 || (target != "free" && target != "ready") || timeout < 0 {
-		fmt.Fprintln(stderr, "dirlockd wait: want --for free or --for ready, a non-negative --timeout, and no arguments")
-		return exitUsage
+		return usageError(stderr, "wait", "want --for free or --for ready, a non-negative --timeout, and no arguments")
 	}
 	log := g.log.With("datadir", g.dirs[0])
 	start := time.Now()
