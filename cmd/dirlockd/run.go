@@ -138,4 +138,3 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	r := &runner{flags: f, opts: g.opts, dir: g.dirs[0], argv: rest, log: g.log, upstream: os.Getenv("NOTIFY_SOCKET")}
 	return r.run()
 }
-

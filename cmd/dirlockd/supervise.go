@@ -367,7 +367,11 @@ const mainPIDFilePoll = 100 * time.Millisecond
 // exited handles a process of the tree that dirlockd reaped.
 func (r *runner) exited(pid int, ws *unix.WaitStatus) {
 	if pid == r.cmdPID {
-		r.cmdCode = r.exitStatus("the command", pid, *ws)
+		what := "the command"
+		if r.main != nil && r.main.pid == pid {
+			what = "the server" // the command is the server, as it is unless it forks
+		}
+		r.cmdCode = r.exitStatus(what, pid, *ws)
 	}
 	if r.main != nil && pid == r.main.pid {
 		r.mainExited(ws)
