@@ -127,10 +127,11 @@ func orphanCycle(e *Env, mode, ready, what string) Result {
 }
 
 // orphansAttached: the server starts a helper that attaches the segment by
-// id, with neither the locked descriptor nor the token, and exits; the
-// wrapper then releases normally, removing (IPC_RMID) the segment the helper
-// still has attached. The next starter must find the helper through the
-// segment id in the record, refuse with 76 and name it.
+// id, with neither the locked descriptor nor the token, and exits. The
+// helper is still of the server's tree, so the wrapper holds the directory
+// for it; the wrapper is then SIGKILLed, which leaves the helper an orphan
+// outside any supervision, attached to the segment. The next starter must
+// find it through the segment id in the record, refuse with 76 and name it.
 func orphansAttached(e *Env) Result {
 	var r Result
 	k := newKit(e, &r)
@@ -147,24 +148,26 @@ func orphansAttached(e *Env) Result {
 			r.fail("iteration %d: start: %v", i, err)
 			break
 		}
-		code, ok := p.wait(20 * time.Second)
-		if !ok {
-			r.fail("iteration %d: the wrapper did not exit after its server did: %s", i, tail(p.output()))
+		if !p.waitOutput("the server exited", 20*time.Second) {
+			r.fail("iteration %d: the server did not exit: %s", i, tail(p.output()))
 			k.killTree(p.pid())
 			continue
 		}
 		m := gcRe.FindStringSubmatch(p.output())
 		if m == nil {
 			r.fail("iteration %d: the server started no attached helper: %s", i, tail(p.output()))
+			k.killTree(p.pid())
 			continue
 		}
 		gc, _ := strconv.Atoi(m[1])
 		k.track(gc)
 		r.Faults++
 		want++ // the server did its work
-		if code != 0 {
-			r.fail("iteration %d: the wrapper exited %d, want 0: %s", i, code, tail(p.output()))
+		if code, rep, out := check(e, dir); code != 1 || rep.State != "held" || !p.alive() {
+			r.fail("iteration %d: the helper %d of the server's tree lives: check exit %d, state %s, wrapper alive %v; want 1, held by the wrapper: %s",
+				i, gc, code, rep.State, p.alive(), tail(out))
 		}
+		p.kill()
 		rec := k.record(dir)
 		if rec == nil {
 			Kill(gc)
@@ -176,7 +179,7 @@ func orphansAttached(e *Env) Result {
 		if d, err := shm.Stat(rec.ShmID); err != nil {
 			r.fail("iteration %d: harness error: segment %d of the record is gone while the helper %d is attached: %v", i, rec.ShmID, gc, err)
 		} else {
-			segNote = fmt.Sprintf(", old segment after release: key 0x%08x nattch %d marked for removal %v",
+			segNote = fmt.Sprintf(", segment after the wrapper was killed: key 0x%08x nattch %d marked for removal %v",
 				uint32(d.Perm.Key), d.Nattch, shm.MarkedForRemoval(d))
 		}
 
