@@ -41,6 +41,45 @@ func claim(t *testing.T, dir string, opts Options) *File {
 	return f
 }
 
+// kernelHold opens the pidfile of dir and locks it with m without telling
+// the registry of held pidfiles, so that another File of this process meets
+// the kernel's lock itself (the registry otherwise refuses it first).
+func kernelHold(t *testing.T, dir string, m Method) *File {
+	t.Helper()
+	f, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.lock(m)
+	if err != nil {
+		f.Close()
+		t.Fatalf("lock %v: %v", m, err)
+	}
+	f.method, f.locked = got, true
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// openFDs counts this process's open descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// wantHere fails the test unless err is the refusal of a pidfile this
+// process holds.
+func wantHere(t *testing.T, err error, path string) {
+	t.Helper()
+	var lh *LockedHereError
+	if !errors.As(err, &lh) || !errors.Is(err, ErrLocked) || lh.PID != os.Getpid() || lh.Path != path {
+		t.Fatalf("err = %v, want a *LockedHereError for %s naming PID %d", err, path, os.Getpid())
+	}
+}
+
 // wantLocked fails the test unless err wraps ErrLocked and its message
 // contains each of parts.
 func wantLocked(t *testing.T, err error, parts ...string) {
@@ -561,7 +600,7 @@ func TestClaimExcludesSecondClaim(t *testing.T) {
 			dir := testutil.DataDir(t)
 			path := pidPath(dir)
 			opts := Options{Method: tt.method}
-			a := claim(t, dir, opts)
+			a := kernelHold(t, dir, tt.method)
 			if a.Method() != tt.want {
 				t.Fatalf("Method() = %v, want %v", a.Method(), tt.want)
 			}
@@ -670,7 +709,7 @@ func TestMixedFamilyInProcess(t *testing.T) {
 		t.Run(tt.hold.String()+"-then-"+tt.try.String(), func(t *testing.T) {
 			dir := testutil.DataDir(t)
 			path := pidPath(dir)
-			h := claim(t, dir, Options{Method: tt.hold})
+			h := kernelHold(t, dir, tt.hold)
 			if h.Method() != tt.hold {
 				t.Fatalf("holder Method() = %v", h.Method())
 			}
@@ -863,6 +902,7 @@ func TestReadOutcomes(t *testing.T) {
 		if err := f.Write(rec); err != nil {
 			t.Fatal(err)
 		}
+		fds := openFDs(t)
 		r, err := Read(dir, Options{})
 		if err != nil {
 			t.Fatal(err)
@@ -873,9 +913,16 @@ func TestReadOutcomes(t *testing.T) {
 		if !sameRecord(r.Record, rec) {
 			t.Fatalf("Read record %+v, want %+v", r.Record, rec)
 		}
-		// Read only looked: the lock is still ours.
+		// Read only looked, through the holder's descriptor: the lock is
+		// still ours, and no descriptor of the file was opened.
 		_, err = Claim(dir, Options{})
-		wantLocked(t, err, pidPath(dir)+" (flock)")
+		wantHere(t, err, pidPath(dir))
+		if err := f.CheckLock(); err != nil {
+			t.Fatal(err)
+		}
+		if after := openFDs(t); after != fds {
+			t.Fatalf("%d descriptors open after Read and Claim, %d before", after, fds)
+		}
 	})
 }
 
