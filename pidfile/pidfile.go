@@ -165,7 +165,7 @@ func Open(dir string, opts Options) (*File, error) {
 		fd, err = openRetry(path, flags)
 	}
 	if err != nil {
-		return nil, openError(path, err)
+		return nil, openError(path, "pidfile", err)
 	}
 	f, err := newFile(fd, path, abs, "pidfile")
 	if err != nil {
@@ -191,7 +191,7 @@ func OpenInDir(dir, name string, flag int) (*os.File, error) {
 	path := filepath.Join(abs, name)
 	fd, err := openRetry(path, flag|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK)
 	if err != nil {
-		return nil, openError(path, err)
+		return nil, openError(path, "file", err)
 	}
 	f, err := newFile(fd, path, abs, "file")
 	if err != nil {
@@ -209,21 +209,22 @@ func openRetry(path string, flags int) (int, error) {
 	}
 }
 
-func openError(path string, err error) error {
-	e := &InvalidError{Path: path, Problem: "cannot open pidfile", Err: err}
+// openError explains why the open of what (the "pidfile") at path failed.
+func openError(path, what string, err error) error {
+	e := &InvalidError{Path: path, Problem: "cannot open " + what, Err: err}
 	switch err {
 	case unix.ELOOP:
-		e.Problem, e.Err = "pidfile is a symbolic link; dirlockd does not follow links here", nil
+		e.Problem, e.Err = what+" is a symbolic link; dirlockd does not follow links here", nil
 		e.Fix = "remove the link: rm " + path
 	case unix.EISDIR:
-		e.Problem, e.Err = "pidfile is a directory", nil
+		e.Problem, e.Err = what+" is a directory", nil
 		e.Fix = "remove or rename it"
 	case unix.EACCES, unix.EPERM:
-		e.Fix = fmt.Sprintf("the data directory and pidfile must be writable by uid %d", os.Geteuid())
+		e.Fix = fmt.Sprintf("the data directory and %s must be writable by uid %d", what, os.Geteuid())
 	case unix.EROFS:
 		e.Fix = "the data directory is on a read-only filesystem"
 	case unix.ENXIO, unix.ENODEV:
-		e.Problem, e.Err = "pidfile is a socket or a device", nil
+		e.Problem, e.Err = what+" is a socket, a device or a FIFO", nil
 		e.Fix = "remove it: it is not dirlockd's"
 	}
 	return e
@@ -634,7 +635,7 @@ func Read(dir string, opts Options) (*Reading, error) {
 		return r, nil
 	}
 	if err != nil {
-		return nil, openError(path, err)
+		return nil, openError(path, "pidfile", err)
 	}
 	f, err := newFile(fd, path, abs, "pidfile")
 	if err != nil {

@@ -1104,3 +1104,100 @@ func TestWrite(t *testing.T) {
 		}
 	})
 }
+
+// TestWriteRefusesSharedInode: a link made to a held pidfile stops Write
+// from writing through the descriptor, which would change the linked file.
+func TestWriteRefusesSharedInode(t *testing.T) {
+	dir := testutil.DataDir(t)
+	f := claim(t, dir, Options{})
+	if err := f.Write(testRecord(os.Getpid(), "tok-1")); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "elsewhere")
+	if err := os.Link(pidPath(dir), link); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(link)
+	err := f.Write(testRecord(os.Getpid(), "tok-2"))
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "has 2 links") {
+		t.Fatalf("Write with a second link: %v, want invalid, naming 2 links", err)
+	}
+	if after, _ := os.ReadFile(link); !bytes.Equal(before, after) {
+		t.Fatalf("the linked file changed: %q -> %q", before, after)
+	}
+	os.Remove(link)
+	if err := f.Write(testRecord(os.Getpid(), "tok-3")); err != nil {
+		t.Fatalf("Write once the link is gone: %v", err)
+	}
+}
+
+// TestOpenInDirRefuses: the files dirlockd writes besides the pidfile obey
+// its rules.
+func TestOpenInDirRefuses(t *testing.T) {
+	cases := map[string]struct {
+		setup func(t *testing.T, path, outside string)
+		want  string
+	}{
+		"symlink":    {func(t *testing.T, path, outside string) { os.Symlink(outside, path) }, "symbolic link"},
+		"hard link":  {func(t *testing.T, path, outside string) { os.Link(outside, path) }, "file has 2 links"},
+		"name":       {nil, "not a file name inside the data directory"},
+		"fifo":       {func(t *testing.T, path, _ string) { unix.Mkfifo(path, 0o600) }, "a FIFO"},
+		"other user": {func(t *testing.T, path, _ string) { writeFile(t, path, "", 0o600); os.Chown(path, 65534, 65534) }, "owned by uid 65534"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			dir := testutil.DataDir(t)
+			outside := filepath.Join(t.TempDir(), "outside")
+			writeFile(t, outside, "keep\n", 0o600)
+			file := "witness"
+			if c.setup == nil {
+				file = "../witness"
+			} else {
+				c.setup(t, filepath.Join(dir, file), outside)
+			}
+			f, err := OpenInDir(dir, file, os.O_WRONLY|os.O_APPEND|os.O_CREATE)
+			if f != nil {
+				f.Close()
+			}
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("OpenInDir: %v, want invalid mentioning %q", err, c.want)
+			}
+			if b, _ := os.ReadFile(outside); string(b) != "keep\n" {
+				t.Fatalf("the file outside changed to %q", b)
+			}
+		})
+	}
+	dir := testutil.DataDir(t)
+	f, err := OpenInDir(dir, "witness", os.O_WRONLY|os.O_CREATE)
+	if err != nil {
+		t.Fatalf("OpenInDir of a new file: %v", err)
+	}
+	f.Close()
+}
+
+// TestStrayDescriptorParked: a descriptor of a held inode that was opened
+// anyway (a path swapped between the registry's lookup and the open) is
+// parked on the holder instead of closed, so a POSIX lock survives, and is
+// closed with the holder.
+func TestStrayDescriptorParked(t *testing.T) {
+	dir := testutil.DataDir(t)
+	f := claim(t, dir, Options{Method: POSIX})
+	fds := openFDs(t)
+	fd, err := openRetry(pidPath(dir), unix.O_RDONLY|unix.O_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := closeFile(os.NewFile(uintptr(fd), pidPath(dir)), f.dev, f.ino, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.CheckLock(); err != nil {
+		t.Fatalf("CheckLock after a stray descriptor was closed: %v", err)
+	}
+	if got := openFDs(t); got != fds+1 {
+		t.Fatalf("%d descriptors open, want %d (the stray one parked)", got, fds+1)
+	}
+	f.Close()
+	if got := openFDs(t); got != fds-1 {
+		t.Fatalf("%d descriptors open after the holder closed, want %d", got, fds-1)
+	}
+}
