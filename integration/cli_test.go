@@ -973,3 +973,35 @@ func TestWaitUsage(t *testing.T) {
 		t.Errorf("wait --for without a value: exit %d, %q; want 64", code, stderr)
 	}
 }
+
+// TestRunCheckRefuseHardLinkedPidfile: a pidfile that is a hard link to a
+// file elsewhere is invalid to run (78) and check (3), and the other file
+// keeps its content and mtime.
+func TestRunCheckRefuseHardLinkedPidfile(t *testing.T) {
+	dir := cliDataDir(t)
+	other := filepath.Join(t.TempDir(), "precious")
+	const content = "not dirlockd's: keep me\n"
+	if err := os.WriteFile(other, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+	if err := os.Chtimes(other, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(other, filepath.Join(dir, pidfile.DefaultName)); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := dirlockd(t, "run", "-D", dir, "--", "true")
+	if code != 78 || !strings.Contains(stderr, "has 2 links") || !strings.Contains(stderr, "remove the extra link") {
+		t.Errorf("run with a hard-linked pidfile: exit %d, stderr %q; want 78 naming the links", code, stderr)
+	}
+	code, r := check(t, dir)
+	if code != 3 || r.State != "invalid" || !strings.Contains(r.Reason, "has 2 links") {
+		t.Errorf("check --json with a hard-linked pidfile: exit %d, %+v; want 3, invalid", code, r)
+	}
+	b, err := os.ReadFile(other)
+	fi, serr := os.Stat(other)
+	if err != nil || serr != nil || string(b) != content || !fi.ModTime().Equal(old) {
+		t.Errorf("the linked file changed: content %q (%v), mtime %v (%v)", b, err, fi.ModTime(), serr)
+	}
+}

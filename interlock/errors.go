@@ -3,6 +3,7 @@ package interlock
 import (
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -25,9 +26,14 @@ var (
 	// ErrUnsupported: the filesystem accepts none of the lock methods
 	// allowed.
 	ErrUnsupported = pidfile.ErrUnsupported
-	// ErrLost: a holder's Check found that its pidfile, record or segment
-	// no longer proves it the holder (*LostError).
+	// ErrLost: a holder's Check found that its pidfile, record or kernel
+	// lock no longer proves it the holder (*LostError).
 	ErrLost = errors.New("data directory interlock lost")
+	// ErrSegmentLost: a holder's Check found its pidfile, record and lock
+	// intact but its SysV segment gone, marked for removal or overwritten
+	// (*SegmentLostError). It does not match ErrLost: the directory is
+	// still held; Lock.RenewSegment makes a new segment.
+	ErrSegmentLost = errors.New("data directory's shared memory segment lost")
 	// ErrLocalLocks: the filesystem is shared with other hosts, but its
 	// mount options keep locks on this host (*LocalLocksError). It also
 	// matches ErrInvalid.
@@ -107,6 +113,36 @@ func (e *LostError) Error() string {
 func (e *LostError) Is(target error) bool { return target == ErrLost }
 func (e *LostError) Unwrap() error        { return e.Err }
 
+// What happened to a holder's segment, for SegmentLostError.
+const (
+	SegmentRemoved     = "was removed"     // gone, or marked for removal (IPC_RMID)
+	SegmentOverwritten = "was overwritten" // its header no longer names this acquisition
+)
+
+// SegmentLostError says what happened to the holder's segment.
+type SegmentLostError struct {
+	Dir  string
+	ID   int    // the lost segment's id
+	What string // SegmentRemoved or SegmentOverwritten
+	Err  error
+}
+
+func (e *SegmentLostError) Error() string {
+	s := fmt.Sprintf("%s: shared memory segment %d %s while the lock is still held: ", e.Dir, e.ID, e.What)
+	if e.What == SegmentOverwritten {
+		s += "a process attached to it wrote over its header (a server writing to a segment id that is not its own?)"
+	} else {
+		s += "systemd-logind RemoveIPC=yes (set RemoveIPC=no in /etc/systemd/logind.conf, or run the server as a system user) or ipcrm"
+	}
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+func (e *SegmentLostError) Is(target error) bool { return target == ErrSegmentLost }
+func (e *SegmentLostError) Unwrap() error        { return e.Err }
+
 // HeldError says who holds the data directory.
 type HeldError struct {
 	Dir string
@@ -141,6 +177,9 @@ func (e *HeldError) Error() string {
 		if len(e.Holders) == 0 {
 			b.WriteString("; that process is not visible from here (another host or PID namespace)")
 		}
+	}
+	if slices.Contains(e.Holders, os.Getpid()) {
+		b.WriteString("; that is this very process, which already holds it through another interlock.Lock")
 	}
 	return b.String()
 }

@@ -49,8 +49,10 @@ type Report struct {
 
 // Inspect reports the state of dir without taking it. It never holds the
 // lock for longer than a probe of a free lock takes, and Acquire tolerates
-// such probes, so it is safe to call while an instance starts (see
-// pidfile.Read for the one exception, POSIX locks within one process).
+// such probes, so it is safe to call while an instance starts. A directory
+// this process holds is reported Held by this process, with the record read
+// through the holder's own descriptor: the pidfile is not opened again, so
+// not even a POSIX lock is disturbed (see pidfile.Read).
 func Inspect(dir string, opts Options) (*Report, error) {
 	me, err := whoami()
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"maps"
 	mrand "math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -60,8 +61,10 @@ type Options struct {
 	// Wait is how long Acquire waits for a held directory: 0 fails at
 	// once, a negative value waits until ctx is done.
 	Wait time.Duration
-	// Recheck is how often a long-running holder should call
-	// (*Lock).Check; Acquire itself does not use it.
+	// Recheck is how often a long-running holder calls (*Lock).Check and
+	// (*Lock).Heartbeat; nothing here runs them for it. Heartbeat records
+	// it in the record as the holder's heartbeat interval, and Acquire
+	// derives its takeover watch from it when TakeoverAfter is zero.
 	Recheck time.Duration
 	// TakeoverAfter is how long Acquire watches the heartbeat of a holder
 	// on another host before taking over from it when the lock is free (a
@@ -161,6 +164,8 @@ type Lock struct {
 	mu       sync.Mutex
 	file     *pidfile.File
 	seg      *shm.Segment
+	dirID    shm.Identity // the data directory, as segment headers name it
+	hdr      shm.Header   // the header of this acquisition's segments
 	rec      pidfile.Record
 	prev     *Previous
 	takeover *Takeover
@@ -206,6 +211,11 @@ func (p *Previous) String() string {
 //
 // A failed Acquire undoes its own steps and never modifies the record of the
 // holder it found.
+//
+// A directory this process already holds, through another Lock, is refused
+// at once with a *HeldError naming this process, whatever opts.Wait says,
+// and without opening the pidfile again: closing a second descriptor of it
+// would drop a POSIX lock (see pidfile's registry).
 func Acquire(ctx context.Context, dir string, opts Options) (*Lock, error) {
 	me, err := whoami()
 	if err != nil {
@@ -213,7 +223,7 @@ func Acquire(ctx context.Context, dir string, opts Options) (*Lock, error) {
 	}
 	f, err := pidfile.Open(dir, opts.pidfileOptions())
 	if err != nil {
-		return nil, err
+		return nil, heldHere(err, me)
 	}
 	opts.step(StepOpened)
 	if err := checkStorage(f, opts); err != nil {
@@ -262,6 +272,9 @@ func lockWaiting(ctx context.Context, f *pidfile.File, opts Options, me self) er
 		if err == nil || !errors.Is(err, pidfile.ErrLocked) {
 			return err
 		}
+		if errors.As(err, new(*pidfile.LockedHereError)) {
+			return heldHere(err, me)
+		}
 		waited := time.Since(start)
 		if opts.Wait >= 0 && waited >= opts.Wait || ctx.Err() != nil {
 			rec, _, _ := f.ReadRecord()
@@ -281,6 +294,20 @@ func lockWaiting(ctx context.Context, f *pidfile.File, opts Options, me self) er
 		}
 		backoff = min(2*backoff, 10*time.Millisecond)
 	}
+}
+
+// heldHere turns the refusal of a pidfile this process holds itself into the
+// *HeldError that names this process; other errors pass unchanged.
+func heldHere(err error, me self) error {
+	var lh *pidfile.LockedHereError
+	if !errors.As(err, &lh) {
+		return err
+	}
+	he := &HeldError{Dir: filepath.Dir(lh.Path), PID: me.pid, Host: me.host, Holders: []int{me.pid}, Record: lh.Record}
+	if r := lh.Record; r != nil {
+		he.Started, he.Status = r.StartTime, r.Status
+	}
+	return he
 }
 
 // judgeBusy says who holds a busy lock. final is false when the answer may be
@@ -384,7 +411,7 @@ func takeOver(ctx context.Context, f *pidfile.File, opts Options, me self) (*Loc
 	}
 	opts.step(StepSegmentCreated)
 
-	l := &Lock{file: f, seg: seg, prev: prev, takeover: takeover, opts: opts}
+	l := &Lock{file: f, seg: seg, dirID: dirID, hdr: hdr, prev: prev, takeover: takeover, opts: opts}
 	l.rec = pidfile.Record{
 		PID:        me.pid,
 		DataDir:    f.Dir(),
@@ -480,8 +507,11 @@ func (l *Lock) Record() pidfile.Record {
 	return r
 }
 
-// Previous describes the record found when the lock was taken; nil when the
-// pidfile was new or empty. Callers should log a Previous that is not Clean.
+// Previous describes the record found when the lock was taken; nil only
+// when Acquire created the pidfile. An existing pidfile that was empty is
+// reported too (Record nil, Err saying it was empty: a start died before its
+// first record), as Inspect reports it stale. Callers should log a Previous
+// that is not Clean.
 func (l *Lock) Previous() *Previous { return l.prev }
 
 // File returns the locked pidfile, to pass to a child that should keep the
@@ -502,6 +532,11 @@ func (l *Lock) Update(fn func(*pidfile.Record)) error {
 	r := l.rec
 	r.Extra = maps.Clone(l.rec.Extra)
 	fn(&r)
+	return l.write(r)
+}
+
+// write rewrites the record as r and remembers it; l.mu must be held.
+func (l *Lock) write(r pidfile.Record) error {
 	if err := l.file.Write(&r); err != nil {
 		return err
 	}
@@ -511,11 +546,18 @@ func (l *Lock) Update(fn func(*pidfile.Record)) error {
 
 // Check verifies that the holder still holds what it acquired, as
 // PostgreSQL's RecheckDataDirLockFile does, and more: the pidfile's path still
-// names the locked file (not deleted, not replaced), the record in it still
-// names this acquisition, and the segment still exists, not marked for
-// removal, with this acquisition's header. It writes nothing; the error
-// matches ErrLost when any of that fails. Long-running holders call it every
-// Options.Recheck.
+// names the locked file (not deleted, not replaced) and no other name shares
+// its inode, the kernel still lists the lock on the holder's descriptor (a
+// POSIX lock vanishes when the process closes any other descriptor of the
+// file), the record in it still names this acquisition, and the segment
+// still exists, not marked for removal, with this acquisition's header. It
+// writes nothing. Long-running holders call it every Options.Recheck.
+//
+// A lost pidfile, record or lock matches ErrLost (*LostError), and is
+// checked first. When only the segment is gone (ipcrm, systemd-logind's
+// RemoveIPC=yes) the error matches ErrSegmentLost (*SegmentLostError) and
+// not ErrLost: the directory is still held, and RenewSegment gives it a new
+// segment.
 func (l *Lock) Check() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -533,6 +575,13 @@ func (l *Lock) Check() error {
 	if dev, ino := l.file.ID(); st.Dev != dev || st.Ino != ino {
 		return lost(fmt.Sprintf("pidfile %s was replaced by another file (inode %d, locked inode %d)", path, st.Ino, ino), nil)
 	}
+	if st.Nlink != 1 {
+		return lost(fmt.Sprintf("pidfile %s now has %d links: another name shares its inode, so it is no longer provably ours "+
+			"(remove the extra link: find / -xdev -inum %d)", path, st.Nlink, st.Ino), nil)
+	}
+	if err := l.file.CheckLock(); err != nil {
+		return lost("the kernel no longer holds our lock on the pidfile", err)
+	}
 	rec, _, err := l.file.ReadRecord()
 	switch {
 	case err != nil:
@@ -542,15 +591,59 @@ func (l *Lock) Check() error {
 	case rec.Token != l.rec.Token || rec.PID != l.rec.PID:
 		return lost(fmt.Sprintf("pidfile %s was rewritten (it names PID %d, token %s)", path, rec.PID, rec.Token), nil)
 	}
+	segLost := func(what string, err error) error {
+		return &SegmentLostError{Dir: l.rec.DataDir, ID: l.seg.ID, What: what, Err: err}
+	}
 	d, err := shm.Stat(l.seg.ID)
 	if err != nil {
-		return lost(fmt.Sprintf("shared memory segment %d was removed", l.seg.ID), err)
+		return segLost(SegmentRemoved, err)
 	}
 	if shm.MarkedForRemoval(d) || int(d.Perm.Key) != l.seg.Key {
-		return lost(fmt.Sprintf("shared memory segment %d was marked for removal (ipcrm?)", l.seg.ID), nil)
+		return segLost(SegmentRemoved, nil)
 	}
-	if h := l.seg.Header(); hex.EncodeToString(h.Token[:]) != l.rec.Token {
-		return lost(fmt.Sprintf("shared memory segment %d was overwritten", l.seg.ID), nil)
+	if h := l.seg.Header(); h.Magic != shm.Magic || h.Dir != l.dirID || hex.EncodeToString(h.Token[:]) != l.rec.Token {
+		return segLost(SegmentOverwritten, nil)
+	}
+	return nil
+}
+
+// RenewSegment gives a holder whose segment was lost (Check reports
+// ErrSegmentLost) a new one: the old one is removed if it still exists and
+// this process created it, a new one is created for the directory with this
+// acquisition's header (the same token, so the DIRLOCKD_TOKEN witnesses still
+// match), the old one detached, and the record rewritten with the new
+// shm_key and shm_id. Check then passes again. Processes that attached to the
+// old segment stay attached to it, and no longer show in the new one's
+// attach count.
+//
+// On error the old segment stays attached, and Check keeps reporting it.
+func (l *Lock) RenewSegment() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.released {
+		return errors.New("renew segment: lock already released")
+	}
+	old := l.seg
+	// Its header no longer proves it ours, but the kernel's creator PID
+	// does: a segment of our id and key that this very process created.
+	if d, err := shm.Stat(old.ID); err == nil && !shm.MarkedForRemoval(d) &&
+		int(d.Perm.Key) == old.Key && int(d.Cpid) == os.Getpid() {
+		if err := old.Remove(); err != nil {
+			return fmt.Errorf("renew the segment of %s: %w", l.rec.DataDir, err)
+		}
+	}
+	hdr := l.hdr
+	hdr.Created = time.Now()
+	seg, err := shm.Create(l.dirID, hdr)
+	if err != nil {
+		return fmt.Errorf("renew the segment of %s: create shared memory segment: %w", l.rec.DataDir, err)
+	}
+	old.Detach()
+	l.seg = seg
+	r := l.rec
+	r.ShmKey, r.ShmID = seg.Key, seg.ID
+	if err := l.write(r); err != nil {
+		return fmt.Errorf("renew the segment of %s: record new segment %d: %w", l.rec.DataDir, seg.ID, err)
 	}
 	return nil
 }

@@ -712,8 +712,14 @@ func TestCheckDetectsLoss(t *testing.T) {
 			r.PID, r.Token = 1, strings.Repeat("0", 32)
 			os.WriteFile(filepath.Join(dir, pidfile.DefaultName), r.Marshal(), 0o600)
 		},
-		"segment removed": func(t *testing.T, dir string, l *interlock.Lock) {
+		"pidfile deleted, segment removed too": func(t *testing.T, dir string, l *interlock.Lock) {
+			os.Remove(filepath.Join(dir, pidfile.DefaultName))
 			if _, err := unix.SysvShmCtl(l.Segment().ID, unix.IPC_RMID, nil); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"hard link made": func(t *testing.T, dir string, _ *interlock.Lock) {
+			if err := os.Link(filepath.Join(dir, pidfile.DefaultName), filepath.Join(t.TempDir(), "link")); err != nil {
 				t.Fatal(err)
 			}
 		},
@@ -728,8 +734,8 @@ func TestCheckDetectsLoss(t *testing.T) {
 			damage(t, dir, l)
 			err := l.Check()
 			var le *interlock.LostError
-			if !errors.Is(err, interlock.ErrLost) || !errors.As(err, &le) {
-				t.Fatalf("Check after %s: %v, want lost", name, err)
+			if !errors.Is(err, interlock.ErrLost) || !errors.As(err, &le) || errors.Is(err, interlock.ErrSegmentLost) {
+				t.Fatalf("Check after %s: %v, want lost (and not only the segment)", name, err)
 			}
 			t.Logf("%s: %v", name, err)
 		})

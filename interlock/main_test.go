@@ -21,11 +21,12 @@ import (
 
 func TestMain(m *testing.M) {
 	testutil.Main(m, map[string]testutil.Helper{
-		"hold":   helperHold,
-		"crash":  helperCrash,
-		"attach": helperAttach,
-		"race":   helperRace,
-		"cycle":  helperCycle,
+		"hold":    helperHold,
+		"crash":   helperCrash,
+		"attach":  helperAttach,
+		"race":    helperRace,
+		"cycle":   helperCycle,
+		"inspect": helperInspect,
 	})
 }
 
@@ -191,5 +192,21 @@ func helperCycle(args []string) int {
 		}
 	}
 	fmt.Printf("done %d %s\n", fails, first)
+	return 0
+}
+
+// helperInspect inspects args[0] and prints "STATE PID", PID being the
+// recorded holder's (0 without a record).
+func helperInspect(args []string) int {
+	rep, err := interlock.Inspect(args[0], interlock.Options{})
+	if err != nil {
+		fmt.Println("error", errClass(err), err)
+		return 1
+	}
+	pid := 0
+	if rep.Record != nil {
+		pid = rep.Record.PID
+	}
+	fmt.Println(rep.State, pid)
 	return 0
 }

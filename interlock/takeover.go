@@ -126,7 +126,8 @@ func watchHeartbeat(ctx context.Context, f *pidfile.File, rec *pidfile.Record, r
 // holder is alive even if the storage's locks fail to, and it is how a lost
 // NFSv4 lock shows: once the client has lost the lock with its lease, writes
 // through the descriptor fail with EIO. A failure that means the storage no
-// longer honours the descriptor (EIO, ESTALE, ENOLCK) matches ErrLost.
+// longer honours the descriptor (EIO, ESTALE, ENOLCK) matches ErrLost, and
+// so does a write refused because the pidfile's inode gained another name.
 func (l *Lock) Heartbeat() error {
 	err := l.Update(func(r *pidfile.Record) {
 		if r.Extra == nil {
@@ -140,6 +141,9 @@ func (l *Lock) Heartbeat() error {
 	if errors.Is(err, unix.EIO) || errors.Is(err, unix.ESTALE) || errors.Is(err, unix.ENOLCK) {
 		return &LostError{Dir: l.rec.DataDir,
 			Reason: "the storage refused a write through the locked descriptor (an NFSv4 client does so once the lock is lost with its lease)", Err: err}
+	}
+	if errors.Is(err, pidfile.ErrInvalid) {
+		return &LostError{Dir: l.rec.DataDir, Reason: "the pidfile is no longer provably ours to write", Err: err}
 	}
 	return err
 }

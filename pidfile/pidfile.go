@@ -24,6 +24,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -87,6 +88,12 @@ type File struct {
 	locked   bool
 	noSync   bool
 	fs       *Filesystem // looked up on first use
+	// listed says that the kernel listed the lock in the descriptor's
+	// fdinfo when it was taken, so that CheckLock can ask it again. A
+	// filesystem that keeps its locks on the server (FUSE with lock
+	// operations) never lists them.
+	listed bool
+	parked []*os.File // descriptors of this inode closed while held; see registry.go
 }
 
 // CheckDir verifies that dir can carry the interlock: an existing directory,
@@ -122,14 +129,34 @@ func CheckDir(dir string) (string, error) {
 	return abs, nil
 }
 
+// checkName refuses a pidfile name that is not a plain name inside the data
+// directory: "../x" or "a/b" would put the lock outside the directory the
+// checks were made on.
+func checkName(dir, name string) error {
+	if name == "." || name == ".." || strings.ContainsRune(name, '/') {
+		return &InvalidError{Path: filepath.Join(dir, name),
+			Problem: fmt.Sprintf("pidfile name %q is not a file name inside the data directory", name),
+			Fix:     "name a file of the data directory, without /"}
+	}
+	return nil
+}
+
 // Open checks the data directory and opens (creating if needed) its pidfile
-// without locking it.
+// without locking it. A pidfile this process already holds (through another
+// File) is not opened again: Open fails with a *LockedHereError, as a second
+// descriptor's close would drop a POSIX lock.
 func Open(dir string, opts Options) (*File, error) {
 	abs, err := CheckDir(dir)
 	if err != nil {
 		return nil, err
 	}
+	if err := checkName(abs, opts.name()); err != nil {
+		return nil, err
+	}
 	path := filepath.Join(abs, opts.name())
+	if h := heldAt(path); h != nil {
+		return nil, h.lockedHere(path)
+	}
 	const flags = unix.O_RDWR | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK
 	created := true
 	fd, err := openRetry(path, flags|unix.O_CREAT|unix.O_EXCL)
@@ -138,14 +165,39 @@ func Open(dir string, opts Options) (*File, error) {
 		fd, err = openRetry(path, flags)
 	}
 	if err != nil {
-		return nil, openError(path, err)
+		return nil, openError(path, "pidfile", err)
 	}
-	f, err := newFile(fd, path, abs)
+	f, err := newFile(fd, path, abs, "pidfile")
 	if err != nil {
 		return nil, err
 	}
 	f.created, f.isNew, f.noSync = created, created, opts.NoSync
 	return f, nil
+}
+
+// OpenInDir opens the file name of the data directory dir with flag
+// (O_CREAT creates it 0600) under the rules the pidfile obeys, for other
+// files dirlockd writes there (the stress witnesses): never through a
+// symbolic link, and only a file that is provably ours to write (see
+// newFile). Anything else is an *InvalidError.
+func OpenInDir(dir, name string, flag int) (*os.File, error) {
+	abs, err := CheckDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkName(abs, name); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(abs, name)
+	fd, err := openRetry(path, flag|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK)
+	if err != nil {
+		return nil, openError(path, "file", err)
+	}
+	f, err := newFile(fd, path, abs, "file")
+	if err != nil {
+		return nil, err
+	}
+	return f.f, nil
 }
 
 func openRetry(path string, flags int) (int, error) {
@@ -157,48 +209,60 @@ func openRetry(path string, flags int) (int, error) {
 	}
 }
 
-func openError(path string, err error) error {
-	e := &InvalidError{Path: path, Problem: "cannot open pidfile", Err: err}
+// openError explains why the open of what (the "pidfile") at path failed.
+func openError(path, what string, err error) error {
+	e := &InvalidError{Path: path, Problem: "cannot open " + what, Err: err}
 	switch err {
 	case unix.ELOOP:
-		e.Problem, e.Err = "pidfile is a symbolic link; dirlockd does not follow links here", nil
+		e.Problem, e.Err = what+" is a symbolic link; dirlockd does not follow links here", nil
 		e.Fix = "remove the link: rm " + path
 	case unix.EISDIR:
-		e.Problem, e.Err = "pidfile is a directory", nil
+		e.Problem, e.Err = what+" is a directory", nil
 		e.Fix = "remove or rename it"
 	case unix.EACCES, unix.EPERM:
-		e.Fix = fmt.Sprintf("the data directory and pidfile must be writable by uid %d", os.Geteuid())
+		e.Fix = fmt.Sprintf("the data directory and %s must be writable by uid %d", what, os.Geteuid())
 	case unix.EROFS:
 		e.Fix = "the data directory is on a read-only filesystem"
 	case unix.ENXIO, unix.ENODEV:
-		e.Problem, e.Err = "pidfile is a socket or a device", nil
+		e.Problem, e.Err = what+" is a socket, a device or a FIFO", nil
 		e.Fix = "remove it: it is not dirlockd's"
 	}
 	return e
 }
 
 // newFile checks an opened descriptor and wraps it. It takes ownership of fd.
-func newFile(fd int, path, dir string) (*File, error) {
+// what names the file in errors ("pidfile").
+//
+// The checks refuse every file that is not provably ours alone to write: not
+// a regular file, another owner, writable by others, or an inode that is
+// also reachable from outside the data directory, through another hard link
+// or a bind mount over the name. Writing a record into such a file would
+// change a file that is not dirlockd's. They run on the descriptor right
+// after the open, before anything locks, reads or writes it.
+func newFile(fd int, path, dir, what string) (*File, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
-		return nil, &InvalidError{Path: path, Problem: "cannot stat pidfile", Err: err}
+		return nil, &InvalidError{Path: path, Problem: "cannot stat " + what, Err: err}
 	}
-	var bad *InvalidError
+	bad := checkLinks(path, what, &st)
 	switch {
+	case bad != nil:
 	case st.Mode&unix.S_IFMT != unix.S_IFREG:
-		bad = &InvalidError{Path: path, Problem: "pidfile is not a regular file", Fix: "remove it: it is not dirlockd's"}
+		bad = &InvalidError{Path: path, Problem: what + " is not a regular file", Fix: "remove it: it is not dirlockd's"}
 	case int(st.Uid) != os.Geteuid():
 		bad = &InvalidError{Path: path,
-			Problem: fmt.Sprintf("pidfile is owned by uid %d, not by the effective uid %d", st.Uid, os.Geteuid()),
+			Problem: fmt.Sprintf("%s is owned by uid %d, not by the effective uid %d", what, st.Uid, os.Geteuid()),
 			Fix:     "run as its owner, or remove it if no instance of that user runs here"}
 	case st.Mode&0o022 != 0:
 		bad = &InvalidError{Path: path,
-			Problem: fmt.Sprintf("pidfile is group- or world-writable (mode %04o)", st.Mode&0o7777),
+			Problem: fmt.Sprintf("%s is group- or world-writable (mode %04o)", what, st.Mode&0o7777),
 			Fix:     "chmod 0600 " + path}
+	default:
+		bad = checkMount(fd, path, dir, what)
 	}
 	if bad != nil {
-		unix.Close(fd)
+		closeFile(os.NewFile(uintptr(fd), path), st.Dev, st.Ino, nil)
 		return nil, bad
 	}
 	// O_NONBLOCK only guarded the open against a FIFO in the pidfile's place.
@@ -206,6 +270,43 @@ func newFile(fd int, path, dir string) (*File, error) {
 		unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
 	}
 	return &File{f: os.NewFile(uintptr(fd), path), path: path, dir: dir, dev: st.Dev, ino: st.Ino}, nil
+}
+
+// checkLinks refuses a file whose inode has another name, or none: a hard
+// link elsewhere would receive every write too. (A directory or other
+// non-regular file is refused by the type check instead.)
+func checkLinks(path, what string, st *unix.Stat_t) *InvalidError {
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink == 1 {
+		return nil
+	}
+	if st.Nlink == 0 {
+		return &InvalidError{Path: path,
+			Problem: what + " was deleted while it was open: its inode has no name any more",
+			Fix:     "try again; if it keeps happening, find what deletes files in the data directory"}
+	}
+	return &InvalidError{Path: path,
+		Problem: fmt.Sprintf("%s has %d links: another name elsewhere shares this inode, and writing would change that file too", what, st.Nlink),
+		Fix: fmt.Sprintf("remove the extra link (find it with: find / -xdev -inum %d), or remove this %s if it is not dirlockd's",
+			st.Ino, what)}
+}
+
+// checkMount refuses a file that sits on another mount than its directory:
+// something is bind-mounted over its name, and writes would go to the
+// mounted file. Comparing mount ids (not st_dev) also catches a bind mount
+// of a file of the same filesystem, and does not misfire on overlayfs,
+// whose files may report another device than their directory. A kernel
+// without STATX_MNT_ID (before 5.8) cannot tell, and is let through.
+func checkMount(fd int, path, dir, what string) *InvalidError {
+	var fx, dx unix.Statx_t
+	if unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &fx) != nil ||
+		unix.Statx(unix.AT_FDCWD, dir, 0, unix.STATX_MNT_ID, &dx) != nil ||
+		fx.Mask&dx.Mask&unix.STATX_MNT_ID == 0 || fx.Mnt_id == dx.Mnt_id {
+		return nil
+	}
+	return &InvalidError{Path: path,
+		Problem: fmt.Sprintf("%s is a mount point (mount %d; the data directory is on mount %d): another file is bind-mounted over it, and writing would change that file",
+			what, fx.Mnt_id, dx.Mnt_id),
+		Fix: "umount " + path + ", or use a data directory with no mounts inside"}
 }
 
 // Created reports whether Open created the file, as opposed to finding it.
@@ -247,15 +348,49 @@ func (f *File) OS() *os.File { return f.f }
 // TryLock takes the lock with the requested method, without waiting. It
 // fails wrapping ErrLocked when another holder has it, and ErrUnsupported
 // when the filesystem accepts none of the methods allowed.
+//
+// It fails with a *LockedHereError when another File of this process holds
+// the same file: POSIX locks of one process do not exclude each other.
 func (f *File) TryLock(m Method) error {
 	if f.locked {
 		return nil
 	}
-	got, err := f.lock(m)
-	if err != nil {
-		return err
+	err := f.register(func() error {
+		got, err := f.lock(m)
+		if err != nil {
+			return err
+		}
+		f.method, f.locked = got, true
+		f.listed, _ = proc.OwnFDLocked(int(f.f.Fd()))
+		return nil
+	})
+	return err
+}
+
+// CheckLock asks the kernel whether the lock is still held through f's
+// descriptor. A POSIX lock vanishes when any descriptor of the file in this
+// process is closed; the code of this package never does so, but other code
+// of the process may. On a filesystem that keeps its locks away from the
+// kernel's table (FUSE with lock operations) the kernel cannot say, and
+// CheckLock trusts the lock.
+func (f *File) CheckLock() error {
+	if !f.locked {
+		return fmt.Errorf("%s: not locked", f.path)
 	}
-	f.method, f.locked = got, true
+	if !f.listed {
+		return nil
+	}
+	ok, err := proc.OwnFDLocked(int(f.f.Fd()))
+	if err != nil {
+		return fmt.Errorf("%s: ask the kernel for the lock of descriptor %d: %w", f.path, f.f.Fd(), err)
+	}
+	if !ok {
+		why := "something unlocked it"
+		if f.method == POSIX {
+			why = "a POSIX lock is dropped when this process closes any descriptor of the file"
+		}
+		return fmt.Errorf("%s: the kernel no longer lists our %s lock on descriptor %d (%s)", f.path, f.method, f.f.Fd(), why)
+	}
 	return nil
 }
 
@@ -264,6 +399,7 @@ func (f *File) Unlock() error {
 	if !f.locked {
 		return nil
 	}
+	f.unregister()
 	f.locked = false
 	if err := remove(f.f.Fd(), f.method); err != nil {
 		return &os.PathError{Op: "unlock", Path: f.path, Err: err}
@@ -277,7 +413,7 @@ func (f *File) Unlock() error {
 // file itself stays where it is. Use Unlock to release the lock for everyone.
 func (f *File) Close() error {
 	f.locked = false
-	return f.f.Close()
+	return closeFile(f.f, f.dev, f.ino, f)
 }
 
 // Claim opens the pidfile in dir and locks it. The caller holds the data
@@ -371,6 +507,16 @@ func (f *File) Write(r *Record) error {
 	if !f.locked {
 		return fmt.Errorf("write %s: lock not held", f.path)
 	}
+	// The inode may have gained a name since it was opened: then the write
+	// would change that file too. (A link made between this check and the
+	// write is not seen; Lock.Check looks again.)
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.f.Fd()), &st); err != nil {
+		return fmt.Errorf("write pidfile: %w", &os.PathError{Op: "fstat", Path: f.path, Err: err})
+	}
+	if bad := checkLinks(f.path, "pidfile", &st); bad != nil {
+		return fmt.Errorf("write pidfile: refused: %w", bad)
+	}
 	b := r.Marshal()
 	n, err := f.f.WriteAt(b, 0)
 	if err == nil && n < len(b) {
@@ -454,15 +600,29 @@ type Reading struct {
 // starter that finds the lock busy in that instant must retry briefly
 // (interlock.Acquire does).
 //
-// With the POSIX method, never call Read from the process that holds the
-// lock: closing its descriptor here would release that lock.
+// A pidfile that this process holds (through another File) is not opened:
+// its record is read through the holder's descriptor, and the outcome is
+// Held, so that a Read can never close a descriptor of it and drop a POSIX
+// lock.
 func Read(dir string, opts Options) (*Reading, error) {
 	abs, err := CheckDir(dir)
 	if err != nil {
 		return nil, err
 	}
+	if err := checkName(abs, opts.name()); err != nil {
+		return nil, err
+	}
 	path := filepath.Join(abs, opts.name())
 	r := &Reading{Path: path}
+	if h := heldAt(path); h != nil {
+		r.Dev, r.Ino = h.dev, h.ino
+		r.Record, r.Raw, r.Err = h.readShared()
+		if !errors.Is(r.Err, os.ErrClosed) {
+			return r.held(h)
+		}
+		// Released meanwhile: look as at any other pidfile.
+		r = &Reading{Path: path}
+	}
 	const flags = unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK
 	// Read-write where we may: NFS refuses an exclusive lock, even a probe,
 	// on a read-only descriptor.
@@ -475,13 +635,13 @@ func Read(dir string, opts Options) (*Reading, error) {
 		return r, nil
 	}
 	if err != nil {
-		return nil, openError(path, err)
+		return nil, openError(path, "pidfile", err)
 	}
-	f, err := newFile(fd, path, abs)
+	f, err := newFile(fd, path, abs, "pidfile")
 	if err != nil {
 		return nil, err
 	}
-	defer f.f.Close()
+	defer f.Close()
 	r.Dev, r.Ino = f.dev, f.ino
 	r.Record, r.Raw, r.Err = f.ReadRecord()
 	// The kernel's lock table says cheaply whether anybody visible holds a

@@ -41,6 +41,45 @@ func claim(t *testing.T, dir string, opts Options) *File {
 	return f
 }
 
+// kernelHold opens the pidfile of dir and locks it with m without telling
+// the registry of held pidfiles, so that another File of this process meets
+// the kernel's lock itself (the registry otherwise refuses it first).
+func kernelHold(t *testing.T, dir string, m Method) *File {
+	t.Helper()
+	f, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.lock(m)
+	if err != nil {
+		f.Close()
+		t.Fatalf("lock %v: %v", m, err)
+	}
+	f.method, f.locked = got, true
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// openFDs counts this process's open descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// wantHere fails the test unless err is the refusal of a pidfile this
+// process holds.
+func wantHere(t *testing.T, err error, path string) {
+	t.Helper()
+	var lh *LockedHereError
+	if !errors.As(err, &lh) || !errors.Is(err, ErrLocked) || lh.PID != os.Getpid() || lh.Path != path {
+		t.Fatalf("err = %v, want a *LockedHereError for %s naming PID %d", err, path, os.Getpid())
+	}
+}
+
 // wantLocked fails the test unless err wraps ErrLocked and its message
 // contains each of parts.
 func wantLocked(t *testing.T, err error, parts ...string) {
@@ -561,7 +600,7 @@ func TestClaimExcludesSecondClaim(t *testing.T) {
 			dir := testutil.DataDir(t)
 			path := pidPath(dir)
 			opts := Options{Method: tt.method}
-			a := claim(t, dir, opts)
+			a := kernelHold(t, dir, tt.method)
 			if a.Method() != tt.want {
 				t.Fatalf("Method() = %v, want %v", a.Method(), tt.want)
 			}
@@ -670,7 +709,7 @@ func TestMixedFamilyInProcess(t *testing.T) {
 		t.Run(tt.hold.String()+"-then-"+tt.try.String(), func(t *testing.T) {
 			dir := testutil.DataDir(t)
 			path := pidPath(dir)
-			h := claim(t, dir, Options{Method: tt.hold})
+			h := kernelHold(t, dir, tt.hold)
 			if h.Method() != tt.hold {
 				t.Fatalf("holder Method() = %v", h.Method())
 			}
@@ -863,6 +902,7 @@ func TestReadOutcomes(t *testing.T) {
 		if err := f.Write(rec); err != nil {
 			t.Fatal(err)
 		}
+		fds := openFDs(t)
 		r, err := Read(dir, Options{})
 		if err != nil {
 			t.Fatal(err)
@@ -873,9 +913,16 @@ func TestReadOutcomes(t *testing.T) {
 		if !sameRecord(r.Record, rec) {
 			t.Fatalf("Read record %+v, want %+v", r.Record, rec)
 		}
-		// Read only looked: the lock is still ours.
+		// Read only looked, through the holder's descriptor: the lock is
+		// still ours, and no descriptor of the file was opened.
 		_, err = Claim(dir, Options{})
-		wantLocked(t, err, pidPath(dir)+" (flock)")
+		wantHere(t, err, pidPath(dir))
+		if err := f.CheckLock(); err != nil {
+			t.Fatal(err)
+		}
+		if after := openFDs(t); after != fds {
+			t.Fatalf("%d descriptors open after Read and Claim, %d before", after, fds)
+		}
 	})
 }
 
@@ -1056,4 +1103,101 @@ func TestWrite(t *testing.T) {
 			t.Fatalf("pidfile holds %q, want the one record written under the lock", b)
 		}
 	})
+}
+
+// TestWriteRefusesSharedInode: a link made to a held pidfile stops Write
+// from writing through the descriptor, which would change the linked file.
+func TestWriteRefusesSharedInode(t *testing.T) {
+	dir := testutil.DataDir(t)
+	f := claim(t, dir, Options{})
+	if err := f.Write(testRecord(os.Getpid(), "tok-1")); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "elsewhere")
+	if err := os.Link(pidPath(dir), link); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(link)
+	err := f.Write(testRecord(os.Getpid(), "tok-2"))
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "has 2 links") {
+		t.Fatalf("Write with a second link: %v, want invalid, naming 2 links", err)
+	}
+	if after, _ := os.ReadFile(link); !bytes.Equal(before, after) {
+		t.Fatalf("the linked file changed: %q -> %q", before, after)
+	}
+	os.Remove(link)
+	if err := f.Write(testRecord(os.Getpid(), "tok-3")); err != nil {
+		t.Fatalf("Write once the link is gone: %v", err)
+	}
+}
+
+// TestOpenInDirRefuses: the files dirlockd writes besides the pidfile obey
+// its rules.
+func TestOpenInDirRefuses(t *testing.T) {
+	cases := map[string]struct {
+		setup func(t *testing.T, path, outside string)
+		want  string
+	}{
+		"symlink":    {func(t *testing.T, path, outside string) { os.Symlink(outside, path) }, "symbolic link"},
+		"hard link":  {func(t *testing.T, path, outside string) { os.Link(outside, path) }, "file has 2 links"},
+		"name":       {nil, "not a file name inside the data directory"},
+		"fifo":       {func(t *testing.T, path, _ string) { unix.Mkfifo(path, 0o600) }, "a FIFO"},
+		"other user": {func(t *testing.T, path, _ string) { writeFile(t, path, "", 0o600); os.Chown(path, 65534, 65534) }, "owned by uid 65534"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			dir := testutil.DataDir(t)
+			outside := filepath.Join(t.TempDir(), "outside")
+			writeFile(t, outside, "keep\n", 0o600)
+			file := "witness"
+			if c.setup == nil {
+				file = "../witness"
+			} else {
+				c.setup(t, filepath.Join(dir, file), outside)
+			}
+			f, err := OpenInDir(dir, file, os.O_WRONLY|os.O_APPEND|os.O_CREATE)
+			if f != nil {
+				f.Close()
+			}
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("OpenInDir: %v, want invalid mentioning %q", err, c.want)
+			}
+			if b, _ := os.ReadFile(outside); string(b) != "keep\n" {
+				t.Fatalf("the file outside changed to %q", b)
+			}
+		})
+	}
+	dir := testutil.DataDir(t)
+	f, err := OpenInDir(dir, "witness", os.O_WRONLY|os.O_CREATE)
+	if err != nil {
+		t.Fatalf("OpenInDir of a new file: %v", err)
+	}
+	f.Close()
+}
+
+// TestStrayDescriptorParked: a descriptor of a held inode that was opened
+// anyway (a path swapped between the registry's lookup and the open) is
+// parked on the holder instead of closed, so a POSIX lock survives, and is
+// closed with the holder.
+func TestStrayDescriptorParked(t *testing.T) {
+	dir := testutil.DataDir(t)
+	f := claim(t, dir, Options{Method: POSIX})
+	fds := openFDs(t)
+	fd, err := openRetry(pidPath(dir), unix.O_RDONLY|unix.O_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := closeFile(os.NewFile(uintptr(fd), pidPath(dir)), f.dev, f.ino, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.CheckLock(); err != nil {
+		t.Fatalf("CheckLock after a stray descriptor was closed: %v", err)
+	}
+	if got := openFDs(t); got != fds+1 {
+		t.Fatalf("%d descriptors open, want %d (the stray one parked)", got, fds+1)
+	}
+	f.Close()
+	if got := openFDs(t); got != fds-1 {
+		t.Fatalf("%d descriptors open after the holder closed, want %d", got, fds-1)
+	}
 }

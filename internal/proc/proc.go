@@ -289,3 +289,17 @@ func WithEnv(entries ...string) (map[int]string, error) {
 	}
 	return out, nil
 }
+
+// OwnFDLocked reports whether the kernel lists a lock held through this
+// process's descriptor fd ("lock:" lines in /proc/self/fdinfo/fd). The kernel
+// lists there the flock and OFD locks of the descriptor's open file
+// description and the POSIX locks this process placed through it, so the
+// answer covers every lock method, and reading it opens no descriptor of the
+// locked file.
+func OwnFDLocked(fd int) (bool, error) {
+	b, err := os.ReadFile(fmt.Sprintf("%s/self/fdinfo/%d", Root, fd))
+	if err != nil {
+		return false, err
+	}
+	return hasLockLine(b), nil
+}

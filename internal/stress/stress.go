@@ -36,12 +36,15 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dirlockd/dirlockd/internal/proc"
+	"github.com/dirlockd/dirlockd/pidfile"
 )
 
 // The witness files, in the data directory next to the pidfile. They are
 // created when missing and never truncated: several hosts start at once, and
 // none may wipe what another already wrote. An operator deletes both to start
-// afresh.
+// afresh. They are opened as the pidfile is (pidfile.OpenInDir): a symbolic
+// link, a hard link to a file elsewhere or a file of another owner in their
+// place is refused, never written through.
 const (
 	LogName     = "dirlockd-stress.log"
 	CounterName = "dirlockd-stress.counter"
@@ -148,7 +151,7 @@ func (w *writer) Append(e Event) error {
 	if err != nil {
 		return fmt.Errorf("append to %s: %w", w.path, err)
 	}
-	f, err := os.OpenFile(w.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	f, err := pidfile.OpenInDir(filepath.Dir(w.path), LogName, os.O_WRONLY|os.O_APPEND|os.O_CREATE)
 	if err != nil {
 		return err
 	}
@@ -212,7 +215,7 @@ func writeCounter(f *os.File, v int64) error {
 
 // openCounter opens (creating if needed) the counter file of dir.
 func openCounter(dir string) (*os.File, error) {
-	return os.OpenFile(filepath.Join(dir, CounterName), os.O_RDWR|os.O_CREATE, 0o600)
+	return pidfile.OpenInDir(dir, CounterName, os.O_RDWR|os.O_CREATE)
 }
 
 // prepare creates the witness files of dir if they are missing, without
@@ -220,7 +223,7 @@ func openCounter(dir string) (*os.File, error) {
 // it cannot write.
 func prepare(dir string) error {
 	for _, name := range []string{LogName, CounterName} {
-		f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_CREATE, 0o600)
+		f, err := pidfile.OpenInDir(dir, name, os.O_WRONLY|os.O_CREATE)
 		if err != nil {
 			return err
 		}

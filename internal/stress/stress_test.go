@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dirlockd/dirlockd/pidfile"
 )
 
 func TestAppend(t *testing.T) {
@@ -116,5 +118,46 @@ func TestLatencies(t *testing.T) {
 	m.Merge(&l)
 	if m.Count() != 1001 || m.Percentiles().Max != time.Second {
 		t.Errorf("merged: %d samples, max %v", m.Count(), m.Percentiles().Max)
+	}
+}
+
+// TestWitnessFilesNotOursRefused: a witness file that is a symbolic or hard
+// link to a file elsewhere is refused by every path that writes it, and the
+// other file is left as it was.
+func TestWitnessFilesNotOursRefused(t *testing.T) {
+	links := map[string]func(oldname, newname string) error{"symlink": os.Symlink, "hard link": os.Link}
+	for _, name := range []string{LogName, CounterName} {
+		for kind, link := range links {
+			t.Run(name+" "+kind, func(t *testing.T) {
+				dir := t.TempDir()
+				outside := filepath.Join(t.TempDir(), "outside")
+				if err := os.WriteFile(outside, []byte("keep\n"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				if err := link(outside, filepath.Join(dir, name)); err != nil {
+					t.Fatal(err)
+				}
+				if err := prepare(dir); !errors.Is(err, pidfile.ErrInvalid) {
+					t.Errorf("prepare: %v, want invalid", err)
+				}
+				if name == LogName {
+					w, err := newWriter(dir, "abc", "run1", "host-x")
+					if err != nil {
+						t.Fatal(err)
+					}
+					if err := w.Append(Event{Ev: EvEnter}); !errors.Is(err, pidfile.ErrInvalid) {
+						t.Errorf("Append: %v, want invalid", err)
+					}
+				} else if f, err := openCounter(dir); !errors.Is(err, pidfile.ErrInvalid) {
+					if f != nil {
+						f.Close()
+					}
+					t.Errorf("openCounter: %v, want invalid", err)
+				}
+				if b, _ := os.ReadFile(outside); string(b) != "keep\n" {
+					t.Errorf("the file outside changed to %q", b)
+				}
+			})
+		}
 	}
 }
