@@ -74,6 +74,11 @@ type Options struct {
 	// options keep locks on this host (NFS nolock or local_lock=, CIFS
 	// nobrl). Set it only when no other host mounts the filesystem.
 	AllowLocalLocks bool
+	// ListHolders makes Inspect name every process that holds the lock
+	// of a held directory (the wrapper and the server sharing its
+	// descriptor), which costs a look at every process's descriptors.
+	// Without it a recorded holder that proves itself is named alone.
+	ListHolders bool
 	// NoSync skips fsync of the pidfile. It exists for benchmarks; a crash
 	// can then leave an empty record.
 	NoSync bool
@@ -295,8 +300,7 @@ func judgeBusy(dir string, rec *pidfile.Record, holds func(pid int) bool,
 	held := &HeldError{Dir: dir, Record: rec}
 	if rec != nil {
 		held.PID, held.Host, held.Started, held.Status = rec.PID, rec.Hostname, rec.StartTime, rec.Status
-		// The recorded holder, seen from our own PID namespace.
-		if me.sameBoot(rec) && rec.PIDNS == me.pidNS && holds(rec.PID) && proc.Alive(rec.PID, rec.PIDStart) {
+		if recordedHolder(rec, me, holds) {
 			held.Holders = []int{rec.PID}
 			return held, true
 		}
@@ -325,6 +329,13 @@ func judgeBusy(dir string, rec *pidfile.Record, holds func(pid int) bool,
 		return held, false
 	}
 	return &OrphansError{Dir: dir, Previous: rec, Orphans: orphansOf(hs, WitnessLock)}, false
+}
+
+// recordedHolder reports whether the process rec names, seen from our own
+// PID namespace, is alive with the recorded start time and holds the lock
+// (holds answers that, cheaply: from its own descriptors).
+func recordedHolder(rec *pidfile.Record, me self, holds func(pid int) bool) bool {
+	return rec != nil && me.sameBoot(rec) && rec.PIDNS == me.pidNS && holds(rec.PID) && proc.Alive(rec.PID, rec.PIDStart)
 }
 
 // takeOver runs steps 3 to 7 with the lock held.
@@ -360,8 +371,14 @@ func takeOver(ctx context.Context, f *pidfile.File, opts Options, me self) (*Loc
 	if err != nil {
 		return nil, err
 	}
-	if _, err := witness(f.Dir(), f.Path(), dirID, rec, me, true); err != nil {
+	changed, err := f.Changed()
+	if err != nil {
 		return nil, err
+	}
+	if !cleanStop(rec, changed) {
+		if _, err := witness(f.Dir(), f.Path(), dirID, rec, me, true, nil); err != nil {
+			return nil, err
+		}
 	}
 	opts.step(StepWitnessed)
 
@@ -411,10 +428,11 @@ func takeOver(ctx context.Context, f *pidfile.File, opts Options, me self) (*Loc
 
 // witness looks for survivors of the holder that wrote rec (which may be nil:
 // a missing or corrupt record hides nothing from the segment scan). With
-// reclaim set it removes the unattached segments it finds. It returns the
-// segments of the directory it found, and an *OrphansError when anybody is
-// left.
-func witness(dir, path string, dirID shm.Identity, rec *pidfile.Record, me self, reclaim bool) ([]shm.Analysis, error) {
+// reclaim set it removes the unattached segments it finds. found is a pass
+// over /proc that already looked for survivorEntries (nil: witness makes its
+// own). It returns the segments of the directory it found, and an
+// *OrphansError when anybody is left.
+func witness(dir, path string, dirID shm.Identity, rec *pidfile.Record, me self, reclaim bool, found *proc.Found) ([]shm.Analysis, error) {
 	var ids []int
 	if me.sameBoot(rec) {
 		ids = append(ids, rec.ShmID)
@@ -429,30 +447,43 @@ func witness(dir, path string, dirID shm.Identity, rec *pidfile.Record, me self,
 			orphans = append(orphans, segmentOrphans(a)...)
 		}
 	}
-	token := PidfileEnv + "=" + path
-	envs := []string{token}
-	if me.sameBoot(rec) && rec.Token != "" {
-		token = TokenEnv + "=" + rec.Token
-		envs = append(envs, token)
+	envs := survivorEntries(path, rec, me)
+	if found == nil {
+		if found, err = proc.Search(proc.Query{Env: envs}); err != nil {
+			return segs, err
+		}
 	}
-	found, err := proc.WithEnv(envs...)
-	if err != nil {
-		return segs, err
+	witnesses := map[int]Witness{}
+	for i, e := range envs {
+		for _, pid := range found.Env[e] {
+			witnesses[pid] = WitnessStarted
+			if i > 0 { // the token names the holder: the stronger witness
+				witnesses[pid] = WitnessToken
+			}
+		}
 	}
-	for _, pid := range slices.Sorted(maps.Keys(found)) {
+	for _, pid := range slices.Sorted(maps.Keys(witnesses)) {
 		if pid == me.pid {
 			continue
 		}
-		w := WitnessStarted
-		if found[pid] == token && token != envs[0] {
-			w = WitnessToken
-		}
-		orphans = append(orphans, Orphan{PID: pid, Cmdline: proc.Cmdline(pid), Witness: w})
+		orphans = append(orphans, Orphan{PID: pid, Cmdline: proc.Cmdline(pid), Witness: witnesses[pid]})
 	}
 	if len(orphans) > 0 {
 		return segs, &OrphansError{Dir: dir, Previous: rec, Orphans: orphans}
 	}
 	return segs, nil
+}
+
+// survivorEntries are the environment entries that mark a survivor of the
+// holder that wrote rec: this pidfile's path in DIRLOCKD_PIDFILE, and, for
+// a record of this boot, its token. The token, when there is one, comes
+// last.
+func survivorEntries(path string, rec *pidfile.Record, me self) []string {
+	envs := []string{PidfileEnv + "=" + path}
+	if me.sameBoot(rec) && rec.Token != "" {
+		envs = append(envs, TokenEnv+"="+rec.Token)
+	}
+	return envs
 }
 
 func segmentOrphans(a shm.Analysis) []Orphan {
@@ -566,7 +597,12 @@ func (l *Lock) Release() error {
 	}
 	l.released = true
 	r := l.rec
+	r.Extra = maps.Clone(l.rec.Extra)
 	r.Status = pidfile.Stopped
+	if r.Extra == nil {
+		r.Extra = map[string]string{}
+	}
+	r.Extra[stoppedAtKey] = time.Now().UTC().Format(time.RFC3339Nano)
 	errMark := l.file.Write(&r)
 	if errMark == nil {
 		l.rec = r

@@ -38,8 +38,12 @@ type report struct {
 
 // inspect reports on dir without taking anything.
 func inspect(dir string, opts interlock.Options) *report {
-	r := &report{Datadir: dir, Orphans: []int{}}
 	rep, err := interlock.Inspect(dir, opts)
+	return newReport(dir, rep, err)
+}
+
+func newReport(dir string, rep *interlock.Report, err error) *report {
+	r := &report{Datadir: dir, Orphans: []int{}}
 	if err != nil {
 		r.State, r.Reason = "invalid", err.Error()
 		return r
@@ -94,8 +98,9 @@ and more.`,
 		return exitUsage
 	}
 	worst := 0
-	for _, dir := range g.dirs {
-		r := inspect(dir, g.opts)
+	// One pass over /proc serves every directory.
+	for i, in := range interlock.InspectAll(g.dirs, g.opts) {
+		r := newReport(g.dirs[i], in.Report, in.Err)
 		code := map[string]int{"free": 0, "stale": 0, "held": 1, "orphans": 2, "invalid": 3}[r.State]
 		worst = max(worst, code)
 		if asJSON {
@@ -141,6 +146,9 @@ pg_ctl status and start-stop-daemon --status):
 		fmt.Fprintf(stderr, "dirlockd status: unexpected argument %q\n", rest[0])
 		return lsbUnknown
 	}
+	// status names every holder: the wrapper and the server sharing its
+	// descriptor.
+	g.opts.ListHolders = true
 	r := inspect(g.dirs[0], g.opts)
 	code := map[string]int{"held": lsbRunning, "stale": lsbDeadPidfile, "orphans": lsbDeadPidfile,
 		"free": lsbStopped, "invalid": lsbUnknown}[r.State]
