@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/dirlockd/dirlockd/pidfile"
+	"github.com/dirlockd/dirlockd/shm"
 )
 
 // stoppedAtKey is the record key in which Release writes when it marked the
@@ -33,9 +34,20 @@ const (
 // nobody can set back, away from the record's stopped_at. A record without
 // stopped_at (an older dirlockd) or whose ctime does not match pays for the
 // search, as does any record not stopped, and a missing or unreadable one.
-func cleanStop(rec *pidfile.Record, changed time.Time) bool {
+//
+// One more fact costs a single syscall and keeps the segment witness whole
+// whatever the writer of the record promised: Release removes the segment
+// the record names, and the kernel keeps a removed segment until its last
+// process detaches, so a segment of this boot that still exists means
+// somebody is (or was just) attached, and the search runs.
+func cleanStop(rec *pidfile.Record, changed time.Time, me self) bool {
 	if rec == nil || rec.Status != pidfile.Stopped || changed.IsZero() {
 		return false
+	}
+	if me.sameBoot(rec) && rec.ShmID >= 0 {
+		if _, err := shm.Stat(rec.ShmID); err == nil {
+			return false
+		}
 	}
 	at, err := time.Parse(time.RFC3339Nano, rec.Extra[stoppedAtKey])
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
+	"github.com/dirlockd/dirlockd/shm"
 )
 
 // startWithEnv starts a process that carries env and no descriptor of the
@@ -111,6 +112,28 @@ func TestCleanStopSkipsTheSearch(t *testing.T) {
 	}
 	wantOrphans(t, "Inspect", rep.Err, child, interlock.WitnessLock)
 	killWait(t, child)
+}
+
+// TestStoppedRecordWithSegmentAttachedIsSearched: a stopped record whose
+// segment still exists (Release removed it, a process of the tree is still
+// attached) is no clean stop, whatever the writer of the record promised.
+func TestStoppedRecordWithSegmentAttachedIsSearched(t *testing.T) {
+	dir := testutil.DataDir(t)
+	l := acquire(t, dir, interlock.Options{})
+	id, err := shm.DirIdentity(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	survivor, err := shm.Attach(l.Segment().ID, id) // a second attachment outlives the release
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer survivor.Detach()
+	l.Release()
+	rep, err := interlock.Inspect(dir, fast)
+	if err != nil || rep.State != interlock.Orphaned {
+		t.Fatalf("Inspect of a stopped record whose segment is still attached: %+v, %v; want orphans", rep, err)
+	}
 }
 
 // TestProvenHolderNamedAlone: a held directory whose recorded holder proves

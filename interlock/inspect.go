@@ -141,6 +141,7 @@ type inspecting struct {
 	fs     pidfile.Filesystem
 	r      *pidfile.Reading
 	proven bool // the recorded holder proved itself
+	clean  bool // the lock is free and the record a clean stop
 }
 
 func prepare(dir string, opts Options) (*inspecting, error) {
@@ -176,7 +177,8 @@ func (in *inspecting) look(opts Options, me self, q *proc.Query) error {
 		if !in.proven || opts.ListHolders {
 			q.Locked = append(q.Locked, proc.FileID{Dev: r.Dev, Ino: r.Ino})
 		}
-	case r.Outcome == pidfile.NotHeld && cleanStop(r.Record, r.Changed):
+	case r.Outcome == pidfile.NotHeld && cleanStop(r.Record, r.Changed, me):
+		in.clean = true
 	default:
 		q.Env = append(q.Env, survivorEntries(r.Path, r.Record, me)...)
 	}
@@ -206,7 +208,7 @@ func (in *inspecting) judge(found *proc.Found, opts Options, me self) (rep *Repo
 		}
 		return rep, final, nil
 	}
-	if r.Outcome == pidfile.NotHeld && cleanStop(r.Record, r.Changed) {
+	if in.clean {
 		rep.State = Free
 		return rep, true, nil
 	}

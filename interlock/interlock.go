@@ -254,14 +254,31 @@ func checkStorage(f *pidfile.File, opts Options) error {
 // lockWaiting takes f's lock, retrying while it is busy for as long as opts
 // and ctx allow, and at least until a busy lock can be blamed on somebody.
 //
+// A waiter sleeps in the kernel until the pidfile is closed by somebody
+// (pidfile.ReleaseWatch: the moment a holder's lock goes) and tries again
+// then, so a release is noticed at once and no waiter burns the CPU the
+// holder needs. It also tries again after a fallback interval, for the
+// releases a watch cannot see (an explicit unlock; a holder on another
+// host of a shared filesystem, where it polls as before).
+//
 // Saying who holds a busy lock can cost a scan of every process's
 // descriptors, so a caller that waits asks only when it is about to give up:
 // dozens of waiters classifying on every retry would starve the very holder
 // they wait for.
 func lockWaiting(ctx context.Context, f *pidfile.File, opts Options, me self) error {
 	start := time.Now()
-	backoff := time.Millisecond
 	dev, ino := f.ID()
+	fallback := 100 * time.Millisecond
+	if fs, err := f.Filesystem(); err != nil || fs.Shared() {
+		fallback = 0 // jittered backoff below
+	}
+	backoff := time.Millisecond
+	var watch *pidfile.ReleaseWatch
+	defer func() {
+		if watch != nil {
+			watch.Close()
+		}
+	}()
 	for {
 		err := f.TryLock(opts.LockMethod)
 		if err == nil || !errors.Is(err, pidfile.ErrLocked) {
@@ -278,13 +295,32 @@ func lockWaiting(ctx context.Context, f *pidfile.File, opts Options, me self) er
 				return verdict
 			}
 		}
-		// Jittered, and short at most: a waiter only notices a release
-		// when it tries again, so the ceiling is the hand-off latency.
+		if watch == nil && fallback > 0 {
+			// Watch first, then try again at once: a release between
+			// the failed attempt and the watch is not missed.
+			if watch, err = f.WatchRelease(); err == nil {
+				continue
+			}
+			watch, fallback = nil, 0
+		}
+		d := fallback
+		if d == 0 {
+			// Jittered, and short at most: without a watch a waiter
+			// only notices a release when it tries again.
+			d = backoff/2 + mrand.N(backoff)
+			backoff = min(2*backoff, 10*time.Millisecond)
+		}
+		if opts.Wait > 0 && waited < opts.Wait {
+			d = min(d, opts.Wait-waited) // judge when the wait runs out
+		}
+		if watch != nil {
+			watch.Wait(ctx, d)
+			continue
+		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(backoff/2 + mrand.N(backoff)):
+		case <-time.After(d):
 		}
-		backoff = min(2*backoff, 10*time.Millisecond)
 	}
 }
 
@@ -375,7 +411,7 @@ func takeOver(ctx context.Context, f *pidfile.File, opts Options, me self) (*Loc
 	if err != nil {
 		return nil, err
 	}
-	if !cleanStop(rec, changed) {
+	if !cleanStop(rec, changed, me) {
 		if _, err := witness(f.Dir(), f.Path(), dirID, rec, me, true, nil); err != nil {
 			return nil, err
 		}

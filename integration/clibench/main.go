@@ -15,6 +15,9 @@
 // idle processes on the host (sleep; started before and ended by PID after,
 // also on SIGINT/SIGTERM).
 //
+// With -handoff D it measures hand-off instead: dirlockd stress with 8
+// workers beside a bare open+flock+pwrite+fsync loop of 8 workers.
+//
 // It lives under integration/ because, like the tests there, it drives the
 // built binary; make bench runs it after the Go benchmarks:
 //
@@ -76,6 +79,7 @@ func main() {
 	nprocs := flag.Int("procs", 3000, "extra idle processes for the procs condition")
 	only := flag.String("cases", strings.Join(caseNames, ","), "comma-separated cases to time")
 	asJSON := flag.Bool("json", false, "one JSON object per result line instead of the table")
+	handoffFor := flag.Duration("handoff", 0, "instead of the table, run dirlockd stress --workers 8 (--hold 0 and 1ms) and a bare flock loop for this long each")
 	flag.Parse()
 	abs, err := filepath.Abs(*bin)
 	if err != nil {
@@ -83,6 +87,9 @@ func main() {
 	}
 	if _, err := exec.LookPath("flock"); err != nil {
 		fatal(fmt.Errorf("flock(1) not found: install util-linux (apt-get install util-linux)"))
+	}
+	if *handoffFor > 0 {
+		os.Exit(handoff(abs, 8, *handoffFor))
 	}
 	b := &bench{bin: abs, cases: strings.Split(*only, ",")}
 	code := b.run(strings.Split(*conds, ","), *reps, *nprocs, *asJSON)
