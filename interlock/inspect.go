@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/dirlockd/dirlockd/internal/proc"
 	"github.com/dirlockd/dirlockd/pidfile"
 	"github.com/dirlockd/dirlockd/shm"
 )
@@ -32,9 +33,11 @@ type Report struct {
 	Record    *pidfile.Record
 	RecordErr error
 	// Holders are the processes holding the pidfile lock, as far as the
-	// kernel shows them here.
+	// kernel shows them here: only the recorded holder when it proves
+	// itself, unless Options.ListHolders.
 	Holders []int
-	// Segments are the data directory's SysV segments found.
+	// Segments are the data directory's SysV segments found by the
+	// survivor search; none are looked for after a clean stop.
 	Segments []shm.Analysis
 	// Err is the *HeldError or *OrphansError that Acquire would return
 	// now, for Held and Orphaned.
@@ -52,12 +55,98 @@ type Report struct {
 // such probes, so it is safe to call while an instance starts. A directory
 // this process holds is reported Held by this process, with the record read
 // through the holder's own descriptor: the pidfile is not opened again, so
-// not even a POSIX lock is disturbed (see pidfile.Read).
+// not even a POSIX lock is disturbed (see pidfile.Look).
 func Inspect(dir string, opts Options) (*Report, error) {
+	in := InspectAll([]string{dir}, opts)[0]
+	return in.Report, in.Err
+}
+
+// Inspection is InspectAll's answer for one directory: a Report, or why
+// there is none.
+type Inspection struct {
+	Report *Report
+	Err    error
+}
+
+// InspectAll is Inspect of several directories at once, answered in the
+// order of dirs. What costs a look at every process (the survivor search of
+// directories whose record is not a clean stop, the holders of a lock whose
+// recorded holder does not prove itself) is done in one pass over /proc for
+// all of them.
+//
+// Each directory costs only what its state demands: a held directory whose
+// recorded holder proves itself (same boot and PID namespace, same start
+// time, and its own fdinfo shows the lock) names that holder alone, unless
+// opts.ListHolders asks for every process sharing the lock; a free one
+// whose record is a clean stop (see cleanStop) needs no survivor search; a
+// crashed, missing or unreadable record pays for the search.
+func InspectAll(dirs []string, opts Options) []Inspection {
+	out := make([]Inspection, len(dirs))
 	me, err := whoami()
 	if err != nil {
-		return nil, err
+		for i := range out {
+			out[i].Err = err
+		}
+		return out
 	}
+	var pending []*inspecting
+	for i, dir := range dirs {
+		in, err := prepare(dir, opts)
+		if err != nil {
+			out[i].Err = err
+			continue
+		}
+		in.i = i
+		pending = append(pending, in)
+	}
+	deadline := time.Now().Add(opts.settleTime())
+	for len(pending) > 0 {
+		var q proc.Query
+		ready := pending[:0]
+		for _, in := range pending {
+			if err := in.look(opts, me, &q); err != nil {
+				out[in.i].Err = err
+				continue
+			}
+			ready = append(ready, in)
+		}
+		found, err := proc.Search(q)
+		if err != nil {
+			for _, in := range ready {
+				out[in.i].Err = err
+			}
+			return out
+		}
+		var again []*inspecting
+		for _, in := range ready {
+			rep, final, err := in.judge(found, opts, me)
+			if !final && time.Now().Before(deadline) {
+				again = append(again, in)
+				continue
+			}
+			out[in.i] = Inspection{Report: rep, Err: err}
+		}
+		if pending = again; len(pending) > 0 {
+			// A busy lock nobody proves to hold: a starter that has
+			// not written its record yet, or a passing probe.
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return out
+}
+
+// inspecting is one directory of InspectAll.
+type inspecting struct {
+	i      int
+	abs    string
+	dirID  shm.Identity
+	fs     pidfile.Filesystem
+	r      *pidfile.Reading
+	proven bool // the recorded holder proved itself
+	clean  bool // the lock is free and the record a clean stop
+}
+
+func prepare(dir string, opts Options) (*inspecting, error) {
 	abs, err := pidfile.CheckDir(dir)
 	if err != nil {
 		return nil, err
@@ -73,50 +162,76 @@ func Inspect(dir string, opts Options) (*Report, error) {
 	if why := fs.LocalOnly(opts.LockMethod); why != "" && !opts.AllowLocalLocks {
 		return nil, &LocalLocksError{Dir: abs, Filesystem: fs, Reason: why}
 	}
-	deadline := time.Now().Add(opts.settleTime())
-	for {
-		r, err := pidfile.Read(abs, opts.pidfileOptions())
-		if err != nil {
-			return nil, err
-		}
-		rep := &Report{Dir: abs, Pidfile: r.Path, Record: r.Record, RecordErr: r.Err, Holders: r.Holders, Filesystem: fs}
-		if r.Outcome == pidfile.Held {
-			v, final := judgeBusy(abs, r.Record, func(pid int) bool { return slices.Contains(r.Holders, pid) },
-				func() ([]int, error) { return r.Holders, nil }, me)
-			if !final && time.Now().Before(deadline) {
-				time.Sleep(20 * time.Millisecond)
-				continue
-			}
-			rep.Err = v
-			switch {
-			case errors.Is(v, ErrHeld):
-				rep.State = Held
-			case errors.Is(v, ErrOrphans):
-				rep.State = Orphaned
-			default:
-				return nil, v
-			}
-			return rep, nil
-		}
-		rep.Segments, err = witness(abs, r.Path, dirID, r.Record, me, false)
-		switch {
-		case errors.As(err, new(*OrphansError)):
-			rep.State, rep.Err = Orphaned, err
-		case err != nil:
-			return nil, err
-		case r.Outcome == pidfile.NotExist, r.Record != nil && r.Record.Status == pidfile.Stopped:
-			rep.State = Free
-		case len(r.Raw) == 0:
-			// An empty pidfile: a start died before its first record.
-			rep.State, rep.RecordErr = Stale, fmt.Errorf("%s: %w", r.Path, errEmpty)
-		default:
-			rep.State = Stale
-			if fs.Shared() {
-				rep.TakeoverWatch = opts.takeoverWatch(r.Record, me, time.Now())
-			}
-		}
-		return rep, nil
+	return &inspecting{abs: abs, dirID: dirID, fs: fs}, nil
+}
+
+// look reads the pidfile and tests its lock, and adds to q what the pass
+// over /proc must find for this directory.
+func (in *inspecting) look(opts Options, me self, q *proc.Query) error {
+	r, err := pidfile.Look(in.abs, opts.pidfileOptions())
+	if err != nil {
+		return err
 	}
+	in.r = r
+	switch {
+	case r.Outcome == pidfile.Held:
+		in.proven = recordedHolder(r.Record, me, func(pid int) bool { return proc.HoldsLock(pid, r.Dev, r.Ino) })
+		if !in.proven || opts.ListHolders {
+			q.Locked = append(q.Locked, proc.FileID{Dev: r.Dev, Ino: r.Ino})
+		}
+	case r.Outcome == pidfile.NotHeld && cleanStop(r.Record, r.Changed, me):
+		in.clean = true
+	default:
+		q.Env = append(q.Env, survivorEntries(r.Path, r.Record, me)...)
+	}
+	return nil
+}
+
+// judge turns what look and the pass found into a report. final is false
+// while a busy lock may still be a starter or a probe.
+func (in *inspecting) judge(found *proc.Found, opts Options, me self) (rep *Report, final bool, err error) {
+	r := in.r
+	rep = &Report{Dir: in.abs, Pidfile: r.Path, Record: r.Record, RecordErr: r.Err, Filesystem: in.fs}
+	if r.Outcome == pidfile.Held {
+		rep.Holders = found.Holders[proc.FileID{Dev: r.Dev, Ino: r.Ino}]
+		if in.proven && !opts.ListHolders {
+			rep.Holders = []int{r.Record.PID}
+		}
+		v, final := judgeBusy(in.abs, r.Record, func(pid int) bool { return slices.Contains(rep.Holders, pid) },
+			func() ([]int, error) { return rep.Holders, nil }, me)
+		rep.Err = v
+		switch {
+		case errors.Is(v, ErrHeld):
+			rep.State = Held
+		case errors.Is(v, ErrOrphans):
+			rep.State = Orphaned
+		default:
+			return nil, true, v
+		}
+		return rep, final, nil
+	}
+	if in.clean {
+		rep.State = Free
+		return rep, true, nil
+	}
+	rep.Segments, err = witness(in.abs, r.Path, in.dirID, r.Record, me, false, found)
+	switch {
+	case errors.As(err, new(*OrphansError)):
+		rep.State, rep.Err = Orphaned, err
+	case err != nil:
+		return nil, true, err
+	case r.Outcome == pidfile.NotExist, r.Record != nil && r.Record.Status == pidfile.Stopped:
+		rep.State = Free
+	case len(r.Raw) == 0:
+		// An empty pidfile: a start died before its first record.
+		rep.State, rep.RecordErr = Stale, fmt.Errorf("%s: %w", r.Path, errEmpty)
+	default:
+		rep.State = Stale
+		if in.fs.Shared() {
+			rep.TakeoverWatch = opts.takeoverWatch(r.Record, me, time.Now())
+		}
+	}
+	return rep, true, nil
 }
 
 // Message explains the report in one sentence, as a boot script should log

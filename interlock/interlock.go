@@ -77,6 +77,11 @@ type Options struct {
 	// options keep locks on this host (NFS nolock or local_lock=, CIFS
 	// nobrl). Set it only when no other host mounts the filesystem.
 	AllowLocalLocks bool
+	// ListHolders makes Inspect name every process that holds the lock
+	// of a held directory (the wrapper and the server sharing its
+	// descriptor), which costs a look at every process's descriptors.
+	// Without it a recorded holder that proves itself is named alone.
+	ListHolders bool
 	// NoSync skips fsync of the pidfile. It exists for benchmarks; a crash
 	// can then leave an empty record.
 	NoSync bool
@@ -259,14 +264,31 @@ func checkStorage(f *pidfile.File, opts Options) error {
 // lockWaiting takes f's lock, retrying while it is busy for as long as opts
 // and ctx allow, and at least until a busy lock can be blamed on somebody.
 //
+// A waiter sleeps in the kernel until the pidfile is closed by somebody
+// (pidfile.ReleaseWatch: the moment a holder's lock goes) and tries again
+// then, so a release is noticed at once and no waiter burns the CPU the
+// holder needs. It also tries again after a fallback interval, for the
+// releases a watch cannot see (an explicit unlock; a holder on another
+// host of a shared filesystem, where it polls as before).
+//
 // Saying who holds a busy lock can cost a scan of every process's
 // descriptors, so a caller that waits asks only when it is about to give up:
 // dozens of waiters classifying on every retry would starve the very holder
 // they wait for.
 func lockWaiting(ctx context.Context, f *pidfile.File, opts Options, me self) error {
 	start := time.Now()
-	backoff := time.Millisecond
 	dev, ino := f.ID()
+	fallback := 100 * time.Millisecond
+	if fs, err := f.Filesystem(); err != nil || fs.Shared() {
+		fallback = 0 // jittered backoff below
+	}
+	backoff := time.Millisecond
+	var watch *pidfile.ReleaseWatch
+	defer func() {
+		if watch != nil {
+			watch.Close()
+		}
+	}()
 	for {
 		err := f.TryLock(opts.LockMethod)
 		if err == nil || !errors.Is(err, pidfile.ErrLocked) {
@@ -286,13 +308,32 @@ func lockWaiting(ctx context.Context, f *pidfile.File, opts Options, me self) er
 				return verdict
 			}
 		}
-		// Jittered, and short at most: a waiter only notices a release
-		// when it tries again, so the ceiling is the hand-off latency.
+		if watch == nil && fallback > 0 {
+			// Watch first, then try again at once: a release between
+			// the failed attempt and the watch is not missed.
+			if watch, err = f.WatchRelease(); err == nil {
+				continue
+			}
+			watch, fallback = nil, 0
+		}
+		d := fallback
+		if d == 0 {
+			// Jittered, and short at most: without a watch a waiter
+			// only notices a release when it tries again.
+			d = backoff/2 + mrand.N(backoff)
+			backoff = min(2*backoff, 10*time.Millisecond)
+		}
+		if opts.Wait > 0 && waited < opts.Wait {
+			d = min(d, opts.Wait-waited) // judge when the wait runs out
+		}
+		if watch != nil {
+			watch.Wait(ctx, d)
+			continue
+		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(backoff/2 + mrand.N(backoff)):
+		case <-time.After(d):
 		}
-		backoff = min(2*backoff, 10*time.Millisecond)
 	}
 }
 
@@ -322,8 +363,7 @@ func judgeBusy(dir string, rec *pidfile.Record, holds func(pid int) bool,
 	held := &HeldError{Dir: dir, Record: rec}
 	if rec != nil {
 		held.PID, held.Host, held.Started, held.Status = rec.PID, rec.Hostname, rec.StartTime, rec.Status
-		// The recorded holder, seen from our own PID namespace.
-		if me.sameBoot(rec) && rec.PIDNS == me.pidNS && holds(rec.PID) && proc.Alive(rec.PID, rec.PIDStart) {
+		if recordedHolder(rec, me, holds) {
 			held.Holders = []int{rec.PID}
 			return held, true
 		}
@@ -352,6 +392,13 @@ func judgeBusy(dir string, rec *pidfile.Record, holds func(pid int) bool,
 		return held, false
 	}
 	return &OrphansError{Dir: dir, Previous: rec, Orphans: orphansOf(hs, WitnessLock)}, false
+}
+
+// recordedHolder reports whether the process rec names, seen from our own
+// PID namespace, is alive with the recorded start time and holds the lock
+// (holds answers that, cheaply: from its own descriptors).
+func recordedHolder(rec *pidfile.Record, me self, holds func(pid int) bool) bool {
+	return rec != nil && me.sameBoot(rec) && rec.PIDNS == me.pidNS && holds(rec.PID) && proc.Alive(rec.PID, rec.PIDStart)
 }
 
 // takeOver runs steps 3 to 7 with the lock held.
@@ -387,8 +434,14 @@ func takeOver(ctx context.Context, f *pidfile.File, opts Options, me self) (*Loc
 	if err != nil {
 		return nil, err
 	}
-	if _, err := witness(f.Dir(), f.Path(), dirID, rec, me, true); err != nil {
+	changed, err := f.Changed()
+	if err != nil {
 		return nil, err
+	}
+	if !cleanStop(rec, changed, me) {
+		if _, err := witness(f.Dir(), f.Path(), dirID, rec, me, true, nil); err != nil {
+			return nil, err
+		}
 	}
 	opts.step(StepWitnessed)
 
@@ -438,10 +491,11 @@ func takeOver(ctx context.Context, f *pidfile.File, opts Options, me self) (*Loc
 
 // witness looks for survivors of the holder that wrote rec (which may be nil:
 // a missing or corrupt record hides nothing from the segment scan). With
-// reclaim set it removes the unattached segments it finds. It returns the
-// segments of the directory it found, and an *OrphansError when anybody is
-// left.
-func witness(dir, path string, dirID shm.Identity, rec *pidfile.Record, me self, reclaim bool) ([]shm.Analysis, error) {
+// reclaim set it removes the unattached segments it finds. found is a pass
+// over /proc that already looked for survivorEntries (nil: witness makes its
+// own). It returns the segments of the directory it found, and an
+// *OrphansError when anybody is left.
+func witness(dir, path string, dirID shm.Identity, rec *pidfile.Record, me self, reclaim bool, found *proc.Found) ([]shm.Analysis, error) {
 	var ids []int
 	if me.sameBoot(rec) {
 		ids = append(ids, rec.ShmID)
@@ -456,30 +510,43 @@ func witness(dir, path string, dirID shm.Identity, rec *pidfile.Record, me self,
 			orphans = append(orphans, segmentOrphans(a)...)
 		}
 	}
-	token := PidfileEnv + "=" + path
-	envs := []string{token}
-	if me.sameBoot(rec) && rec.Token != "" {
-		token = TokenEnv + "=" + rec.Token
-		envs = append(envs, token)
+	envs := survivorEntries(path, rec, me)
+	if found == nil {
+		if found, err = proc.Search(proc.Query{Env: envs}); err != nil {
+			return segs, err
+		}
 	}
-	found, err := proc.WithEnv(envs...)
-	if err != nil {
-		return segs, err
+	witnesses := map[int]Witness{}
+	for i, e := range envs {
+		for _, pid := range found.Env[e] {
+			witnesses[pid] = WitnessStarted
+			if i > 0 { // the token names the holder: the stronger witness
+				witnesses[pid] = WitnessToken
+			}
+		}
 	}
-	for _, pid := range slices.Sorted(maps.Keys(found)) {
+	for _, pid := range slices.Sorted(maps.Keys(witnesses)) {
 		if pid == me.pid {
 			continue
 		}
-		w := WitnessStarted
-		if found[pid] == token && token != envs[0] {
-			w = WitnessToken
-		}
-		orphans = append(orphans, Orphan{PID: pid, Cmdline: proc.Cmdline(pid), Witness: w})
+		orphans = append(orphans, Orphan{PID: pid, Cmdline: proc.Cmdline(pid), Witness: witnesses[pid]})
 	}
 	if len(orphans) > 0 {
 		return segs, &OrphansError{Dir: dir, Previous: rec, Orphans: orphans}
 	}
 	return segs, nil
+}
+
+// survivorEntries are the environment entries that mark a survivor of the
+// holder that wrote rec: this pidfile's path in DIRLOCKD_PIDFILE, and, for
+// a record of this boot, its token. The token, when there is one, comes
+// last.
+func survivorEntries(path string, rec *pidfile.Record, me self) []string {
+	envs := []string{PidfileEnv + "=" + path}
+	if me.sameBoot(rec) && rec.Token != "" {
+		envs = append(envs, TokenEnv+"="+rec.Token)
+	}
+	return envs
 }
 
 func segmentOrphans(a shm.Analysis) []Orphan {
@@ -659,7 +726,12 @@ func (l *Lock) Release() error {
 	}
 	l.released = true
 	r := l.rec
+	r.Extra = maps.Clone(l.rec.Extra)
 	r.Status = pidfile.Stopped
+	if r.Extra == nil {
+		r.Extra = map[string]string{}
+	}
+	r.Extra[stoppedAtKey] = time.Now().UTC().Format(time.RFC3339Nano)
 	errMark := l.file.Write(&r)
 	if errMark == nil {
 		l.rec = r

@@ -586,6 +586,9 @@ type Reading struct {
 	Record  *Record // parsed record, if the content is one
 	Raw     []byte  // content as read
 	Err     error   // why Record is nil although Raw is not empty
+	// Changed is the pidfile's ctime, read after the record (see
+	// File.Changed).
+	Changed time.Time
 	// Holders are the processes holding the lock, as the kernel reports
 	// them. Held with no holders means the holder is out of our sight: on
 	// another host sharing the filesystem, or in a PID namespace we cannot
@@ -594,17 +597,33 @@ type Reading struct {
 }
 
 // Read reports whether the pidfile in dir exists and is held, with its
-// record, without claiming anything. It first asks the kernel which
-// processes hold a lock on the file; only when it sees none does it test the
-// lock itself, which for flock means taking and dropping it at once. A
-// starter that finds the lock busy in that instant must retry briefly
-// (interlock.Acquire does).
+// record and the processes that hold the lock, without claiming anything
+// (Look, then a look at every process's descriptors when it is held).
 //
 // A pidfile that this process holds (through another File) is not opened:
 // its record is read through the holder's descriptor, and the outcome is
 // Held, so that a Read can never close a descriptor of it and drop a POSIX
 // lock.
 func Read(dir string, opts Options) (*Reading, error) {
+	r, err := Look(dir, opts)
+	if err != nil || r.Outcome != Held {
+		return r, err
+	}
+	if r.Holders, err = proc.LockHolders(r.Dev, r.Ino); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Look is Read without naming the holders (Holders stays nil): it opens the
+// pidfile, reads its record and tests the lock, which for flock means
+// taking and dropping it at once when it is free. A starter that finds the
+// lock busy in that instant must retry briefly (interlock.Acquire does); a
+// busy lock is only tested, never disturbed. It reads nothing of other
+// processes, and not /proc/locks, whose read waits for an RCU grace period
+// (milliseconds on an idle machine). A pidfile this process holds is not
+// opened, as for Read.
+func Look(dir string, opts Options) (*Reading, error) {
 	abs, err := CheckDir(dir)
 	if err != nil {
 		return nil, err
@@ -618,7 +637,8 @@ func Read(dir string, opts Options) (*Reading, error) {
 		r.Dev, r.Ino = h.dev, h.ino
 		r.Record, r.Raw, r.Err = h.readShared()
 		if !errors.Is(r.Err, os.ErrClosed) {
-			return r.held(h)
+			r.Outcome = Held
+			return r, nil
 		}
 		// Released meanwhile: look as at any other pidfile.
 		r = &Reading{Path: path}
@@ -644,11 +664,8 @@ func Read(dir string, opts Options) (*Reading, error) {
 	defer f.Close()
 	r.Dev, r.Ino = f.dev, f.ino
 	r.Record, r.Raw, r.Err = f.ReadRecord()
-	// The kernel's lock table says cheaply whether anybody visible holds a
-	// lock; only then is it worth asking every process (and never worth
-	// probing, which would disturb a starter).
-	if locks, err := proc.Locks(f.dev, f.ino); err == nil && len(locks) > 0 {
-		return r.held(f)
+	if r.Changed, err = f.Changed(); err != nil {
+		return nil, err
 	}
 	m := opts.Method
 	if m == Auto && r.Record != nil && r.Record.LockMethod != Auto {
@@ -657,21 +674,22 @@ func Read(dir string, opts Options) (*Reading, error) {
 	switch err := f.probe(m); {
 	case err == nil:
 		r.Outcome = NotHeld
-		return r, nil
 	case errors.Is(err, ErrLocked):
-		// Held by someone the lock table hides (a placer that died in
-		// another PID namespace) or out of sight altogether.
-		return r.held(f)
+		r.Outcome = Held
 	default:
 		return nil, err
 	}
+	return r, nil
 }
 
-func (r *Reading) held(f *File) (*Reading, error) {
-	r.Outcome = Held
-	var err error
-	if r.Holders, err = f.Holders(); err != nil {
-		return nil, err
+// Changed returns the pidfile's status-change time (ctime), which the
+// kernel sets on every write and truncation and nobody can set back: it
+// tells a record the last writer left from one put there later (restored,
+// copied in place).
+func (f *File) Changed() (time.Time, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.f.Fd()), &st); err != nil {
+		return time.Time{}, &os.PathError{Op: "fstat", Path: f.path, Err: err}
 	}
-	return r, nil
+	return time.Unix(st.Ctim.Unix()), nil
 }

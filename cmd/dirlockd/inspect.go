@@ -39,8 +39,12 @@ type report struct {
 
 // inspect reports on dir without taking anything.
 func inspect(dir string, opts interlock.Options) *report {
-	r := &report{Datadir: dir, Orphans: []int{}}
 	rep, err := interlock.Inspect(dir, opts)
+	return newReport(dir, rep, err)
+}
+
+func newReport(dir string, rep *interlock.Report, err error) *report {
+	r := &report{Datadir: dir, Orphans: []int{}}
 	if err != nil {
 		r.State, r.Reason = "invalid", err.Error()
 		return r
@@ -96,8 +100,9 @@ and more.`,
 		return usageError(stderr, "check", "unexpected argument %q", rest[0])
 	}
 	worst := 0
-	for _, dir := range g.dirs {
-		r := inspect(dir, g.opts)
+	// One pass over /proc serves every directory.
+	for i, in := range interlock.InspectAll(g.dirs, g.opts) {
+		r := newReport(g.dirs[i], in.Report, in.Err)
 		code := map[string]int{"free": 0, "stale": 0, "held": 1, "orphans": 2, "invalid": 3}[r.State]
 		worst = max(worst, code)
 		if asJSON {
@@ -144,6 +149,9 @@ pg_ctl status and start-stop-daemon --status):
 		usageError(stderr, "status", "unexpected argument %q", rest[0])
 		return lsbUnknown
 	}
+	// status names every holder: the wrapper and the server sharing its
+	// descriptor.
+	g.opts.ListHolders = true
 	r := inspect(g.dirs[0], g.opts)
 	code := map[string]int{"held": lsbRunning, "stale": lsbDeadPidfile, "orphans": lsbDeadPidfile,
 		"free": lsbStopped, "invalid": lsbUnknown}[r.State]

@@ -14,7 +14,6 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -103,18 +102,12 @@ func Cmdline(pid int) string {
 
 // PIDs lists the processes visible in our PID namespace, in ascending order.
 func PIDs() ([]int, error) {
-	ents, err := os.ReadDir(Root)
+	s, err := newScanner()
 	if err != nil {
-		return nil, fmt.Errorf("list processes: %w", err)
+		return nil, err
 	}
-	pids := make([]int, 0, len(ents))
-	for _, e := range ents {
-		if pid, err := strconv.Atoi(e.Name()); err == nil && pid > 0 {
-			pids = append(pids, pid)
-		}
-	}
-	slices.Sort(pids)
-	return pids, nil
+	defer s.close()
+	return s.pids()
 }
 
 // LockHolders returns the processes that hold a lock on the file identified
@@ -123,38 +116,28 @@ func PIDs() ([]int, error) {
 // placed a flock and never changes, this finds every process that shares the
 // locked open file description, such as children that inherited it.
 func LockHolders(dev, ino uint64) ([]int, error) {
-	pids, err := PIDs()
+	id := FileID{dev, ino}
+	f, err := Search(Query{Locked: []FileID{id}})
 	if err != nil {
 		return nil, err
 	}
-	var holders []int
-	for _, pid := range pids {
-		if HoldsLock(pid, dev, ino) {
-			holders = append(holders, pid)
-		}
-	}
-	return holders, nil
+	return f.Holders[id], nil
 }
 
 // HoldsLock reports whether process pid holds a lock on the file identified
-// by (dev, ino) through one of its descriptors.
+// by (dev, ino) through one of its descriptors. It reads only that
+// process's descriptors: the cheap proof that a recorded holder still holds.
 func HoldsLock(pid int, dev, ino uint64) bool {
-	dir := fmt.Sprintf("%s/%d/fd", Root, pid)
-	ents, err := os.ReadDir(dir)
+	if pid <= 0 {
+		return false
+	}
+	s, err := newScanner()
 	if err != nil {
 		return false
 	}
-	for _, e := range ents {
-		var st unix.Stat_t
-		if unix.Stat(dir+"/"+e.Name(), &st) != nil || st.Dev != dev || st.Ino != ino {
-			continue
-		}
-		info, err := os.ReadFile(fmt.Sprintf("%s/%d/fdinfo/%s", Root, pid, e.Name()))
-		if err == nil && hasLockLine(info) {
-			return true
-		}
-	}
-	return false
+	defer s.close()
+	id := FileID{dev, ino}
+	return len(s.lockedFiles(pid, map[FileID]bool{id: true})) > 0
 }
 
 func hasLockLine(fdinfo []byte) bool {
@@ -217,27 +200,19 @@ type Attachment struct {
 // segment shmid mapped. The kernel offers no API for this; the mapping shows
 // in /proc/PID/maps as "/SYSV<key>" with the shmid in the inode column.
 func AttachedTo(shmid int) ([]Attachment, error) {
-	pids, err := PIDs()
-	if err != nil {
-		return nil, err
-	}
 	self, err := Namespace(os.Getpid(), "ipc")
 	if err != nil {
 		return nil, err
 	}
+	f, err := Search(Query{Segments: []int{shmid}})
+	if err != nil {
+		return nil, err
+	}
 	var out []Attachment
-	for _, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("%s/%d/maps", Root, pid))
-		if err != nil {
-			continue
-		}
-		found, writable := mapsSysV(b, uint64(shmid))
-		if !found {
-			continue
-		}
+	for _, a := range f.Attached[shmid] {
 		// shmids repeat across IPC namespaces: only ours count.
-		if ns, err := Namespace(pid, "ipc"); err == nil && ns == self {
-			out = append(out, Attachment{PID: pid, Writable: writable})
+		if ns, err := Namespace(a.PID, "ipc"); err == nil && ns == self {
+			out = append(out, a)
 		}
 	}
 	return out, nil
@@ -263,28 +238,18 @@ func mapsSysV(maps []byte, shmid uint64) (found, writable bool) {
 }
 
 // WithEnv returns the processes whose initial environment contains any of
-// the given "KEY=VALUE" entries, each with the first entry it matched. A
-// server started by dirlockd carries its acquisition token and pidfile path
+// the given "KEY=VALUE" entries, each with the first of entries it matched.
+// A server started by dirlockd carries its acquisition token and pidfile path
 // this way even after it has closed every inherited descriptor.
 func WithEnv(entries ...string) (map[int]string, error) {
-	pids, err := PIDs()
+	f, err := Search(Query{Env: entries})
 	if err != nil {
 		return nil, err
 	}
 	out := map[int]string{}
-	for _, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("%s/%d/environ", Root, pid))
-		if err != nil {
-			continue
-		}
-	scan:
-		for kv := range bytes.SplitSeq(b, []byte{0}) {
-			for _, e := range entries {
-				if string(kv) == e {
-					out[pid] = e
-					break scan
-				}
-			}
+	for i := len(entries) - 1; i >= 0; i-- {
+		for _, pid := range f.Env[entries[i]] {
+			out[pid] = entries[i]
 		}
 	}
 	return out, nil

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -138,5 +139,63 @@ func TestIdentity(t *testing.T) {
 	}
 	if _, err := Namespace(1<<30, "pid"); err == nil {
 		t.Error("Namespace of no process succeeded")
+	}
+}
+
+// TestSearchOnePass asks one pass for several entries, files and a
+// segment at once, with the cases a fast reader gets wrong: an environment
+// larger than the reused buffer, a wanted key that is the tail of another
+// entry, and a lock held through descriptor 0.
+func TestSearchOnePass(t *testing.T) {
+	tag := strconv.Itoa(os.Getpid())
+	// 200 KiB before the entries (one string may not exceed 128 KiB).
+	pad := strings.Repeat("x", 100<<10)
+	a := exec.Command("/bin/sleep", "30")
+	a.Env = []string{"PAD1=" + pad, "PAD2=" + pad, "DIRLOCKD_PIDFILE=/a/" + tag, "DIRLOCKD_TOKEN=t" + tag}
+	b := exec.Command("/bin/sleep", "30")
+	b.Env = []string{"XDIRLOCKD_PIDFILE=/b/" + tag, "DIRLOCKD_PIDFILE=/c/" + tag}
+	path := filepath.Join(t.TempDir(), "f")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	b.Stdin = f // descriptor 0
+	for _, c := range []*exec.Cmd{a, b} {
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { c.Process.Kill(); c.Wait() }()
+	}
+	var st unix.Stat_t
+	unix.Fstat(int(f.Fd()), &st)
+	id := FileID{st.Dev, st.Ino}
+	got, err := Search(Query{
+		Env:    []string{"DIRLOCKD_PIDFILE=/a/" + tag, "DIRLOCKD_PIDFILE=/b/" + tag, "DIRLOCKD_PIDFILE=/c/" + tag, "DIRLOCKD_TOKEN=t" + tag},
+		Locked: []FileID{id, {st.Dev, st.Ino + 1}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]int{
+		"DIRLOCKD_PIDFILE=/a/" + tag: {a.Process.Pid},
+		"DIRLOCKD_PIDFILE=/c/" + tag: {b.Process.Pid},
+		"DIRLOCKD_TOKEN=t" + tag:     {a.Process.Pid},
+	}
+	for e, w := range want {
+		if !slices.Equal(got.Env[e], w) {
+			t.Errorf("Env[%s] = %v, want %v", e, got.Env[e], w)
+		}
+	}
+	if p := got.Env["DIRLOCKD_PIDFILE=/b/"+tag]; len(p) != 0 {
+		t.Errorf("XDIRLOCKD_PIDFILE matched DIRLOCKD_PIDFILE: %v", p)
+	}
+	holders := []int{os.Getpid(), b.Process.Pid}
+	slices.Sort(holders)
+	if !slices.Equal(got.Holders[id], holders) {
+		t.Errorf("Holders = %v, want %v (ours and the child's descriptor 0)", got.Holders[id], holders)
 	}
 }
