@@ -204,7 +204,7 @@ func TestStoppedMeansTreeGone(t *testing.T) {
 func TestSeveralLeft(t *testing.T) {
 	dir := testutil.DataDir(t)
 	pidFile := filepath.Join(t.TempDir(), "pids")
-	w := startRun(t, nil, dir, nil, "sh", "-c", `sleep 300 & echo $! >> "$1"; sleep 300 & echo $! >> "$1"; exit 7`, "sh", pidFile)
+	w := startRun(t, nil, dir, nil, "sh", "-c", `sleep 300 & echo $! >> "$1"; sleep 300 & echo $! >> "$1"; exit 0`, "sh", pidFile)
 	pids := pidsIn(t, pidFile, 2)
 	eventually(t, 10*time.Second, "the command to exit", func() bool { return strings.Contains(w.stderr.String(), "the command exited") })
 	code, out, _ := dirlockd(t, "status", "-D", dir)
@@ -215,13 +215,32 @@ func TestSeveralLeft(t *testing.T) {
 		t.Errorf("check: exit %d, %+v; want held with no main PID", code, r)
 	}
 	w.cmd.Process.Signal(syscall.SIGTERM)
-	if code := w.wait(t, 10*time.Second); code != 7 {
-		t.Errorf("exit %d, want the command's 7; stderr:\n%s", code, w.stderr)
+	if code := w.wait(t, 10*time.Second); code != 0 {
+		t.Errorf("exit %d, want the command's 0; stderr:\n%s", code, w.stderr)
 	}
 	for _, p := range pids {
 		if alive(p) {
 			t.Errorf("PID %d survived SIGTERM", p)
 		}
+	}
+}
+
+// TestFailingCommand: a command that fails has failed the server, even if it
+// leaves one process behind that would otherwise become the main process:
+// what it left is stopped, and run exits with the command's status.
+func TestFailingCommand(t *testing.T) {
+	dir := testutil.DataDir(t)
+	pidFile := filepath.Join(t.TempDir(), "pids")
+	w := startRun(t, nil, dir, nil, "sh", "-c", `sleep 300 & echo $! >> "$1"; exit 3`, "sh", pidFile)
+	left := pidsIn(t, pidFile, 1)[0]
+	if code := w.wait(t, 10*time.Second); code != 3 {
+		t.Errorf("exit %d, want the command's 3; stderr:\n%s", code, w.stderr)
+	}
+	if alive(left) {
+		t.Errorf("PID %d, left by the failed command, survived", left)
+	}
+	if s := w.stderr.String(); !strings.Contains(s, "the command failed (status 3)") {
+		t.Errorf("no log of the failed start:\n%s", s)
 	}
 }
 

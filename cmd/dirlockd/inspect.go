@@ -128,14 +128,14 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	fs := command("status", "status -D DIR [--json]",
 		`Report whether a server holds the data directory, with LSB status codes (as
 pg_ctl status and start-stop-daemon --status):
-  0  running: held by a live instance (PID, child PID, status, uptime, lock method, segment)
+  0  running: held by a live instance (PID, main PID, status, uptime, lock method, segment)
   1  not running, but the pidfile's record says it did not shut down cleanly,
      or the pidfile is empty or unreadable (stale), or orphaned processes of a
      dead holder survive
   3  not running
   4  unknown: the data directory or pidfile cannot be inspected`,
 		`  dirlockd status -D /var/lib/redis
-  dirlockd status -D /var/lib/redis --json | jq .child_pid
+  dirlockd status -D /var/lib/redis --json | jq .main_pid
 `, false, &g, stderr)
 	fs.BoolVar(&asJSON, "json", false, "print a JSON object")
 	rest, err := g.parse(fs, args, stdout, stderr)
@@ -167,7 +167,7 @@ pg_ctl status and start-stop-daemon --status):
 	if r.rep.Record != nil {
 		up = time.Since(r.rep.Record.StartTime).Round(time.Second).String()
 	}
-	main := "none (the command has exited; several processes of its tree remain)"
+	main := "none (the command has exited, and no one process of its tree took over)"
 	switch {
 	case r.MainPID > 0 && r.MainPID == r.ChildPID:
 		main = strconv.Itoa(r.MainPID)

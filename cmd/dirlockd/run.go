@@ -38,10 +38,11 @@ subreaper, so a server that forks and exits (pg_ctl start, redis-server
 dirlockd holds the directory, and the record says running, until the last of
 them has exited; only then is the record marked stopped. The main process is
 the one signals go to and whose exit status dirlockd reports: COMMAND while it
-lives, then the process named by --main-pid-file, or else the only process left
-under dirlockd if exactly one is. When the main process exits while others of
-its tree remain, they are stopped too. dirlockd exits with the main process's
-status (128+N if killed by signal N), or COMMAND's.
+lives, then the process named by --main-pid-file, or else, if COMMAND exited 0,
+the only process left under dirlockd if exactly one is. A COMMAND that fails
+fails the server: what it leaves behind is stopped. When the main process
+exits while others of its tree remain, they are stopped too. dirlockd exits
+with the main process's status (128+N if killed by signal N), or COMMAND's.
 
 COMMAND's environment gets DIRLOCKD_DATADIR, DIRLOCKD_PIDFILE, DIRLOCKD_LOCK_FD,
 DIRLOCKD_SHM_ID, DIRLOCKD_TOKEN, and a NOTIFY_SOCKET of dirlockd's own (an
@@ -60,13 +61,16 @@ processes left when the main process exits get SIGTERM; after --stop-timeout,
 every process still in the tree gets SIGKILL. Signals reach processes through
 pidfds, never by a PID that may have been reused. A signal that arrives while
 dirlockd is still acquiring is not lost: SIGTERM and SIGINT give up (exit 143
-or 130), the others are passed to the server once it has started.
+or 130), the others are passed to the server once it is ready by --ready-notify
+or --ready-tcp (without either, there is no moment it is known to handle them,
+and they are dropped with a warning).
 
 Every --recheck, dirlockd checks that it still holds the directory and writes
 a heartbeat through the locked descriptor, on a goroutine of its own so that a
 hung storage never delays a signal. A failed check (the pidfile deleted or
 replaced, the lock gone), a write the storage refuses (EIO: an NFSv4 lock lost
-with its lease), or a storage that does not answer within twice --recheck
+with its lease), or a storage that does not answer within twice --recheck (at
+least 5 s)
 counts as a lost interlock: --on-lost shutdown stops the server. A shared
 memory segment removed from under a live holder (ipcrm, or systemd-logind's
 RemoveIPC=yes) is not a lost interlock: dirlockd creates a new one, records it,

@@ -366,18 +366,17 @@ const mainPIDFilePoll = 100 * time.Millisecond
 
 // exited handles a process of the tree that dirlockd reaped.
 func (r *runner) exited(pid int, ws *unix.WaitStatus) {
+	isMain := r.main != nil && pid == r.main.pid
 	if pid == r.cmdPID {
-		what := "the command"
-		if r.main != nil && r.main.pid == pid {
-			what = "the server" // the command is the server, as it is unless it forks
+		r.cmdCode = exitCode(*ws)
+		if !isMain {
+			r.logExit("the command", pid, *ws)
 		}
-		r.cmdCode = r.exitStatus(what, pid, *ws)
 	}
-	if r.main != nil && pid == r.main.pid {
+	switch {
+	case isMain:
 		r.mainExited(ws)
-		return
-	}
-	if pid != r.cmdPID {
+	case pid != r.cmdPID:
 		r.log.Debug("a process of the server's tree exited", "pid", pid, "status", describe(*ws))
 	}
 }
@@ -402,17 +401,21 @@ func (r *runner) mainExited(ws *unix.WaitStatus) {
 	r.main = nil
 	unix.Close(m.pfd)
 	r.rec.SetExtra(mainPIDKey, "")
-	wasCommand := m.pid == r.cmdPID
-	if !wasCommand {
-		if ws != nil {
-			code := r.exitStatus("the server's main process", m.pid, *ws)
-			r.mainCode = &code
-		} else {
-			r.log.Warn("the server's main process exited; its exit status is its parent's to know", "pid", m.pid)
-		}
-	}
 	rest := pinTree()
 	defer rest.Close()
+	wasCommand := m.pid == r.cmdPID
+	switch {
+	case wasCommand && len(rest) == 0:
+		r.logExit("the server", m.pid, *ws) // the command was the whole server
+	case wasCommand:
+		r.logExit("the command", m.pid, *ws)
+	case ws != nil:
+		r.logExit("the server's main process", m.pid, *ws)
+		code := exitCode(*ws)
+		r.mainCode = &code
+	default:
+		r.log.Warn("the server's main process exited; its exit status is its parent's to know", "pid", m.pid)
+	}
 	if len(rest) == 0 {
 		return // the tree is gone: reapAll says so next
 	}
@@ -420,6 +423,12 @@ func (r *runner) mainExited(ws *unix.WaitStatus) {
 	switch {
 	case r.stopAsked:
 		r.log.Info("the main process exited; stopping the processes left in its tree", "pids", pids)
+		rest.Signal(unix.SIGTERM)
+		rest.Signal(unix.SIGCONT)
+	case wasCommand && r.cmdCode != 0:
+		// A start command that fails has failed the server, whatever
+		// it left running (systemd fails a Type=forking unit alike).
+		r.beginStop(fmt.Sprintf("the command failed (status %d); stopping what it left behind", r.cmdCode))
 		rest.Signal(unix.SIGTERM)
 		rest.Signal(unix.SIGCONT)
 	case wasCommand && r.flags.mainPIDFile != "":
@@ -678,15 +687,22 @@ func (r *runner) upstreamSend(fields ...notify.Field) {
 	}
 }
 
-// exitStatus logs how a process of the tree ended and returns the status
-// run reports for it.
-func (r *runner) exitStatus(what string, pid int, ws unix.WaitStatus) int {
+// logExit logs how a process of the tree ended.
+func (r *runner) logExit(what string, pid int, ws unix.WaitStatus) {
+	if ws.Signaled() {
+		r.log.Info(what+" was killed by a signal", "pid", pid, "signal", unix.SignalName(ws.Signal()))
+		return
+	}
+	r.log.Info(what+" exited", "pid", pid, "status", ws.ExitStatus())
+}
+
+// exitCode is the status run reports for a process that ended so: its exit
+// status, or 128+N if signal N killed it.
+func exitCode(ws unix.WaitStatus) int {
 	switch {
 	case ws.Exited():
-		r.log.Info(what+" exited", "pid", pid, "status", ws.ExitStatus())
 		return ws.ExitStatus()
 	case ws.Signaled():
-		r.log.Info(what+" was killed by a signal", "pid", pid, "signal", unix.SignalName(ws.Signal()))
 		return exitSignalBase + int(ws.Signal())
 	}
 	return exitInternal
