@@ -588,8 +588,9 @@ func (l *Lock) File() *pidfile.File { return l.file }
 // Segment returns the holder's attached SysV segment.
 func (l *Lock) Segment() *shm.Segment { return l.seg }
 
-// Update changes the record with fn and rewrites it. On error the record in
-// memory is left as it was.
+// Update changes the record with fn and rewrites it, fsynced only on shared
+// storage (see pidfile.File.Amend). On error the record in memory is left as
+// it was.
 func (l *Lock) Update(fn func(*pidfile.Record)) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -602,9 +603,9 @@ func (l *Lock) Update(fn func(*pidfile.Record)) error {
 	return l.write(r)
 }
 
-// write rewrites the record as r and remembers it; l.mu must be held.
+// write amends the record to r and remembers it; l.mu must be held.
 func (l *Lock) write(r pidfile.Record) error {
-	if err := l.file.Write(&r); err != nil {
+	if err := l.file.Amend(&r); err != nil {
 		return err
 	}
 	l.rec = r

@@ -503,7 +503,22 @@ func readAll(f *os.File) ([]byte, error) {
 // Write replaces the record: one write of the whole record at offset 0,
 // truncation to its length, fsync (and an fsync of the directory after the
 // file was created). The caller must hold the lock.
-func (f *File) Write(r *Record) error {
+func (f *File) Write(r *Record) error { return f.write(r, true) }
+
+// Amend replaces the record as Write does, but fsyncs it only where another
+// host may read it (shared storage, where the fsync is also what reports a
+// lost lock). On a local filesystem every reader shares this kernel's page
+// cache, and a crash of the kernel makes the record's PIDs and segment
+// meaningless anyway (its boot ID no longer matches): an amendment that only
+// informs (status, child PIDs, a heartbeat) need not wait for the disk.
+// What must survive a power loss, the record naming a new holder and the
+// clean release, goes through Write.
+func (f *File) Amend(r *Record) error {
+	fs, err := f.Filesystem()
+	return f.write(r, err != nil || fs.Shared())
+}
+
+func (f *File) write(r *Record, durable bool) error {
 	if !f.locked {
 		return fmt.Errorf("write %s: lock not held", f.path)
 	}
@@ -525,18 +540,20 @@ func (f *File) Write(r *Record) error {
 	if err == nil {
 		err = f.f.Truncate(int64(len(b)))
 	}
-	if err == nil && !f.noSync {
+	if err == nil && durable && !f.noSync {
 		err = f.f.Sync()
 	}
 	if err != nil {
 		return fmt.Errorf("write pidfile: %w", err)
 	}
-	if f.created && !f.noSync {
+	if f.created && durable && !f.noSync {
 		if err := syncDir(f.dir); err != nil {
 			return fmt.Errorf("write pidfile: %w", err)
 		}
 	}
-	f.created = false
+	if durable {
+		f.created = false
+	}
 	return nil
 }
 

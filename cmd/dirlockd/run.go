@@ -12,8 +12,7 @@ import (
 // forwarded are the signals run passes on to the server.
 var forwarded = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2}
 
-// childLockFD is the descriptor number of the locked pidfile in the server:
-// the first of exec.Cmd.ExtraFiles.
+// childLockFD is the descriptor number of the locked pidfile in the server.
 const childLockFD = 3
 
 type runFlags struct {

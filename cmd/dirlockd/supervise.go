@@ -234,11 +234,7 @@ func (r *runner) acquireFailed(err error) int {
 // start launches the server with the locked descriptor and our environment.
 func (r *runner) start(path, notifySocket string) int {
 	rec := r.lock.Record()
-	cmd := exec.Command(path, r.argv[1:]...)
-	cmd.Args[0] = r.argv[0]
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.ExtraFiles = []*os.File{r.lock.File().OS()}
-	cmd.Env = append(childEnv(os.Environ()),
+	env := append(childEnv(os.Environ()),
 		"DIRLOCKD_DATADIR="+rec.DataDir,
 		interlock.PidfileEnv+"="+r.lock.File().Path(),
 		"DIRLOCKD_LOCK_FD="+strconv.Itoa(childLockFD),
@@ -246,15 +242,24 @@ func (r *runner) start(path, notifySocket string) int {
 		interlock.TokenEnv+"="+rec.Token,
 		"NOTIFY_SOCKET="+notifySocket,
 	)
+	// syscall.ForkExec rather than os/exec: os.StartProcess first forks a
+	// throw-away child to learn whether pidfds work, a fork on every start
+	// that dirlockd, which pins its tree with pidfd_open anyway, does not
+	// need. Descriptor 3 is the locked pidfile.
+	//
 	// Its own process group: a terminal's Ctrl-C reaches dirlockd alone,
 	// which passes it on once; --signal-group can then reach the group.
 	// No parent-death signal: if dirlockd dies, the server must live on and
 	// keep the lock.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	pid, err := syscall.ForkExec(path, r.argv, &syscall.ProcAttr{
+		Env:   env,
+		Files: []uintptr{0, 1, 2, r.lock.File().OS().Fd()},
+		Sys:   &syscall.SysProcAttr{Setpgid: true},
+	})
+	if err != nil {
 		return r.execFailed(err)
 	}
-	r.cmdPID = cmd.Process.Pid
+	r.cmdPID = pid
 	// Our own unreaped child: its PID cannot be recycled yet.
 	if m, ok := pin(r.cmdPID, os.Getpid()); ok {
 		r.setMain(m, "the command")
@@ -401,8 +406,11 @@ func (r *runner) mainExited(ws *unix.WaitStatus) {
 	r.main = nil
 	unix.Close(m.pfd)
 	r.rec.SetExtra(mainPIDKey, "")
-	rest := pinTree()
-	defer rest.Close()
+	var rest pinned
+	if hasChildren() {
+		rest = pinTree()
+		defer rest.Close()
+	}
 	wasCommand := m.pid == r.cmdPID
 	switch {
 	case wasCommand && len(rest) == 0:

@@ -26,6 +26,14 @@ func becomeSubreaper() error {
 	return unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 }
 
+// hasChildren reports whether dirlockd has a child, and so whether the tree
+// is not empty, without reaping anything: one system call where listing the
+// tree takes a read per thread.
+func hasChildren() bool {
+	var info unix.Siginfo
+	return unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WSTOPPED|unix.WCONTINUED|unix.WNOHANG|unix.WNOWAIT, nil) != unix.ECHILD
+}
+
 // member is a process of the tree, pinned by a pidfd.
 type member struct {
 	pid, parent, pgid int

@@ -26,7 +26,7 @@ const Root = "/proc"
 // BootID returns the kernel's boot ID, which changes on every boot: PIDs and
 // SysV segments recorded under another boot ID mean nothing now.
 func BootID() (string, error) {
-	b, err := os.ReadFile(Root + "/sys/kernel/random/boot_id")
+	b, err := readFile(Root + "/sys/kernel/random/boot_id")
 	if err != nil {
 		return "", fmt.Errorf("read boot id: %w", err)
 	}
@@ -49,7 +49,7 @@ func Namespace(pid int, kind string) (uint64, error) {
 // namespace it tells a process apart from a later one that reuses its PID.
 func StartTime(pid int) (uint64, error) {
 	p := fmt.Sprintf("%s/%d/stat", Root, pid)
-	b, err := os.ReadFile(p)
+	b, err := readFile(p)
 	if err != nil {
 		return 0, err
 	}
@@ -93,7 +93,7 @@ func Alive(pid int, start uint64) bool {
 // Cmdline returns the command line of pid with arguments joined by spaces,
 // for messages; it returns "?" when the process cannot be read.
 func Cmdline(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("%s/%d/cmdline", Root, pid))
+	b, err := readFile(fmt.Sprintf("%s/%d/cmdline", Root, pid))
 	if err != nil || len(b) == 0 {
 		return "?"
 	}
@@ -262,7 +262,7 @@ func WithEnv(entries ...string) (map[int]string, error) {
 // answer covers every lock method, and reading it opens no descriptor of the
 // locked file.
 func OwnFDLocked(fd int) (bool, error) {
-	b, err := os.ReadFile(fmt.Sprintf("%s/self/fdinfo/%d", Root, fd))
+	b, err := readFile(fmt.Sprintf("%s/self/fdinfo/%d", Root, fd))
 	if err != nil {
 		return false, err
 	}

@@ -3,9 +3,10 @@ package proc
 import (
 	"bytes"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Stat is what /proc/PID/stat says about a process's place in the tree.
@@ -19,7 +20,7 @@ type Stat struct {
 // ReadStat reads pid's parent, process group, state and start time.
 func ReadStat(pid int) (Stat, error) {
 	p := fmt.Sprintf("%s/%d/stat", Root, pid)
-	b, err := os.ReadFile(p)
+	b, err := readFile(p)
 	if err != nil {
 		return Stat{}, err
 	}
@@ -48,13 +49,19 @@ func ReadStat(pid int) (Stat, error) {
 // Children returns the children of every thread of pid, as
 // /proc/PID/task/TID/children lists them. A process that is gone has none.
 func Children(pid int) []int {
-	tasks, err := os.ReadDir(fmt.Sprintf("%s/%d/task", Root, pid))
+	dir := fmt.Sprintf("%s/%d/task", Root, pid)
+	fd, err := openRetry(unix.AT_FDCWD, dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	if err != nil {
+		return nil
+	}
+	tids, err := listNumeric(fd, make([]byte, 4096), dir, 1)
+	unix.Close(fd)
 	if err != nil {
 		return nil
 	}
 	var out []int
-	for _, t := range tasks {
-		b, err := os.ReadFile(fmt.Sprintf("%s/%d/task/%s/children", Root, pid, t.Name()))
+	for _, tid := range tids {
+		b, err := readFile(fmt.Sprintf("%s/%d/children", dir, tid))
 		if err != nil {
 			continue
 		}
