@@ -719,6 +719,12 @@ func (l *Lock) RenewSegment() error {
 // Release gives the directory back: the record is marked stopped, the
 // segment detached and removed, and the lock released last. The pidfile
 // stays. Release is idempotent.
+//
+// The stopped mark is fsynced only on shared storage, where another host
+// reads it (pidfile.File.Amend). Locally every reader shares this kernel's
+// page cache, and all a power loss can cost is the mark itself: the next
+// boot then calls the release unclean, a false alarm, never a false
+// reassurance. The record naming a new holder is the one Acquire syncs.
 func (l *Lock) Release() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -733,7 +739,7 @@ func (l *Lock) Release() error {
 		r.Extra = map[string]string{}
 	}
 	r.Extra[stoppedAtKey] = time.Now().UTC().Format(time.RFC3339Nano)
-	errMark := l.file.Write(&r)
+	errMark := l.file.Amend(&r)
 	if errMark == nil {
 		l.rec = r
 	}

@@ -91,7 +91,7 @@ func (s *script) check(counter int64) *Result {
 		if err != nil {
 			s.t.Fatal(err)
 		}
-		if err := writeCounter(f, counter); err != nil {
+		if err := writeCounter(f, counter, true); err != nil {
 			s.t.Fatal(err)
 		}
 		f.Close()
@@ -318,7 +318,7 @@ func TestCheckUnterminatedLastLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	f, _ := openCounter(dir)
-	writeCounter(f, 1)
+	writeCounter(f, 1, true)
 	f.Close()
 	r, err := Check(dir)
 	if err != nil {

@@ -108,6 +108,17 @@ type writer struct {
 	boot  string
 	timeN uint64
 	seq   int64
+	sync  bool // fsync each line: the log is on shared storage (see durable)
+}
+
+// durable reports whether writes to the witness files in dir must be synced
+// before they count: on shared storage, where the checker may read them from
+// another host. On a local filesystem every reader shares this kernel's page
+// cache, and what a crash of the kernel loses it loses for every worker at
+// once, with the run.
+func durable(dir string) bool {
+	fs, err := pidfile.StatFS(dir)
+	return err != nil || fs.Shared()
 }
 
 // newWriter prepares a writer with id (see newID), of the stress run run,
@@ -120,7 +131,7 @@ func newWriter(dir, id, run, host string) (*writer, error) {
 	// Without time namespaces (kernels before 5.6) every process of the
 	// boot shares one monotonic clock: 0 stands for that.
 	tns, _ := proc.Namespace(os.Getpid(), "time")
-	return &writer{path: filepath.Join(dir, LogName), id: id, run: run, host: host, boot: boot, timeN: tns}, nil
+	return &writer{path: filepath.Join(dir, LogName), id: id, run: run, host: host, boot: boot, timeN: tns, sync: durable(dir)}, nil
 }
 
 // ID returns the writer's id.
@@ -140,7 +151,8 @@ func newID() (string, error) {
 // afresh and fstat'ed first:
 // on NFS and FUSE, opening revalidates the cached size that O_APPEND writes
 // at (close-to-open consistency), which a descriptor kept open would not.
-// The line goes in one write, synced before Append returns.
+// The line goes in one write, synced before Append returns on shared
+// storage.
 func (w *writer) Append(e Event) error {
 	w.seq++
 	e.W, e.Run, e.Seq, e.Host, e.Boot, e.TimeN, e.PID = w.id, w.run, w.seq, w.host, w.boot, w.timeN, os.Getpid()
@@ -163,7 +175,7 @@ func (w *writer) Append(e Event) error {
 	if err == nil && n != len(b)+1 {
 		err = fmt.Errorf("append to %s: short write (%d of %d bytes)", w.path, n, len(b)+1)
 	}
-	if err == nil {
+	if err == nil && w.sync {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -205,10 +217,13 @@ func parseCounter(b []byte, path string) (int64, error) {
 	return v, nil
 }
 
-// writeCounter writes v at offset 0 and syncs.
-func writeCounter(f *os.File, v int64) error {
+// writeCounter writes v at offset 0, and syncs it when sync is set.
+func writeCounter(f *os.File, v int64, sync bool) error {
 	if _, err := f.WriteAt(fmt.Appendf(nil, "%020d\n", v), 0); err != nil {
 		return err
+	}
+	if !sync {
+		return nil
 	}
 	return f.Sync()
 }

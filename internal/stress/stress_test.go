@@ -56,7 +56,7 @@ func TestCounter(t *testing.T) {
 		t.Errorf("new counter: %d, %v", v, err)
 	}
 	for _, v := range []int64{1, 12345, 7} {
-		if err := writeCounter(f, v); err != nil {
+		if err := writeCounter(f, v, true); err != nil {
 			t.Fatal(err)
 		}
 		if got, err := readCounter(f); got != v || err != nil {

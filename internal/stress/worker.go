@@ -159,7 +159,7 @@ func (w *worker) hold(token string, wait time.Duration) error {
 	written := int64(-1)
 	if enter.Counter >= 0 {
 		written = enter.Counter + 1
-		if err := writeCounter(f, written); err != nil {
+		if err := writeCounter(f, written, w.log.sync); err != nil {
 			return fmt.Errorf("write %s: %w", f.Name(), err)
 		}
 	}
