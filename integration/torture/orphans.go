@@ -148,7 +148,7 @@ func orphansAttached(e *Env) Result {
 			r.fail("iteration %d: start: %v", i, err)
 			break
 		}
-		if !p.waitOutput("the server exited", 20*time.Second) {
+		if !p.waitOutput("the command exited", 20*time.Second) {
 			r.fail("iteration %d: the server did not exit: %s", i, tail(p.output()))
 			k.killTree(p.pid())
 			continue
