@@ -72,17 +72,17 @@ func runOn(t *testing.T, name string, args ...string) (int, string) {
 	return cmd.ProcessState.ExitCode(), out.String()
 }
 
-// recordOf reads the pidfile's record through the backing directory, as the
-// storage server sees it.
-func recordOf(t *testing.T, backing string) *pidfile.Record {
+// recordOf reads the pidfile's record in dir; given a FUSE mount's backing
+// directory, as the storage server sees it.
+func recordOf(t *testing.T, dir string) *pidfile.Record {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(backing, pidfile.DefaultName))
+	b, err := os.ReadFile(filepath.Join(dir, pidfile.DefaultName))
 	if err != nil {
 		t.Fatal(err)
 	}
 	r, err := pidfile.Parse(b)
 	if err != nil {
-		t.Fatalf("pidfile on the backing directory: %v\n%s", err, b)
+		t.Fatalf("pidfile in %s: %v\n%s", dir, err, b)
 	}
 	return r
 }

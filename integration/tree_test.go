@@ -25,20 +25,6 @@ func alive(pid int) bool {
 	return i > 0 && len(b) > i+2 && b[i+2] != 'Z'
 }
 
-// record reads the pidfile's record in dir.
-func record(t *testing.T, dir string) *pidfile.Record {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, pidfile.DefaultName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := pidfile.Parse(b)
-	if err != nil {
-		t.Fatalf("pidfile: %v\n%s", err, b)
-	}
-	return r
-}
-
 // pidsIn waits until the server has written n PIDs, a line each, to file.
 func pidsIn(t *testing.T, file string, n int) []int {
 	t.Helper()
@@ -102,7 +88,7 @@ func TestForkingRedis(t *testing.T) {
 			if alive(daemon) {
 				t.Errorf("redis (PID %d) survived the stop", daemon)
 			}
-			if rec := record(t, dir); rec.Status != pidfile.Stopped {
+			if rec := recordOf(t, dir); rec.Status != pidfile.Stopped {
 				t.Errorf("record status %q after the stop", rec.Status)
 			}
 			if code, r := check(t, dir); code != 0 || r.State != "free" {
@@ -152,7 +138,7 @@ func TestShellDaemon(t *testing.T) {
 		if alive(daemon) {
 			t.Errorf("round %d: the daemon survived", round)
 		}
-		if rec := record(t, dir); rec.Status != pidfile.Stopped {
+		if rec := recordOf(t, dir); rec.Status != pidfile.Stopped {
 			t.Errorf("round %d: record status %q", round, rec.Status)
 		}
 	}
@@ -184,7 +170,7 @@ func TestStoppedMeansTreeGone(t *testing.T) {
 			}
 			select {
 			case <-w.done:
-				if r := record(t, dir); r.Status != pidfile.Stopped {
+				if r := recordOf(t, dir); r.Status != pidfile.Stopped {
 					t.Fatalf("round %d: wrapper exited, record status %q", round, r.Status)
 				}
 			default:
