@@ -720,6 +720,12 @@ func (l *Lock) RenewSegment() error {
 // segment detached and removed, and the lock released last. The pidfile
 // stays. Release is idempotent.
 //
+// Release only once the processes you started for the directory are gone,
+// as dirlockd run does: a stopped record is taken as proof that nobody is
+// left, and the next Acquire or Inspect does not search for survivors
+// (unless the pidfile was rewritten after the release, or the segment
+// survives).
+//
 // The stopped mark is fsynced only on shared storage, where another host
 // reads it (pidfile.File.Amend). Locally every reader shares this kernel's
 // page cache, and all a power loss can cost is the mark itself: the next
