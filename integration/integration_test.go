@@ -40,9 +40,8 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
-	// Every process the tests start makes its scratch (a wrapper's notify
-	// socket directory) under dir, which goes when the tests end: a wrapper
-	// the tests SIGKILL cannot remove its own.
+	// Every temporary directory of the tests, and any scratch of the
+	// processes they start, goes under dir, which goes when the tests end.
 	os.Setenv("TMPDIR", dir)
 	code := testutil.Run(m)
 	os.RemoveAll(dir)

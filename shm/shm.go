@@ -378,32 +378,20 @@ func analyze(id int, dir Identity, remove bool) (Analysis, error) {
 		return a, nil
 	}
 	a.Header = decodeHeader(mem)
-	// Count again while attached ourselves: someone may have attached or
-	// detached since the first look, and only our own attachment may remain.
-	if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, &d); err != nil {
-		return a, fmt.Errorf("shmctl(%d, IPC_STAT): %w", id, err)
-	}
-	a.Nattch = max(a.Nattch, int(d.Nattch)-1)
-	if a.Nattch > 0 {
-		atts, err := proc.AttachedTo(id)
-		if err != nil {
+	first := a.Nattch
+	for try := 0; ; try++ {
+		if err := a.count(id, first, &d); err != nil {
 			return a, err
 		}
-		// A read-only attachment is another analyzer (an Inspect, a
-		// starter's scan) reading the header for a moment, never a
-		// survivor: holders and their children map the segment
-		// read-write. Attachments out of sight still count.
-		readers := 0
-		for _, at := range atts {
-			switch {
-			case at.PID == os.Getpid():
-			case !at.Writable:
-				readers++
-			default:
-				a.PIDs = append(a.PIDs, at.PID)
-			}
+		// An attachment out of sight (another IPC or PID namespace)
+		// stays; an analyzer that detached between the count and the
+		// look at /proc/*/maps is gone on a second look. Look again for
+		// a moment before blaming the difference on the unseen.
+		if a.Nattch <= len(a.PIDs) || try == unseenRetries {
+			break
 		}
-		a.Nattch = max(a.Nattch-readers, len(a.PIDs))
+		first = 0 // from now on only what is attached at the time counts
+		time.Sleep(unseenPause)
 	}
 	if a.Nattch > 0 {
 		a.State = Attached
@@ -416,6 +404,48 @@ func analyze(id int, dir Identity, remove bool) (Analysis, error) {
 		}
 	}
 	return a, nil
+}
+
+// How often, and how long apart, analyze looks again at attachments it
+// cannot see before counting them as survivors out of sight.
+const (
+	unseenRetries = 5
+	unseenPause   = 2 * time.Millisecond
+)
+
+// count sets a.Nattch and a.PIDs from the segment's attach count, taken
+// while we are attached ourselves (first is the count before we attached),
+// and the processes /proc shows attached to it.
+func (a *Analysis) count(id, first int, d *unix.SysvShmDesc) error {
+	if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, d); err != nil {
+		return fmt.Errorf("shmctl(%d, IPC_STAT): %w", id, err)
+	}
+	a.Nattch, a.PIDs = max(first, int(d.Nattch)-1), nil
+	if a.Nattch == 0 {
+		return nil
+	}
+	atts, err := proc.AttachedTo(id)
+	if err != nil {
+		return err
+	}
+	// A read-only attachment is another analyzer (an Inspect, a starter's
+	// scan) reading the header for a moment, never a survivor: holders and
+	// their children map the segment read-write. Attachments out of sight
+	// still count.
+	// Each analyzer's mapping counts in the attach count, ours excepted
+	// (taken off above): several may be at work in one process.
+	readers := 0
+	for _, at := range atts {
+		readers += at.ReadOnly
+		switch {
+		case at.PID == os.Getpid():
+			readers = max(readers-1, 0)
+		case at.Writable:
+			a.PIDs = append(a.PIDs, at.PID)
+		}
+	}
+	a.Nattch = max(a.Nattch-readers, len(a.PIDs))
+	return nil
 }
 
 // foreign says why mem is not a header of dir's, or "" when it is.

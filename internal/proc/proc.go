@@ -189,11 +189,14 @@ func parseLocks(b []byte, dev, ino uint64) []Lock {
 // Attachment is a process attached to a SysV segment.
 type Attachment struct {
 	PID int
-	// Writable is false for a read-only attachment (shmat with
-	// SHM_RDONLY), which is how dirlockd's analyzers look at a segment;
-	// holders and the children that inherit their attachment map it
-	// read-write.
+	// Writable says the process maps the segment read-write, as holders
+	// and the children that inherit their attachment do.
 	Writable bool
+	// ReadOnly counts its read-only mappings of the segment (shmat with
+	// SHM_RDONLY), which is how dirlockd's analyzers look at one: a
+	// process with several analyzers at work has one per analyzer, and
+	// each counts in the segment's attach count.
+	ReadOnly int
 }
 
 // AttachedTo returns the processes in our IPC namespace that have the SysV
@@ -218,9 +221,9 @@ func AttachedTo(shmid int) ([]Attachment, error) {
 	return out, nil
 }
 
-// mapsSysV reports whether maps has a mapping of segment shmid, and whether
-// any such mapping is writable.
-func mapsSysV(maps []byte, shmid uint64) (found, writable bool) {
+// mapsSysV reports whether maps has a writable mapping of segment shmid,
+// and how many read-only ones.
+func mapsSysV(maps []byte, shmid uint64) (writable bool, readOnly int) {
 	for line := range bytes.Lines(maps) {
 		if !bytes.Contains(line, []byte("/SYSV")) {
 			continue
@@ -229,12 +232,15 @@ func mapsSysV(maps []byte, shmid uint64) (found, writable bool) {
 		f := strings.Fields(string(line))
 		if len(f) >= 6 && strings.HasPrefix(f[5], "/SYSV") {
 			if ino, err := strconv.ParseUint(f[4], 10, 64); err == nil && ino == shmid {
-				found = true
-				writable = writable || strings.HasPrefix(f[1], "rw")
+				if strings.HasPrefix(f[1], "rw") {
+					writable = true
+				} else {
+					readOnly++
+				}
 			}
 		}
 	}
-	return found, writable
+	return writable, readOnly
 }
 
 // WithEnv returns the processes whose initial environment contains any of

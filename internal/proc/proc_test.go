@@ -57,13 +57,16 @@ func TestParseLocks(t *testing.T) {
 func TestMapsSysV(t *testing.T) {
 	maps := "7f00-7f01 r-xp 00000000 fd:01 1234 /usr/bin/x\n" +
 		"7f10-7f11 rw-s 00000000 00:01 32768 /SYSV1e33440f (deleted)\n" +
-		"7f20-7f21 r--s 00000000 00:01 40000 /SYSV00000000 (deleted)\n"
+		"7f20-7f21 r--s 00000000 00:01 40000 /SYSV00000000 (deleted)\n" +
+		"7f30-7f31 r--s 00000000 00:01 40000 /SYSV00000000 (deleted)\n" +
+		"7f40-7f41 r--s 00000000 00:01 32768 /SYSV1e33440f (deleted)\n"
 	for _, c := range []struct {
-		id              uint64
-		found, writable bool
-	}{{32768, true, true}, {40000, true, false}, {1234, false, false}, {3276, false, false}} {
-		if found, writable := mapsSysV([]byte(maps), c.id); found != c.found || writable != c.writable {
-			t.Errorf("mapsSysV(%d) = %v, %v; want %v, %v", c.id, found, writable, c.found, c.writable)
+		id       uint64
+		writable bool
+		readOnly int
+	}{{32768, true, 1}, {40000, false, 2}, {1234, false, 0}, {3276, false, 0}} {
+		if writable, readOnly := mapsSysV([]byte(maps), c.id); writable != c.writable || readOnly != c.readOnly {
+			t.Errorf("mapsSysV(%d) = %v, %d; want %v, %d", c.id, writable, readOnly, c.writable, c.readOnly)
 		}
 	}
 }

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
+	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -65,6 +68,50 @@ func Search(q Query) (*Found, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The reads of different processes are independent, and on a host
+	// with thousands of processes the pass is the whole cost of a check:
+	// split it over the CPUs, each part with a buffer of its own, and join
+	// the parts in PID order.
+	parts := 1
+	if len(pids) >= parallelFrom {
+		parts = min(runtime.GOMAXPROCS(0), maxParts)
+	}
+	found := make([]*Found, parts)
+	var wg sync.WaitGroup
+	for i := range parts {
+		chunk := pids[i*len(pids)/parts : (i+1)*len(pids)/parts]
+		ps := s
+		if i > 0 {
+			ps = &scanner{root: s.root, buf: make([]byte, len(s.buf))}
+		}
+		wg.Go(func() { found[i] = ps.search(chunk, env, locked, q.Segments) })
+	}
+	wg.Wait()
+	for _, part := range found {
+		for k, v := range part.Env {
+			f.Env[k] = append(f.Env[k], v...)
+		}
+		for k, v := range part.Holders {
+			f.Holders[k] = append(f.Holders[k], v...)
+		}
+		for k, v := range part.Attached {
+			f.Attached[k] = append(f.Attached[k], v...)
+		}
+	}
+	return f, nil
+}
+
+// A pass over at least parallelFrom processes is split into up to maxParts
+// parts read side by side: below that, starting the threads costs more than
+// it saves.
+const (
+	parallelFrom = 512
+	maxParts     = 4
+)
+
+// search answers a Query's witnesses for pids, in order.
+func (s *scanner) search(pids []int, env *envMatcher, locked map[FileID]bool, segments []int) *Found {
+	f := &Found{Env: map[string][]int{}, Holders: map[FileID][]int{}, Attached: map[int][]Attachment{}}
 	for _, pid := range pids {
 		if env != nil {
 			if b, ok := s.read(pid, "environ"); ok {
@@ -76,17 +123,17 @@ func Search(q Query) (*Found, error) {
 				f.Holders[id] = append(f.Holders[id], pid)
 			}
 		}
-		if len(q.Segments) > 0 {
+		if len(segments) > 0 {
 			if b, ok := s.read(pid, "maps"); ok {
-				for _, id := range q.Segments {
-					if found, w := mapsSysV(b, uint64(id)); found {
-						f.Attached[id] = append(f.Attached[id], Attachment{PID: pid, Writable: w})
+				for _, id := range segments {
+					if w, ro := mapsSysV(b, uint64(id)); w || ro > 0 {
+						f.Attached[id] = append(f.Attached[id], Attachment{PID: pid, Writable: w, ReadOnly: ro})
 					}
 				}
 			}
 		}
 	}
-	return f, nil
+	return f
 }
 
 // scanner reads /proc through one directory descriptor and one buffer.
@@ -188,14 +235,23 @@ func (s *scanner) read(pid int, name string) ([]byte, bool) {
 	return s.readPath(s.rel(pid, name, -1))
 }
 
+// readPath reads a file of /proc until end of file. Most of them are
+// seq_files (maps, fdinfo), which hand out about a page per read whatever
+// the buffer's size: a short read is not the end. environ is no seq_file
+// and fills the buffer in one read, so a read that leaves room is its end,
+// which saves the read that would return 0 on the pass's commonest file.
 func (s *scanner) readPath(rel string) ([]byte, bool) {
 	fd, err := openRetry(s.root, rel, unix.O_RDONLY|unix.O_CLOEXEC)
 	if err != nil {
 		return nil, false
 	}
 	defer unix.Close(fd)
+	oneRead := strings.HasSuffix(rel, "/environ")
 	n := 0
 	for {
+		if n == len(s.buf) {
+			s.buf = slices.Grow(s.buf, len(s.buf))[:2*len(s.buf)]
+		}
 		m, err := unix.Pread(fd, s.buf[n:], int64(n))
 		if err == unix.EINTR {
 			continue
@@ -204,10 +260,9 @@ func (s *scanner) readPath(rel string) ([]byte, bool) {
 			return nil, false
 		}
 		n += m
-		if m == 0 || n < len(s.buf) {
+		if m == 0 || oneRead && n < len(s.buf) {
 			return s.buf[:n], true
 		}
-		s.buf = slices.Grow(s.buf, len(s.buf))[:2*len(s.buf)]
 	}
 }
 
