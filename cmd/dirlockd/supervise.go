@@ -393,7 +393,7 @@ func (r *runner) mainGoneElsewhere(pid int) {
 		return
 	}
 	var info unix.Siginfo
-	if unix.Waitid(unix.P_PIDFD, r.main.pfd, &info, unix.WEXITED|unix.WNOWAIT, nil) == nil {
+	if unix.Waitid(unix.P_PIDFD, r.main.pfd, &info, unix.WEXITED|unix.WNOWAIT|unix.WNOHANG, nil) == nil && info.Signo != 0 {
 		return // reparented to us meanwhile: reapAll brings its status
 	}
 	r.mainExited(nil)
