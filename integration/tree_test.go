@@ -364,6 +364,7 @@ func TestNothingLeftBehind(t *testing.T) {
 	dir := testutil.DataDir(t)
 	tmp := t.TempDir()
 	env := append(os.Environ(), "TMPDIR="+tmp)
+	var crashed []int
 	for i := range crashes {
 		w := startRunEnv(t, env, dir, []string{"--ready-notify"}, "sh", "-c", `systemd-notify --ready; exec sleep 300`)
 		r := waitHeld(t, dir, "ready", 10*time.Second)
@@ -373,6 +374,7 @@ func TestNothingLeftBehind(t *testing.T) {
 		w.cmd.Process.Signal(syscall.SIGKILL)
 		w.wait(t, 10*time.Second)
 		killWait(t, r.ChildPID)
+		crashed = append(crashed, w.pid())
 	}
 	if code, _, stderr := dirlockdEnv(t, env, "run", "-D", dir, "--", "true"); code != 0 {
 		t.Fatalf("clean run: exit %d\n%s", code, stderr)
@@ -381,8 +383,10 @@ func TestNothingLeftBehind(t *testing.T) {
 		t.Errorf("left in $TMPDIR after %d crashes and a clean run: %v", crashes, ents)
 	}
 	for _, s := range unixSockets(t) {
-		if strings.HasPrefix(s, "@dirlockd/") {
-			t.Errorf("socket left: %s", s)
+		for _, pid := range crashed {
+			if strings.HasPrefix(s, fmt.Sprintf("@dirlockd/notify/%d/", pid)) {
+				t.Errorf("socket of the crashed wrapper %d left: %s", pid, s)
+			}
 		}
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
