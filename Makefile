@@ -5,13 +5,17 @@ BIN         := bin/dirlockd
 DEMO_DIR    ?= demo-data
 FUZZTIME    ?= 30s
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# What dirlockd version prints: the tag, or the commit, +-dirty for a
+# modified tree; devel outside a git checkout (a release tarball may set it).
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+LDFLAGS     := -X main.version=$(VERSION)
 
 .PHONY: build test unit integration bench fuzz torture lint lint-vet run clean
 
 # Static (CGO_ENABLED=0): the net package would otherwise link libc and
 # runtime/cgo, which adds about a millisecond to every start and check.
 build:
-	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/dirlockd
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/dirlockd
 
 # Packages run one at a time (-p 1): each checks in TestMain that the set of
 # SysV segments on the machine is the same after its tests as before, which

@@ -12,7 +12,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"time"
@@ -97,7 +96,7 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 	case "version", "--version":
 		switch {
 		case len(args) == 1:
-			fmt.Fprintln(stdout, "dirlockd", version())
+			fmt.Fprintln(stdout, versionLine())
 			return 0
 		case len(args) == 2 && (args[1] == "-h" || args[1] == "--help"):
 			fmt.Fprint(stdout, versionHelp)
@@ -111,20 +110,6 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "dirlockd: unknown command %q\n\n%s", name, usage)
 		return exitUsage
 	}
-}
-
-const versionHelp = `Print dirlockd's module version, or devel for a build from a source tree.
-
-Usage:
-  dirlockd version
-  dirlockd --version
-`
-
-func version() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "devel"
 }
 
 // globals are the flags every command takes.
