@@ -10,12 +10,19 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS     := -X main.version=$(VERSION)
 
-.PHONY: build test unit integration bench fuzz torture lint lint-vet run clean
+.PHONY: build man test unit integration bench fuzz torture lint lint-vet run clean
 
 # Static (CGO_ENABLED=0): the net package would otherwise link libc and
 # runtime/cgo, which adds about a millisecond to every start and check.
 build:
 	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/dirlockd
+
+# The man pages, from the help texts and flag sets of the commands (the
+# generator is built only with -tags manpages). They are committed, so that
+# install needs no Go and a review shows what a change does to them;
+# integration/install_test.go fails when they are not what this generates.
+man:
+	$(GO) run -tags manpages ./cmd/dirlockd __man man
 
 # Packages run one at a time (-p 1): each checks in TestMain that the set of
 # SysV segments on the machine is the same after its tests as before, which
@@ -61,10 +68,12 @@ torture:
 
 lint-vet:
 	$(GO) vet ./...
+	$(GO) vet -tags manpages ./cmd/dirlockd
 
 lint: lint-vet
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) run $(STATICCHECK) ./...
+	$(GO) run $(STATICCHECK) -tags manpages ./cmd/dirlockd
 
 # Run a demo server (sleep) under the interlock of ./demo-data until Ctrl-C.
 # From another terminal: bin/dirlockd status -D demo-data
