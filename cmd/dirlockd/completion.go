@@ -271,7 +271,7 @@ function __dirlockd_complete
     test (count $out) -gt 0; or return
     set -l kind $out[-1]
     set -e out[-1]
-    set -l lead (string match -r -- '^--[^=]*=' $cur)
+    set -l lead (string match -r -- '^--[^=]*=' $cur; or echo '')
     set -l rest (string replace -r -- '^--[^=]*=' '' $cur)
     switch $kind
         case :dirs
