@@ -286,11 +286,13 @@ func TestBashCompletion(t *testing.T) {
 
 // TestFishZshCompletion asks a real fish what it completes with dirlockd
 // completion fish loaded (complete -C runs fish's completion engine), and
-// has zsh parse the zsh script.
+// a real interactive zsh what TAB does.
 func TestFishZshCompletion(t *testing.T) {
 	dir := t.TempDir()
-	if err := os.Mkdir(filepath.Join(dir, "data-a"), 0o755); err != nil {
-		t.Fatal(err)
+	for _, d := range []string{"data-a", "data-b"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// fish completes the command by its name: dirlockd, on the PATH.
 	if err := os.Symlink(bin, filepath.Join(dir, "dirlockd")); err != nil {
@@ -307,16 +309,14 @@ func TestFishZshCompletion(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if out, err := exec.Command("zsh", "-n", scripts["zsh"]).CombinedOutput(); err != nil {
-		t.Errorf("zsh -n: %v\n%s", err, out)
-	}
+	zshCompletion(t, dir, scripts["zsh"])
 	cases := map[string][]string{
 		"dirlockd st":                  {"status", "stop", "stress"},
 		"dirlockd run --lock-method ":  {"auto", "flock", "ofd", "posix"},
 		"dirlockd run --lock-method=o": {"--lock-method=ofd"},
 		"dirlockd stop --sig":          {"--signal"},
-		"dirlockd run -D da":           {"data-a/"},
-		"dirlockd run --datadir=da":    {"--datadir=data-a/"},
+		"dirlockd run -D data-a":       {"data-a/"},
+		"dirlockd run --datadir=da":    {"--datadir=data-a/", "--datadir=data-b/"},
 	}
 	for line, want := range cases {
 		sh := exec.Command("fish", "--no-config", "-c", fmt.Sprintf("source %s; complete -C'%s'", scripts["fish"], line))
@@ -509,5 +509,48 @@ func TestDeb(t *testing.T) {
 	unit, _ := os.ReadFile(filepath.Join(root, "usr/lib/systemd/system/dirlockd@.service"))
 	if !strings.Contains(string(unit), "\nExecStart=/usr/bin/dirlockd run ") {
 		t.Errorf("packaged unit does not start /usr/bin/dirlockd:\n%s", unit)
+	}
+}
+
+// zshCompletion types each line and a TAB into an interactive zsh (on a
+// pseudo-terminal, through zsh/zpty) with the script installed as
+// _dirlockd in $fpath, and waits until what zsh shows matches: the list it
+// offers, or the word it completed. A case that never matches fails at
+// the timeout.
+func zshCompletion(t *testing.T, dir, script string) {
+	t.Helper()
+	fpath := filepath.Join(dir, "zsh-functions")
+	b, err := os.ReadFile(script)
+	if err == nil {
+		err = os.Mkdir(fpath, 0o755)
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(fpath, "_dirlockd"), b, 0o644)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	driver := `zmodload zsh/zpty
+zpty z 'zsh -f -i'
+zpty -w z 'fpath=(` + fpath + ` $fpath); autoload -U compinit; compinit -u -D; setopt nobeep'
+zpty -w -n z "$1"$'\t'
+zpty -r z out "$2" && print -r -- ok
+zpty -d z
+`
+	cases := map[string]string{
+		"dirlockd run --lock-method ": "*auto*flock*ofd*posix*",
+		"dirlockd st":                 "*status*stop*stress*",
+		"dirlockd run -D da":          "*-D data-*", // the common prefix of data-a/ and data-b/
+		"dirlockd stop --signal=U":    "*--signal=USR*",
+		"dirlockd run --on-l":         "*--on-lost*",
+	}
+	for line, pattern := range cases {
+		cmd := exec.Command("timeout", "30", "zsh", "-f", "-c", driver, "zsh", line, pattern)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"), "HOME="+dir, "TERM=dumb")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.HasSuffix(string(out), "ok\n") {
+			t.Errorf("zsh: %s<TAB> did not show %s within 30s: %v\n%q", line, pattern, err, out)
+		}
 	}
 }
