@@ -539,16 +539,21 @@ func TestHelp(t *testing.T) {
 		stdout, stderr   []string // must contain each
 		noStdout, noErrs bool     // must be empty
 	}
-	summary := []string{"Usage:\n  dirlockd run -D DIR", "dirlockd version", "Global flags"}
+	summary := []string{"Usage:\n  dirlockd run -D DIR", "dirlockd completion bash|zsh|fish", "dirlockd version", "Global flags"}
 	cases := map[string]want{
-		"":             {code: 64, stderr: summary, noStdout: true},
-		"bogus":        {code: 64, stderr: append([]string{`unknown command "bogus"`}, summary...), noStdout: true},
-		"help":         {stdout: summary, noErrs: true},
-		"-h":           {stdout: summary, noErrs: true},
-		"--help":       {stdout: summary, noErrs: true},
-		"version -h":   {stdout: []string{"Usage:\n  dirlockd version\n"}, noErrs: true},
-		"help version": {stdout: []string{"Usage:\n  dirlockd version\n"}, noErrs: true},
-		"version x":    {code: 64, stderr: []string{`dirlockd version: unexpected argument "x"`}, noStdout: true},
+		"":                {code: 64, stderr: summary, noStdout: true},
+		"bogus":           {code: 64, stderr: append([]string{`unknown command "bogus"`}, summary...), noStdout: true},
+		"help":            {stdout: summary, noErrs: true},
+		"-h":              {stdout: summary, noErrs: true},
+		"--help":          {stdout: summary, noErrs: true},
+		"version -h":      {stdout: []string{"Usage:\n  dirlockd version\n"}, noErrs: true},
+		"help version":    {stdout: []string{"Usage:\n  dirlockd version\n"}, noErrs: true},
+		"version x":       {code: 64, stderr: []string{`dirlockd version: unexpected argument "x"`}, noStdout: true},
+		"completion -h":   {stdout: []string{"Usage:\n  dirlockd completion bash|zsh|fish\n"}, noErrs: true},
+		"help completion": {stdout: []string{"Usage:\n  dirlockd completion bash|zsh|fish\n"}, noErrs: true},
+		"completion":      {code: 64, stderr: []string{"dirlockd completion: want one of bash, zsh or fish"}, noStdout: true},
+		"completion tcsh": {code: 64, stderr: []string{"dirlockd completion: want one of bash, zsh or fish"}, noStdout: true},
+		"__man /tmp":      {code: 64, stderr: []string{`unknown command "__man"`}, noStdout: true}, // only with -tags manpages
 	}
 	for _, c := range []string{"run", "check", "status", "stop", "wait", "stress"} {
 		w := want{stdout: []string{"\nUsage:\n  dirlockd " + c + " -D DIR", "\nFlags:\n  -D, --datadir", "--log-format", "\nExamples:\n  "}, noErrs: true}

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/dirlockd/dirlockd/interlock"
 )
 
@@ -70,11 +72,12 @@ func writeJSON(w io.Writer, v any) {
 	fmt.Fprintf(w, "%s\n", b)
 }
 
-func cmdCheck(args []string, stdout, stderr io.Writer) int {
-	var g globals
-	var asJSON bool
-	fs := command("check", "check -D DIR [-D DIR...] [--json]",
-		`Say whether it is safe to start a server in each data directory now. It never
+var checkDoc = doc{
+	name:     "check",
+	line:     "check -D DIR [-D DIR...] [--json]",
+	summary:  "is it safe to start here now? (for boot scripts)",
+	synopsis: []string{"check -D DIR [-D DIR...] [--json]"},
+	about: `Say whether it is safe to start a server in each data directory now. It never
 takes the lock in a way that could make a concurrent start fail.
 
 Exit status (the worst over all directories):
@@ -88,10 +91,22 @@ Exit status (the worst over all directories):
 With --json, one JSON object per directory and line: datadir, state (free,
 stale, held, orphans, invalid), pid, host, status, orphans, reason, filesystem,
 and more.`,
-		`  dirlockd check -D /var/lib/postgresql/16/main || exit 1
+	examples: `  dirlockd check -D /var/lib/postgresql/16/main || exit 1
   dirlockd check -D /srv/a -D /srv/b --json
-`, true, &g, stderr)
-	fs.BoolVar(&asJSON, "json", false, "one JSON object per directory and line")
+`,
+	multiDir: true,
+}
+
+func checkFlagSet(g *globals, asJSON *bool, stderr io.Writer) *pflag.FlagSet {
+	fs := command(&checkDoc, g, stderr)
+	fs.BoolVar(asJSON, "json", false, "one JSON object per directory and line")
+	return fs
+}
+
+func cmdCheck(args []string, stdout, stderr io.Writer) int {
+	var g globals
+	var asJSON bool
+	fs := checkFlagSet(&g, &asJSON, stderr)
 	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		return exitFor(err)
@@ -122,11 +137,12 @@ const (
 	lsbUnknown     = 4
 )
 
-func cmdStatus(args []string, stdout, stderr io.Writer) int {
-	var g globals
-	var asJSON bool
-	fs := command("status", "status -D DIR [--json]",
-		`Report whether a server holds the data directory, with LSB status codes (as
+var statusDoc = doc{
+	name:     "status",
+	line:     "status -D DIR [--json]",
+	summary:  "LSB status: 0 running, 1 dead with pidfile, 3 stopped, 4 unknown",
+	synopsis: []string{"status -D DIR [--json]"},
+	about: `Report whether a server holds the data directory, with LSB status codes (as
 pg_ctl status and start-stop-daemon --status):
   0  running: held by a live instance (PID, main PID, status, uptime, lock method, segment)
   1  not running, but the pidfile's record says it did not shut down cleanly,
@@ -134,10 +150,21 @@ pg_ctl status and start-stop-daemon --status):
      dead holder survive
   3  not running
   4  unknown: the data directory or pidfile cannot be inspected`,
-		`  dirlockd status -D /var/lib/redis
+	examples: `  dirlockd status -D /var/lib/redis
   dirlockd status -D /var/lib/redis --json | jq .main_pid
-`, false, &g, stderr)
-	fs.BoolVar(&asJSON, "json", false, "print a JSON object")
+`,
+}
+
+func statusFlagSet(g *globals, asJSON *bool, stderr io.Writer) *pflag.FlagSet {
+	fs := command(&statusDoc, g, stderr)
+	fs.BoolVar(asJSON, "json", false, "print a JSON object")
+	return fs
+}
+
+func cmdStatus(args []string, stdout, stderr io.Writer) int {
+	var g globals
+	var asJSON bool
+	fs := statusFlagSet(&g, &asJSON, stderr)
 	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		if errors.Is(err, errUsage) {

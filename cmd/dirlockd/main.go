@@ -12,7 +12,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"time"
@@ -39,92 +38,40 @@ const (
 	exitSignalBase = 128 // child killed by signal N: 128+N
 )
 
-const usage = `dirlockd guarantees that exactly one server process tree works in a data directory.
-
-Usage:
-  dirlockd run -D DIR [flags] -- COMMAND [ARGS...]   run a server under the interlock
-  dirlockd check -D DIR [-D DIR...] [--json]         is it safe to start here now? (for boot scripts)
-  dirlockd status -D DIR [--json]                    LSB status: 0 running, 1 dead with pidfile, 3 stopped, 4 unknown
-  dirlockd stop -D DIR [--timeout D]                 stop the holder, proven by the kernel, and wait
-  dirlockd wait -D DIR [--for free|ready]            block until the directory is free or its server ready
-  dirlockd stress -D DIR [--workers N] [--duration D] does this storage keep the interlock? (run on several clients at once)
-  dirlockd version                                   print the version
-
-Global flags (every command):
-  -D, --datadir DIR        data directory (default $DIRLOCKD_DATADIR)
-      --pidfile NAME       pidfile name inside the data directory (default dirlockd.pid)
-      --lock-method M      auto, flock, ofd or posix (default auto)
-      --allow-local-locks  accept NFS nolock/local_lock=, CIFS nobrl mounts (no other host may mount them)
-      --log-format F       auto, text, logfmt or json (default auto: text on a terminal, else logfmt)
-      --log-level L        debug, info, warn or error (default info)
-
-Run "dirlockd COMMAND --help" or "dirlockd help COMMAND" for a command's flags
-and examples.
-Documentation: docs/cli.md, docs/design.md, docs/nfs.md (shared storage).
-`
-
 func main() {
 	os.Exit(dispatch(os.Args[1:], os.Stdout, os.Stderr))
 }
 
 func dispatch(args []string, stdout, stderr io.Writer) int {
+	cmds := commands()
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, usage(cmds))
 		return exitUsage
-	}
-	cmds := map[string]func([]string, io.Writer, io.Writer) int{
-		"run":    cmdRun,
-		"check":  cmdCheck,
-		"status": cmdStatus,
-		"stop":   cmdStop,
-		"wait":   cmdWait,
-		"stress": cmdStress,
 	}
 	switch name := args[0]; name {
 	case "-h", "--help", "help":
 		// "dirlockd help COMMAND" is "dirlockd COMMAND --help".
 		if name == "help" && len(args) == 2 {
-			if c, ok := cmds[args[1]]; ok {
-				return c([]string{"--help"}, stdout, stderr)
-			}
-			if args[1] == "version" {
-				fmt.Fprint(stdout, versionHelp)
-				return 0
+			if c := lookup(cmds, args[1]); c != nil {
+				return c.main([]string{"--help"}, stdout, stderr)
 			}
 		}
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, usage(cmds))
 		return 0
-	case "version", "--version":
-		switch {
-		case len(args) == 1:
-			fmt.Fprintln(stdout, "dirlockd", version())
-			return 0
-		case len(args) == 2 && (args[1] == "-h" || args[1] == "--help"):
-			fmt.Fprint(stdout, versionHelp)
-			return 0
+	case "--version":
+		return cmdVersion(args[1:], stdout, stderr)
+	case completeCommand:
+		return cmdComplete(cmds, args[1:], stdout)
+	case manCommand:
+		if man := manGenerator(); man != nil {
+			return man(cmds, args[1:], stderr)
 		}
-		return usageError(stderr, "version", "unexpected argument %q: version takes none", args[1])
-	default:
-		if c, ok := cmds[name]; ok {
-			return c(args[1:], stdout, stderr)
-		}
-		fmt.Fprintf(stderr, "dirlockd: unknown command %q\n\n%s", name, usage)
-		return exitUsage
 	}
-}
-
-const versionHelp = `Print dirlockd's module version, or devel for a build from a source tree.
-
-Usage:
-  dirlockd version
-  dirlockd --version
-`
-
-func version() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
+	if c := lookup(cmds, args[0]); c != nil {
+		return c.main(args[1:], stdout, stderr)
 	}
-	return "devel"
+	fmt.Fprintf(stderr, "dirlockd: unknown command %q\n\n%s", args[0], usage(cmds))
+	return exitUsage
 }
 
 // globals are the flags every command takes.
@@ -140,29 +87,31 @@ type globals struct {
 	usage func(io.Writer)
 }
 
-// command builds a command's flag set with the global flags. multiDir lets
-// -D repeat (check).
-func command(name, synopsis, about, examples string, multiDir bool, g *globals, stderr io.Writer) *pflag.FlagSet {
-	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+// command builds a command's flag set with the global flags, and the help
+// that --help prints from them.
+func command(d *doc, g *globals, stderr io.Writer) *pflag.FlagSet {
+	fs := pflag.NewFlagSet(d.name, pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.SortFlags = false
-	if multiDir {
+	if d.multiDir {
 		fs.StringArrayVarP(&g.dirs, "datadir", "D", nil, "data directory; repeat for several (default $DIRLOCKD_DATADIR)")
 	} else {
 		g.dirs = make([]string, 1)
 		fs.StringVarP(&g.dirs[0], "datadir", "D", "", "data directory (default $DIRLOCKD_DATADIR)")
 	}
+	completeDirs(fs, "datadir")
 	fs.StringVar(&g.pidfile, "pidfile", pidfile.DefaultName, "pidfile name inside the data directory")
 	fs.StringVar(&g.method, "lock-method", "auto", "lock method: auto, flock, ofd or posix (all holders of a directory must agree)")
+	completeValues(fs, "lock-method", "auto", "flock", "ofd", "posix")
 	fs.BoolVar(&g.opts.AllowLocalLocks, "allow-local-locks", false, "accept a shared filesystem whose locks stay on this host (NFS nolock or local_lock=, CIFS nobrl): only if no other host mounts it")
 	fs.StringVar(&g.logFormat, "log-format", "auto", "log format: auto (text on a terminal, else logfmt), text, logfmt or json")
+	completeValues(fs, "log-format", "auto", "text", "logfmt", "json")
 	fs.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	completeValues(fs, "log-level", "debug", "info", "warn", "error")
 	// Help goes to stdout when asked for (parse prints it); a bad command
 	// line gets one line on stderr saying what is wrong, not the whole help.
 	fs.Usage = func() {}
-	g.usage = func(w io.Writer) {
-		fmt.Fprintf(w, "%s\n\nUsage:\n  dirlockd %s\n\nFlags:\n%s\nExamples:\n%s", about, synopsis, fs.FlagUsages(), examples)
-	}
+	g.usage = func(w io.Writer) { d.help(w, fs) }
 	return fs
 }
 

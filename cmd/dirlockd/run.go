@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/spf13/pflag"
 )
 
 // forwarded are the signals run passes on to the server.
@@ -95,20 +97,36 @@ const runExamples = `  dirlockd run -D /var/lib/redis -- redis-server --supervis
   dirlockd run -D /srv/pg --main-pid-file /srv/pg/postmaster.pid -- pg_ctl start -D /srv/pg
 `
 
-func cmdRun(args []string, stdout, stderr io.Writer) int {
-	var g globals
-	var f runFlags
-	fs := command("run", "run -D DIR [flags] -- COMMAND [ARGS...]", runAbout, runExamples, false, &g, stderr)
+var runDoc = doc{
+	name:     "run",
+	line:     "run -D DIR [flags] -- COMMAND [ARGS...]",
+	summary:  "run a server under the interlock",
+	synopsis: []string{"run -D DIR [flags] -- COMMAND [ARGS...]"},
+	about:    runAbout,
+	examples: runExamples,
+}
+
+func runFlagSet(g *globals, f *runFlags, stderr io.Writer) *pflag.FlagSet {
+	fs := command(&runDoc, g, stderr)
 	fs.DurationVar(&g.opts.Wait, "wait", 0, "how long to wait for a held data directory (0: fail at once)")
 	fs.IntVar(&f.conflictExit, "conflict-exit-code", exitHeld, "exit status when the directory is held by a live instance")
 	fs.BoolVar(&f.signalGroup, "signal-group", false, "pass signals to the main process's whole process group too")
 	fs.DurationVar(&f.stopTimeout, "stop-timeout", 60*time.Second, "after SIGTERM/SIGINT, how long the server's tree may take to exit before SIGKILL")
 	fs.StringVar(&f.mainPIDFile, "main-pid-file", "", "file in which a forking server writes its main process's PID (as systemd's PIDFile=; first line)")
+	completeFiles(fs, "main-pid-file")
 	fs.BoolVar(&f.readyNotify, "ready-notify", false, "COMMAND sends READY=1 (sd_notify): ready only then")
 	fs.StringVar(&f.readyTCP, "ready-tcp", "", "ready when HOST:PORT accepts a TCP connection")
 	fs.DurationVar(&g.opts.Recheck, "recheck", 10*time.Second, "how often to recheck the interlock and write a heartbeat (0: never)")
 	fs.StringVar(&f.onLost, "on-lost", "shutdown", "when the recheck finds the interlock lost: shutdown (stop COMMAND) or log")
+	completeValues(fs, "on-lost", "shutdown", "log")
 	fs.DurationVar(&g.opts.TakeoverAfter, "takeover-after", 0, "on shared storage, how long to watch the heartbeat of a holder on another host before taking over (0: 3 x the longer of --recheck and its interval)")
+	return fs
+}
+
+func cmdRun(args []string, stdout, stderr io.Writer) int {
+	var g globals
+	var f runFlags
+	fs := runFlagSet(&g, &f, stderr)
 	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		return exitFor(err)

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
 	"github.com/dirlockd/dirlockd/interlock"
@@ -20,12 +21,12 @@ import (
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
-func cmdStop(args []string, stdout, stderr io.Writer) int {
-	var g globals
-	var sigName string
-	var timeout, killAfter time.Duration
-	fs := command("stop", "stop -D DIR [--signal SIG] [--timeout D] [--kill-after D]",
-		`Stop the server holding the data directory and wait until the lock is free.
+var stopDoc = doc{
+	name:     "stop",
+	line:     "stop -D DIR [--timeout D]",
+	summary:  "stop the holder, proven by the kernel, and wait",
+	synopsis: []string{"stop -D DIR [--signal SIG] [--timeout D] [--kill-after D]"},
+	about: `Stop the server holding the data directory and wait until the lock is free.
 
 The signal goes only to a holder proven by the kernel: the lock is held, the
 recorded PID is alive, holds the lock itself and has the recorded start time.
@@ -37,29 +38,50 @@ Exit status: 0 the directory is free (stopped, or was not running); 1 still
 held after --timeout, the holder cannot be proven (orphans, another host or
 PID namespace), or the signal failed; 3 invalid data directory or pidfile;
 64 usage (also --kill-after not shorter than --timeout).`,
-		`  dirlockd stop -D /var/lib/redis
+	examples: `  dirlockd stop -D /var/lib/redis
   dirlockd stop -D /var/lib/redis --signal INT --timeout 2m --kill-after 90s
-`, false, &g, stderr)
-	fs.StringVar(&sigName, "signal", "TERM", "signal to send: TERM, INT, QUIT, HUP, KILL, USR1, USR2 or a number")
-	fs.DurationVar(&timeout, "timeout", 60*time.Second, "how long to wait for the lock to be released; must be positive")
-	fs.DurationVar(&killAfter, "kill-after", 0, "if still held this long after the signal, SIGKILL every process proven to hold the lock (0: never); must be shorter than --timeout")
+`,
+}
+
+type stopFlags struct {
+	signal             string
+	timeout, killAfter time.Duration
+}
+
+// signalNames are the signals stop --signal completes to; any other name or
+// number is accepted too.
+var signalNames = []string{"TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2"}
+
+func stopFlagSet(g *globals, f *stopFlags, stderr io.Writer) *pflag.FlagSet {
+	fs := command(&stopDoc, g, stderr)
+	fs.StringVar(&f.signal, "signal", "TERM", "signal to send: TERM, INT, QUIT, HUP, KILL, USR1, USR2 or a number")
+	fs.DurationVar(&f.timeout, "timeout", 60*time.Second, "how long to wait for the lock to be released; must be positive")
+	fs.DurationVar(&f.killAfter, "kill-after", 0, "if still held this long after the signal, SIGKILL every process proven to hold the lock (0: never); must be shorter than --timeout")
+	completeValues(fs, "signal", signalNames...)
+	return fs
+}
+
+func cmdStop(args []string, stdout, stderr io.Writer) int {
+	var g globals
+	var f stopFlags
+	fs := stopFlagSet(&g, &f, stderr)
 	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		return exitFor(err)
 	}
 	usageErr := func(format string, a ...any) int { return usageError(stderr, "stop", format, a...) }
-	sig, err := parseSignal(sigName)
+	sig, err := parseSignal(f.signal)
 	switch {
 	case err != nil:
 		return usageErr("--signal: %v", err)
 	case len(rest) > 0:
 		return usageErr("unexpected argument %q", rest[0])
-	case timeout <= 0:
+	case f.timeout <= 0:
 		return usageErr("--timeout must be positive")
-	case killAfter < 0:
+	case f.killAfter < 0:
 		return usageErr("--kill-after must not be negative")
-	case killAfter > 0 && killAfter >= timeout:
-		return usageErr("--kill-after %v must be shorter than --timeout %v, or it never fires", killAfter, timeout)
+	case f.killAfter > 0 && f.killAfter >= f.timeout:
+		return usageErr("--kill-after %v must be shorter than --timeout %v, or it never fires", f.killAfter, f.timeout)
 	}
 	log := g.log.With("datadir", g.dirs[0])
 	rep, err := interlock.Inspect(g.dirs[0], g.opts)
@@ -94,7 +116,7 @@ PID namespace), or the signal failed; 3 invalid data directory or pidfile;
 		log.Error("signal failed", "pid", rec.PID, "signal", unix.SignalName(sig), "err", err)
 		return 1
 	}
-	log.Info("signalled the holder; waiting for the lock to be released", "pid", rec.PID, "signal", unix.SignalName(sig), "timeout", timeout)
+	log.Info("signalled the holder; waiting for the lock to be released", "pid", rec.PID, "signal", unix.SignalName(sig), "timeout", f.timeout)
 	start := time.Now()
 	killed := false
 	for {
@@ -112,12 +134,12 @@ PID namespace), or the signal failed; 3 invalid data directory or pidfile;
 			log.Error("stopped, but another instance holds the data directory now", "pid", rec.PID, "new_pid", r.Record.PID, "holders", r.Holders)
 			return 1
 		}
-		if killAfter > 0 && !killed && time.Since(start) >= killAfter {
+		if f.killAfter > 0 && !killed && time.Since(start) >= f.killAfter {
 			killed = true
 			killHolders(log, r.Holders, rec, dev, ino)
 		}
-		if time.Since(start) >= timeout {
-			log.Error("still held after the timeout", "pid", rec.PID, "holders", r.Holders, "timeout", timeout)
+		if time.Since(start) >= f.timeout {
+			log.Error("still held after the timeout", "pid", rec.PID, "holders", r.Holders, "timeout", f.timeout)
 			return 1
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -235,25 +257,42 @@ func parseSignal(s string) (syscall.Signal, error) {
 	return 0, fmt.Errorf("unknown signal %q", s)
 }
 
-func cmdWait(args []string, stdout, stderr io.Writer) int {
-	var g globals
-	var target string
-	var timeout time.Duration
-	fs := command("wait", "wait -D DIR [--for free|ready] [--timeout D]",
-		`Block until the data directory is free (no holder; a stale record counts as
+var waitDoc = doc{
+	name:     "wait",
+	line:     "wait -D DIR [--for free|ready]",
+	summary:  "block until the directory is free or its server ready",
+	synopsis: []string{"wait -D DIR [--for free|ready] [--timeout D]"},
+	about: `Block until the data directory is free (no holder; a stale record counts as
 free), or until its holder reports status "ready".
 
 Exit status: 0 reached; 1 timed out; 3 invalid data directory or pidfile; 64 usage.`,
-		`  dirlockd run -D /srv/redis -- redis-server --supervised systemd & dirlockd wait -D /srv/redis --for ready --timeout 30s
+	examples: `  dirlockd run -D /srv/redis -- redis-server --supervised systemd & dirlockd wait -D /srv/redis --for ready --timeout 30s
   dirlockd stop -D /srv/redis; dirlockd wait -D /srv/redis --for free
-`, false, &g, stderr)
-	fs.StringVar(&target, "for", "free", "what to wait for: free or ready")
-	fs.DurationVar(&timeout, "timeout", 0, "give up after this long (0: wait forever)")
+`,
+}
+
+type waitFlags struct {
+	target  string
+	timeout time.Duration
+}
+
+func waitFlagSet(g *globals, f *waitFlags, stderr io.Writer) *pflag.FlagSet {
+	fs := command(&waitDoc, g, stderr)
+	fs.StringVar(&f.target, "for", "free", "what to wait for: free or ready")
+	fs.DurationVar(&f.timeout, "timeout", 0, "give up after this long (0: wait forever)")
+	completeValues(fs, "for", "free", "ready")
+	return fs
+}
+
+func cmdWait(args []string, stdout, stderr io.Writer) int {
+	var g globals
+	var f waitFlags
+	fs := waitFlagSet(&g, &f, stderr)
 	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		return exitFor(err)
 	}
-	if len(rest) > 0 || (target != "free" && target != "ready") || timeout < 0 {
+	if len(rest) > 0 || (f.target != "free" && f.target != "ready") || f.timeout < 0 {
 		return usageError(stderr, "wait", "want --for free or --for ready, a non-negative --timeout, and no arguments")
 	}
 	log := g.log.With("datadir", g.dirs[0])
@@ -266,12 +305,12 @@ Exit status: 0 reached; 1 timed out; 3 invalid data directory or pidfile; 64 usa
 		}
 		free := rep.State == interlock.Free || rep.State == interlock.Stale
 		ready := rep.State == interlock.Held && rep.Record != nil && rep.Record.Status == pidfile.Ready
-		if target == "free" && free || target == "ready" && ready {
-			log.Debug("reached", "for", target, "after", time.Since(start))
+		if f.target == "free" && free || f.target == "ready" && ready {
+			log.Debug("reached", "for", f.target, "after", time.Since(start))
 			return 0
 		}
-		if timeout > 0 && time.Since(start) >= timeout {
-			log.Error("timed out", "for", target, "state", rep.State, "timeout", timeout)
+		if f.timeout > 0 && time.Since(start) >= f.timeout {
+			log.Error("timed out", "for", f.target, "state", rep.State, "timeout", f.timeout)
 			return 1
 		}
 		time.Sleep(100 * time.Millisecond)

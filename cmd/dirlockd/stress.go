@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
 	"github.com/dirlockd/dirlockd/interlock"
@@ -80,11 +81,20 @@ type stressFlags struct {
 	run      string // hidden: the worker's run (its parent's writer id)
 }
 
-func cmdStress(args []string, stdout, stderr io.Writer) int {
-	var g globals
-	var f stressFlags
-	fs := command("stress", "stress -D DIR [--workers N] [--duration D] [--hold D] [--kill-rate R] [--host-label L] [--json]\n  dirlockd stress -D DIR --verify [--json]",
-		stressAbout, stressExamples, false, &g, stderr)
+var stressDoc = doc{
+	name:    "stress",
+	line:    "stress -D DIR [--workers N] [--duration D]",
+	summary: "does this storage keep the interlock? (run on several clients at once)",
+	synopsis: []string{
+		"stress -D DIR [--workers N] [--duration D] [--hold D] [--kill-rate R] [--host-label L] [--json]",
+		"stress -D DIR --verify [--json]",
+	},
+	about:    stressAbout,
+	examples: stressExamples,
+}
+
+func stressFlagSet(g *globals, f *stressFlags, stderr io.Writer) *pflag.FlagSet {
+	fs := command(&stressDoc, g, stderr)
 	fs.IntVar(&f.workers, "workers", 4, "worker processes on this host")
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "how long the workers run")
 	fs.DurationVar(&f.hold, "hold", 5*time.Millisecond, "how long each hold lasts")
@@ -96,6 +106,13 @@ func cmdStress(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.run, "run", "", "the run a worker belongs to (internal)")
 	fs.MarkHidden("worker")
 	fs.MarkHidden("run")
+	return fs
+}
+
+func cmdStress(args []string, stdout, stderr io.Writer) int {
+	var g globals
+	var f stressFlags
+	fs := stressFlagSet(&g, &f, stderr)
 	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		return exitFor(err)

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"runtime"
+	"runtime/debug"
+)
+
+// version is the release this binary was built from, set at link time:
+// make build passes -ldflags "-X main.version=$(git describe --tags --always --dirty)".
+// Empty in a plain go build or go install, where the build info answers.
+var version string
+
+var versionDoc = doc{
+	name:     "version",
+	line:     "version",
+	summary:  "print the version",
+	synopsis: []string{"version", "--version"},
+	about: `Print dirlockd's version and the Go toolchain that built it, and exit 0.
+
+The version is the one make build records (git describe --tags --always
+--dirty), else the module version of go install MODULE@VERSION, else the
+commit a go build from a git checkout records (with +dirty for uncommitted
+changes), else devel.`,
+	examples: "  dirlockd version\n",
+}
+
+func cmdVersion(args []string, stdout, stderr io.Writer) int {
+	switch {
+	case len(args) == 0:
+		fmt.Fprintln(stdout, versionLine())
+		return 0
+	case len(args) == 1 && (args[0] == "-h" || args[0] == "--help"):
+		versionDoc.help(stdout, nil)
+		return 0
+	}
+	return usageError(stderr, "version", "unexpected argument %q: version takes none", args[0])
+}
+
+// versionLine is what dirlockd version prints: "dirlockd VERSION (GOVERSION
+// GOOS/GOARCH)".
+func versionLine() string {
+	bi, _ := debug.ReadBuildInfo()
+	return fmt.Sprintf("dirlockd %s (%s %s/%s)", buildVersion(version, bi), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// buildVersion picks the most precise version the build recorded: the
+// linker's, the module's, the VCS commit's.
+func buildVersion(linked string, bi *debug.BuildInfo) string {
+	if linked != "" {
+		return linked
+	}
+	if bi == nil {
+		return "devel"
+	}
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	var rev, dirty string
+	for _, s := range bi.Settings {
+		switch {
+		case s.Key == "vcs.revision":
+			rev = s.Value
+		case s.Key == "vcs.modified" && s.Value == "true":
+			dirty = "+dirty"
+		}
+	}
+	if rev == "" {
+		return "devel"
+	}
+	return "devel-" + rev[:min(len(rev), 12)] + dirty
+}
