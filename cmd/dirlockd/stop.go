@@ -243,18 +243,27 @@ func cmdWait(args []string, stdout, stderr io.Writer) int {
 		`Block until the data directory is free (no holder; a stale record counts as
 free), or until its holder reports status "ready".
 
+With --etcd and --lease-key (docs/lease.md), free also needs the lease key
+free in etcd (it is asked at each look), and ready needs it held.
+
 Exit status: 0 reached; 1 timed out; 3 invalid data directory or pidfile; 64 usage.`,
 		`  dirlockd run -D /srv/redis -- redis-server --supervised systemd & dirlockd wait -D /srv/redis --for ready --timeout 30s
   dirlockd stop -D /srv/redis; dirlockd wait -D /srv/redis --for free
 `, false, &g, stderr)
 	fs.StringVar(&target, "for", "free", "what to wait for: free or ready")
 	fs.DurationVar(&timeout, "timeout", 0, "give up after this long (0: wait forever)")
+	var lf leaseFlags
+	addLeaseFlags(fs, &lf, false)
 	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		return exitFor(err)
 	}
 	if len(rest) > 0 || (target != "free" && target != "ready") || timeout < 0 {
 		return usageError(stderr, "wait", "want --for free or --for ready, a non-negative --timeout, and no arguments")
+	}
+	withLease, err := lf.settle(fs)
+	if err != nil {
+		return usageError(stderr, "wait", "%v", err)
 	}
 	log := g.log.With("datadir", g.dirs[0])
 	start := time.Now()
@@ -266,6 +275,14 @@ Exit status: 0 reached; 1 timed out; 3 invalid data directory or pidfile; 64 usa
 		}
 		free := rep.State == interlock.Free || rep.State == interlock.Stale
 		ready := rep.State == interlock.Held && rep.Record != nil && rep.Record.Status == pidfile.Ready
+		if withLease && (free || ready) {
+			lr := lf.inspectLease()
+			free = free && lr.State == "free"
+			ready = ready && lr.State == "held"
+			if lr.State == "unknown" {
+				log.Debug("cannot inspect the lease", "err", lr.Error)
+			}
+		}
 		if target == "free" && free || target == "ready" && ready {
 			log.Debug("reached", "for", target, "after", time.Since(start))
 			return 0

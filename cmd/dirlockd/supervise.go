@@ -41,7 +41,8 @@ type runner struct {
 	dir      string
 	argv     []string
 	log      *slog.Logger
-	upstream string // our own NOTIFY_SOCKET, when systemd supervises us
+	upstream string    // our own NOTIFY_SOCKET, when systemd supervises us
+	lease    *runLease // the etcd lease (--etcd); nil without one
 
 	lock   *interlock.Lock
 	rec    *recorder
@@ -78,8 +79,16 @@ func (r *runner) run() int {
 	signal.Notify(sigs, forwarded...)
 	defer signal.Stop(sigs)
 
+	if r.lease != nil {
+		if code := r.leaseDial(); code != 0 {
+			r.releaseLease()
+			return code
+		}
+	}
+	began := time.Now()
 	stopSig, err := r.acquire(sigs)
 	if err != nil {
+		r.releaseLease()
 		if stopSig != 0 {
 			r.log.Info("gave up acquiring the data directory", "datadir", r.dir, "signal", unix.SignalName(stopSig), "err", err)
 			return exitSignalBase + int(stopSig)
@@ -96,11 +105,22 @@ func (r *runner) run() int {
 		r.log.Warn(t.String())
 	}
 	r.logStorage()
+	if stopSig == 0 && r.lease != nil {
+		var code int
+		if stopSig, code = r.acquireLease(sigs, began); code != 0 {
+			return r.finish(code)
+		}
+	}
 	if stopSig != 0 {
 		r.log.Info("stopped before the server started", "signal", unix.SignalName(stopSig))
 		return r.finish(exitSignalBase + int(stopSig))
 	}
 	r.rec = newRecorder(r.lock, r.log, r.opts.Recheck)
+	if r.lease != nil {
+		r.rec.SetExtra(leaseKeyField, r.lease.l.Key())
+		r.rec.SetExtra(fencingTokenField, strconv.FormatInt(r.lease.l.Token(), 10))
+		r.leaseChanged() // arm the timers before the server starts
+	}
 
 	if err := becomeSubreaper(); err != nil {
 		r.log.Error("cannot become the reaper of the server's tree", "err", err)
@@ -131,17 +151,20 @@ func (r *runner) run() int {
 // SIGINT gives up a wait (and is returned, so that run exits 128+N); the
 // other forwarded signals are kept for the server.
 func (r *runner) acquire(sigs <-chan os.Signal) (stop syscall.Signal, err error) {
+	return r.interruptible(sigs, func(ctx context.Context) (err error) {
+		r.lock, err = interlock.Acquire(ctx, r.dir, r.opts)
+		return err
+	})
+}
+
+// interruptible runs f while watching for signals: SIGTERM or SIGINT
+// cancels f's context (and is returned); the other forwarded signals are
+// kept for the server.
+func (r *runner) interruptible(sigs <-chan os.Signal, f func(context.Context) error) (stop syscall.Signal, err error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	type result struct {
-		l   *interlock.Lock
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		l, err := interlock.Acquire(ctx, r.dir, r.opts)
-		done <- result{l, err}
-	}()
+	done := make(chan error, 1)
+	go func() { done <- f(ctx) }()
 	for {
 		select {
 		case s := <-sigs:
@@ -154,9 +177,8 @@ func (r *runner) acquire(sigs <-chan os.Signal) (stop syscall.Signal, err error)
 				stop = sig
 				cancel()
 			}
-		case res := <-done:
-			r.lock = res.l
-			return stop, res.err
+		case err := <-done:
+			return stop, err
 		}
 	}
 }
@@ -246,6 +268,7 @@ func (r *runner) start(path, notifySocket string) int {
 		interlock.TokenEnv+"="+rec.Token,
 		"NOTIFY_SOCKET="+notifySocket,
 	)
+	cmd.Env = append(cmd.Env, r.leaseEnv()...)
 	// Its own process group: a terminal's Ctrl-C reaches dirlockd alone,
 	// which passes it on once; --signal-group can then reach the group.
 	// No parent-death signal: if dirlockd dies, the server must live on and
@@ -266,7 +289,8 @@ func (r *runner) start(path, notifySocket string) int {
 
 // childVars are the variables run gives the server; any value the caller's
 // environment has for them is replaced.
-var childVars = []string{"NOTIFY_SOCKET", "DIRLOCKD_DATADIR", interlock.PidfileEnv, "DIRLOCKD_LOCK_FD", "DIRLOCKD_SHM_ID", interlock.TokenEnv}
+var childVars = []string{"NOTIFY_SOCKET", "DIRLOCKD_DATADIR", interlock.PidfileEnv, "DIRLOCKD_LOCK_FD", "DIRLOCKD_SHM_ID", interlock.TokenEnv,
+	fencingTokenEnv, leaseKeyEnv, leaseTTLEnv}
 
 // childEnv drops from env what the server must get from us, not from our
 // caller, and keeps everything else (other DIRLOCKD_ variables included).
@@ -312,7 +336,12 @@ func (r *runner) supervise(sigs chan os.Signal, nl *notify.Listener) int {
 		mainFile = t.C
 	}
 	msgs := nl.Messages()
+	var leaseChanged <-chan struct{}
+	if r.lease != nil {
+		leaseChanged = r.lease.l.Changed()
+	}
 	for {
+		leaseTerm, leaseKill := r.leaseTimers()
 		select {
 		case e, ok := <-exits:
 			if !ok {
@@ -356,6 +385,12 @@ func (r *runner) supervise(sigs chan os.Signal, nl *notify.Listener) int {
 			if r.readMainPIDFile() {
 				mainFile = nil
 			}
+		case <-leaseChanged:
+			r.leaseChanged()
+		case <-leaseTerm:
+			r.leaseTerm()
+		case <-leaseKill:
+			r.leaseKill()
 		}
 	}
 }
@@ -708,12 +743,14 @@ func (r *runner) exitCode() int {
 	return r.cmdCode
 }
 
-// finish releases the interlock and returns code. By then the server's tree
-// is gone, so the record's "stopped" proves that nobody is left.
+// finish releases the lease, then the interlock, and returns code. By then
+// the server's tree is gone, so the record's "stopped" proves that nobody is
+// left.
 func (r *runner) finish(code int) int {
 	if r.rec != nil {
 		r.rec.Stop()
 	}
+	r.releaseLease()
 	if err := r.lock.Release(); err != nil {
 		r.log.Error("release incomplete", "err", err)
 		if code == 0 {
