@@ -260,3 +260,79 @@ func TestLeaseCheckStatusWait(t *testing.T) {
 		t.Fatalf("check with etcd unreachable: exit %d %+v", code, r)
 	}
 }
+
+// TestLeaseWrapperStopped: with dirlockd itself SIGSTOPped (or SIGKILLed),
+// nobody renews the lease, and the fence kills its server before the lease
+// can end; a waiter on another directory starts only after that server
+// died. 2 rounds each.
+func TestLeaseWrapperStopped(t *testing.T) {
+	e := testutil.StartEtcd(t, 1)
+	const ttl = 3 * time.Second
+	lf := []string{"--etcd", e.Endpoints(), "--lease-key", "/dirlockd/paused", "--lease-ttl", "3s"}
+	for _, how := range []syscall.Signal{syscall.SIGSTOP, syscall.SIGKILL} {
+		for round := range 2 {
+			a, b := testutil.DataDir(t), testutil.DataDir(t)
+			w := startRun(t, nil, a, lf, leaseServer(true)...)
+			pid, token, _, _ := leaseView(t, w)
+			next := startRun(t, nil, b, append(lf, "--wait", "60s"), leaseServer(false)...)
+			w.cmd.Process.Signal(how)
+			hit := time.Now()
+			eventually(t, 30*time.Second, "the server's death", func() bool { return !alive(pid) })
+			dead := time.Since(hit)
+			_, ntoken, _, _ := leaseView(t, next)
+			started := time.Since(hit)
+			t.Logf("%v, round %d: server dead %v after dirlockd got %v, the next server started after %v (TTL %v)", how, round, dead.Round(time.Millisecond), how, started.Round(time.Millisecond), ttl)
+			if dead >= ttl {
+				t.Fatalf("the server of a %v dirlockd died %v later: not before the lease could end:\n%s", how, dead, w.stderr)
+			}
+			if ntoken <= token {
+				t.Fatalf("token %d after %d", ntoken, token)
+			}
+			if !strings.Contains(w.stderr.String(), "dirlockd fence: the lease was not renewed in time") {
+				t.Fatalf("the fence did not say it killed:\n%s", w.stderr)
+			}
+			if how == syscall.SIGSTOP {
+				w.cmd.Process.Signal(syscall.SIGCONT)
+				if code := w.wait(t, 30*time.Second); code != 137 {
+					t.Fatalf("resumed wrapper exit %d, want 137:\n%s", code, w.stderr)
+				}
+			} else {
+				<-w.done
+				// A start takes the killed wrapper's segment over.
+				if code, _, stderr := dirlockd(t, "run", "-D", a, "--", "true"); code != 0 {
+					t.Fatalf("start after the killed wrapper: exit %d:\n%s", code, stderr)
+				}
+			}
+			next.cmd.Process.Signal(syscall.SIGTERM)
+			if code := next.wait(t, 20*time.Second); code != 143 {
+				t.Fatalf("next holder exit %d:\n%s", code, next.stderr)
+			}
+		}
+	}
+}
+
+// TestLeaseForkingServer: the fence is not of the server's tree: when the
+// command exits leaving one process, that process becomes the main one
+// (the fence does not count), and once it is gone dirlockd releases and
+// exits (the fence does not keep the tree alive). 3 rounds.
+func TestLeaseForkingServer(t *testing.T) {
+	e := testutil.StartEtcd(t, 1)
+	for round := range 3 {
+		dir := testutil.DataDir(t)
+		w := startRun(t, nil, dir, []string{"--etcd", e.Endpoints(), "--lease-key", "/dirlockd/fork", "--lease-ttl", "3s"},
+			"sh", "-c", `sleep 1000 & echo "child=$!"`)
+		eventually(t, 20*time.Second, "the only process left to become the main one", func() bool {
+			return strings.Contains(w.stderr.String(), "the server's main process is now the only process left")
+		})
+		w.cmd.Process.Signal(syscall.SIGTERM)
+		if code := w.wait(t, 20*time.Second); code != 143 {
+			t.Fatalf("round %d: exit %d, want 143 (the sleep killed by SIGTERM):\n%s", round, code, w.stderr)
+		}
+		if strings.Contains(w.stderr.String(), "the fence process exited:") {
+			t.Fatalf("round %d: the fence died early or was signalled:\n%s", round, w.stderr)
+		}
+		if code, r := check(t, dir); code != 0 || r.State != "free" {
+			t.Fatalf("round %d: after the exit: check %d %+v", round, code, r)
+		}
+	}
+}

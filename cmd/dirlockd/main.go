@@ -79,6 +79,7 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		"stop":   cmdStop,
 		"wait":   cmdWait,
 		"stress": cmdStress,
+		"fence":  cmdFence, // internal: run --etcd starts it (fence.go)
 	}
 	switch name := args[0]; name {
 	case "-h", "--help", "help":

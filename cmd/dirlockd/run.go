@@ -92,7 +92,9 @@ its own deadline: the send time of the last renewal that succeeded + TTL,
 which etcd cannot beat. Without a renewal, the server's tree gets SIGTERM at
 deadline - --lease-stop-timeout - TTL/10 and SIGKILL at deadline - TTL/10, so
 it is dead before etcd can give NAME to another host; a lease that may have
-been lost is never used again. Once the tree is gone, the lease is revoked,
+been lost is never used again. If dirlockd itself is stopped or killed, its
+fence process (a child kept out of the server's tree, fed each new deadline
+and pidfds of the tree) SIGKILLs the tree at deadline - TTL/20. Once the tree is gone, the lease is revoked,
 then the local interlock released. NAME held elsewhere: exit 75 naming its
 host, PID and since-when (--wait waits, watching NAME); etcd unreachable: 69,
 and nothing is written; a key of another tool, or no permission on it: 78.

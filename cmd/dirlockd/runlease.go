@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dirlockd/dirlockd/internal/lease"
+	"github.com/dirlockd/dirlockd/internal/proc"
 )
 
 // Record fields and server variables of the lease.
@@ -155,6 +156,7 @@ func (r *runner) leaseChanged() {
 	}
 	ls.term = time.NewTimer(time.Until(dl.Add(-ls.timing.stop - ls.timing.margin)))
 	ls.kill = time.NewTimer(time.Until(dl.Add(-ls.timing.margin)))
+	r.feedFence()
 	if err == nil || ls.lost {
 		return
 	}
@@ -184,7 +186,7 @@ func (r *runner) leaseTerm() {
 // tree gets SIGKILL.
 func (r *runner) leaseKill() {
 	r.beginStop("lease deadline")
-	t := pinTree()
+	t := pinTree(r.fencePID())
 	defer t.Close()
 	dl, _ := r.lease.l.Deadline()
 	r.log.Warn("sending SIGKILL to the server's tree before the lease can end", "deadline_in", time.Until(dl).Round(time.Millisecond), "pids", t.PIDs())
@@ -205,4 +207,48 @@ func (r *runner) releaseLease() {
 		}
 	}
 	r.lease.cli.Close()
+}
+
+// fencePID is the fence's PID, 0 without one.
+func (r *runner) fencePID() int {
+	if r.fence == nil {
+		return 0
+	}
+	return r.fence.PID()
+}
+
+// feedFence tells the fence the latest kill time, half the margin before
+// the deadline (after run's own SIGKILL), and the tree as it is now.
+func (r *runner) feedFence() {
+	if r.fence == nil || r.fenceBye {
+		return
+	}
+	dl, _ := r.lease.l.Deadline()
+	t := pinTree(r.fencePID())
+	defer t.Close()
+	if err := r.fence.Feed(dl.Add(-r.lease.timing.margin/2), t); err != nil {
+		r.log.Warn(err.Error()+": if dirlockd is stopped now, its server may outlive the lease", "lease_key", r.lease.l.Key())
+	}
+}
+
+// fenceIfAlone says bye to the fence once it is dirlockd's only child left:
+// the server's tree is gone then, and the fence's exit lets reapAll see
+// that nothing is left.
+func (r *runner) fenceIfAlone() {
+	if r.fence == nil || r.fenceBye {
+		return
+	}
+	if kids := proc.Children(os.Getpid()); len(kids) == 1 && kids[0] == r.fence.PID() {
+		r.fence.Bye()
+		r.fenceBye = true
+	}
+}
+
+// fenceExited handles the fence's exit: expected after bye; otherwise a
+// stopped dirlockd would no longer be covered.
+func (r *runner) fenceExited(ws unix.WaitStatus) {
+	if !r.fenceBye {
+		r.log.Warn("the fence process exited: if dirlockd is stopped now, its server may outlive the lease", "pid", r.fence.PID(), "status", describe(ws))
+	}
+	r.fence = nil
 }

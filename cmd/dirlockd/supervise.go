@@ -43,6 +43,8 @@ type runner struct {
 	log      *slog.Logger
 	upstream string    // our own NOTIFY_SOCKET, when systemd supervises us
 	lease    *runLease // the etcd lease (--etcd); nil without one
+	fence    *fence    // the fence process (--etcd, fence.go); nil without one
+	fenceBye bool      // the fence was told the tree is gone
 
 	lock   *interlock.Lock
 	rec    *recorder
@@ -141,9 +143,18 @@ func (r *runner) run() int {
 	}
 	defer nl.Close()
 
+	if r.lease != nil {
+		dl, _ := r.lease.l.Deadline()
+		if r.fence, err = startFence(dl.Add(-r.lease.timing.margin / 2)); err != nil {
+			r.log.Error("cannot start the fence process", "err", err)
+			return r.finish(exitInternal)
+		}
+		r.log.Debug("started the fence process", "pid", r.fence.PID())
+	}
 	if code := r.start(path, nl.Path()); code != 0 {
 		return r.finish(code)
 	}
+	r.feedFence()
 	return r.supervise(sigs, nl)
 }
 
@@ -348,8 +359,10 @@ func (r *runner) supervise(sigs chan os.Signal, nl *notify.Listener) int {
 				return r.finish(r.exitCode())
 			}
 			r.exited(e.pid, &e.ws)
+			r.fenceIfAlone()
 		case pid := <-r.mainGone:
 			r.mainGoneElsewhere(pid)
+			r.fenceIfAlone()
 		case s := <-sigs:
 			sig := s.(syscall.Signal)
 			if sig == syscall.SIGTERM || sig == syscall.SIGINT {
@@ -359,7 +372,7 @@ func (r *runner) supervise(sigs chan os.Signal, nl *notify.Listener) int {
 			r.forward(sig)
 		case <-r.kill:
 			r.kill = nil
-			t := pinTree()
+			t := pinTree(r.fencePID())
 			r.log.Warn("the server did not exit in time: sending SIGKILL to its tree", "stop_timeout", r.flags.stopTimeout, "pids", t.PIDs())
 			t.Signal(unix.SIGKILL)
 			t.Close()
@@ -401,6 +414,10 @@ const mainPIDFilePoll = 100 * time.Millisecond
 
 // exited handles a process of the tree that dirlockd reaped.
 func (r *runner) exited(pid int, ws *unix.WaitStatus) {
+	if pid == r.fencePID() {
+		r.fenceExited(*ws)
+		return
+	}
 	if pid == r.cmdPID {
 		what := "the command"
 		if r.main != nil && r.main.pid == pid {
@@ -446,7 +463,7 @@ func (r *runner) mainExited(ws *unix.WaitStatus) {
 			r.log.Warn("the server's main process exited; its exit status is its parent's to know", "pid", m.pid)
 		}
 	}
-	rest := pinTree()
+	rest := pinTree(r.fencePID())
 	defer rest.Close()
 	if len(rest) == 0 {
 		return // the tree is gone: reapAll says so next
@@ -525,6 +542,9 @@ func (r *runner) readMainPIDFile() bool {
 		return false // still being written
 	}
 	pid, err := strconv.Atoi(line)
+	if pid == r.fencePID() {
+		err = errors.New("the fence process")
+	}
 	if err == nil && r.main != nil && r.main.pid == pid {
 		return true
 	}
@@ -548,7 +568,7 @@ func (r *runner) readMainPIDFile() bool {
 // with --signal-group), or, with no main process, to each process dirlockd
 // is the parent of.
 func (r *runner) forward(sig syscall.Signal) {
-	t := pinTree()
+	t := pinTree(r.fencePID())
 	defer t.Close()
 	if r.targets(t, false).Signal(unix.Signal(sig)) == 0 {
 		r.log.Warn("no process of the server's tree got the signal", "signal", unix.SignalName(sig))
@@ -561,7 +581,7 @@ func (r *runner) forward(sig syscall.Signal) {
 // the tree. SIGCONT follows, as systemd sends it: a server stopped by job
 // control would never act on the signal otherwise.
 func (r *runner) stop(sig syscall.Signal, why string) {
-	t := pinTree()
+	t := pinTree(r.fencePID())
 	defer t.Close()
 	targets := r.targets(t, true)
 	targets.Signal(unix.Signal(sig))
@@ -749,6 +769,9 @@ func (r *runner) exitCode() int {
 func (r *runner) finish(code int) int {
 	if r.rec != nil {
 		r.rec.Stop()
+	}
+	if r.fence != nil && !r.fenceBye {
+		r.fence.Bye()
 	}
 	r.releaseLease()
 	if err := r.lock.Release(); err != nil {

@@ -39,15 +39,25 @@ type pinned []member
 // pinTree lists the live processes of the tree and pins each with a pidfd.
 // A process counts only if, once pinned, its parent is still the process
 // under which it was listed, and that parent is still alive: a PID that was
-// recycled in between is never taken for a member.
-func pinTree() pinned {
+// recycled in between is never taken for a member. except is a child of
+// ours that is not of the server's tree (the fence, fence.go), or 0.
+func pinTree(except int) pinned {
+	return pinBelow(member{pid: os.Getpid(), pfd: -1}, except)
+}
+
+// pinBelow lists and pins the live descendants of root, which is pinned by
+// root.pfd (-1: the calling process itself), leaving out except.
+func pinBelow(root member, except int) pinned {
 	var out pinned
-	parents := []member{{pid: os.Getpid(), pfd: -1}}
+	parents := []member{root}
 	for len(parents) > 0 {
 		p := parents[0]
 		parents = parents[1:]
 		var kids pinned
 		for _, pid := range proc.Children(p.pid) {
+			if pid == except {
+				continue
+			}
 			if m, ok := pin(pid, p.pid); ok {
 				kids = append(kids, m)
 			}
