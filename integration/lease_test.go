@@ -336,3 +336,42 @@ func TestLeaseForkingServer(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaseFenceFile: the fence file records the highest token that ran;
+// a start whose token is lower (etcd's history went back) is refused with
+// 78 and the server never starts. 3 rounds.
+func TestLeaseFenceFile(t *testing.T) {
+	e := testutil.StartEtcd(t, 1)
+	dir := testutil.DataDir(t)
+	lf := []string{"--etcd", e.Endpoints(), "--lease-key", "/dirlockd/fencefile", "--lease-ttl", "3s"}
+	fence := filepath.Join(dir, "dirlockd.fence")
+	var last int64
+	for round := range 3 {
+		code, out, stderr := dirlockd(t, append(append([]string{"run", "-D", dir}, lf...), "--", "sh", "-c", "echo token=$DIRLOCKD_FENCING_TOKEN")...)
+		if code != 0 {
+			t.Fatalf("round %d: exit %d:\n%s", round, code, stderr)
+		}
+		token, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimPrefix(out, "token=")), 10, 64)
+		b, _ := os.ReadFile(fence)
+		if token <= last || !strings.Contains(string(b), fmt.Sprintf("fencing_token=%d\n", token)) {
+			t.Fatalf("round %d: token %d after %d; fence file:\n%s", round, token, last, b)
+		}
+		last = token
+	}
+	// etcd "restored from an old snapshot": a token far above etcd's.
+	if err := os.WriteFile(fence, []byte("fencing_token=1000000\nlease_key=/dirlockd/fencefile\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for round := range 3 {
+		code, _, stderr := dirlockd(t, append(append([]string{"run", "-D", dir}, lf...), "--", "touch", filepath.Join(dir, "ran"))...)
+		if code != 78 || !strings.Contains(stderr, "below 1000000") {
+			t.Fatalf("round %d: exit %d, want 78:\n%s", round, code, stderr)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "ran")); err == nil {
+			t.Fatalf("round %d: the server ran under a lower token", round)
+		}
+		if code, r, _ := checkLease(t, "check", dir, lf[:4]...); code != 0 || r.Lease.State != "free" {
+			t.Fatalf("round %d: a refused start left the lease or the directory held: %d %+v", round, code, r)
+		}
+	}
+}

@@ -94,10 +94,13 @@ deadline - --lease-stop-timeout - TTL/10 and SIGKILL at deadline - TTL/10, so
 it is dead before etcd can give NAME to another host; a lease that may have
 been lost is never used again. If dirlockd itself is stopped or killed, its
 fence process (a child kept out of the server's tree, fed each new deadline
-and pidfds of the tree) SIGKILLs the tree at deadline - TTL/20. Once the tree is gone, the lease is revoked,
-then the local interlock released. NAME held elsewhere: exit 75 naming its
-host, PID and since-when (--wait waits, watching NAME); etcd unreachable: 69,
-and nothing is written; a key of another tool, or no permission on it: 78.
+and pidfds of the tree) SIGKILLs the tree at deadline - TTL/20. The fence
+file (dirlockd.fence in the directory) keeps the highest token that ran
+there: a start with a lower one (etcd restored from an old snapshot) is
+refused (78). Once the tree is gone, the lease is revoked, then the local
+interlock released. NAME held elsewhere: exit 75 naming its host, PID and
+since-when (--wait waits, watching NAME); etcd unreachable: 69, and nothing
+is written; a key of another tool, or no permission on it: 78.
 
 Exit status when COMMAND cannot be started: 75 data directory held by a live
 instance (or --conflict-exit-code), or the lease held by another holder, 76

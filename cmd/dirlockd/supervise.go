@@ -117,6 +117,22 @@ func (r *runner) run() int {
 		r.log.Info("stopped before the server started", "signal", unix.SignalName(stopSig))
 		return r.finish(exitSignalBase + int(stopSig))
 	}
+	if r.lease != nil {
+		name := fenceFileName(r.opts.Pidfile)
+		if err := advanceFence(rec.DataDir, name, r.lease.l.Token(), r.lease.l.Key()); err != nil {
+			var fb *FenceBackError
+			if errors.As(err, &fb) {
+				r.log.Error("cannot start: "+err.Error(), "fence_file", fb.Path,
+					"hint", "find out why etcd went back; remove the fence file only if no server of the old history can still run")
+				return r.finish(exitInvalid)
+			}
+			r.log.Error("cannot start: " + err.Error())
+			if invalidStorage(err) {
+				return r.finish(exitInvalid)
+			}
+			return r.finish(exitInternal)
+		}
+	}
 	r.rec = newRecorder(r.lock, r.log, r.opts.Recheck)
 	if r.lease != nil {
 		r.rec.SetExtra(leaseKeyField, r.lease.l.Key())
