@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dirlockd/dirlockd/integration/fusefs"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 )
 
@@ -372,6 +373,90 @@ func TestLeaseFenceFile(t *testing.T) {
 		}
 		if code, r, _ := checkLease(t, "check", dir, lf[:4]...); code != 0 || r.Lease.State != "free" {
 			t.Fatalf("round %d: a refused start left the lease or the directory held: %d %+v", round, code, r)
+		}
+	}
+}
+
+// TestFUSEStressLease: two hosts (their own UTS, PID and IPC namespaces)
+// stress one directory through the test FUSE filesystem in its local-only
+// mode, whose locks do not cross mounts: without a lease the witnesses
+// find two holders (TestFUSEStress); with --etcd the lease alone keeps one
+// holder, and the fencing tokens grow in start order. 3 rounds without
+// kills, 1 with --kill-rate (a killed worker's lease ends after its TTL).
+func TestFUSEStressLease(t *testing.T) {
+	e := testutil.StartEtcd(t, 1)
+	_, _, a, b := mountHosts(t, fusefs.LocalOnly)
+	lf := []string{"--etcd", e.Endpoints(), "--lease-key", "/dirlockd/stress", "--lease-ttl", "2s"}
+	for round := range 4 {
+		args := append([]string{"--workers", "3", "--duration", "3s", "--hold", "2ms"}, lf...)
+		if round == 3 {
+			args = append(args, "--kill-rate", "0.02", "--duration", "8s")
+		}
+		codes, reps := stressHosts(t, a, b, args...)
+		logStress(t, round, codes, reps)
+		v := reps[2]
+		if codes[2] != 0 || v.Log.ViolationCount != 0 || v.Verdict != "pass" {
+			t.Fatalf("round %d: with the lease, verify found %d violations (exit %d): %s\n%+v", round, v.Log.ViolationCount, codes[2], v.Summary, v.Log.Violations)
+		}
+		if len(v.Log.Hosts) != 2 {
+			t.Fatalf("round %d: verify saw hosts %+v, want alpha and beta", round, v.Log.Hosts)
+		}
+		for _, h := range v.Log.Hosts {
+			if h.Entered == 0 {
+				t.Fatalf("round %d: host %s never held the directory", round, h.Host)
+			}
+		}
+	}
+	// The tokens are in the log, and the checker judged them: a log whose
+	// tokens go back fails (TestCheckFencingToken); here every enter has one.
+	log, err := os.ReadFile(filepath.Join(a, "dirlockd-stress.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	enters, fenced := 0, 0
+	for _, line := range strings.Split(string(log), "\n") {
+		if strings.Contains(line, `"ev":"enter"`) {
+			enters++
+			if strings.Contains(line, `"fence":`) {
+				fenced++
+			}
+		}
+	}
+	if enters == 0 || fenced != enters {
+		t.Fatalf("%d of %d enters carry a fencing token", fenced, enters)
+	}
+}
+
+// TestLeaseProxy: the wrapper reaches etcd through a TCP proxy of the test.
+// Answers delayed by 600 ms (a fifth of the TTL) for 3 TTLs cost no false
+// loss; a black hole stops the server before the lease can end. 2 rounds.
+func TestLeaseProxy(t *testing.T) {
+	e := testutil.StartEtcd(t, 1)
+	const ttl = 3 * time.Second
+	for round := range 2 {
+		p := testutil.StartProxy(t, strings.TrimPrefix(e.Members[0].ClientURL, "http://"))
+		dir := testutil.DataDir(t)
+		w := startRun(t, nil, dir, []string{"--etcd", p.Addr, "--lease-key", "/dirlockd/proxy", "--lease-ttl", "3s"}, leaseServer(false)...)
+		pid, _, _, _ := leaseView(t, w)
+		p.SetDelay(600 * time.Millisecond)
+		end := time.Now().Add(3 * ttl)
+		for time.Now().Before(end) {
+			if !alive(pid) {
+				t.Fatalf("round %d: a 600ms delay stopped the server (TTL %v):\n%s", round, ttl, w.stderr)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		p.BlackHole(true)
+		holed := time.Now()
+		eventually(t, 30*time.Second, "the server's death", func() bool { return !alive(pid) })
+		dead := time.Since(holed)
+		t.Logf("round %d: 600ms delay for %v: no loss; black hole: server dead %v after (TTL %v)", round, 3*ttl, dead.Round(time.Millisecond), ttl)
+		if dead >= ttl {
+			t.Fatalf("round %d: server died %v after the black hole: not before the lease could end:\n%s", round, dead, w.stderr)
+		}
+		p.BlackHole(false)
+		if code := w.wait(t, 30*time.Second); code != 143 {
+			t.Fatalf("round %d: exit %d, want 143:\n%s", round, code, w.stderr)
 		}
 	}
 }

@@ -105,7 +105,7 @@ fencing_token, error.`,
 `, true, &g, stderr)
 	fs.BoolVar(&asJSON, "json", false, "one JSON object per directory and line")
 	var lf leaseFlags
-	addLeaseFlags(fs, &lf, false)
+	addLeaseFlags(fs, &lf, leaseInspect)
 	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		return exitFor(err)
@@ -169,7 +169,7 @@ local lock is free; etcd unreachable with the local lock free is unknown (4).
 `, false, &g, stderr)
 	fs.BoolVar(&asJSON, "json", false, "print a JSON object")
 	var lf leaseFlags
-	addLeaseFlags(fs, &lf, false)
+	addLeaseFlags(fs, &lf, leaseInspect)
 	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		if errors.Is(err, errUsage) {

@@ -48,16 +48,29 @@ type leaseTiming struct {
 	renew, stop, margin time.Duration
 }
 
-// addLeaseFlags adds the lease flags: all of them for run (holding), those
-// that reach etcd for check, status and wait (inspecting).
-func addLeaseFlags(fs *pflag.FlagSet, f *leaseFlags, holding bool) {
+// What a command does with the lease flags.
+type leaseUse int
+
+const (
+	leaseRun     leaseUse = iota // run: holds it, and stops the server before it can end
+	leaseStress                  // stress: each hold takes it
+	leaseInspect                 // check, status, wait: ask who holds it
+)
+
+// addLeaseFlags adds the lease flags that apply to use.
+func addLeaseFlags(fs *pflag.FlagSet, f *leaseFlags, use leaseUse) {
 	f.ttl = 10 * time.Second
-	if holding {
+	switch use {
+	case leaseRun:
 		fs.StringVar(&f.endpoints, "etcd", "", "comma-separated etcd endpoints (host:port or URLs; default $DIRLOCKD_ETCD): hold the data directory with a lease on etcd too (docs/lease.md)")
 		fs.StringVar(&f.key, "lease-key", "", "the etcd key that names the directory's holder (required with --etcd; the same on every host)")
 		fs.DurationVar(&f.ttl, "lease-ttl", f.ttl, "the lease's TTL, whole seconds: a dead host's lease ends after at most this")
 		fs.DurationVar(&f.stopTimeout, "lease-stop-timeout", 0, "how long before the lease's deadline (less a margin of TTL/10) the server gets SIGTERM; SIGKILL follows at the margin (0: TTL/5)")
-	} else {
+	case leaseStress:
+		fs.StringVar(&f.endpoints, "etcd", "", "comma-separated etcd endpoints (host:port or URLs; default $DIRLOCKD_ETCD): each hold takes a lease on etcd too, as run --etcd does, and logs its fencing token (docs/lease.md)")
+		fs.StringVar(&f.key, "lease-key", "", "the etcd lock key every host's holds take (required with --etcd)")
+		fs.DurationVar(&f.ttl, "lease-ttl", f.ttl, "the lease's TTL, whole seconds: a killed worker's lease ends after it")
+	default:
 		fs.StringVar(&f.endpoints, "etcd", "", "comma-separated etcd endpoints (host:port or URLs; default $DIRLOCKD_ETCD): ask etcd who holds --lease-key too (docs/lease.md)")
 		fs.StringVar(&f.key, "lease-key", "", "the etcd key that names the directory's holder, as given to run (required with --etcd)")
 	}

@@ -54,7 +54,7 @@ func TestLeaseTiming(t *testing.T) {
 	}
 	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
 	var f leaseFlags
-	addLeaseFlags(fs, &f, true)
+	addLeaseFlags(fs, &f, leaseRun)
 	t.Setenv("DIRLOCKD_ETCD", "")
 	if err := fs.Parse([]string{"--lease-ttl", "3s"}); err != nil {
 		t.Fatal(err)

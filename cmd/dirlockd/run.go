@@ -132,7 +132,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.onLost, "on-lost", "shutdown", "when the recheck finds the interlock lost: shutdown (stop COMMAND) or log")
 	fs.DurationVar(&g.opts.TakeoverAfter, "takeover-after", 0, "on shared storage, how long to watch the heartbeat of a holder on another host before taking over (0: 3 x the longer of --recheck and its interval)")
 	var lf leaseFlags
-	addLeaseFlags(fs, &lf, true)
+	addLeaseFlags(fs, &lf, leaseRun)
 	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		return exitFor(err)

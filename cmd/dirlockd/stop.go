@@ -253,7 +253,7 @@ Exit status: 0 reached; 1 timed out; 3 invalid data directory or pidfile; 64 usa
 	fs.StringVar(&target, "for", "free", "what to wait for: free or ready")
 	fs.DurationVar(&timeout, "timeout", 0, "give up after this long (0: wait forever)")
 	var lf leaseFlags
-	addLeaseFlags(fs, &lf, false)
+	addLeaseFlags(fs, &lf, leaseInspect)
 	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		return exitFor(err)
