@@ -837,16 +837,6 @@ func TestStopUsage(t *testing.T) {
 	}
 }
 
-func cliFreePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // cliBackground starts the binary with args and returns a channel closed
 // when it exits (read its stderr only then); the process is killed at the
 // end of the test.
@@ -870,7 +860,7 @@ func cliBackground(t *testing.T, args ...string) (*exec.Cmd, *bytes.Buffer, <-ch
 func TestWaitReadyThenFree(t *testing.T) {
 	dir := cliDataDir(t)
 	gate := filepath.Join(t.TempDir(), "gate")
-	port := cliFreePort(t)
+	port := testutil.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	start := time.Now()
 	w := startRun(t, nil, dir, []string{"--ready-tcp", addr}, "sh", "-c",

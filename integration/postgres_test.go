@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
@@ -64,7 +65,7 @@ func TestPostgresPgCtl(t *testing.T) {
 	if out, err := asPostgres(t, u, filepath.Join(pgBin, "initdb"), "-D", data, "-A", "trust", "--no-sync").CombinedOutput(); err != nil {
 		t.Fatalf("initdb: %v\n%s", err, out)
 	}
-	port := strconv.Itoa(freePort(t))
+	port := strconv.Itoa(testutil.FreePort(t))
 	run := asPostgres(t, u, dl, "run", "-D", data, "--main-pid-file", filepath.Join(data, "postmaster.pid"), "--",
 		filepath.Join(pgBin, "pg_ctl"), "start", "-w", "-D", data, "-l", filepath.Join(root, "pg.log"),
 		"-o", "-p "+port+" -k "+root+" -c listen_addresses=")

@@ -225,16 +225,6 @@ func TestPID1ReapsOrphans(t *testing.T) {
 	}
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // redisDo sends one inline command to redis and returns the reply line.
 func redisDo(t *testing.T, port int, cmd string) string {
 	t.Helper()
@@ -260,7 +250,7 @@ func redisDo(t *testing.T, port int, cmd string) string {
 // (--supervised systemd sends READY=1 on NOTIFY_SOCKET).
 func TestRedis(t *testing.T) {
 	dir := testutil.DataDir(t)
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	argv := []string{"redis-server", "--supervised", "systemd", "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 		"--dir", dir, "--save", "3600 1", "--appendonly", "no", "--daemonize", "no", "--logfile", ""}
 	w := startRun(t, nil, dir, []string{"--ready-notify"}, argv...)
@@ -298,7 +288,7 @@ func TestRedis(t *testing.T) {
 // TestEtcd wraps a real etcd, which notifies systemd when it serves.
 func TestEtcd(t *testing.T) {
 	dir := testutil.DataDir(t)
-	client, peer := freePort(t), freePort(t)
+	client, peer := testutil.FreePort(t), testutil.FreePort(t)
 	curl := fmt.Sprintf("http://127.0.0.1:%d", client)
 	purl := fmt.Sprintf("http://127.0.0.1:%d", peer)
 	argv := []string{"etcd", "--name", "default", "--data-dir", filepath.Join(dir, "etcd"),
@@ -376,7 +366,7 @@ func TestSystemdForwarding(t *testing.T) {
 	}
 	defer sd.Close()
 	t.Setenv("NOTIFY_SOCKET", sd.Path())
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	w := startRun(t, nil, dir, []string{"--ready-notify"}, "redis-server", "--supervised", "systemd",
 		"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--logfile", "")
 	next := func(what string) notify.Message {

@@ -51,7 +51,7 @@ func TestForkingRedis(t *testing.T) {
 	for round := range 3 {
 		t.Run(fmt.Sprint(round), func(t *testing.T) {
 			dir := testutil.DataDir(t)
-			port := freePort(t)
+			port := testutil.FreePort(t)
 			var flags []string
 			if round == 2 {
 				flags = []string{"--main-pid-file", filepath.Join(dir, "redis.pid")}

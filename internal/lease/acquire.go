@@ -1,0 +1,118 @@
+package lease
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Acquire takes the lock key for id. It grants a new lease, then puts the
+// key under it in a transaction that succeeds only if the key does not
+// exist, so that two starters can never both succeed; the key's create
+// revision is the fencing token. A key held by another holder fails with a
+// *HeldError, unless wait is set: then Acquire blocks, watching the key,
+// until it is deleted (its holder released it or its lease expired) and
+// tries again, until ctx ends. etcd not answering within the dial timeout
+// fails with an *UnavailableError, a refusal with a *RefusedError.
+//
+// The returned Lease renews itself until Release; watch Changed for its
+// deadline.
+func (c *Client) Acquire(ctx context.Context, id Identity, wait bool) (*Lease, error) {
+	val, err := json.Marshal(id)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		l, held, err := c.try(ctx, val)
+		if err != nil || held == nil {
+			return l, err
+		}
+		if !wait {
+			return nil, &HeldError{Key: c.cfg.Key, Holder: held.Holder}
+		}
+		if err := c.waitDeleted(ctx, held.rev); err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("waiting for lease key %q: %w (%w)", c.cfg.Key, ctx.Err(), &HeldError{Key: c.cfg.Key, Holder: held.Holder})
+			}
+			return nil, err
+		}
+	}
+}
+
+// found is the holder a failed attempt found, and the revision at which it
+// was read.
+type found struct {
+	Holder
+	rev int64
+}
+
+// try makes one attempt: a new lease, and the transaction.
+func (c *Client) try(ctx context.Context, val []byte) (*Lease, *found, error) {
+	rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), c.cfg.dialTimeout())
+	defer cancel()
+	sent := time.Now()
+	g, err := c.cli.Grant(rctx, int64(c.cfg.TTL/time.Second))
+	if err != nil {
+		return nil, nil, c.failed("grant a lease", err)
+	}
+	key := c.cfg.Key
+	resp, err := c.cli.Txn(rctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(val), clientv3.WithLease(g.ID))).
+		Else(clientv3.OpGet(key)).
+		Commit()
+	if err == nil && resp.Succeeded {
+		l := newLease(c, g.ID, resp.Header.Revision, time.Duration(g.TTL)*time.Second, sent)
+		return l, nil, nil
+	}
+	c.revoke(g.ID)
+	if err != nil {
+		return nil, nil, c.failed("put the lock key", err)
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		// Deleted between the compare and the get: a transaction is
+		// atomic, so this cannot be; try again all the same.
+		return nil, &found{rev: resp.Header.Revision}, nil
+	}
+	h, err := c.holder(kvs[0].Value, kvs[0].CreateRevision, kvs[0].Lease)
+	if err != nil {
+		return nil, nil, err
+	}
+	return nil, &found{Holder: *h, rev: resp.Header.Revision}, nil
+}
+
+// revoke ends a lease, best effort: a lease that is not revoked expires
+// after its TTL anyway.
+func (c *Client) revoke(id clientv3.LeaseID) error {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.dialTimeout())
+	defer cancel()
+	_, err := c.cli.Revoke(ctx, id)
+	return err
+}
+
+// waitDeleted blocks until the key is deleted after revision rev: etcd's
+// own way of waiting, a watch, not polling.
+func (c *Client) waitDeleted(ctx context.Context, rev int64) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	for ev := range c.cli.Watch(wctx, c.cfg.Key, clientv3.WithRev(rev+1)) {
+		if err := ev.Err(); err != nil {
+			return c.failed("watch the lock key", err)
+		}
+		for _, e := range ev.Events {
+			if e.Type == mvccpb.DELETE {
+				return nil
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return errors.New("the watch on the lock key ended") // the client was closed
+}

@@ -1,0 +1,121 @@
+package lease_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/dirlockd/dirlockd/internal/lease"
+	"github.com/dirlockd/dirlockd/internal/testutil"
+)
+
+// leader finds the cluster's leader with the maintenance API.
+func leader(t *testing.T, e *testutil.EtcdCluster) *testutil.EtcdMember {
+	t.Helper()
+	cli := raw(t, e.Endpoints())
+	end := time.Now().Add(30 * time.Second)
+	for time.Now().Before(end) {
+		for _, m := range e.Members {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			s, err := cli.Status(ctx, m.ClientURL)
+			cancel()
+			if err == nil && s.Leader != 0 && s.Leader == s.Header.MemberId {
+				return m
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatal("no leader within 30s")
+	return nil
+}
+
+// held asserts that l stays held for d.
+func held(t *testing.T, l *lease.Lease, d time.Duration, what string) {
+	t.Helper()
+	end := time.After(d)
+	for {
+		if _, err := l.Deadline(); err != nil {
+			t.Fatalf("%s: lease lost: %v", what, err)
+		}
+		select {
+		case <-l.Changed():
+		case <-end:
+			if _, err := l.Deadline(); err != nil {
+				t.Fatalf("%s: lease lost: %v", what, err)
+			}
+			return
+		}
+	}
+}
+
+// follower returns a member that is not the leader.
+func follower(t *testing.T, e *testutil.EtcdCluster) *testutil.EtcdMember {
+	ld := leader(t, e)
+	for _, m := range e.Members {
+		if m != ld {
+			return m
+		}
+	}
+	return nil
+}
+
+// TestCluster runs on a 3-member cluster (TTL 8 s, an election timeout of
+// 1 s): the leader SIGKILLed and restarted, a follower SIGSTOPped, the
+// leader SIGSTOPped (its connections stay open, its answers never come) cost
+// no loss over 1.5 TTL each; 2 of 3 members SIGSTOPped past the TTL lose the
+// lease at its deadline, and after SIGCONT the lost lease stays lost and a
+// new holder gets a higher token.
+func TestCluster(t *testing.T) {
+	e := testutil.StartEtcd(t, 3)
+	const key = "/dirlockd/cluster"
+	c := dial(t, e.Endpoints(), key, 8*time.Second)
+	l := acquire(t, c, identity(t, 1))
+	defer l.Release()
+	ld := leader(t, e)
+	ld.Kill()
+	held(t, l, 3*l.TTL()/2, "leader killed")
+	ld.Restart()
+	ld.WaitHealthy(60 * time.Second)
+	t.Logf("leader %s killed and restarted: no loss", ld.Name)
+	for _, pick := range []func(*testing.T, *testutil.EtcdCluster) *testutil.EtcdMember{follower, leader} {
+		m := pick(t, e)
+		m.Stop()
+		held(t, l, 3*l.TTL()/2, "member stopped")
+		m.Cont()
+		m.WaitHealthy(60 * time.Second)
+		t.Logf("member %s stopped for %v: no loss", m.Name, 3*l.TTL()/2)
+	}
+	e.Members[0].Stop()
+	e.Members[1].Stop()
+	stopped := time.Now()
+	lostAt, err := waitLost(t, l, 30*time.Second)
+	if !errors.Is(err, lease.ErrLost) {
+		t.Fatal(err)
+	}
+	dl, _ := l.Deadline()
+	// A leader left alone still answers renewals until it steps down
+	// (CheckQuorum, an election timeout of 1 s): the deadline may move
+	// for that long after the stop, and no longer.
+	t.Logf("2 of 3 stopped: lost %v after the stop, %v after the last deadline", lostAt.Sub(stopped).Round(time.Millisecond), lostAt.Sub(dl).Round(time.Millisecond))
+	if lostAt.Before(dl) || lostAt.After(stopped.Add(l.TTL()+2*time.Second)) {
+		t.Fatalf("lost %v after the stop, deadline %v after it: want at the deadline, at most TTL + 2s after the stop", lostAt.Sub(stopped), dl.Sub(stopped))
+	}
+	e.Members[0].Cont()
+	e.Members[1].Cont()
+	leader(t, e)
+	w := dial(t, e.Endpoints(), key, 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	lw, err := w.Acquire(ctx, identity(t, 2), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lw.Release()
+	if lw.Token() <= l.Token() {
+		t.Fatalf("token %d after %d", lw.Token(), l.Token())
+	}
+	if _, err := l.Deadline(); err == nil {
+		t.Fatal("the lost lease came back")
+	}
+}

@@ -1,0 +1,169 @@
+// Package lease holds a data directory across hosts with a lease on etcd.
+//
+// The storage's own locks guard a directory only among the processes that
+// share the lock manager; on shared storage whose locks are broken or local
+// to each host they guard nothing. A lease on etcd is a second interlock
+// that does not depend on the storage: a lock key, put under a lease in a
+// transaction that succeeds only if the key does not exist, names the one
+// holder, and the key's create revision is its fencing token, a number that
+// strictly increases with every new holder.
+//
+// The rule that keeps one holder is that the holder stops before its lease
+// can end. etcd's client library cannot be trusted with that: its keepalive
+// channel closes some time after the server may already have expired the
+// lease, because it counts from when a response arrived. A Lease therefore
+// renews itself, one KeepAliveOnce at a time, and computes its own deadline
+// from the send time of the last renewal that succeeded, on the monotonic
+// clock: the server cannot have received a request before it was sent, so it
+// cannot expire the lease before send time + TTL. Once that deadline passes
+// without a renewal, the lease is lost for good; a later renewal that
+// "succeeds" (a new etcd leader refreshes every lease) never brings it back.
+package lease
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/dirlockd/dirlockd/internal/proc"
+)
+
+// Config says how to reach etcd and which key to hold.
+type Config struct {
+	Endpoints   []string      // host:port or URLs
+	Key         string        // the lock key
+	TTL         time.Duration // the lease's TTL, whole seconds (etcd may grant more)
+	Renew       time.Duration // how often to renew; 0: TTL/3
+	DialTimeout time.Duration // bound on each request made while acquiring; 0: 5 s
+	TLS         *tls.Config   // nil: plain TCP
+	Username    string        // "" : no authentication
+	Password    string
+
+	onRenew func(sent, received time.Time) // test hook: each successful renewal
+}
+
+func (c *Config) renew() time.Duration {
+	if c.Renew > 0 {
+		return c.Renew
+	}
+	return c.TTL / 3
+}
+
+func (c *Config) dialTimeout() time.Duration {
+	if c.DialTimeout > 0 {
+		return c.DialTimeout
+	}
+	return 5 * time.Second
+}
+
+// Identity is the holder's identity, stored as the lock key's value so that
+// a host that finds the key held can say who holds it.
+type Identity struct {
+	Host    string    `json:"host"`
+	PID     int       `json:"pid"`
+	BootID  string    `json:"boot_id"`
+	DataDir string    `json:"datadir"`
+	Started time.Time `json:"started"`
+}
+
+// Self returns the calling process's identity as the holder of dir.
+func Self(dir string) (Identity, error) {
+	host, err := os.Hostname()
+	if err != nil {
+		return Identity{}, fmt.Errorf("hostname: %w", err)
+	}
+	boot, err := proc.BootID()
+	if err != nil {
+		return Identity{}, err
+	}
+	return Identity{Host: host, PID: os.Getpid(), BootID: boot, DataDir: dir, Started: time.Now().UTC().Truncate(time.Second)}, nil
+}
+
+// Holder is the lock key as found in etcd.
+type Holder struct {
+	Identity
+	Token int64 // the key's create revision
+	Lease int64 // the lease the key is attached to (0: none)
+}
+
+// Client is a connection to etcd. Nothing of etcd's client exists until
+// Dial: a program that never calls it runs none of its goroutines.
+type Client struct {
+	cfg Config
+	cli *clientv3.Client
+}
+
+// Dial connects to etcd. It does not wait for the connection: the first
+// request says whether etcd answers.
+func Dial(cfg Config) (*Client, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("no etcd endpoints")
+	}
+	if cfg.Key == "" {
+		return nil, errors.New("no lease key")
+	}
+	if cfg.TTL < time.Second || cfg.TTL%time.Second != 0 {
+		return nil, fmt.Errorf("lease TTL %v: want whole seconds, at least 1s", cfg.TTL)
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   cfg.Endpoints,
+		DialTimeout: cfg.dialTimeout(),
+		TLS:         cfg.TLS,
+		Username:    cfg.Username,
+		Password:    cfg.Password,
+		// Errors reach the caller, who logs them in dirlockd's format.
+		Logger: zap.NewNop(),
+	})
+	c := &Client{cfg: cfg, cli: cli}
+	if err != nil {
+		// With a user, New authenticates at once.
+		return nil, c.failed("connect", err)
+	}
+	return c, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.cli.Close() }
+
+// Endpoints returns the endpoints, for messages.
+func (c *Client) Endpoints() string { return strings.Join(c.cfg.Endpoints, ",") }
+
+// Holder returns the current holder of the key, or nil when it is free.
+func (c *Client) Holder(ctx context.Context) (*Holder, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.dialTimeout())
+	defer cancel()
+	resp, err := c.cli.Get(ctx, c.cfg.Key)
+	if err != nil {
+		return nil, c.failed("read the lock key", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	return c.holder(resp.Kvs[0].Value, resp.Kvs[0].CreateRevision, resp.Kvs[0].Lease)
+}
+
+// holder decodes a lock key's value. A key that is not a dirlockd holder
+// (no lease, or a value that is not an identity) belongs to something else.
+func (c *Client) holder(v []byte, rev, lease int64) (*Holder, error) {
+	h := &Holder{Token: rev, Lease: lease}
+	if err := json.Unmarshal(v, &h.Identity); err != nil || h.PID == 0 || h.Host == "" || lease == 0 {
+		return nil, &RefusedError{Key: c.cfg.Key, Problem: fmt.Sprintf("it holds %q, not a dirlockd holder under a lease", truncate(v, 80)),
+			Fix: "another tool uses this key: pick another --lease-key"}
+	}
+	return h, nil
+}
+
+func truncate(b []byte, n int) string {
+	if len(b) > n {
+		return string(b[:n]) + "..."
+	}
+	return string(b)
+}

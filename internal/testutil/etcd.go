@@ -1,0 +1,168 @@
+package testutil
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// EtcdMember is one etcd server process a test started, on loopback ports,
+// with its own data directory. The test ends it by its PID.
+type EtcdMember struct {
+	Name       string
+	ClientURL  string // http://127.0.0.1:PORT
+	PeerURL    string
+	DataDir    string
+	LogPath    string
+	cmd        *exec.Cmd
+	args       []string
+	t          testing.TB
+	stopped    bool
+	terminated bool
+}
+
+// EtcdCluster is a set of etcd members forming one cluster.
+type EtcdCluster struct {
+	Members []*EtcdMember
+}
+
+// Endpoints returns the members' client URLs, comma-separated.
+func (c *EtcdCluster) Endpoints() string {
+	var eps []string
+	for _, m := range c.Members {
+		eps = append(eps, m.ClientURL)
+	}
+	return strings.Join(eps, ",")
+}
+
+// EtcdBinary is the etcd server the tests run (Debian's etcd-server).
+const EtcdBinary = "/usr/bin/etcd"
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// StartEtcd starts an etcd cluster of n members and waits until every member
+// says it is healthy. The members are killed and their data removed when
+// the test ends.
+func StartEtcd(t testing.TB, n int) *EtcdCluster {
+	t.Helper()
+	c := &EtcdCluster{}
+	var initial []string
+	base := t.TempDir()
+	for i := range n {
+		m := &EtcdMember{
+			Name:      fmt.Sprintf("m%d", i),
+			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
+			PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
+			DataDir:   filepath.Join(base, fmt.Sprintf("m%d", i)),
+			LogPath:   filepath.Join(base, fmt.Sprintf("m%d.log", i)),
+			t:         t,
+		}
+		initial = append(initial, m.Name+"="+m.PeerURL)
+		c.Members = append(c.Members, m)
+	}
+	for _, m := range c.Members {
+		m.args = []string{"--name", m.Name, "--data-dir", m.DataDir,
+			"--listen-client-urls", m.ClientURL, "--advertise-client-urls", m.ClientURL,
+			"--listen-peer-urls", m.PeerURL, "--initial-advertise-peer-urls", m.PeerURL,
+			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
+			"--initial-cluster-token", filepath.Base(base),
+			"--logger", "zap", "--log-outputs", m.LogPath}
+		m.start()
+	}
+	t.Cleanup(func() {
+		for _, m := range c.Members {
+			m.Kill()
+		}
+		if t.Failed() {
+			for _, m := range c.Members {
+				b, _ := os.ReadFile(m.LogPath)
+				lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+				t.Logf("etcd %s log (last lines):\n%s", m.Name, strings.Join(lines[max(0, len(lines)-15):], "\n"))
+			}
+		}
+	})
+	for _, m := range c.Members {
+		m.WaitHealthy(60 * time.Second)
+	}
+	return c
+}
+
+func (m *EtcdMember) start() {
+	m.t.Helper()
+	m.cmd = exec.Command(EtcdBinary, m.args...)
+	m.cmd.Env = []string{"PATH=/usr/bin:/bin", "ETCD_UNSUPPORTED_ARCH=" + os.Getenv("ETCD_UNSUPPORTED_ARCH")}
+	if err := m.cmd.Start(); err != nil {
+		m.t.Fatalf("start etcd: %v", err)
+	}
+	m.stopped, m.terminated = false, false
+}
+
+// PID returns the member's process ID.
+func (m *EtcdMember) PID() int { return m.cmd.Process.Pid }
+
+// WaitHealthy polls the member's /health until it says true.
+func (m *EtcdMember) WaitHealthy(timeout time.Duration) {
+	m.t.Helper()
+	cl := &http.Client{Timeout: 2 * time.Second}
+	end := time.Now().Add(timeout)
+	for {
+		resp, err := cl.Get(m.ClientURL + "/health")
+		if err == nil {
+			var b [256]byte
+			n, _ := resp.Body.Read(b[:])
+			resp.Body.Close()
+			if strings.Contains(string(b[:n]), `"health":"true"`) {
+				return
+			}
+		}
+		if time.Now().After(end) {
+			m.t.Fatalf("etcd %s (pid %d) not healthy within %v: %v", m.Name, m.PID(), timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Stop sends SIGSTOP; Cont SIGCONT.
+func (m *EtcdMember) Stop() {
+	m.cmd.Process.Signal(syscall.SIGSTOP)
+	m.stopped = true
+}
+
+// Cont resumes a member stopped by Stop.
+func (m *EtcdMember) Cont() {
+	m.cmd.Process.Signal(syscall.SIGCONT)
+	m.stopped = false
+}
+
+// Kill SIGKILLs the member and reaps it. Its data stays, for Restart.
+func (m *EtcdMember) Kill() {
+	if m.terminated {
+		return
+	}
+	m.cmd.Process.Signal(syscall.SIGKILL)
+	m.cmd.Wait()
+	m.terminated = true
+}
+
+// Restart starts a killed member again on its data directory.
+func (m *EtcdMember) Restart() {
+	m.t.Helper()
+	m.Kill()
+	m.start()
+}
