@@ -260,8 +260,7 @@ func (r *runner) start(path, notifySocket string) int {
 		return r.execFailed(err)
 	}
 	r.cmdPID = pid
-	// Our own unreaped child: its PID cannot be recycled yet.
-	if m, ok := pin(r.cmdPID, os.Getpid()); ok {
+	if m, ok := pinChild(r.cmdPID); ok {
 		r.setMain(m, "the command")
 	}
 	r.rec.SetExtra(childPIDKey, strconv.Itoa(r.cmdPID))

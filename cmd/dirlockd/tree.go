@@ -88,6 +88,20 @@ func pin(pid, parent int) (member, bool) {
 	return member{pid: pid, parent: parent, pgid: s.PGID, pfd: pfd}, true
 }
 
+// pinChild pins pid, a child of ours that we have not reaped yet: the
+// command run has just started. Its PID cannot be recycled before we reap
+// it, so no parent check is needed, and unlike pin it takes a child that has
+// already exited (a zombie): a command that fails at once must still be
+// handled as the main process when reapAll brings its exit. Its process
+// group is its own (run starts it with Setpgid).
+func pinChild(pid int) (member, bool) {
+	pfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return member{}, false
+	}
+	return member{pid: pid, parent: os.Getpid(), pgid: pid, pfd: pfd}, true
+}
+
 // pinMain pins pid as the tree's main process if it is a live descendant of
 // dirlockd.
 func pinMain(pid int) (member, bool) {
