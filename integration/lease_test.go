@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -28,11 +30,24 @@ func leaseServer(ignoreTerm bool) []string {
 
 var serverLine = regexp.MustCompile(`pid=(\d+) token=(\d+) key=(\S*) ttl=(\d+)`)
 
+// eventually is the package's eventually that shows the wrapper's log when
+// it times out.
+func (w *wrapper) eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s; dirlockd's log:\n%s", timeout, what, w.stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // leaseView waits for the server's line and returns its PID and token.
 func leaseView(t *testing.T, w *wrapper) (pid int, token int64, key, ttl string) {
 	t.Helper()
 	var m []string
-	eventually(t, 20*time.Second, "the server's line", func() bool {
+	w.eventually(t, 30*time.Second, "the server's line", func() bool {
 		m = serverLine.FindStringSubmatch(w.out.String())
 		return m != nil
 	})
@@ -137,8 +152,19 @@ func TestLeaseUsage(t *testing.T) {
 			t.Errorf("%v: exit %d, want %d with %q:\n%s", c.flags, code, c.code, c.want, stderr)
 		}
 	}
+	// A key of another tool: a clear refusal (78), nothing started.
+	put := `{"key":"` + base64.StdEncoding.EncodeToString([]byte("/foreign")) + `","value":"` + base64.StdEncoding.EncodeToString([]byte("v")) + `"}`
+	resp, err := http.Post(e.Members[0].ClientURL+"/v3/kv/put", "application/json", strings.NewReader(put))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	code, _, stderr := dirlockd(t, "run", "-D", dir, "--etcd", e.Endpoints(), "--lease-key", "/foreign", "--", "touch", filepath.Join(dir, "ran"))
+	if _, err := os.Stat(filepath.Join(dir, "ran")); code != 78 || !strings.Contains(stderr, "not a dirlockd holder") || err == nil {
+		t.Errorf("a foreign key: exit %d, want 78 and nothing started:\n%s", code, stderr)
+	}
 	// $DIRLOCKD_ETCD stands for --etcd.
-	code, _, stderr := dirlockdEnv(t, append(os.Environ(), "DIRLOCKD_ETCD=127.0.0.1:1"), "run", "-D", dir, "--lease-key", "/k", "--etcd-dial-timeout", "1s", "--", "true")
+	code, _, stderr = dirlockdEnv(t, append(os.Environ(), "DIRLOCKD_ETCD=127.0.0.1:1"), "run", "-D", dir, "--lease-key", "/k", "--etcd-dial-timeout", "1s", "--", "true")
 	if code != 69 {
 		t.Errorf("DIRLOCKD_ETCD unreachable: exit %d, want 69:\n%s", code, stderr)
 	}
@@ -322,7 +348,7 @@ func TestLeaseForkingServer(t *testing.T) {
 		dir := testutil.DataDir(t)
 		w := startRun(t, nil, dir, []string{"--etcd", e.Endpoints(), "--lease-key", "/dirlockd/fork", "--lease-ttl", "3s"},
 			"sh", "-c", `sleep 1000 & echo "child=$!"`)
-		eventually(t, 20*time.Second, "the only process left to become the main one", func() bool {
+		w.eventually(t, 30*time.Second, "the only process left to become the main one", func() bool {
 			return strings.Contains(w.stderr.String(), "the server's main process is now the only process left")
 		})
 		w.cmd.Process.Signal(syscall.SIGTERM)
@@ -428,8 +454,10 @@ func TestFUSEStressLease(t *testing.T) {
 }
 
 // TestLeaseProxy: the wrapper reaches etcd through a TCP proxy of the test.
-// Answers delayed by 600 ms (a fifth of the TTL) for 3 TTLs cost no false
-// loss; a black hole stops the server before the lease can end. 2 rounds.
+// Answers delayed by 600 ms (a fifth of the TTL) for 3 TTLs, then a
+// connection that flaps (400 ms black holes every 800 ms) for 3 TTLs, cost
+// no false loss; a black hole stops the server before the lease can end.
+// 2 rounds.
 func TestLeaseProxy(t *testing.T) {
 	e := testutil.StartEtcd(t, 1)
 	const ttl = 3 * time.Second
@@ -446,17 +474,102 @@ func TestLeaseProxy(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
+		// Endpoints flapping: 400 ms black holes every 800 ms.
+		p.SetDelay(0)
+		for end := time.Now().Add(3 * ttl); time.Now().Before(end); {
+			p.BlackHole(true)
+			time.Sleep(400 * time.Millisecond)
+			p.BlackHole(false)
+			time.Sleep(400 * time.Millisecond)
+			if !alive(pid) {
+				t.Fatalf("round %d: a flapping connection stopped the server (TTL %v):\n%s", round, ttl, w.stderr)
+			}
+		}
 		p.BlackHole(true)
 		holed := time.Now()
 		eventually(t, 30*time.Second, "the server's death", func() bool { return !alive(pid) })
 		dead := time.Since(holed)
-		t.Logf("round %d: 600ms delay for %v: no loss; black hole: server dead %v after (TTL %v)", round, 3*ttl, dead.Round(time.Millisecond), ttl)
+		t.Logf("round %d: 600ms delay, then flapping, for %v each: no loss; black hole: server dead %v after (TTL %v)", round, 3*ttl, dead.Round(time.Millisecond), ttl)
 		if dead >= ttl {
 			t.Fatalf("round %d: server died %v after the black hole: not before the lease could end:\n%s", round, dead, w.stderr)
 		}
 		p.BlackHole(false)
 		if code := w.wait(t, 30*time.Second); code != 143 {
 			t.Fatalf("round %d: exit %d, want 143:\n%s", round, code, w.stderr)
+		}
+	}
+}
+
+// leaderOf finds the etcd cluster's leader with the maintenance API.
+func leaderOf(t *testing.T, e *testutil.EtcdCluster) *testutil.EtcdMember {
+	t.Helper()
+	var ld *testutil.EtcdMember
+	eventually(t, 30*time.Second, "an etcd leader", func() bool {
+		for _, m := range e.Members {
+			if m.IsLeader() {
+				ld = m
+				return true
+			}
+		}
+		return false
+	})
+	return ld
+}
+
+// TestLeaseCluster: run --etcd on a 3-member cluster (TTL 8 s, an election
+// timeout of 2 s). The leader
+// SIGKILLed and restarted costs no loss; 2 of 3 members SIGSTOPped stop the
+// server before the lease can end, and after SIGCONT the next holder (which
+// waited meanwhile) starts only after that server died, with a higher
+// token; the old wrapper does not come back as a holder. 2 rounds.
+func TestLeaseCluster(t *testing.T) {
+	e := testutil.StartEtcd(t, 3)
+	const ttl = 8 * time.Second
+	lf := []string{"--etcd", e.Endpoints(), "--lease-key", "/dirlockd/cluster", "--lease-ttl", "8s"}
+	for round := range 2 {
+		leaderOf(t, e)
+		a, b := testutil.DataDir(t), testutil.DataDir(t)
+		w := startRun(t, nil, a, lf, leaseServer(false)...)
+		pid, token, _, _ := leaseView(t, w)
+		ld := leaderOf(t, e)
+		ld.Kill()
+		for end := time.Now().Add(3 * ttl / 2); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+			if !alive(pid) {
+				t.Fatalf("round %d: the leader's death stopped the server:\n%s", round, w.stderr)
+			}
+		}
+		ld.Restart()
+		ld.WaitHealthy(60 * time.Second)
+		next := startRun(t, nil, b, append(lf, "--wait", "2m"), leaseServer(false)...)
+		time.Sleep(time.Second) // let it reach its watch
+		e.Members[0].Stop()
+		e.Members[1].Stop()
+		stopped := time.Now()
+		eventually(t, 30*time.Second, "the server's death", func() bool { return !alive(pid) })
+		dead := time.Since(stopped)
+		e.Members[0].Cont()
+		e.Members[1].Cont()
+		npid, ntoken, _, _ := leaseView(t, next)
+		started := time.Since(stopped)
+		t.Logf("round %d: leader %s killed: no loss; 2 of 3 stopped: server dead %v after, the next started %v after (TTL %v)",
+			round, ld.Name, dead.Round(time.Millisecond), started.Round(time.Millisecond), ttl)
+		// A leader left alone answers renewals until it steps down, an
+		// election timeout (2 s) after losing its majority.
+		if dead >= ttl+2*time.Second || started <= dead {
+			t.Fatalf("round %d: server dead %v after the stop, next started %v after", round, dead, started)
+		}
+		if ntoken <= token {
+			t.Fatalf("round %d: token %d after %d", round, ntoken, token)
+		}
+		if code := w.wait(t, 30*time.Second); code != 143 {
+			t.Fatalf("round %d: old wrapper exit %d:\n%s", round, code, w.stderr)
+		}
+		if !alive(npid) {
+			t.Fatalf("round %d: the new server died", round)
+		}
+		next.cmd.Process.Signal(syscall.SIGTERM)
+		if code := next.wait(t, 30*time.Second); code != 143 {
+			t.Fatalf("round %d: next wrapper exit %d:\n%s", round, code, next.stderr)
 		}
 	}
 }

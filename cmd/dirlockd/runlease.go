@@ -173,13 +173,14 @@ func (r *runner) leaseChanged() {
 // but does not undo the stop: a lease that may have been lost is not used
 // again.
 func (r *runner) leaseTerm() {
+	if r.stopAsked {
+		return // a stop is under way; the SIGKILL timer still stands
+	}
 	ls := r.lease
 	dl, _ := ls.l.Deadline()
 	r.log.Error("the lease was not renewed in time: stopping the server before it can end", "lease_key", ls.l.Key(),
 		"deadline_in", time.Until(dl).Round(time.Millisecond), "last_error", ls.l.LastError())
-	if !r.stopAsked {
-		r.stop(syscall.SIGTERM, "lease deadline")
-	}
+	r.stop(syscall.SIGTERM, "lease deadline")
 }
 
 // leaseKill fires at deadline - margin, or at a loss: every process of the

@@ -155,28 +155,28 @@ func cmdStress(args []string, stdout, stderr io.Writer) int {
 		return exitInvalid
 	}
 	log := g.log.With("datadir", dir)
-	if f.worker != "" {
-		var lc *lease.Client
-		if withLease {
-			cfg, err := lf.config()
-			if err == nil {
-				lc, err = lease.Dial(cfg)
-			}
-			if err != nil {
-				stress.FailMessage(stdout, err)
-				return exitUnavailable
-			}
-			defer lc.Close()
-		}
-		return stressWorker(dir, f, g.opts, lc, stdout)
-	}
+	var guard func(context.Context) (int64, func() error, error)
 	if withLease {
 		// Before any worker starts: an etcd that does not answer is one
 		// clear line, not a failure of every worker.
-		if lr := lf.inspectLease(); lr.State == "unknown" {
+		if lr := lf.inspectLease(); lr.State == "unknown" && f.worker == "" {
 			log.Error("cannot stress with a lease: "+lr.Error, "lease_key", lf.key)
 			return exitUnavailable
 		}
+		lc, err := dialLease(lf)
+		if err != nil {
+			if f.worker != "" {
+				stress.FailMessage(stdout, err)
+			} else {
+				log.Error("cannot stress with a lease: "+err.Error(), "lease_key", lf.key)
+			}
+			return stressExit(err)
+		}
+		defer lc.Close()
+		guard = leaseGuard(lc, dir)
+	}
+	if f.worker != "" {
+		return stressWorker(dir, f, g.opts, guard, stdout)
 	}
 
 	var run *stress.RunReport
@@ -187,7 +187,7 @@ func cmdStress(args []string, stdout, stderr io.Writer) int {
 		// a second one kills, as by default.
 		go func() { <-ctx.Done(); cancel() }()
 		cfg := stress.Config{Dir: dir, Opts: g.opts, Host: f.host, Workers: f.workers, Duration: f.duration,
-			Hold: f.hold, KillRate: f.killRate, Command: workerCommand(dir, f.host, args, stderr)}
+			Hold: f.hold, KillRate: f.killRate, Command: workerCommand(dir, f.host, args, stderr), Guard: guard}
 		if isTerminal(stderr) {
 			cfg.Progress = func(p stress.Progress) {
 				fmt.Fprintf(stderr, "\r%6.1fs  %d acquisitions  %.1f/s  p99 %s  killed %d  violations %d\033[K",
@@ -234,6 +234,31 @@ func cmdStress(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// dialLease connects to etcd for the lease flags.
+func dialLease(lf leaseFlags) (*lease.Client, error) {
+	cfg, err := lf.config()
+	if err != nil {
+		return nil, err
+	}
+	return lease.Dial(cfg)
+}
+
+// leaseGuard is stress's second interlock: the lease, taken as run --etcd
+// takes it (waiting on a watch), its token the hold's fencing token.
+func leaseGuard(lc *lease.Client, dir string) func(context.Context) (int64, func() error, error) {
+	return func(ctx context.Context) (int64, func() error, error) {
+		id, err := lease.Self(dir)
+		if err != nil {
+			return 0, nil, err
+		}
+		l, err := lc.Acquire(ctx, id, true)
+		if err != nil {
+			return 0, nil, err
+		}
+		return l.Token(), l.Release, nil
+	}
+}
+
 // stressExit is the exit status for err, as for run: 78 for the data
 // directory's condition rather than dirlockd's failure (and for witness
 // files it may not write), 76 for survivors of an earlier holder.
@@ -271,25 +296,11 @@ func workerCommand(dir, host string, args []string, stderr io.Writer) func(run, 
 // stressWorker is a worker process: it runs until the parent closes its
 // standard input, or until SIGTERM or SIGINT, and tells the parent why it
 // failed if it does.
-func stressWorker(dir string, f stressFlags, opts interlock.Options, lc *lease.Client, stdout io.Writer) int {
+func stressWorker(dir string, f stressFlags, opts interlock.Options, guard func(context.Context) (int64, func() error, error), stdout io.Writer) int {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
-	cfg := stress.WorkerConfig{Dir: dir, Opts: opts, Hold: f.hold, Host: f.host, ID: f.worker, Run: f.run,
-		Verdicts: f.killRate > 0, In: os.Stdin, Out: stdout}
-	if lc != nil {
-		cfg.Guard = func(ctx context.Context) (int64, func() error, error) {
-			id, err := lease.Self(dir)
-			if err != nil {
-				return 0, nil, err
-			}
-			l, err := lc.Acquire(ctx, id, true)
-			if err != nil {
-				return 0, nil, err
-			}
-			return l.Token(), l.Release, nil
-		}
-	}
-	err := stress.Work(ctx, cfg)
+	err := stress.Work(ctx, stress.WorkerConfig{Dir: dir, Opts: opts, Hold: f.hold, Host: f.host, ID: f.worker, Run: f.run,
+		Verdicts: f.killRate > 0, In: os.Stdin, Out: stdout, Guard: guard})
 	if err == nil {
 		return 0
 	}

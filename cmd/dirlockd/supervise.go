@@ -305,9 +305,12 @@ func (r *runner) start(path, notifySocket string) int {
 		return r.execFailed(err)
 	}
 	r.cmdPID = cmd.Process.Pid
-	// Our own unreaped child: its PID cannot be recycled yet.
-	if m, ok := pin(r.cmdPID, os.Getpid()); ok {
-		r.setMain(m, "the command")
+	// Our own unreaped child: its PID cannot be recycled yet, so it is
+	// pinned even if it has already exited (a zombie: sh -c 'daemon &'
+	// can be done before we get here), and its exit still makes the
+	// only process left the main one.
+	if pfd, err := unix.PidfdOpen(r.cmdPID, 0); err == nil {
+		r.setMain(member{pid: r.cmdPID, parent: os.Getpid(), pgid: r.cmdPID, pfd: pfd}, "the command")
 	}
 	r.rec.SetExtra(childPIDKey, strconv.Itoa(r.cmdPID))
 	r.log.Info("started the server", "pid", r.cmdPID, "command", strings.Join(r.argv, " "))

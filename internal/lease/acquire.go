@@ -17,8 +17,10 @@ import (
 // revision is the fencing token. A key held by another holder fails with a
 // *HeldError, unless wait is set: then Acquire blocks, watching the key,
 // until it is deleted (its holder released it or its lease expired) and
-// tries again, until ctx ends. etcd not answering within the dial timeout
-// fails with an *UnavailableError, a refusal with a *RefusedError.
+// tries again, until ctx ends; etcd unavailable meanwhile (an election, a
+// member restarting) does not end the wait. Otherwise etcd not answering
+// within the dial timeout fails with an *UnavailableError, a refusal with a
+// *RefusedError.
 //
 // The returned Lease renews itself until Release; watch Changed for its
 // deadline.
@@ -29,6 +31,9 @@ func (c *Client) Acquire(ctx context.Context, id Identity, wait bool) (*Lease, e
 	}
 	for {
 		l, held, err := c.try(ctx, val)
+		if wait && c.retry(ctx, err) {
+			continue
+		}
 		if err != nil || held == nil {
 			return l, err
 		}
@@ -39,8 +44,26 @@ func (c *Client) Acquire(ctx context.Context, id Identity, wait bool) (*Lease, e
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("waiting for lease key %q: %w (%w)", c.cfg.Key, ctx.Err(), &HeldError{Key: c.cfg.Key, Holder: held.Holder})
 			}
-			return nil, err
+			if !c.retry(ctx, err) {
+				return nil, err
+			}
 		}
+	}
+}
+
+// retry reports, after a pause, whether a waiting Acquire should try again
+// after err: etcd unavailable for a moment (an election, a member
+// restarting, endpoints flapping) does not end a wait; ctx does.
+func (c *Client) retry(ctx context.Context, err error) bool {
+	var ue *UnavailableError
+	if !errors.As(err, &ue) || ctx.Err() != nil {
+		return false
+	}
+	select {
+	case <-time.After(500 * time.Millisecond):
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 

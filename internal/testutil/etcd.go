@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -82,7 +83,12 @@ func StartEtcd(t testing.TB, n int) *EtcdCluster {
 			"--listen-peer-urls", m.PeerURL, "--initial-advertise-peer-urls", m.PeerURL,
 			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
 			"--initial-cluster-token", filepath.Base(base),
-			"--logger", "zap", "--log-outputs", m.LogPath}
+			"--logger", "zap", "--log-outputs", m.LogPath,
+			// Twice etcd's defaults: the test machine is small and shared,
+			// and a member that misses heartbeats under load starts
+			// elections nobody asked for. The least TTL etcd grants is
+			// then 3 s (1.5 election timeouts).
+			"--heartbeat-interval", "200", "--election-timeout", "2000"}
 		m.start()
 	}
 	t.Cleanup(func() {
@@ -165,4 +171,25 @@ func (m *EtcdMember) Restart() {
 	m.t.Helper()
 	m.Kill()
 	m.start()
+}
+
+// IsLeader asks the member, through its /v3 gateway, whether it is the
+// leader (the maintenance API's Status: leader == its own member id).
+func (m *EtcdMember) IsLeader() bool {
+	cl := &http.Client{Timeout: 2 * time.Second}
+	resp, err := cl.Post(m.ClientURL+"/v3/maintenance/status", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	var s struct {
+		Header struct {
+			MemberID string `json:"member_id"`
+		} `json:"header"`
+		Leader string `json:"leader"`
+	}
+	if json.NewDecoder(resp.Body).Decode(&s) != nil {
+		return false
+	}
+	return s.Leader != "" && s.Leader == s.Header.MemberID
 }
