@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -516,16 +517,16 @@ func leaderOf(t *testing.T, e *testutil.EtcdCluster) *testutil.EtcdMember {
 	return ld
 }
 
-// TestLeaseCluster: run --etcd on a 3-member cluster (TTL 8 s, an election
-// timeout of 2 s). The leader
+// TestLeaseCluster: run --etcd on a 3-member cluster (TTL 10 s, the
+// default, with an election timeout of 2 s). The leader
 // SIGKILLed and restarted costs no loss; 2 of 3 members SIGSTOPped stop the
 // server before the lease can end, and after SIGCONT the next holder (which
 // waited meanwhile) starts only after that server died, with a higher
 // token; the old wrapper does not come back as a holder. 2 rounds.
 func TestLeaseCluster(t *testing.T) {
 	e := testutil.StartEtcd(t, 3)
-	const ttl = 8 * time.Second
-	lf := []string{"--etcd", e.Endpoints(), "--lease-key", "/dirlockd/cluster", "--lease-ttl", "8s"}
+	const ttl = 10 * time.Second
+	lf := []string{"--etcd", e.Endpoints(), "--lease-key", "/dirlockd/cluster", "--lease-ttl", "10s"}
 	for round := range 2 {
 		leaderOf(t, e)
 		a, b := testutil.DataDir(t), testutil.DataDir(t)
@@ -571,5 +572,168 @@ func TestLeaseCluster(t *testing.T) {
 		if code := next.wait(t, 30*time.Second); code != 143 {
 			t.Fatalf("round %d: next wrapper exit %d:\n%s", round, code, next.stderr)
 		}
+	}
+}
+
+// uptimeServer is a server for the hand-off test: it appends
+// "start TOKEN HOST UPTIME" to the shared witness file when it starts and
+// "end TOKEN HOST UPTIME" when SIGTERM stops it (/proc/uptime: one clock for
+// every namespace of this machine, 10 ms steps).
+func uptimeServer(witness string) []string {
+	return []string{"sh", "-c", `w=` + witness + `; t=$DIRLOCKD_FENCING_TOKEN; h=$(hostname)
+echo "start $t $h $(cut -d' ' -f1 /proc/uptime)" >> $w
+trap 'echo "end $t $h $(cut -d" " -f1 /proc/uptime)" >> $w; exit 0' TERM
+echo "pid=$$ token=$t key=$DIRLOCKD_LEASE_KEY ttl=$DIRLOCKD_LEASE_TTL"
+while :; do sleep 0.05; done`}
+}
+
+func uptime(t *testing.T) float64 {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, _ := strconv.ParseFloat(strings.Fields(string(b))[0], 64)
+	return f
+}
+
+// TestFUSELeaseHandOff: dirlockd run on two hosts (UTS/PID/IPC namespaces)
+// over the FUSE filesystem in local-only mode, so only the lease keeps them
+// apart; each host always has a wrapper waiting (--wait). 12 hand-offs, the
+// holder stopped by a random one of: SIGTERM to its wrapper, SIGSTOP to its
+// wrapper (the fence kills the server; a SIGKILL of a namespace's PID 1
+// would kill the server itself), SIGKILL to its server. Judged by
+// the servers' own start and end times and the test's observation of their
+// deaths: never two servers at once, tokens strictly increasing in start
+// order.
+func TestFUSELeaseHandOff(t *testing.T) {
+	e := testutil.StartEtcd(t, 1)
+	_, backing, a, b := mountHosts(t, fusefs.LocalOnly)
+	witness := filepath.Join(backing, "witness")
+	lf := []string{"--etcd", e.Endpoints(), "--lease-key", "/dirlockd/handoff", "--lease-ttl", "3s", "--wait", "120s", "--stop-timeout", "10s"}
+	hosts := []struct{ name, dir string }{{"alpha", a}, {"beta", b}}
+	start := func(h int) *wrapper {
+		return startRun(t, onHost(hosts[h].name), hosts[h].dir, lf, uptimeServer(witness)...)
+	}
+	ws := []*wrapper{start(0), start(1)}
+	type life struct {
+		token    int64
+		host     string
+		how      string
+		observed float64 // uptime when the test saw it dead
+	}
+	var lives []life
+	actions := []string{"TERM wrapper", "STOP wrapper", "KILL server"}
+	counts := map[string]int{}
+	var worst float64
+	for i := range 12 {
+		// The holder: the wrapper whose server has printed its line.
+		var cur int
+		var pid int
+		var token int64
+		deadline := time.Now().Add(60 * time.Second)
+		for found := false; !found; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("hand-off %d: no server started within 60s:\n%s\n%s", i, ws[0].stderr, ws[1].stderr)
+			}
+			for h, w := range ws {
+				if m := serverLine.FindAllStringSubmatch(w.out.String(), -1); len(m) > 0 {
+					cur, found = h, true
+					token, _ = strconv.ParseInt(m[0][2], 10, 64)
+				}
+			}
+		}
+		// The server's PID as we see it: the only descendant running sh.
+		for _, d := range descendants(ws[cur].pid()) {
+			if c, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", d)); strings.TrimSpace(string(c)) == "sh" {
+				pid = d
+			}
+		}
+		if pid == 0 {
+			t.Fatalf("hand-off %d: cannot find the server under %s's wrapper", i, hosts[cur].name)
+		}
+		how := actions[rand.IntN(len(actions))]
+		counts[how]++
+		wrapperPID := childOf(ws[cur].pid()) // dirlockd, PID 1 of its namespace
+		hit, hitUp := time.Now(), uptime(t)
+		switch how {
+		case "TERM wrapper":
+			syscall.Kill(wrapperPID, syscall.SIGTERM)
+		case "STOP wrapper":
+			syscall.Kill(wrapperPID, syscall.SIGSTOP)
+		case "KILL server":
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		ws[cur].eventually(t, 30*time.Second, "the server's death", func() bool { return !alive(pid) })
+		end := uptime(t) // seen dead: it ended before this
+		if how == "KILL server" {
+			end = hitUp // nothing of it runs once SIGKILL is sent
+		}
+		lives = append(lives, life{token: token, host: hosts[cur].name, how: how, observed: end})
+		worst = max(worst, time.Since(hit).Seconds())
+		if how == "STOP wrapper" {
+			syscall.Kill(wrapperPID, syscall.SIGCONT)
+		}
+		<-ws[cur].done
+		ws[cur] = start(cur)
+	}
+	for _, w := range ws {
+		syscall.Kill(childOf(w.pid()), syscall.SIGTERM)
+		w.wait(t, 30*time.Second)
+	}
+	// Judge by the witness file: each server's start, and its end (its own
+	// line, or when the test saw it dead).
+	raw, err := os.ReadFile(witness)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type span struct {
+		token      int64
+		host, how  string
+		start, end float64
+	}
+	var spans []*span
+	byToken := map[int64]*span{}
+	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 4 {
+			t.Fatalf("witness line %q", line)
+		}
+		tok, _ := strconv.ParseInt(f[1], 10, 64)
+		at, _ := strconv.ParseFloat(f[3], 64)
+		switch f[0] {
+		case "start":
+			s := &span{token: tok, host: f[2], start: at, end: -1}
+			spans = append(spans, s)
+			byToken[tok] = s
+		case "end":
+			if s := byToken[tok]; s != nil {
+				s.end = at
+			}
+		}
+	}
+	for _, l := range lives {
+		if s := byToken[l.token]; s != nil {
+			s.how = l.how
+			if s.end < 0 || l.observed < s.end {
+				s.end = l.observed
+			}
+		}
+	}
+	violations := 0
+	for i := 1; i < len(spans); i++ {
+		p, s := spans[i-1], spans[i]
+		if s.token <= p.token {
+			violations++
+			t.Errorf("token %d (%s) started after token %d (%s): tokens must rise in start order", s.token, s.host, p.token, p.host)
+		}
+		if p.end < 0 || s.start < p.end {
+			violations++
+			t.Errorf("two servers at once: token %d on %s started at %.2f, token %d on %s (stopped by %s) ended at %.2f", s.token, s.host, s.start, p.token, p.host, p.how, p.end)
+		}
+	}
+	t.Logf("%d hand-offs between 2 hosts (%v), %d servers started, worst time from the stop to the server's death %.2fs, %d violations",
+		len(lives), counts, len(spans), worst, violations)
+	if len(spans) < len(lives) {
+		t.Fatalf("%d servers in the witness file, want at least %d", len(spans), len(lives))
 	}
 }
