@@ -132,6 +132,10 @@ func (f *fence) Bye() {
 // cmdFence is the fence process: "dirlockd fence KILLAT", the socket on
 // descriptor 3. It is not for users.
 func cmdFence(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 1 && (args[0] == "-h" || args[0] == "--help") {
+		fmt.Fprintln(stdout, "dirlockd fence is internal: dirlockd run --etcd starts it to kill the server's tree if dirlockd itself\nis stopped or killed before the lease can end (docs/lease.md). It is not run by hand.")
+		return 0
+	}
 	if len(args) != 1 {
 		fmt.Fprintln(stderr, "dirlockd fence is started by dirlockd run --etcd, not by hand")
 		return exitUsage
