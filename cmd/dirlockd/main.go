@@ -60,7 +60,8 @@ Global flags (every command):
 
 Run "dirlockd COMMAND --help" or "dirlockd help COMMAND" for a command's flags
 and examples.
-Documentation: docs/cli.md, docs/design.md, docs/nfs.md (shared storage).
+Documentation: docs/cli.md, docs/design.md, docs/nfs.md (shared storage),
+docs/lease.md (several hosts: run --etcd).
 `
 
 func main() {
