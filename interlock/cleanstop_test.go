@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -95,14 +94,7 @@ func TestCleanStopSkipsTheSearch(t *testing.T) {
 	}
 
 	dir = testutil.DataDir(t)
-	h := testutil.StartHelper(t, "hold", dir)
-	h.Expect(t, "held")
-	h.Send(t, "spawn-fd")
-	child, _ := strconv.Atoi(h.Expect(t, "child"))
-	killLater(t, child)
-	h.Send(t, "release")
-	h.Expect(t, "released")
-	h.Wait()
+	child := releasedWithInheritor(t, dir)
 	if rec := readRecord(t, dir); rec.Status != pidfile.Stopped {
 		t.Fatalf("record %+v, want stopped", rec)
 	}
@@ -142,11 +134,8 @@ func TestStoppedRecordWithSegmentAttachedIsSearched(t *testing.T) {
 // names every process sharing the lock.
 func TestProvenHolderNamedAlone(t *testing.T) {
 	dir := testutil.DataDir(t)
-	h := testutil.StartHelper(t, "hold", dir)
-	holder, _ := strconv.Atoi(strings.Fields(h.Expect(t, "held"))[0])
-	h.Send(t, "spawn-fd")
-	child, _ := strconv.Atoi(h.Expect(t, "child"))
-	killLater(t, child)
+	_, held, child := holdWithInheritor(t, dir)
+	holder, _ := strconv.Atoi(held)
 	rep, err := interlock.Inspect(dir, fast)
 	if err != nil || rep.State != interlock.Held || !slices.Equal(rep.Holders, []int{holder}) {
 		t.Errorf("Inspect: %+v, %v; want held by [%d]", rep, err, holder)

@@ -52,6 +52,30 @@ func readRecord(t *testing.T, dir string) *pidfile.Record {
 	return r
 }
 
+// holdWithInheritor makes a helper process hold dir and fork a child that
+// shares its locked descriptor. It returns the helper, the holder's PID as
+// the helper printed it, and the child, killed when the test ends.
+func holdWithInheritor(t *testing.T, dir string) (h *testutil.Proc, holder string, child int) {
+	t.Helper()
+	h = testutil.StartHelper(t, "hold", dir)
+	holder = strings.Fields(h.Expect(t, "held"))[0]
+	h.Send(t, "spawn-fd")
+	child, _ = strconv.Atoi(h.Expect(t, "child"))
+	killLater(t, child)
+	return h, holder, child
+}
+
+// releasedWithInheritor is holdWithInheritor, then a clean release by the
+// holder, which exits: the child keeps the lock. It returns the child.
+func releasedWithInheritor(t *testing.T, dir string) int {
+	t.Helper()
+	h, _, child := holdWithInheritor(t, dir)
+	h.Send(t, "release")
+	h.Expect(t, "released")
+	h.Wait()
+	return child
+}
+
 // killLater kills a process the test's helpers started, when the test ends.
 func killLater(t *testing.T, pid int) {
 	t.Cleanup(func() { killWait(t, pid) })
@@ -359,11 +383,7 @@ func TestStaleRecordNamingLivePIDs(t *testing.T) {
 
 func TestOrphanHoldingInheritedLock(t *testing.T) {
 	dir := testutil.DataDir(t)
-	h := testutil.StartHelper(t, "hold", dir)
-	holder := strings.Fields(h.Expect(t, "held"))[0]
-	h.Send(t, "spawn-fd")
-	child, _ := strconv.Atoi(h.Expect(t, "child"))
-	killLater(t, child)
+	h, holder, child := holdWithInheritor(t, dir)
 	h.Kill()
 
 	_, err := interlock.Acquire(context.Background(), dir, fast)
@@ -747,14 +767,7 @@ func TestCheckDetectsLoss(t *testing.T) {
 // orphan instead of walking in.
 func TestReleaseLeavesInheritedLockHeld(t *testing.T) {
 	dir := testutil.DataDir(t)
-	h := testutil.StartHelper(t, "hold", dir)
-	h.Expect(t, "held")
-	h.Send(t, "spawn-fd")
-	child, _ := strconv.Atoi(h.Expect(t, "child"))
-	killLater(t, child)
-	h.Send(t, "release")
-	h.Expect(t, "released")
-	h.Wait()
+	child := releasedWithInheritor(t, dir)
 
 	_, err := interlock.Acquire(context.Background(), dir, fast)
 	var oe *interlock.OrphansError
