@@ -9,6 +9,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/dirlockd/dirlockd/internal/lease/agent"
 )
 
 // Acquire takes the lock key for id. It grants a new lease, then puts the
@@ -22,8 +24,7 @@ import (
 // within the dial timeout fails with an *UnavailableError, a refusal with a
 // *RefusedError.
 //
-// The returned Lease renews itself until Release; watch Changed for its
-// deadline.
+// The returned Lease is renewed only when its holder asks (Renew).
 func (c *Client) Acquire(ctx context.Context, id Identity, wait bool) (*Lease, error) {
 	val, err := json.Marshal(id)
 	if err != nil {
@@ -76,9 +77,9 @@ type found struct {
 
 // try makes one attempt: a new lease, and the transaction.
 func (c *Client) try(ctx context.Context, val []byte) (*Lease, *found, error) {
-	rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), c.cfg.dialTimeout())
+	rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), dialTimeout(&c.cfg))
 	defer cancel()
-	sent := time.Now()
+	sent := agent.Now()
 	g, err := c.cli.Grant(rctx, int64(c.cfg.TTL/time.Second))
 	if err != nil {
 		return nil, nil, c.failed("grant a lease", err)
@@ -90,7 +91,7 @@ func (c *Client) try(ctx context.Context, val []byte) (*Lease, *found, error) {
 		Else(clientv3.OpGet(key)).
 		Commit()
 	if err == nil && resp.Succeeded {
-		l := newLease(c, g.ID, resp.Header.Revision, time.Duration(g.TTL)*time.Second, sent)
+		l := &Lease{c: c, id: g.ID, token: resp.Header.Revision, ttl: time.Duration(g.TTL) * time.Second, sent: sent}
 		return l, nil, nil
 	}
 	c.revoke(g.ID)
@@ -113,7 +114,7 @@ func (c *Client) try(ctx context.Context, val []byte) (*Lease, *found, error) {
 // revoke ends a lease, best effort: a lease that is not revoked expires
 // after its TTL anyway.
 func (c *Client) revoke(id clientv3.LeaseID) error {
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.dialTimeout())
+	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout(&c.cfg))
 	defer cancel()
 	_, err := c.cli.Revoke(ctx, id)
 	return err
@@ -122,6 +123,43 @@ func (c *Client) revoke(id clientv3.LeaseID) error {
 // waitDeleted blocks until the key is deleted after revision rev: etcd's
 // own way of waiting, a watch, not polling.
 func (c *Client) waitDeleted(ctx context.Context, rev int64) error {
+	return c.waitEvent(ctx, rev, false)
+}
+
+// WaitFor blocks until the key is held (held true; it returns the holder)
+// or free (held false), reading it once and then watching it: etcd's way
+// of waiting, not polling. etcd unavailable fails, as for Holder.
+func (c *Client) WaitFor(ctx context.Context, held bool) (*Holder, error) {
+	for {
+		rctx, cancel := context.WithTimeout(ctx, dialTimeout(&c.cfg))
+		resp, err := c.cli.Get(rctx, c.cfg.Key)
+		cancel()
+		if err != nil {
+			return nil, c.failed("read the lock key", err)
+		}
+		var h *Holder
+		if len(resp.Kvs) > 0 {
+			kv := resp.Kvs[0]
+			if h, err = c.holder(kv.Value, kv.CreateRevision, kv.Lease); err != nil {
+				return nil, err
+			}
+		}
+		if (h != nil) == held {
+			return h, nil
+		}
+		if err := c.waitEvent(ctx, resp.Header.Revision, held); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// waitEvent blocks until the key is put (put true) or deleted after
+// revision rev.
+func (c *Client) waitEvent(ctx context.Context, rev int64, put bool) error {
+	want := mvccpb.DELETE
+	if put {
+		want = mvccpb.PUT
+	}
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	for ev := range c.cli.Watch(wctx, c.cfg.Key, clientv3.WithRev(rev+1)) {
@@ -129,7 +167,7 @@ func (c *Client) waitDeleted(ctx context.Context, rev int64) error {
 			return c.failed("watch the lock key", err)
 		}
 		for _, e := range ev.Events {
-			if e.Type == mvccpb.DELETE {
+			if e.Type == want {
 				return nil
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/dirlockd/dirlockd/internal/lease"
+	"github.com/dirlockd/dirlockd/internal/lease/agent"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 )
 
@@ -25,7 +26,7 @@ func leader(t *testing.T, e *testutil.EtcdCluster) *testutil.EtcdMember {
 }
 
 // held asserts that l stays held for d.
-func held(t *testing.T, l *lease.Lease, d time.Duration, what string) {
+func held(t *testing.T, l *agent.Lease, d time.Duration, what string) {
 	t.Helper()
 	end := time.After(d)
 	for {
@@ -82,7 +83,7 @@ func TestCluster(t *testing.T) {
 	}
 	e.Members[0].Stop()
 	e.Members[1].Stop()
-	stopped := time.Now()
+	stopped := agent.Now()
 	lostAt, err := waitLost(t, l, 30*time.Second)
 	if !errors.Is(err, lease.ErrLost) {
 		t.Fatal(err)
@@ -91,9 +92,9 @@ func TestCluster(t *testing.T) {
 	// A leader left alone still answers renewals until it steps down
 	// (CheckQuorum, an election timeout of 2 s): the deadline may move
 	// for that long after the stop, and no longer.
-	t.Logf("2 of 3 stopped: lost %v after the stop, %v after the last deadline", lostAt.Sub(stopped).Round(time.Millisecond), lostAt.Sub(dl).Round(time.Millisecond))
-	if lostAt.Before(dl) || lostAt.After(stopped.Add(l.TTL()+3*time.Second)) {
-		t.Fatalf("lost %v after the stop, deadline %v after it: want at the deadline, at most TTL + 3s after the stop", lostAt.Sub(stopped), dl.Sub(stopped))
+	t.Logf("2 of 3 stopped: lost %v after the stop, %v after the last deadline", (lostAt - stopped).Round(time.Millisecond), (lostAt - dl).Round(time.Millisecond))
+	if lostAt < dl || lostAt > stopped+l.TTL()+3*time.Second {
+		t.Fatalf("lost %v after the stop, deadline %v after it: want at the deadline, at most TTL + 3s after the stop", lostAt-stopped, dl-stopped)
 	}
 	e.Members[0].Cont()
 	e.Members[1].Cont()

@@ -11,18 +11,22 @@
 // The rule that keeps one holder is that the holder stops before its lease
 // can end. etcd's client library cannot be trusted with that: its keepalive
 // channel closes some time after the server may already have expired the
-// lease, because it counts from when a response arrived. A Lease therefore
-// renews itself, one KeepAliveOnce at a time, and computes its own deadline
-// from the send time of the last renewal that succeeded, on the monotonic
-// clock: the server cannot have received a request before it was sent, so it
-// cannot expire the lease before send time + TTL. Once that deadline passes
-// without a renewal, the lease is lost for good; a later renewal that
+// lease, because it counts from when a response arrived. A Lease is
+// therefore renewed one KeepAliveOnce at a time, when its holder asks
+// (Renew), and each renewal reports its send time: the server cannot have
+// received a request before it was sent, so it cannot expire the lease
+// before send time + TTL. agent.Keeper keeps that deadline; once it passes
+// without a renewal, the lease is lost for good, and a later renewal that
 // "succeeds" (a new etcd leader refreshes every lease) never brings it back.
+//
+// This package is the only one that imports etcd's client, and only the
+// agent executable, dirlockd-etcd, links it (Serve): see package agent.
 package lease
 
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,65 +37,27 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/dirlockd/dirlockd/internal/proc"
+	"github.com/dirlockd/dirlockd/internal/lease/agent"
 )
 
 // Config says how to reach etcd and which key to hold.
-type Config struct {
-	Endpoints   []string      // host:port or URLs
-	Key         string        // the lock key
-	TTL         time.Duration // the lease's TTL, whole seconds (etcd may grant more)
-	Renew       time.Duration // how often to renew; 0: TTL/3
-	DialTimeout time.Duration // bound on each request made while acquiring; 0: 5 s
-	TLS         *tls.Config   // nil: plain TCP
-	Username    string        // "" : no authentication
-	Password    string
+type Config = agent.Config
 
-	onRenew func(sent, received time.Time) // test hook: each successful renewal
-}
+// The types callers branch on are the agent package's, which does not
+// import etcd: the parent process of the agent sees the same ones.
+type (
+	Identity = agent.Identity
+	Holder   = agent.Holder
+)
 
-func (c *Config) renew() time.Duration {
-	if c.Renew > 0 {
-		return c.Renew
-	}
-	return c.TTL / 3
-}
+// Self returns the calling process's identity as the holder of dir.
+func Self(dir string) (Identity, error) { return agent.Self(dir) }
 
-func (c *Config) dialTimeout() time.Duration {
+func dialTimeout(c *Config) time.Duration {
 	if c.DialTimeout > 0 {
 		return c.DialTimeout
 	}
 	return 5 * time.Second
-}
-
-// Identity is the holder's identity, stored as the lock key's value so that
-// a host that finds the key held can say who holds it.
-type Identity struct {
-	Host    string    `json:"host"`
-	PID     int       `json:"pid"`
-	BootID  string    `json:"boot_id"`
-	DataDir string    `json:"datadir"`
-	Started time.Time `json:"started"`
-}
-
-// Self returns the calling process's identity as the holder of dir.
-func Self(dir string) (Identity, error) {
-	host, err := os.Hostname()
-	if err != nil {
-		return Identity{}, fmt.Errorf("hostname: %w", err)
-	}
-	boot, err := proc.BootID()
-	if err != nil {
-		return Identity{}, err
-	}
-	return Identity{Host: host, PID: os.Getpid(), BootID: boot, DataDir: dir, Started: time.Now().UTC().Truncate(time.Second)}, nil
-}
-
-// Holder is the lock key as found in etcd.
-type Holder struct {
-	Identity
-	Token int64 // the key's create revision
-	Lease int64 // the lease the key is attached to (0: none)
 }
 
 // Client is a connection to etcd. Nothing of etcd's client exists until
@@ -113,10 +79,14 @@ func Dial(cfg Config) (*Client, error) {
 	if cfg.TTL < time.Second || cfg.TTL%time.Second != 0 {
 		return nil, fmt.Errorf("lease TTL %v: want whole seconds, at least 1s", cfg.TTL)
 	}
+	tc, err := tlsConfig(cfg)
+	if err != nil {
+		return nil, &RefusedError{Key: cfg.Key, Problem: "cannot use the TLS files", Fix: "check --cacert, --cert and --key", Err: err}
+	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   cfg.Endpoints,
-		DialTimeout: cfg.dialTimeout(),
-		TLS:         cfg.TLS,
+		DialTimeout: dialTimeout(&cfg),
+		TLS:         tc,
 		Username:    cfg.Username,
 		Password:    cfg.Password,
 		// Errors reach the caller, who logs them in dirlockd's format.
@@ -138,7 +108,7 @@ func (c *Client) Endpoints() string { return strings.Join(c.cfg.Endpoints, ",") 
 
 // Holder returns the current holder of the key, or nil when it is free.
 func (c *Client) Holder(ctx context.Context) (*Holder, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.dialTimeout())
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout(&c.cfg))
 	defer cancel()
 	resp, err := c.cli.Get(ctx, c.cfg.Key)
 	if err != nil {
@@ -166,4 +136,30 @@ func truncate(b []byte, n int) string {
 		return string(b[:n]) + "..."
 	}
 	return string(b)
+}
+
+// tlsConfig loads the TLS files cfg names; nil without any.
+func tlsConfig(cfg Config) (*tls.Config, error) {
+	if cfg.CACert == "" && cfg.Cert == "" {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.CACert != "" {
+		pem, err := os.ReadFile(cfg.CACert)
+		if err != nil {
+			return nil, err
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s: no PEM certificate in it", cfg.CACert)
+		}
+	}
+	if cfg.Cert != "" {
+		c, err := tls.LoadX509KeyPair(cfg.Cert, cfg.CertKey)
+		if err != nil {
+			return nil, fmt.Errorf("%s, %s: %w", cfg.Cert, cfg.CertKey, err)
+		}
+		tc.Certificates = []tls.Certificate{c}
+	}
+	return tc, nil
 }

@@ -3,6 +3,7 @@ package lease_test
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -12,23 +13,37 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/dirlockd/dirlockd/internal/lease"
+	"github.com/dirlockd/dirlockd/internal/lease/agent"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 )
 
-// dial connects to endpoints for key; the client is closed when the test
-// ends.
-func dial(t *testing.T, endpoints, key string, ttl time.Duration, tweak ...func(*lease.Config)) *lease.Client {
+// dial connects an agent for key to endpoints: Serve in process, over
+// pipes, with agent's own client at the other end, as dirlockd talks to
+// dirlockd-etcd. It is closed when the test ends.
+func dial(t *testing.T, endpoints, key string, ttl time.Duration, tweak ...func(*lease.Config)) *agent.Agent {
 	t.Helper()
 	cfg := lease.Config{Endpoints: strings.Split(endpoints, ","), Key: key, TTL: ttl, DialTimeout: 5 * time.Second}
 	for _, f := range tweak {
 		f(&cfg)
 	}
-	c, err := lease.Dial(cfg)
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		if err := lease.Serve(inR, outW); err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		outW.Close()
+	}()
+	a, err := agent.Connect(outR, inW, cfg)
 	if err != nil {
+		inW.Close()
+		<-served
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	t.Cleanup(func() { a.Close(); <-served })
+	return a
 }
 
 func identity(t *testing.T, pid int) lease.Identity {
@@ -41,7 +56,7 @@ func identity(t *testing.T, pid int) lease.Identity {
 	return id
 }
 
-func acquire(t *testing.T, c *lease.Client, id lease.Identity) *lease.Lease {
+func acquire(t *testing.T, c *agent.Agent, id lease.Identity) *agent.Lease {
 	t.Helper()
 	l, err := c.Acquire(context.Background(), id, false)
 	if err != nil {
@@ -61,13 +76,14 @@ func raw(t *testing.T, endpoints string) *clientv3.Client {
 	return cli
 }
 
-// waitLost waits until l says it is lost and returns when it saw that.
-func waitLost(t *testing.T, l *lease.Lease, timeout time.Duration) (time.Time, error) {
+// waitLost waits until l says it is lost and returns when it saw that, on
+// agent.Now's clock.
+func waitLost(t *testing.T, l *agent.Lease, timeout time.Duration) (time.Duration, error) {
 	t.Helper()
 	end := time.After(timeout)
 	for {
 		if _, err := l.Deadline(); err != nil {
-			return time.Now(), err
+			return agent.Now(), err
 		}
 		select {
 		case <-l.Changed():
@@ -130,7 +146,7 @@ func TestWaitHandOff(t *testing.T) {
 	b := dial(t, e.Endpoints(), "/dirlockd/wait", 5*time.Second)
 	for round := range 3 {
 		la := acquire(t, a, identity(t, 1))
-		got := make(chan *lease.Lease, 1)
+		got := make(chan *agent.Lease, 1)
 		go func() {
 			l, err := b.Acquire(context.Background(), identity(t, 2), true)
 			if err != nil {
@@ -180,12 +196,10 @@ func TestWaitHandOff(t *testing.T) {
 func TestDeadlineFromSendTime(t *testing.T) {
 	e := testutil.StartEtcd(t, 1)
 	p := testutil.StartProxy(t, strings.TrimPrefix(e.Members[0].ClientURL, "http://"))
-	type renewal struct{ sent, received time.Time }
+	type renewal struct{ sent, received time.Duration }
 	renewals := make(chan renewal, 16)
-	c := dial(t, p.Addr, "/dirlockd/delay", 4*time.Second, func(cfg *lease.Config) {
-		cfg.Renew = time.Second
-		lease.OnRenew(cfg, func(s, r time.Time) { renewals <- renewal{s, r} })
-	})
+	c := dial(t, p.Addr, "/dirlockd/delay", 4*time.Second, func(cfg *lease.Config) { cfg.Renew = time.Second })
+	c.OnRenew = func(s, r time.Duration) { renewals <- renewal{s, r} }
 	l := acquire(t, c, identity(t, 1))
 	defer l.Release()
 	const delay = 700 * time.Millisecond
@@ -197,12 +211,12 @@ func TestDeadlineFromSendTime(t *testing.T) {
 			if err != nil {
 				t.Fatalf("lost under a delay below the TTL: %v", err)
 			}
-			lag := r.received.Sub(r.sent)
+			lag := r.received - r.sent
 			if lag < delay {
 				continue // sent before the delay was set
 			}
 			i++
-			if !dl.Equal(r.sent.Add(l.TTL())) {
+			if dl != r.sent+l.TTL() {
 				t.Fatalf("deadline %v after the renewal sent at %v (answered %v later), want sent + TTL %v", dl, r.sent, lag, l.TTL())
 			}
 		case <-time.After(30 * time.Second):
@@ -218,11 +232,10 @@ func TestDeadlineFromSendTime(t *testing.T) {
 func TestStoppedEtcdLosesLease(t *testing.T) {
 	e := testutil.StartEtcd(t, 1)
 	for round := range 2 {
-		var lastSent time.Time
-		sent := make(chan time.Time, 16)
-		c := dial(t, e.Endpoints(), "/dirlockd/stop", 3*time.Second, func(cfg *lease.Config) {
-			lease.OnRenew(cfg, func(s, _ time.Time) { sent <- s })
-		})
+		var lastSent time.Duration
+		sent := make(chan time.Duration, 16)
+		c := dial(t, e.Endpoints(), "/dirlockd/stop", 3*time.Second)
+		c.OnRenew = func(s, _ time.Duration) { sent <- s }
 		l := acquire(t, c, identity(t, 1))
 		select {
 		case lastSent = <-sent:
@@ -230,7 +243,7 @@ func TestStoppedEtcdLosesLease(t *testing.T) {
 			t.Fatal("no renewal")
 		}
 		e.Members[0].Stop()
-		stopped := time.Now()
+		stopped := agent.Now()
 		lostAt, err := waitLost(t, l, 30*time.Second)
 	drain:
 		for {
@@ -244,11 +257,11 @@ func TestStoppedEtcdLosesLease(t *testing.T) {
 		if !errors.Is(err, lease.ErrLost) {
 			t.Fatalf("lost with %v", err)
 		}
-		deadline := lastSent.Add(l.TTL())
+		deadline := lastSent + l.TTL()
 		t.Logf("round %d: stopped %v after the last renewal; lost %v after it (deadline at +%v)", round,
-			stopped.Sub(lastSent).Round(time.Millisecond), lostAt.Sub(lastSent).Round(time.Millisecond), l.TTL())
-		if lostAt.Before(deadline) || lostAt.After(deadline.Add(time.Second)) {
-			t.Fatalf("lost %v after the last renewal, want at its deadline %v", lostAt.Sub(lastSent), l.TTL())
+			(stopped - lastSent).Round(time.Millisecond), (lostAt - lastSent).Round(time.Millisecond), l.TTL())
+		if lostAt < deadline || lostAt > deadline+time.Second {
+			t.Fatalf("lost %v after the last renewal, want at its deadline %v", lostAt-lastSent, l.TTL())
 		}
 		w := dial(t, e.Endpoints(), "/dirlockd/stop", 3*time.Second)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
