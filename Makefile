@@ -2,6 +2,9 @@
 
 GO          ?= go
 BIN         := bin/dirlockd
+# The etcd agent: the only binary that links etcd's client (dirlockd
+# starts it for --etcd; internal/lease/agent says why it is separate).
+AGENT       := bin/dirlockd-etcd
 DEMO_DIR    ?= demo-data
 FUZZTIME    ?= 30s
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
@@ -16,6 +19,7 @@ LDFLAGS     := -X main.version=$(VERSION)
 # runtime/cgo, which adds about a millisecond to every start and check.
 build:
 	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/dirlockd
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(AGENT) ./cmd/dirlockd-etcd
 
 # The man pages, from the help texts and flag sets of the commands (the
 # generator is built only with -tags manpages). They are committed, so that
@@ -24,13 +28,17 @@ build:
 man:
 	$(GO) run -tags manpages ./cmd/dirlockd __man man
 
-# make install [PREFIX=/usr/local] [DESTDIR=]: the binary, the man pages,
+# make install [PREFIX=/usr/local] [DESTDIR=]: the binary, its etcd agent
+# in libexec, the man pages,
 # the completions where bash-completion, zsh and fish look for them, the
 # systemd unit template (ExecStart names the installed binary) and its
 # drop-in examples. Completions come from the binary just built.
 PREFIX      ?= /usr/local
 DESTDIR     ?=
 BINDIR      ?= $(PREFIX)/bin
+# dirlockd finds the agent at ../libexec/dirlockd/ from its own directory:
+# LIBEXECDIR must stay that, relative to BINDIR.
+LIBEXECDIR  ?= $(PREFIX)/libexec/dirlockd
 SHAREDIR    ?= $(PREFIX)/share
 MANDIR      ?= $(SHAREDIR)/man
 DOCDIR      ?= $(SHAREDIR)/doc/dirlockd
@@ -42,9 +50,10 @@ MANPAGES    := $(wildcard man/*.1)
 EXAMPLES    := $(wildcard systemd/examples/*.conf)
 
 install: build
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR)/systemd \
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR)/systemd \
 		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
 	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/dirlockd
+	install -m 0755 $(AGENT) $(DESTDIR)$(LIBEXECDIR)/dirlockd-etcd
 	install -m 0644 $(MANPAGES) $(DESTDIR)$(MANDIR)/man1/
 	$(BIN) completion bash > $(DESTDIR)$(BASHCOMPDIR)/dirlockd
 	$(BIN) completion zsh > $(DESTDIR)$(ZSHCOMPDIR)/_dirlockd
@@ -53,10 +62,10 @@ install: build
 	install -m 0644 $(EXAMPLES) $(DESTDIR)$(DOCDIR)/systemd/
 
 uninstall:
-	rm -f $(DESTDIR)$(BINDIR)/dirlockd $(addprefix $(DESTDIR)$(MANDIR)/man1/,$(notdir $(MANPAGES))) \
+	rm -f $(DESTDIR)$(BINDIR)/dirlockd $(DESTDIR)$(LIBEXECDIR)/dirlockd-etcd $(addprefix $(DESTDIR)$(MANDIR)/man1/,$(notdir $(MANPAGES))) \
 		$(DESTDIR)$(BASHCOMPDIR)/dirlockd $(DESTDIR)$(ZSHCOMPDIR)/_dirlockd $(DESTDIR)$(FISHCOMPDIR)/dirlockd.fish \
 		$(DESTDIR)$(UNITDIR)/dirlockd@.service $(addprefix $(DESTDIR)$(DOCDIR)/systemd/,$(notdir $(EXAMPLES)))
-	rmdir $(DESTDIR)$(DOCDIR)/systemd $(DESTDIR)$(DOCDIR) 2>/dev/null || true
+	rmdir $(DESTDIR)$(DOCDIR)/systemd $(DESTDIR)$(DOCDIR) $(DESTDIR)$(LIBEXECDIR) 2>/dev/null || true
 
 # make deb: bin/dirlockd_VERSION_ARCH.deb (DEBDIR=), what make install puts
 # under /usr, man pages compressed as Debian does; dpkg-deb, no network. The
@@ -85,6 +94,8 @@ deb:
 	  echo " dirlockd wraps a server (a database, a queue) so that exactly one"; \
 	  echo " process tree ever works in its data directory: a kernel lock on a"; \
 	  echo " pidfile plus a System V shared-memory witness of orphaned children."; \
+	  echo " With --etcd, an etcd lease guards the directory across hosts too"; \
+	  echo " (the etcd client is a separate program, /usr/libexec/dirlockd/dirlockd-etcd)."; \
 	  echo " Man pages, shell completions and a systemd unit template included."; \
 	} > $(DEB_ROOT)/DEBIAN/control
 	dpkg-deb --root-owner-group --build $(DEB_ROOT) $(DEB)

@@ -291,6 +291,17 @@ func stressHosts(t *testing.T, dirA, dirB string, args ...string) (codes [3]int,
 	return codes, reps
 }
 
+// logStress logs the reports of one round of stressHosts.
+func logStress(t *testing.T, round int, codes [3]int, reps [3]stress.Report) {
+	t.Helper()
+	for h, r := range reps[:2] {
+		t.Logf("round %d %s: exit %d, %d acquisitions (%.0f/s), wait p50 %v p99 %v max %v, %d killed; %s",
+			round, r.Run.Host, codes[h], r.Run.Acquisitions, r.Run.Rate, r.Run.Wait.P50, r.Run.Wait.P99, r.Run.Wait.Max, r.Run.Killed, r.Verdict)
+	}
+	v := reps[2]
+	t.Logf("round %d verify: exit %d, %d holds entered, %d completed, %d killed, %d violations", round, codes[2], v.Log.Entered, v.Log.Completed, v.Log.Killed, v.Log.ViolationCount)
+}
+
 // TestFUSEStress runs dirlockd stress from two hosts at once against the
 // two mounts of one directory, 3 rounds per mode: with shared locks the
 // witnesses find no violation; with host-local locks (NFS nolock) they
@@ -310,12 +321,8 @@ func TestFUSEStress(t *testing.T) {
 			_, _, a, b := mountHosts(t, mode)
 			for i := range rounds {
 				codes, reps := stressHosts(t, a, b, args...)
-				for h, r := range reps[:2] {
-					t.Logf("round %d %s: exit %d, %d acquisitions (%.0f/s), wait p50 %v p99 %v max %v, %d killed; %s",
-						i, r.Run.Host, codes[h], r.Run.Acquisitions, r.Run.Rate, r.Run.Wait.P50, r.Run.Wait.P99, r.Run.Wait.Max, r.Run.Killed, r.Verdict)
-				}
+				logStress(t, i, codes, reps)
 				v := reps[2]
-				t.Logf("round %d verify: exit %d, %d holds entered, %d completed, %d killed, %d violations", i, codes[2], v.Log.Entered, v.Log.Completed, v.Log.Killed, v.Log.ViolationCount)
 				if len(v.Log.Hosts) != 2 {
 					t.Fatalf("round %d: verify saw hosts %+v, want alpha and beta", i, v.Log.Hosts)
 				}

@@ -31,8 +31,10 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	bin, binFault = filepath.Join(dir, "dirlockd"), filepath.Join(dir, "dirlockd-faultinject")
-	for _, b := range [][]string{{"-o", bin}, {"-tags", "faultinject", "-o", binFault}} {
-		build := exec.Command("go", append(append([]string{"build"}, b...), "../cmd/dirlockd")...)
+	// The etcd agent goes beside them, where dirlockd looks for it.
+	for _, b := range [][]string{{"-o", bin, "../cmd/dirlockd"}, {"-tags", "faultinject", "-o", binFault, "../cmd/dirlockd"},
+		{"-o", filepath.Join(dir, "dirlockd-etcd"), "../cmd/dirlockd-etcd"}} {
+		build := exec.Command("go", append([]string{"build"}, b...)...)
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
 			fmt.Fprintln(os.Stderr, "build dirlockd:", err)

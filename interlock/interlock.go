@@ -73,6 +73,12 @@ type Options struct {
 	// heartbeat interval, or DefaultTakeoverAfter. It is never shorter than
 	// twice the holder's interval.
 	TakeoverAfter time.Duration
+	// TakeoverProof, if set, is asked before that watch: an answer other
+	// than "" says why the record's holder provably holds nothing any
+	// more (dirlockd run --etcd: the lease the record names has ended,
+	// and its holder dies before its lease can end), and the watch is
+	// skipped. Takeover.Proof carries the answer.
+	TakeoverProof func(rec *pidfile.Record) string
 	// AllowLocalLocks lets Acquire use a shared filesystem whose mount
 	// options keep locks on this host (NFS nolock or local_lock=, CIFS
 	// nobrl). Set it only when no other host mounts the filesystem.
@@ -422,7 +428,10 @@ func takeOver(ctx context.Context, f *pidfile.File, opts Options, me self) (*Loc
 	if fs, _ := f.Filesystem(); fs.Shared() && me.otherHost(rec) && rec.Status != pidfile.Stopped {
 		takeover = &Takeover{Host: rec.Hostname, PID: rec.PID}
 		takeover.Heartbeat, _ = heartbeat(rec)
-		if d := opts.takeoverWatch(rec, me, time.Now()); d > 0 {
+		if opts.TakeoverProof != nil {
+			takeover.Proof = opts.TakeoverProof(rec)
+		}
+		if d := opts.takeoverWatch(rec, me, time.Now()); d > 0 && takeover.Proof == "" {
 			if err := watchHeartbeat(ctx, f, rec, raw, d); err != nil {
 				return nil, err
 			}

@@ -40,10 +40,15 @@ type Takeover struct {
 	// Watched is how long Acquire watched the heartbeat stand still; zero
 	// when it had none or an old one, and the lock's word was taken alone.
 	Watched time.Duration
+	// Proof is why the watch was not needed (Options.TakeoverProof), if
+	// it was not.
+	Proof string
 }
 
 func (t *Takeover) String() string {
 	switch {
+	case t.Proof != "":
+		return fmt.Sprintf("took over from host %s (PID %d) without watching its heartbeat: %s", t.Host, t.PID, t.Proof)
 	case t.Watched > 0:
 		return fmt.Sprintf("took over from host %s (PID %d): the lock was free and its heartbeat (last %s) did not move for %s",
 			t.Host, t.PID, t.Heartbeat.Local().Format(time.RFC3339Nano), t.Watched.Round(time.Millisecond))

@@ -53,8 +53,8 @@ const manCommand = "__man"
 func commands() []*subcommand {
 	return []*subcommand{
 		{&runDoc, func() *pflag.FlagSet { return runFlagSet(new(globals), new(runFlags), io.Discard) }, cmdRun},
-		{&checkDoc, func() *pflag.FlagSet { return checkFlagSet(new(globals), new(bool), io.Discard) }, cmdCheck},
-		{&statusDoc, func() *pflag.FlagSet { return statusFlagSet(new(globals), new(bool), io.Discard) }, cmdStatus},
+		{&checkDoc, func() *pflag.FlagSet { return checkFlagSet(new(globals), new(inspectFlags), io.Discard) }, cmdCheck},
+		{&statusDoc, func() *pflag.FlagSet { return statusFlagSet(new(globals), new(inspectFlags), io.Discard) }, cmdStatus},
 		{&stopDoc, func() *pflag.FlagSet { return stopFlagSet(new(globals), new(stopFlags), io.Discard) }, cmdStop},
 		{&waitDoc, func() *pflag.FlagSet { return waitFlagSet(new(globals), new(waitFlags), io.Discard) }, cmdWait},
 		{&stressDoc, func() *pflag.FlagSet { return stressFlagSet(new(globals), new(stressFlags), io.Discard) }, cmdStress},
@@ -98,7 +98,8 @@ Global flags (every command but completion and version):
 %s
 Run "dirlockd COMMAND --help" or "dirlockd help COMMAND" for a command's flags
 and examples; "man dirlockd" once installed.
-Documentation: docs/cli.md, docs/design.md, docs/nfs.md (shared storage).
+Documentation: docs/cli.md, docs/design.md, docs/nfs.md (shared storage),
+docs/lease.md (several hosts: run --etcd).
 `, globalFlags().FlagUsages())
 	return b.String()
 }

@@ -35,6 +35,10 @@ type report struct {
 	// would watch another host's heartbeat first.
 	Filesystem    string  `json:"filesystem,omitempty"`
 	TakeoverWatch float64 `json:"takeover_watch_s,omitempty"`
+	// FencingToken is the local holder's (run --etcd); Lease what etcd
+	// says about the lease key (--etcd).
+	FencingToken int64        `json:"fencing_token,omitempty"`
+	Lease        *leaseReport `json:"lease,omitempty"`
 
 	rep *interlock.Report
 }
@@ -59,6 +63,7 @@ func newReport(dir string, rep *interlock.Report, err error) *report {
 		r.ShmKey, r.ShmID = fmt.Sprintf("0x%08x", uint32(rec.ShmKey)), &rec.ShmID
 		r.ChildPID, _ = strconv.Atoi(rec.Extra[childPIDKey])
 		r.MainPID, _ = strconv.Atoi(rec.Extra[mainPIDKey])
+		r.FencingToken, _ = strconv.ParseInt(rec.Extra[fencingTokenField], 10, 64)
 	}
 	var oe *interlock.OrphansError
 	if errors.As(rep.Err, &oe) {
@@ -90,23 +95,37 @@ Exit status (the worst over all directories):
   64 usage error
 With --json, one JSON object per directory and line: datadir, state (free,
 stale, held, orphans, invalid), pid, host, status, orphans, reason, filesystem,
-and more.`,
+and more.
+
+With --etcd and --lease-key (docs/lease.md), etcd is asked too: the lease key
+held by another holder makes the directory held (exit 1), even when the local
+lock is free, since on shared storage only the lease proves who holds it; etcd
+unreachable makes a free directory invalid (3). --json then carries "lease":
+key, state (free, held, unknown), host, pid, boot_id, datadir, since,
+fencing_token, error.`,
 	examples: `  dirlockd check -D /var/lib/postgresql/16/main || exit 1
   dirlockd check -D /srv/a -D /srv/b --json
 `,
 	multiDir: true,
 }
 
-func checkFlagSet(g *globals, asJSON *bool, stderr io.Writer) *pflag.FlagSet {
+// inspectFlags are the flags of check and status besides the global ones.
+type inspectFlags struct {
+	asJSON bool
+	lease  leaseFlags
+}
+
+func checkFlagSet(g *globals, f *inspectFlags, stderr io.Writer) *pflag.FlagSet {
 	fs := command(&checkDoc, g, stderr)
-	fs.BoolVar(asJSON, "json", false, "one JSON object per directory and line")
+	fs.BoolVar(&f.asJSON, "json", false, "one JSON object per directory and line")
+	addLeaseFlags(fs, &f.lease, leaseInspect)
 	return fs
 }
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	var g globals
-	var asJSON bool
-	fs := checkFlagSet(&g, &asJSON, stderr)
+	var f inspectFlags
+	fs := checkFlagSet(&g, &f, stderr)
 	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		return exitFor(err)
@@ -114,13 +133,24 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	if len(rest) > 0 {
 		return usageError(stderr, "check", "unexpected argument %q", rest[0])
 	}
+	withLease, err := f.lease.settle(fs)
+	if err != nil {
+		return usageError(stderr, "check", "%v", err)
+	}
+	var lr *leaseReport
+	if withLease {
+		lr = f.lease.inspectLease()
+	}
 	worst := 0
 	// One pass over /proc serves every directory.
 	for i, in := range interlock.InspectAll(g.dirs, g.opts) {
 		r := newReport(g.dirs[i], in.Report, in.Err)
+		if lr != nil {
+			r.addLease(lr)
+		}
 		code := map[string]int{"free": 0, "stale": 0, "held": 1, "orphans": 2, "invalid": 3}[r.State]
 		worst = max(worst, code)
-		if asJSON {
+		if f.asJSON {
 			writeJSON(stdout, r)
 		} else {
 			fmt.Fprintf(stdout, "%s: %s\n", r.State, r.Reason)
@@ -149,22 +179,28 @@ pg_ctl status and start-stop-daemon --status):
      or the pidfile is empty or unreadable (stale), or orphaned processes of a
      dead holder survive
   3  not running
-  4  unknown: the data directory or pidfile cannot be inspected`,
+  4  unknown: the data directory or pidfile cannot be inspected
+
+With --etcd and --lease-key (docs/lease.md), the lease key held by another
+holder is running (0), with its host, PID and fencing token, even when the
+local lock is free; etcd unreachable with the local lock free is unknown (4).
+--json then carries "lease" as check --json does.`,
 	examples: `  dirlockd status -D /var/lib/redis
   dirlockd status -D /var/lib/redis --json | jq .main_pid
 `,
 }
 
-func statusFlagSet(g *globals, asJSON *bool, stderr io.Writer) *pflag.FlagSet {
+func statusFlagSet(g *globals, f *inspectFlags, stderr io.Writer) *pflag.FlagSet {
 	fs := command(&statusDoc, g, stderr)
-	fs.BoolVar(asJSON, "json", false, "print a JSON object")
+	fs.BoolVar(&f.asJSON, "json", false, "print a JSON object")
+	addLeaseFlags(fs, &f.lease, leaseInspect)
 	return fs
 }
 
 func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	var g globals
-	var asJSON bool
-	fs := statusFlagSet(&g, &asJSON, stderr)
+	var f inspectFlags
+	fs := statusFlagSet(&g, &f, stderr)
 	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		if errors.Is(err, errUsage) {
@@ -176,18 +212,33 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 		usageError(stderr, "status", "unexpected argument %q", rest[0])
 		return lsbUnknown
 	}
+	withLease, err := f.lease.settle(fs)
+	if err != nil {
+		usageError(stderr, "status", "%v", err)
+		return lsbUnknown
+	}
 	// status names every holder: the wrapper and the server sharing its
 	// descriptor.
 	g.opts.ListHolders = true
 	r := inspect(g.dirs[0], g.opts)
+	if withLease {
+		r.addLease(f.lease.inspectLease())
+	}
 	code := map[string]int{"held": lsbRunning, "stale": lsbDeadPidfile, "orphans": lsbDeadPidfile,
 		"free": lsbStopped, "invalid": lsbUnknown}[r.State]
-	if asJSON {
+	if f.asJSON {
 		writeJSON(stdout, r)
 		return code
 	}
 	if r.State != "held" {
 		fmt.Fprintf(stdout, "%s: %s\n", r.State, r.Reason)
+		return code
+	}
+	if r.rep == nil || r.rep.State != interlock.Held {
+		// Held through the lease alone: by a holder on another host.
+		l := r.Lease
+		fmt.Fprintf(stdout, "running: %s\n  held through the lease key %s by PID %d on host %s\n  since %s, fencing token %d\n",
+			r.Datadir, l.Key, l.PID, l.Host, l.Since, l.FencingToken)
 		return code
 	}
 	up := "?"
@@ -205,6 +256,9 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "running: %s\n  pid %d, main pid %s, host %s\n  status %s, up %s (since %s)\n  lock %s, shm key %s id %d\n",
 		r.Datadir, r.PID, main, r.Host, r.Status, up, r.Started, r.Method, r.ShmKey, derefInt(r.ShmID))
+	if l := r.Lease; l != nil {
+		fmt.Fprintf(stdout, "  lease key %s: %s by PID %d on host %s, fencing token %d\n", l.Key, l.State, l.PID, l.Host, l.FencingToken)
+	}
 	return code
 }
 

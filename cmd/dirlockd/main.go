@@ -62,6 +62,8 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return cmdVersion(args[1:], stdout, stderr)
 	case completeCommand:
 		return cmdComplete(cmds, args[1:], stdout)
+	case fenceCommand:
+		return cmdFence(args[1:], stdout, stderr)
 	case manCommand:
 		if man := manGenerator(); man != nil {
 			return man(cmds, args[1:], stderr)

@@ -26,10 +26,11 @@ var exitStatuses = []struct {
 	{"0", "success; for run, the server exited 0"},
 	{"1\u20134", "check, status, stop and wait: the state found (see their pages)"},
 	{fmt.Sprint(exitUsage), "usage error"},
+	{fmt.Sprint(exitUnavailable), "run and stress with --etcd: etcd unavailable; the server never started"},
 	{fmt.Sprint(exitInternal), "internal error"},
-	{fmt.Sprint(exitHeld), "run: the data directory is held by a live instance (--conflict-exit-code changes it)"},
+	{fmt.Sprint(exitHeld), "run: the data directory is held by a live instance (--conflict-exit-code changes it), or with --etcd the lease key by another holder"},
 	{fmt.Sprint(exitOrphans), "run: orphaned processes of a dead holder survive"},
-	{fmt.Sprint(exitInvalid), "run: invalid data directory, pidfile or configuration, host-local locks on shared storage, or a full or read-only filesystem"},
+	{fmt.Sprint(exitInvalid), "run: invalid data directory, pidfile or configuration, host-local locks on shared storage, or a full or read-only filesystem; with --etcd, a lease key of another tool, no permission on it, or a fencing token below the fence file's"},
 	{fmt.Sprint(exitNoExec), "run: COMMAND is not executable"},
 	{fmt.Sprint(exitNotFound), "run: COMMAND not found"},
 	{fmt.Sprintf("%d+N", exitSignalBase), "run: the server's main process was killed by signal N; otherwise run exits with its status"},
@@ -38,6 +39,7 @@ var exitStatuses = []struct {
 // manEnvironment is dirlockd(1)'s ENVIRONMENT.
 var manEnvironment = []struct{ name, meaning string }{
 	{"DIRLOCKD_DATADIR", "the data directory when no -D is given. run sets it for COMMAND, with DIRLOCKD_PIDFILE, DIRLOCKD_LOCK_FD (the locked pidfile's descriptor, 3), DIRLOCKD_SHM_ID and DIRLOCKD_TOKEN."},
+	{"DIRLOCKD_ETCD", "the etcd endpoints when no --etcd is given (docs/lease.md); DIRLOCKD_ETCD_PASSWORD the password for an --user without one. run --etcd sets DIRLOCKD_FENCING_TOKEN, DIRLOCKD_LEASE_KEY and DIRLOCKD_LEASE_TTL for COMMAND."},
 	{"NOTIFY_SOCKET", "systemd's notification socket: run tells systemd READY=1 and STOPPING=1 through it (Type=notify), and gives COMMAND a socket of its own in its place."},
 }
 
@@ -78,6 +80,8 @@ func mainPage(cmds []*subcommand) string {
 	b.WriteString("# FILES\n\n")
 	fmt.Fprintf(&b, "*DIR*/%s\n: %s\n\n", mdEscape(globalFlags().Lookup("pidfile").DefValue),
 		mdEscape("the locked pidfile and its record (--pidfile names it). dirlockd never unlinks it: a removed pidfile would let a second holder lock a new file while the first still runs."))
+	fmt.Fprintf(&b, "*DIR*/%s\n: %s\n\n", mdEscape(fenceFileName(globalFlags().Lookup("pidfile").DefValue)),
+		mdEscape("with run --etcd, the highest fencing token that ever ran in the directory: a start with a lower one is refused."))
 	fmt.Fprintf(&b, "%s\n: %s\n\n", mdEscape("/usr/lib/systemd/system/dirlockd@.service"),
 		mdEscape("the systemd unit template: dirlockd@NAME.service runs the server that /etc/dirlockd/NAME.conf names, under dirlockd run."))
 	b.WriteString("# EXAMPLES\n\n```\n")

@@ -25,6 +25,7 @@ type runFlags struct {
 	readyTCP     string
 	onLost       string
 	mainPIDFile  string
+	lease        leaseFlags // --etcd and the flags that go with it
 }
 
 const runAbout = `Run COMMAND as the one server of the data directory: acquire the interlock,
@@ -84,17 +85,42 @@ that did not stop cleanly it watches that holder's heartbeat for
 --takeover-after: if it moves, the storage's locks are broken, and dirlockd
 refuses (exit 75). See docs/nfs.md.
 
+With --etcd ENDPOINTS --lease-key NAME (docs/lease.md) the directory is held
+across hosts by a lease on etcd too, for storage that several hosts mount.
+After the local interlock, dirlockd puts NAME (its value: host, PID, boot ID,
+data directory, start time) under a new lease in a transaction that succeeds
+only if NAME does not exist; only then does COMMAND start, with
+DIRLOCKD_FENCING_TOKEN (NAME's create revision: it grows with every new
+holder; a storage or server that refuses writes under a lower token is safe
+even from a holder that was paused), DIRLOCKD_LEASE_KEY and
+DIRLOCKD_LEASE_TTL (seconds). dirlockd renews the lease every TTL/3 and keeps
+its own deadline: the send time of the last renewal that succeeded + TTL,
+which etcd cannot beat. Without a renewal, the server's tree gets SIGTERM at
+deadline - --lease-stop-timeout - TTL/10 and SIGKILL at deadline - TTL/10, so
+it is dead before etcd can give NAME to another host; a lease that may have
+been lost is never used again. If dirlockd itself is stopped or killed, its
+fence process (a child kept out of the server's tree, fed each new deadline
+and pidfds of the tree) SIGKILLs the tree at deadline - TTL/20. The fence
+file (dirlockd.fence in the directory) keeps the highest token that ran
+there: a start with a lower one (etcd restored from an old snapshot) is
+refused (78). Once the tree is gone, the lease is revoked, then the local
+interlock released. NAME held elsewhere: exit 75 naming its host, PID and
+since-when (--wait waits, watching NAME); etcd unreachable: 69, and nothing
+is written; a key of another tool, or no permission on it: 78.
+
 Exit status when COMMAND cannot be started: 75 data directory held by a live
-instance (or --conflict-exit-code), 76 orphaned processes of a dead holder
-survive, 78 invalid data directory, pidfile or configuration (or a full or
-read-only filesystem, or host-local locks on shared storage), 64 usage, 70
-internal error, 127 command not found, 126 command not executable.`
+instance (or --conflict-exit-code), or the lease held by another holder, 76
+orphaned processes of a dead holder survive, 78 invalid data directory,
+pidfile or configuration (or a full or read-only filesystem, or host-local
+locks on shared storage), 69 etcd unavailable (--etcd), 64 usage, 70 internal
+error, 127 command not found, 126 command not executable.`
 
 const runExamples = `  dirlockd run -D /var/lib/redis -- redis-server --supervised systemd --dir /var/lib/redis
   dirlockd run -D /var/lib/etcd --wait 30s -- etcd --data-dir /var/lib/etcd
   dirlockd run -D /srv/app --ready-tcp 127.0.0.1:8080 --signal-group -- ./server
   dirlockd run -D /var/lib/redis -- redis-server --daemonize yes --dir /var/lib/redis
   dirlockd run -D /srv/pg --main-pid-file /srv/pg/postmaster.pid -- pg_ctl start -D /srv/pg
+  dirlockd run -D /mnt/shared/app --etcd etcd1:2379,etcd2:2379,etcd3:2379 --lease-key /dirlockd/app --wait 1m -- ./server
 `
 
 var runDoc = doc{
@@ -120,6 +146,7 @@ func runFlagSet(g *globals, f *runFlags, stderr io.Writer) *pflag.FlagSet {
 	fs.StringVar(&f.onLost, "on-lost", "shutdown", "when the recheck finds the interlock lost: shutdown (stop COMMAND) or log")
 	completeValues(fs, "on-lost", "shutdown", "log")
 	fs.DurationVar(&g.opts.TakeoverAfter, "takeover-after", 0, "on shared storage, how long to watch the heartbeat of a holder on another host before taking over (0: 3 x the longer of --recheck and its interval)")
+	addLeaseFlags(fs, &f.lease, leaseRun)
 	return fs
 }
 
@@ -130,6 +157,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		return exitFor(err)
+	}
+	withLease, err := f.lease.settle(fs)
+	if err != nil {
+		return usageError(stderr, "run", "%v", err)
 	}
 	usageErr := func(format string, a ...any) int { return usageError(stderr, "run", format, a...) }
 	switch {
@@ -157,5 +188,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		f.mainPIDFile = abs
 	}
 	r := &runner{flags: f, opts: g.opts, dir: g.dirs[0], argv: rest, log: g.log, upstream: os.Getenv("NOTIFY_SOCKET")}
+	if withLease {
+		t, _ := f.lease.timing()
+		r.lease = &runLease{flags: f.lease, timing: t}
+	}
 	return r.run()
 }

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/lease/agent"
 	"github.com/dirlockd/dirlockd/internal/stress"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
@@ -54,11 +55,20 @@ The witness files are created when missing and never truncated, so that runs
 on several hosts add to one log. To start afresh, delete both (never one
 alone) while no run is going on.
 
+With --etcd ENDPOINTS --lease-key NAME, each hold takes a lease on etcd too,
+after the local lock and released before it, as run --etcd does (waiting on a
+watch while another holder has it), and logs the hold's fencing token: the
+check then also requires the tokens to grow from each hold to the next. Run
+it on several hosts whose storage's locks do not cross hosts (NFS nolock) to
+see the lease alone keep one holder (add --allow-local-locks where dirlockd
+would refuse such a mount). A killed worker's lease ends only after
+--lease-ttl, so keep --kill-rate low.
+
 A progress line is shown on standard error when it is a terminal.
 
-Exit status: 0 PASS; 1 FAIL or INCONCLUSIVE; 64 usage; 70 internal error;
-76 processes of an earlier holder still hold the directory; 78 the directory
-cannot carry the interlock (invalid directory or pidfile, no lock method
+Exit status: 0 PASS; 1 FAIL or INCONCLUSIVE; 64 usage; 69 etcd unavailable
+(--etcd); 70 internal error; 76 processes of an earlier holder still hold the
+directory; 78 the directory cannot carry the interlock (invalid directory or pidfile, no lock method
 accepted by the filesystem, a full or read-only filesystem, witness files it
 may not write).`
 
@@ -67,6 +77,7 @@ const stressExamples = `  install -d -m 0700 /mnt/nfs/scratch
   dirlockd stress -D /mnt/nfs/scratch --duration 2m     # on clients A and B at the same time
   dirlockd stress -D /mnt/nfs/scratch --verify          # once A and B have finished
   dirlockd stress -D /mnt/nfs/scratch --kill-rate 0.1 --json | jq -r .summary
+  dirlockd stress -D /mnt/shared/scratch --etcd etcd1:2379 --lease-key /dirlockd/stress --lease-ttl 2s
 `
 
 type stressFlags struct {
@@ -79,6 +90,7 @@ type stressFlags struct {
 	json     bool
 	worker   string // hidden: run as a worker with this writer id
 	run      string // hidden: the worker's run (its parent's writer id)
+	lease    leaseFlags
 }
 
 var stressDoc = doc{
@@ -106,6 +118,7 @@ func stressFlagSet(g *globals, f *stressFlags, stderr io.Writer) *pflag.FlagSet 
 	fs.StringVar(&f.run, "run", "", "the run a worker belongs to (internal)")
 	fs.MarkHidden("worker")
 	fs.MarkHidden("run")
+	addLeaseFlags(fs, &f.lease, leaseStress)
 	return fs
 }
 
@@ -118,6 +131,13 @@ func cmdStress(args []string, stdout, stderr io.Writer) int {
 		return exitFor(err)
 	}
 	usageErr := func(format string, a ...any) int { return usageError(stderr, "stress", format, a...) }
+	withLease, err := f.lease.settle(fs)
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	if withLease && f.verify {
+		return usageErr("--etcd does not apply to --verify, which starts no worker")
+	}
 	if len(rest) > 0 {
 		return usageErr("unexpected argument %q (the data directory goes with -D)", rest[0])
 	}
@@ -152,8 +172,30 @@ func cmdStress(args []string, stdout, stderr io.Writer) int {
 		return exitInvalid
 	}
 	log := g.log.With("datadir", dir)
+	var guard func(context.Context) (int64, func() error, error)
+	if withLease {
+		a, err := f.lease.startAgent()
+		if err == nil {
+			// Before any worker starts: an etcd that does not answer
+			// is one clear line, not a failure of every worker.
+			_, err = a.Holder(context.Background())
+		}
+		if err != nil {
+			if f.worker != "" {
+				stress.FailMessage(stdout, err)
+			} else {
+				log.Error("cannot stress with a lease: "+err.Error(), "lease_key", f.lease.key)
+			}
+			if a != nil {
+				a.Close()
+			}
+			return stressExit(err)
+		}
+		defer a.Close()
+		guard = leaseGuard(a, dir)
+	}
 	if f.worker != "" {
-		return stressWorker(dir, f, g.opts, stdout)
+		return stressWorker(dir, f, g.opts, guard, stdout)
 	}
 
 	var run *stress.RunReport
@@ -164,14 +206,14 @@ func cmdStress(args []string, stdout, stderr io.Writer) int {
 		// a second one kills, as by default.
 		go func() { <-ctx.Done(); cancel() }()
 		cfg := stress.Config{Dir: dir, Opts: g.opts, Host: f.host, Workers: f.workers, Duration: f.duration,
-			Hold: f.hold, KillRate: f.killRate, Command: workerCommand(dir, f.host, args, stderr)}
+			Hold: f.hold, KillRate: f.killRate, Command: workerCommand(dir, f.host, args, stderr), Guard: guard}
 		if isTerminal(stderr) {
 			cfg.Progress = func(p stress.Progress) {
 				fmt.Fprintf(stderr, "\r%6.1fs  %d acquisitions  %.1f/s  p99 %s  killed %d  violations %d\033[K",
 					p.Elapsed.Seconds(), p.Acquisitions, p.Rate, stress.Dur(p.P99), p.Killed, p.Violations)
 			}
 		}
-		log.Info("stressing the interlock", "host", f.host, "workers", f.workers, "duration", f.duration, "hold", f.hold, "kill_rate", f.killRate)
+		log.Info("stressing the interlock", "host", f.host, "workers", f.workers, "duration", f.duration, "hold", f.hold, "kill_rate", f.killRate, "lease_key", f.lease.key)
 		st, err := stress.Run(ctx, cfg)
 		if cfg.Progress != nil {
 			fmt.Fprint(stderr, "\r\033[K")
@@ -179,7 +221,7 @@ func cmdStress(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			code := stressExit(err)
 			var we *stress.WorkerError
-			if errors.As(err, &we) && (we.Code == exitInvalid || we.Code == exitOrphans) {
+			if errors.As(err, &we) && (we.Code == exitInvalid || we.Code == exitOrphans || we.Code == exitUnavailable) {
 				code = we.Code
 			}
 			switch code {
@@ -211,12 +253,36 @@ func cmdStress(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// leaseGuard is stress's second interlock: the lease, taken as run --etcd
+// takes it (waiting on a watch), its token the hold's fencing token.
+// Each process (the parent, every worker) has an agent of its own, which
+// renews the lease of the hold under way when its process asks, as run's
+// does.
+func leaseGuard(a *agent.Agent, dir string) func(context.Context) (int64, func() error, error) {
+	return func(ctx context.Context) (int64, func() error, error) {
+		id, err := agent.Self(dir)
+		if err != nil {
+			return 0, nil, err
+		}
+		l, err := a.Acquire(ctx, id, true)
+		if err != nil {
+			return 0, nil, err
+		}
+		return l.Token(), l.Release, nil
+	}
+}
+
 // stressExit is the exit status for err, as for run: 78 for the data
 // directory's condition rather than dirlockd's failure (and for witness
 // files it may not write), 76 for survivors of an earlier holder.
 func stressExit(err error) int {
+	var ue *agent.UnavailableError
+	var re *agent.RefusedError
+	var nf *agent.NotFoundError
 	switch {
-	case invalidStorage(err), errors.Is(err, unix.EACCES):
+	case errors.As(err, &ue):
+		return exitUnavailable
+	case invalidStorage(err), errors.Is(err, unix.EACCES), errors.As(err, &re), errors.As(err, &nf):
 		return exitInvalid
 	case errors.Is(err, interlock.ErrOrphans):
 		return exitOrphans
@@ -244,11 +310,11 @@ func workerCommand(dir, host string, args []string, stderr io.Writer) func(run, 
 // stressWorker is a worker process: it runs until the parent closes its
 // standard input, or until SIGTERM or SIGINT, and tells the parent why it
 // failed if it does.
-func stressWorker(dir string, f stressFlags, opts interlock.Options, stdout io.Writer) int {
+func stressWorker(dir string, f stressFlags, opts interlock.Options, guard func(context.Context) (int64, func() error, error), stdout io.Writer) int {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
 	err := stress.Work(ctx, stress.WorkerConfig{Dir: dir, Opts: opts, Hold: f.hold, Host: f.host, ID: f.worker, Run: f.run,
-		Verdicts: f.killRate > 0, In: os.Stdin, Out: stdout})
+		Verdicts: f.killRate > 0, In: os.Stdin, Out: stdout, Guard: guard})
 	if err == nil {
 		return 0
 	}

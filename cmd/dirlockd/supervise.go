@@ -41,7 +41,10 @@ type runner struct {
 	dir      string
 	argv     []string
 	log      *slog.Logger
-	upstream string // our own NOTIFY_SOCKET, when systemd supervises us
+	upstream string    // our own NOTIFY_SOCKET, when systemd supervises us
+	lease    *runLease // the etcd lease (--etcd); nil without one
+	fence    *fence    // the fence process (--etcd, fence.go); nil without one
+	fenceBye bool      // the fence was told the tree is gone
 
 	lock   *interlock.Lock
 	rec    *recorder
@@ -78,8 +81,16 @@ func (r *runner) run() int {
 	signal.Notify(sigs, forwarded...)
 	defer signal.Stop(sigs)
 
+	if r.lease != nil {
+		if code := r.leaseDial(); code != 0 {
+			r.releaseLease()
+			return code
+		}
+	}
+	began := time.Now()
 	stopSig, err := r.acquire(sigs)
 	if err != nil {
+		r.releaseLease()
 		if stopSig != 0 {
 			r.log.Info("gave up acquiring the data directory", "datadir", r.dir, "signal", unix.SignalName(stopSig), "err", err)
 			return exitSignalBase + int(stopSig)
@@ -96,11 +107,38 @@ func (r *runner) run() int {
 		r.log.Warn(t.String())
 	}
 	r.logStorage()
+	if stopSig == 0 && r.lease != nil {
+		var code int
+		if stopSig, code = r.acquireLease(sigs, began); code != 0 {
+			return r.finish(code)
+		}
+	}
 	if stopSig != 0 {
 		r.log.Info("stopped before the server started", "signal", unix.SignalName(stopSig))
 		return r.finish(exitSignalBase + int(stopSig))
 	}
+	if r.lease != nil {
+		name := fenceFileName(r.opts.Pidfile)
+		if err := advanceFence(rec.DataDir, name, r.lease.l.Token(), r.lease.l.Key()); err != nil {
+			var fb *FenceBackError
+			if errors.As(err, &fb) {
+				r.log.Error("cannot start: "+err.Error(), "fence_file", fb.Path,
+					"hint", "find out why etcd went back; remove the fence file only if no server of the old history can still run")
+				return r.finish(exitInvalid)
+			}
+			r.log.Error("cannot start: " + err.Error())
+			if invalidStorage(err) {
+				return r.finish(exitInvalid)
+			}
+			return r.finish(exitInternal)
+		}
+	}
 	r.rec = newRecorder(r.lock, r.log, r.opts.Recheck)
+	if r.lease != nil {
+		r.rec.SetExtra(leaseKeyField, r.lease.l.Key())
+		r.rec.SetExtra(fencingTokenField, strconv.FormatInt(r.lease.l.Token(), 10))
+		r.leaseChanged() // arm the timers before the server starts
+	}
 
 	if err := becomeSubreaper(); err != nil {
 		r.log.Error("cannot become the reaper of the server's tree", "err", err)
@@ -121,9 +159,18 @@ func (r *runner) run() int {
 	}
 	defer nl.Close()
 
+	if r.lease != nil {
+		dl, _ := r.lease.l.Deadline()
+		if r.fence, err = startFence(dl - r.lease.timing.margin/2); err != nil {
+			r.log.Error("cannot start the fence process", "err", err)
+			return r.finish(exitInternal)
+		}
+		r.log.Debug("started the fence process", "pid", r.fence.PID())
+	}
 	if code := r.start(path, nl.Path()); code != 0 {
 		return r.finish(code)
 	}
+	r.feedFence()
 	return r.supervise(sigs, nl)
 }
 
@@ -131,17 +178,20 @@ func (r *runner) run() int {
 // SIGINT gives up a wait (and is returned, so that run exits 128+N); the
 // other forwarded signals are kept for the server.
 func (r *runner) acquire(sigs <-chan os.Signal) (stop syscall.Signal, err error) {
+	return r.interruptible(sigs, func(ctx context.Context) (err error) {
+		r.lock, err = interlock.Acquire(ctx, r.dir, r.opts)
+		return err
+	})
+}
+
+// interruptible runs f while watching for signals: SIGTERM or SIGINT
+// cancels f's context (and is returned); the other forwarded signals are
+// kept for the server.
+func (r *runner) interruptible(sigs <-chan os.Signal, f func(context.Context) error) (stop syscall.Signal, err error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	type result struct {
-		l   *interlock.Lock
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		l, err := interlock.Acquire(ctx, r.dir, r.opts)
-		done <- result{l, err}
-	}()
+	done := make(chan error, 1)
+	go func() { done <- f(ctx) }()
 	for {
 		select {
 		case s := <-sigs:
@@ -154,9 +204,8 @@ func (r *runner) acquire(sigs <-chan os.Signal) (stop syscall.Signal, err error)
 				stop = sig
 				cancel()
 			}
-		case res := <-done:
-			r.lock = res.l
-			return stop, res.err
+		case err := <-done:
+			return stop, err
 		}
 	}
 }
@@ -242,6 +291,7 @@ func (r *runner) start(path, notifySocket string) int {
 		interlock.TokenEnv+"="+rec.Token,
 		"NOTIFY_SOCKET="+notifySocket,
 	)
+	env = append(env, r.leaseEnv()...)
 	// syscall.ForkExec rather than os/exec: os.StartProcess first forks a
 	// throw-away child to learn whether pidfds work, a fork on every start
 	// that dirlockd, which pins its tree with pidfd_open anyway, does not
@@ -270,7 +320,8 @@ func (r *runner) start(path, notifySocket string) int {
 
 // childVars are the variables run gives the server; any value the caller's
 // environment has for them is replaced.
-var childVars = []string{"NOTIFY_SOCKET", "DIRLOCKD_DATADIR", interlock.PidfileEnv, "DIRLOCKD_LOCK_FD", "DIRLOCKD_SHM_ID", interlock.TokenEnv}
+var childVars = []string{"NOTIFY_SOCKET", "DIRLOCKD_DATADIR", interlock.PidfileEnv, "DIRLOCKD_LOCK_FD", "DIRLOCKD_SHM_ID", interlock.TokenEnv,
+	fencingTokenEnv, leaseKeyEnv, leaseTTLEnv}
 
 // childEnv drops from env what the server must get from us, not from our
 // caller, and keeps everything else (other DIRLOCKD_ variables included).
@@ -316,15 +367,22 @@ func (r *runner) supervise(sigs chan os.Signal, nl *notify.Listener) int {
 		mainFile = t.C
 	}
 	msgs := nl.Messages()
+	var leaseChanged <-chan struct{}
+	if r.lease != nil {
+		leaseChanged = r.lease.l.Changed()
+	}
 	for {
+		leaseTerm, leaseKill := r.leaseTimers()
 		select {
 		case e, ok := <-exits:
 			if !ok {
 				return r.finish(r.exitCode())
 			}
 			r.exited(e.pid, &e.ws)
+			r.helpersIfAlone()
 		case pid := <-r.mainGone:
 			r.mainGoneElsewhere(pid)
+			r.helpersIfAlone()
 		case s := <-sigs:
 			sig := s.(syscall.Signal)
 			if sig == syscall.SIGTERM || sig == syscall.SIGINT {
@@ -334,7 +392,7 @@ func (r *runner) supervise(sigs chan os.Signal, nl *notify.Listener) int {
 			r.forward(sig)
 		case <-r.kill:
 			r.kill = nil
-			t := pinTree()
+			t := pinTree(r.helpers()...)
 			r.log.Warn("the server did not exit in time: sending SIGKILL to its tree", "stop_timeout", r.flags.stopTimeout, "pids", t.PIDs())
 			t.Signal(unix.SIGKILL)
 			t.Close()
@@ -360,6 +418,12 @@ func (r *runner) supervise(sigs chan os.Signal, nl *notify.Listener) int {
 			if r.readMainPIDFile() {
 				mainFile = nil
 			}
+		case <-leaseChanged:
+			r.leaseChanged()
+		case <-leaseTerm:
+			r.leaseTerm()
+		case <-leaseKill:
+			r.leaseKill()
 		}
 	}
 }
@@ -370,6 +434,9 @@ const mainPIDFilePoll = 100 * time.Millisecond
 
 // exited handles a process of the tree that dirlockd reaped.
 func (r *runner) exited(pid int, ws *unix.WaitStatus) {
+	if r.helperExited(pid, *ws) {
+		return
+	}
 	isMain := r.main != nil && pid == r.main.pid
 	if pid == r.cmdPID {
 		r.cmdCode = exitCode(*ws)
@@ -407,7 +474,7 @@ func (r *runner) mainExited(ws *unix.WaitStatus) {
 	r.rec.SetExtra(mainPIDKey, "")
 	var rest pinned
 	if hasChildren() {
-		rest = pinTree()
+		rest = pinTree(r.helpers()...)
 		defer rest.Close()
 	}
 	wasCommand := m.pid == r.cmdPID
@@ -506,6 +573,9 @@ func (r *runner) readMainPIDFile() bool {
 		return false // still being written
 	}
 	pid, err := strconv.Atoi(line)
+	if r.isHelper(pid) {
+		err = errors.New("the fence process or the etcd agent")
+	}
 	if err == nil && r.main != nil && r.main.pid == pid {
 		return true
 	}
@@ -529,7 +599,7 @@ func (r *runner) readMainPIDFile() bool {
 // with --signal-group), or, with no main process, to each process dirlockd
 // is the parent of.
 func (r *runner) forward(sig syscall.Signal) {
-	t := pinTree()
+	t := pinTree(r.helpers()...)
 	defer t.Close()
 	if r.targets(t, false).Signal(unix.Signal(sig)) == 0 {
 		r.log.Warn("no process of the server's tree got the signal", "signal", unix.SignalName(sig))
@@ -542,7 +612,7 @@ func (r *runner) forward(sig syscall.Signal) {
 // the tree. SIGCONT follows, as systemd sends it: a server stopped by job
 // control would never act on the signal otherwise.
 func (r *runner) stop(sig syscall.Signal, why string) {
-	t := pinTree()
+	t := pinTree(r.helpers()...)
 	defer t.Close()
 	targets := r.targets(t, true)
 	targets.Signal(unix.Signal(sig))
@@ -731,12 +801,17 @@ func (r *runner) exitCode() int {
 	return r.cmdCode
 }
 
-// finish releases the interlock and returns code. By then the server's tree
-// is gone, so the record's "stopped" proves that nobody is left.
+// finish releases the lease, then the interlock, and returns code. By then
+// the server's tree is gone, so the record's "stopped" proves that nobody is
+// left.
 func (r *runner) finish(code int) int {
 	if r.rec != nil {
 		r.rec.Stop()
 	}
+	if r.fence != nil && !r.fenceBye {
+		r.fence.Bye()
+	}
+	r.releaseLease()
 	if err := r.lock.Release(); err != nil {
 		r.log.Error("release incomplete", "err", err)
 		if code == 0 {

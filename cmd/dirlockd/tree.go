@@ -15,7 +15,11 @@ import (
 // init: a server that forks and exits, or daemonizes with setsid and a
 // double fork, stays in the tree. The tree is therefore empty exactly when
 // dirlockd has no child left, which is what wait4 reports with ECHILD, and
-// nothing else can join it once it is empty.
+// nothing else can join it once it is empty. The children of dirlockd that
+// are not of the tree are the helpers of run --etcd, the fence process
+// (fence.go) and the etcd agent (runlease.go): every listing of the tree
+// leaves them out, and they are told to exit once they are dirlockd's only
+// children, so that ECHILD still comes when the tree is gone.
 //
 // Processes of the tree are signalled only through pidfds opened while they
 // were provably in it, never by a bare PID that might have been recycled.
@@ -27,8 +31,9 @@ func becomeSubreaper() error {
 }
 
 // hasChildren reports whether dirlockd has a child, and so whether the tree
-// is not empty, without reaping anything: one system call where listing the
-// tree takes a read per thread.
+// may not be empty, without reaping anything: one system call where listing
+// the tree takes a read per thread. The fence, when there is one, counts as
+// a child: only a listing (pinTree) tells whether the tree is empty then.
 func hasChildren() bool {
 	var info unix.Siginfo
 	return unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WSTOPPED|unix.WCONTINUED|unix.WNOHANG|unix.WNOWAIT, nil) != unix.ECHILD
@@ -47,15 +52,26 @@ type pinned []member
 // pinTree lists the live processes of the tree and pins each with a pidfd.
 // A process counts only if, once pinned, its parent is still the process
 // under which it was listed, and that parent is still alive: a PID that was
-// recycled in between is never taken for a member.
-func pinTree() pinned {
+// recycled in between is never taken for a member. except are children of
+// ours that are not of the server's tree (the fence and the etcd agent of
+// run --etcd).
+func pinTree(except ...int) pinned {
+	return pinBelow(member{pid: os.Getpid(), pfd: -1}, except...)
+}
+
+// pinBelow lists and pins the live descendants of root, which is pinned by
+// root.pfd (-1: the calling process itself), leaving out except.
+func pinBelow(root member, except ...int) pinned {
 	var out pinned
-	parents := []member{{pid: os.Getpid(), pfd: -1}}
+	parents := []member{root}
 	for len(parents) > 0 {
 		p := parents[0]
 		parents = parents[1:]
 		var kids pinned
 		for _, pid := range proc.Children(p.pid) {
+			if slices.Contains(except, pid) {
+				continue
+			}
 			if m, ok := pin(pid, p.pid); ok {
 				kids = append(kids, m)
 			}

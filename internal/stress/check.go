@@ -24,6 +24,7 @@ const (
 	KindKill    = "unmatched-kill" // a kill inside a hold the log does not show
 	KindCounter = "counter"        // the counter disagrees with the holds
 	KindOrder   = "after-death"    // a worker's event after its death was confirmed
+	KindFence   = "fencing-token"  // a hold's fencing token not above the one before it
 )
 
 // Violation is one piece of evidence that two holders overlapped or that the
@@ -145,6 +146,9 @@ type Checker struct {
 	abandoned int
 	started   bool
 	corrupt   bool // the counter was unreadable at some point: no tally
+	// The highest fencing token an enter carried, and its line.
+	fence     int64
+	fenceLine int
 }
 
 // NewChecker returns a checker for a log whose first line comes next.
@@ -229,6 +233,13 @@ func (c *Checker) enter(n int, e *Event) {
 	if e.WaitNS > 0 {
 		hs.wait.Add(time.Duration(e.WaitNS))
 		c.res.wait.Add(time.Duration(e.WaitNS))
+	}
+	if e.Fence > 0 {
+		if e.Fence <= c.fence {
+			c.violate(n, KindFence, "%s began a hold with fencing token %d, not above %d of line %d: a storage that checks tokens would refuse its writes, and the lease did not order the holders",
+				who(e), e.Fence, c.fence, c.fenceLine)
+		}
+		c.fence, c.fenceLine = max(c.fence, e.Fence), n
 	}
 	lo, hi := c.lo, c.hi
 	if h := c.open[e.W]; h != nil {

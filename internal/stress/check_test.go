@@ -450,3 +450,23 @@ func TestTail(t *testing.T) {
 		t.Errorf("tail found %d violations, want 2", n)
 	}
 }
+
+func TestCheckFencingToken(t *testing.T) {
+	fenced := func(s *script, w, token string, fence, counter int64) *script {
+		return s.ev(Event{Ev: EvEnter, W: w, PID: pidOf(w), Token: token, Fence: fence, Counter: counter, WaitNS: int64(time.Millisecond)})
+	}
+	s := newScript(t)
+	fenced(s, "w1", "t1", 5, 0).exit("w1", "t1", 1)
+	fenced(s, "w2", "t2", 9, 1).exit("w2", "t2", 2)
+	if r := s.check(2); r.ViolationCount != 0 {
+		t.Fatalf("rising tokens: %+v", r.Violations)
+	}
+	s = newScript(t)
+	fenced(s, "w1", "t1", 9, 0).exit("w1", "t1", 1)
+	fenced(s, "w2", "t2", 5, 1).exit("w2", "t2", 2)
+	r := s.check(2)
+	wantKinds(t, r, KindFence)
+	if v := r.Violations[0]; v.Line != 3 || !strings.Contains(v.Text, "not above 9 of line 1") {
+		t.Errorf("reported as %s", v)
+	}
+}

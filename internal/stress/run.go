@@ -35,6 +35,10 @@ type Config struct {
 	Command func(run, id string) *exec.Cmd
 	// Progress, if set, is called every ProgressEvery while workers run.
 	Progress func(Progress)
+	// Guard, if set, is the second interlock the workers' holds take (see
+	// WorkerConfig.Guard): the parent takes it too to log kills and the
+	// end of the run, which are appends to the log like any other.
+	Guard func(ctx context.Context) (token int64, release func() error, err error)
 }
 
 // ProgressEvery is how often Run reports progress.
@@ -330,8 +334,6 @@ func (r *run) exited(cmd *exec.Cmd, said string) error {
 // a checker may then treat a hold of this run that the log does not show
 // ending as lost, never as a kill still to be logged.
 func (r *run) record(ctx context.Context) error {
-	opts := r.cfg.Opts
-	opts.Wait = -1
 	var err error
 	for ev := range r.kills {
 		if err != nil {
@@ -350,17 +352,17 @@ func (r *run) record(ctx context.Context) error {
 				break more
 			}
 		}
-		var l *interlock.Lock
-		if l, err = interlock.Acquire(ctx, r.cfg.Dir, opts); err != nil {
-			err = fmt.Errorf("log the kill of worker %s (PID %d): %w", ev.Victim, ev.VictimPID, err)
-			continue
-		}
-		for _, e := range batch {
-			if err == nil {
-				err = r.log.Append(e)
+		err = r.locked(ctx, func() (err error) {
+			for _, e := range batch {
+				if err == nil {
+					err = r.log.Append(e)
+				}
 			}
+			return err
+		})
+		if err != nil {
+			err = fmt.Errorf("log the kill of worker %s (PID %d): %w", ev.Victim, ev.VictimPID, err)
 		}
-		err = errors.Join(err, l.Release())
 	}
 	r.mu.Lock()
 	held := r.stats.Acquisitions > 0
@@ -370,9 +372,27 @@ func (r *run) record(ctx context.Context) error {
 		// wait for a directory that may be held by a live server.
 		return err
 	}
-	l, err := interlock.Acquire(ctx, r.cfg.Dir, opts)
-	if err != nil {
+	if err := r.locked(ctx, func() error { return r.log.Append(Event{Ev: EvStop}) }); err != nil {
 		return fmt.Errorf("log the end of the run: %w", err)
 	}
-	return errors.Join(r.log.Append(Event{Ev: EvStop}), l.Release())
+	return nil
+}
+
+// locked runs f holding the directory as a worker's hold does: the
+// interlock, and the guard if there is one.
+func (r *run) locked(ctx context.Context, f func() error) error {
+	opts := r.cfg.Opts
+	opts.Wait = -1
+	l, err := interlock.Acquire(ctx, r.cfg.Dir, opts)
+	if err != nil {
+		return err
+	}
+	release := func() error { return nil }
+	if r.cfg.Guard != nil {
+		if _, release, err = r.cfg.Guard(ctx); err != nil {
+			return errors.Join(err, l.Release())
+		}
+	}
+	err = f()
+	return errors.Join(err, release(), l.Release())
 }

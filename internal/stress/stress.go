@@ -76,6 +76,9 @@ type Event struct {
 	// Token is the record token of the hold (for killed: of the hold
 	// the victim was in).
 	Token string `json:"token"`
+	// Fence is the hold's fencing token when a lease guards the holds
+	// too (stress --etcd): it must grow from each enter to the next.
+	Fence int64 `json:"fence,omitempty"`
 	// Counter: read (enter) or written (exit); -1 when the counter file
 	// held something else than a number (Err says what).
 	Counter int64  `json:"counter"`

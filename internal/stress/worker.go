@@ -45,6 +45,10 @@ type WorkerConfig struct {
 	Verdicts bool
 	In       io.Reader // verdicts; end of file means stop
 	Out      io.Writer // MsgHolding lines
+	// Guard, if set, is a second interlock each hold takes after the
+	// local one and ends before it (a lease: stress --etcd). It blocks
+	// until held or ctx is done, and returns the hold's fencing token.
+	Guard func(ctx context.Context) (token int64, release func() error, err error)
 }
 
 type worker struct {
@@ -87,7 +91,21 @@ func Work(ctx context.Context, cfg WorkerConfig) error {
 			}
 			return err
 		}
-		err = w.hold(l.Record().Token, time.Since(t0))
+		var fence int64
+		release := func() error { return nil }
+		if cfg.Guard != nil {
+			if fence, release, err = cfg.Guard(ctx); err != nil {
+				l.Release()
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+		}
+		err = w.hold(l.Record().Token, fence, time.Since(t0))
+		if gerr := release(); err == nil && gerr != nil {
+			err = gerr
+		}
 		if rerr := l.Release(); err == nil && rerr != nil {
 			err = fmt.Errorf("release %s: %w", cfg.Dir, rerr)
 		}
@@ -126,14 +144,14 @@ func (w *worker) read() {
 
 // hold does the work of one hold: the counter's read-sleep-write between an
 // enter and an exit event.
-func (w *worker) hold(token string, wait time.Duration) error {
+func (w *worker) hold(token string, fence int64, wait time.Duration) error {
 	f, err := openCounter(w.cfg.Dir)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	v, err := readCounter(f)
-	enter := Event{Ev: EvEnter, Token: token, Counter: v, WaitNS: max(wait.Nanoseconds(), 1)}
+	enter := Event{Ev: EvEnter, Token: token, Fence: fence, Counter: v, WaitNS: max(wait.Nanoseconds(), 1)}
 	if errors.Is(err, errCounter) {
 		// Evidence, not a failure: leave the file as it is and say so.
 		enter.Counter, enter.Err = -1, err.Error()
