@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -291,41 +292,61 @@ func TestLeaseCheckStatusWait(t *testing.T) {
 
 // TestLeaseWrapperStopped: with dirlockd itself SIGSTOPped (or SIGKILLed),
 // nobody renews the lease, and the fence kills its server before the lease
-// can end; a waiter on another directory starts only after that server
-// died. 2 rounds each.
+// can end; with its etcd agent SIGSTOPped, no renewal is answered, and
+// dirlockd kills its server itself. A waiter on another directory starts
+// only after that server died. 2 rounds each.
 func TestLeaseWrapperStopped(t *testing.T) {
 	e := testutil.StartEtcd(t, 1)
 	const ttl = 3 * time.Second
 	lf := []string{"--etcd", e.Endpoints(), "--lease-key", "/dirlockd/paused", "--lease-ttl", "3s"}
-	for _, how := range []syscall.Signal{syscall.SIGSTOP, syscall.SIGKILL} {
+	for _, how := range []string{"dirlockd SIGSTOP", "dirlockd SIGKILL", "agent SIGSTOP"} {
 		for round := range 2 {
 			a, b := testutil.DataDir(t), testutil.DataDir(t)
 			w := startRun(t, nil, a, lf, leaseServer(true)...)
 			pid, token, _, _ := leaseView(t, w)
 			next := startRun(t, nil, b, append(lf, "--wait", "60s"), leaseServer(false)...)
-			w.cmd.Process.Signal(how)
+			agentPID := agentOf(t, w.pid())
 			hit := time.Now()
+			switch how {
+			case "dirlockd SIGSTOP":
+				w.cmd.Process.Signal(syscall.SIGSTOP)
+			case "dirlockd SIGKILL":
+				w.cmd.Process.Signal(syscall.SIGKILL)
+			case "agent SIGSTOP":
+				syscall.Kill(agentPID, syscall.SIGSTOP)
+			}
 			eventually(t, 30*time.Second, "the server's death", func() bool { return !alive(pid) })
 			dead := time.Since(hit)
+			if how == "agent SIGSTOP" {
+				syscall.Kill(agentPID, syscall.SIGCONT)
+			}
 			_, ntoken, _, _ := leaseView(t, next)
 			started := time.Since(hit)
-			t.Logf("%v, round %d: server dead %v after dirlockd got %v, the next server started after %v (TTL %v)", how, round, dead.Round(time.Millisecond), how, started.Round(time.Millisecond), ttl)
+			t.Logf("%s, round %d: server dead %v after, the next server started after %v (TTL %v)", how, round, dead.Round(time.Millisecond), started.Round(time.Millisecond), ttl)
 			if dead >= ttl {
-				t.Fatalf("the server of a %v dirlockd died %v later: not before the lease could end:\n%s", how, dead, w.stderr)
+				t.Fatalf("%s: the server died %v later: not before the lease could end:\n%s", how, dead, w.stderr)
 			}
 			if ntoken <= token {
 				t.Fatalf("token %d after %d", ntoken, token)
 			}
-			if !strings.Contains(w.stderr.String(), "dirlockd fence: the lease was not renewed in time") {
-				t.Fatalf("the fence did not say it killed:\n%s", w.stderr)
-			}
-			if how == syscall.SIGSTOP {
+			switch how {
+			case "agent SIGSTOP":
+				if code := w.wait(t, 30*time.Second); code != 137 || !strings.Contains(w.stderr.String(), "sending SIGKILL to the server's tree before the lease can end") {
+					t.Fatalf("wrapper of a stopped agent: exit %d, want 137 after its own SIGKILL:\n%s", code, w.stderr)
+				}
+			case "dirlockd SIGSTOP":
+				if !strings.Contains(w.stderr.String(), "dirlockd fence: the lease was not renewed in time") {
+					t.Fatalf("the fence did not say it killed:\n%s", w.stderr)
+				}
 				w.cmd.Process.Signal(syscall.SIGCONT)
 				if code := w.wait(t, 30*time.Second); code != 137 {
 					t.Fatalf("resumed wrapper exit %d, want 137:\n%s", code, w.stderr)
 				}
-			} else {
+			default:
 				<-w.done
+				if !strings.Contains(w.stderr.String(), "dirlockd fence: the lease was not renewed in time") {
+					t.Fatalf("the fence did not say it killed:\n%s", w.stderr)
+				}
 				// A start takes the killed wrapper's segment over.
 				if code, _, stderr := dirlockd(t, "run", "-D", a, "--", "true"); code != 0 {
 					t.Fatalf("start after the killed wrapper: exit %d:\n%s", code, stderr)
@@ -336,6 +357,46 @@ func TestLeaseWrapperStopped(t *testing.T) {
 				t.Fatalf("next holder exit %d:\n%s", code, next.stderr)
 			}
 		}
+	}
+}
+
+// agentOf returns the PID of the etcd agent under the wrapper wrapper.
+func agentOf(t *testing.T, wrapper int) int {
+	t.Helper()
+	for _, d := range descendants(wrapper) {
+		if c, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", d)); strings.TrimSpace(string(c)) == "dirlockd-etcd" {
+			return d
+		}
+	}
+	t.Fatalf("no dirlockd-etcd under PID %d", wrapper)
+	return 0
+}
+
+// TestLeaseNoAgent: a dirlockd installed without its etcd agent refuses
+// --etcd with exit 78, naming both places it looked, and starts nothing;
+// without --etcd it needs no agent.
+func TestLeaseNoAgent(t *testing.T) {
+	lone := filepath.Join(t.TempDir(), "dirlockd")
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(lone, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir := testutil.DataDir(t)
+	cmd := exec.Command(lone, "run", "-D", dir, "--etcd", "127.0.0.1:1", "--lease-key", "/k", "--", "touch", filepath.Join(dir, "ran"))
+	out, _ := cmd.CombinedOutput()
+	want := []string{filepath.Join(filepath.Dir(lone), "dirlockd-etcd"), filepath.Join(filepath.Dir(filepath.Dir(lone)), "libexec", "dirlockd", "dirlockd-etcd")}
+	if code := cmd.ProcessState.ExitCode(); code != 78 || !strings.Contains(string(out), want[0]) || !strings.Contains(string(out), want[1]) {
+		t.Fatalf("run --etcd without the agent: exit %d, want 78 naming %v:\n%s", code, want, out)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("a refused start wrote %v", ents)
+	}
+	cmd = exec.Command(lone, "run", "-D", dir, "--", "true")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("run without --etcd and without the agent: %v\n%s", err, out)
 	}
 }
 

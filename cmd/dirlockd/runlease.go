@@ -192,6 +192,9 @@ func (r *runner) leaseChanged() {
 		ls.term.Stop()
 		ls.kill.Stop()
 	}
+	if ls.released {
+		return // revoked once the tree was gone: nothing left to guard
+	}
 	// Go's timers run on CLOCK_MONOTONIC, the deadline on CLOCK_BOOTTIME:
 	// after a suspend they fire late, the fence (which reads the clock
 	// itself) does not.
