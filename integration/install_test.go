@@ -15,6 +15,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/dirlockd/dirlockd/internal/testutil"
 )
 
 // makeTarget runs make in the repository root with vars and fails the test
@@ -341,6 +343,7 @@ func TestFishZshCompletion(t *testing.T) {
 // installed are the files make install puts under PREFIX.
 var installed = []string{
 	"bin/dirlockd",
+	"libexec/dirlockd/dirlockd-etcd",
 	"share/man/man1/dirlockd.1",
 	"share/man/man1/dirlockd-run.1",
 	"share/man/man1/dirlockd-check.1",
@@ -382,7 +385,7 @@ func files(t *testing.T, root string) []string {
 func TestInstall(t *testing.T) {
 	tmp := t.TempDir()
 	dest := filepath.Join(tmp, "root")
-	vars := []string{"DESTDIR=" + dest, "PREFIX=/opt/dl", "BIN=" + filepath.Join(tmp, "dirlockd")}
+	vars := []string{"DESTDIR=" + dest, "PREFIX=/opt/dl", "BIN=" + filepath.Join(tmp, "dirlockd"), "AGENT=" + filepath.Join(tmp, "dirlockd-etcd")}
 	makeTarget(t, "install", vars...)
 	var want []string
 	for _, f := range installed {
@@ -396,6 +399,7 @@ func TestInstall(t *testing.T) {
 	if out, err := exec.Command(filepath.Join(prefix, "bin/dirlockd"), "version").Output(); err != nil || !strings.HasPrefix(string(out), "dirlockd ") {
 		t.Errorf("installed dirlockd version: %q, %v", out, err)
 	}
+	agentFound(t, filepath.Join(prefix, "bin/dirlockd"))
 	// The unit names the binary where it runs from: PREFIX, without DESTDIR.
 	unit, err := os.ReadFile(filepath.Join(prefix, "lib/systemd/system/dirlockd@.service"))
 	if err != nil || !strings.Contains(string(unit), "\nExecStart=/opt/dl/bin/dirlockd run ") || regexp.MustCompile(`@[a-z]+@`).Match(unit) {
@@ -413,6 +417,18 @@ func TestInstall(t *testing.T) {
 	}
 }
 
+// agentFound checks that the installed binary b finds its etcd agent in
+// ../libexec/dirlockd: check --etcd against nothing listening reaches the
+// agent, which says etcd is unavailable, rather than that it is missing.
+func agentFound(t *testing.T, b string) {
+	t.Helper()
+	dir := testutil.DataDir(t)
+	out, _ := exec.Command(b, "check", "-D", dir, "--etcd", "127.0.0.1:1", "--lease-key", "/k", "--etcd-dial-timeout", "1s").CombinedOutput()
+	if !strings.Contains(string(out), "etcd at 127.0.0.1:1 is unavailable") {
+		t.Errorf("%s check --etcd: the etcd agent was not found where it is installed:\n%s", b, out)
+	}
+}
+
 // TestSystemdUnit: systemd-analyze verify passes on instances of the
 // installed template, bare and with each drop-in example (it checks that
 // ExecStart's binary exists and that the Documentation= man pages open),
@@ -420,7 +436,7 @@ func TestInstall(t *testing.T) {
 func TestSystemdUnit(t *testing.T) {
 	tmp := t.TempDir()
 	prefix := filepath.Join(tmp, "prefix")
-	makeTarget(t, "install", "PREFIX="+prefix, "BIN="+filepath.Join(tmp, "dirlockd"))
+	makeTarget(t, "install", "PREFIX="+prefix, "BIN="+filepath.Join(tmp, "dirlockd"), "AGENT="+filepath.Join(tmp, "dirlockd-etcd"))
 	units := filepath.Join(tmp, "units")
 	if err := os.Mkdir(units, 0o755); err != nil {
 		t.Fatal(err)
@@ -474,7 +490,7 @@ func TestSystemdUnit(t *testing.T) {
 // into a scratch root, its binary runs and its man page renders.
 func TestDeb(t *testing.T) {
 	tmp := t.TempDir()
-	makeTarget(t, "deb", "DEBDIR="+tmp, "BIN="+filepath.Join(tmp, "dirlockd"))
+	makeTarget(t, "deb", "DEBDIR="+tmp, "BIN="+filepath.Join(tmp, "dirlockd"), "AGENT="+filepath.Join(tmp, "dirlockd-etcd"))
 	debs, _ := filepath.Glob(filepath.Join(tmp, "dirlockd_*.deb"))
 	if len(debs) != 1 {
 		t.Fatalf("make deb DEBDIR=%s made %q, want one dirlockd_*.deb", tmp, debs)
@@ -502,6 +518,7 @@ func TestDeb(t *testing.T) {
 	if err != nil || !strings.HasPrefix(string(out), "dirlockd ") || !strings.Contains(string(out), runtime.Version()) {
 		t.Errorf("packaged dirlockd version: %q, %v", out, err)
 	}
+	agentFound(t, filepath.Join(root, "usr/bin/dirlockd"))
 	text, warnings := renderMan(t, filepath.Join(root, "usr/share/man/man1/dirlockd.1.gz"))
 	if warnings != "" || !strings.Contains(text, "dirlockd - one server process tree per data directory") {
 		t.Errorf("man -l the packaged dirlockd.1.gz: warnings %q\n%s", warnings, text)
