@@ -106,7 +106,11 @@ there: a start with a lower one (etcd restored from an old snapshot) is
 refused (78). Once the tree is gone, the lease is revoked, then the local
 interlock released. NAME held elsewhere: exit 75 naming its host, PID and
 since-when (--wait waits, watching NAME); etcd unreachable: 69, and nothing
-is written; a key of another tool, or no permission on it: 78.
+is written; a key of another tool, or no permission on it: 78. On shared
+storage, a takeover from a holder whose record names NAME under a token
+whose lease has ended skips the heartbeat watch. etcd's client is not in
+dirlockd: it runs in the etcd agent, dirlockd-etcd (beside dirlockd, or in
+../libexec/dirlockd/; missing: 78), which renews only when dirlockd asks.
 
 Exit status when COMMAND cannot be started: 75 data directory held by a live
 instance (or --conflict-exit-code), or the lease held by another holder, 76
