@@ -147,6 +147,9 @@ func (a *Agent) read(r io.Reader) {
 	close(a.done)
 }
 
+// cancelPatience is how long call waits for the agent to answer a cancel.
+const cancelPatience = 2 * time.Second
+
 // call sends req and waits for its reply, or for ctx: then it asks the
 // agent to cancel the request and waits for that reply.
 func (a *Agent) call(ctx context.Context, req Request) (Reply, error) {
@@ -169,11 +172,19 @@ func (a *Agent) call(ctx context.Context, req Request) (Reply, error) {
 	case <-a.done:
 		return Reply{}, a.goneErr()
 	case <-ctx.Done():
+		// The agent's answer to a cancel says how the request ended (a
+		// wait that ended names the holder); an agent that does not
+		// answer it soon (stopped) is not waited for.
 		a.send(Request{Op: OpCancel, Ref: req.ID})
 		select {
 		case rep = <-ch:
 		case <-a.done:
 			return Reply{}, a.goneErr()
+		case <-time.After(cancelPatience):
+			a.mu.Lock()
+			delete(a.pending, req.ID)
+			a.mu.Unlock()
+			return Reply{}, fmt.Errorf("%w (the etcd agent did not answer)", ctx.Err())
 		}
 	}
 	if rep.Err != nil {
