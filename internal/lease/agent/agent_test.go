@@ -20,7 +20,10 @@ func TestWireErrors(t *testing.T) {
 		check func(error) bool
 		text  bool // the text survives as it was
 	}{
-		{held, func(e error) bool { var h *HeldError; return errors.As(e, &h) && h.Holder.PID == 7 && h.Holder.Token == 42 }, true},
+		{held, func(e error) bool {
+			var h *HeldError
+			return errors.As(e, &h) && h.Holder.PID == 7 && h.Holder.Token == 42
+		}, true},
 		{waited, func(e error) bool { var h *HeldError; return errors.As(e, &h) && errors.Is(e, context.Canceled) }, true},
 		{&UnavailableError{Endpoints: []string{"a:1", "b:2"}, Err: errors.New("grant a lease: context deadline exceeded")},
 			func(e error) bool { var u *UnavailableError; return errors.As(e, &u) && len(u.Endpoints) == 2 }, true},
