@@ -570,8 +570,8 @@ func TestFUSEStressLease(t *testing.T) {
 }
 
 // TestLeaseProxy: the wrapper reaches etcd through a TCP proxy of the test.
-// Answers delayed by 600 ms (a fifth of the TTL) for 3 TTLs, then a
-// connection that flaps (400 ms black holes every 800 ms) for 3 TTLs, cost
+// Answers delayed by 600 ms (a fifth of the TTL) for 2 TTLs, then a
+// connection that flaps (400 ms black holes every 800 ms) for 2 TTLs, cost
 // no false loss; a black hole stops the server before the lease can end.
 // 2 rounds.
 func TestLeaseProxy(t *testing.T) {
@@ -583,7 +583,7 @@ func TestLeaseProxy(t *testing.T) {
 		w := startRun(t, nil, dir, []string{"--etcd", p.Addr, "--lease-key", "/dirlockd/proxy", "--lease-ttl", "3s"}, leaseServer(false)...)
 		pid, _, _, _ := leaseView(t, w)
 		p.SetDelay(600 * time.Millisecond)
-		end := time.Now().Add(3 * ttl)
+		end := time.Now().Add(2 * ttl)
 		for time.Now().Before(end) {
 			if !alive(pid) {
 				t.Fatalf("round %d: a 600ms delay stopped the server (TTL %v):\n%s", round, ttl, w.stderr)
@@ -592,7 +592,7 @@ func TestLeaseProxy(t *testing.T) {
 		}
 		// Endpoints flapping: 400 ms black holes every 800 ms.
 		p.SetDelay(0)
-		for end := time.Now().Add(3 * ttl); time.Now().Before(end); {
+		for end := time.Now().Add(2 * ttl); time.Now().Before(end); {
 			p.BlackHole(true)
 			time.Sleep(400 * time.Millisecond)
 			p.BlackHole(false)
@@ -605,7 +605,7 @@ func TestLeaseProxy(t *testing.T) {
 		holed := time.Now()
 		eventually(t, 30*time.Second, "the server's death", func() bool { return !alive(pid) })
 		dead := time.Since(holed)
-		t.Logf("round %d: 600ms delay, then flapping, for %v each: no loss; black hole: server dead %v after (TTL %v)", round, 3*ttl, dead.Round(time.Millisecond), ttl)
+		t.Logf("round %d: 600ms delay, then flapping, for %v each: no loss; black hole: server dead %v after (TTL %v)", round, 2*ttl, dead.Round(time.Millisecond), ttl)
 		if dead >= ttl {
 			t.Fatalf("round %d: server died %v after the black hole: not before the lease could end:\n%s", round, dead, w.stderr)
 		}
@@ -670,11 +670,20 @@ func TestLeaseCluster(t *testing.T) {
 		m.Cont()
 		m.WaitHealthy(60 * time.Second)
 		next := startRun(t, nil, b, append(lf, "--wait", "2m"), leaseServer(false)...)
+		both := func() bool { return alive(pid) && serverLine.MatchString(next.out.String()) }
 		time.Sleep(time.Second) // let it reach its watch
+		if both() {
+			t.Fatalf("round %d: two servers at once: the waiter's started while the first ran:\n%s\n---\n%s", round, w.stderr, next.stderr)
+		}
 		e.Members[0].Stop()
 		e.Members[1].Stop()
 		stopped := time.Now()
-		eventually(t, 30*time.Second, "the server's death", func() bool { return !alive(pid) })
+		eventually(t, 30*time.Second, "the server's death", func() bool {
+			if both() {
+				t.Fatalf("round %d: two servers at once: the waiter's started while the first ran:\n%s\n---\n%s", round, w.stderr, next.stderr)
+			}
+			return !alive(pid)
+		})
 		dead := time.Since(stopped)
 		e.Members[0].Cont()
 		e.Members[1].Cont()
@@ -694,7 +703,7 @@ func TestLeaseCluster(t *testing.T) {
 			t.Fatalf("round %d: old wrapper exit %d:\n%s", round, code, w.stderr)
 		}
 		if !alive(npid) {
-			t.Fatalf("round %d: the new server died", round)
+			t.Fatalf("round %d: the new server died:\n%s\n---\n%s", round, w.stderr, next.stderr)
 		}
 		next.cmd.Process.Signal(syscall.SIGTERM)
 		if code := next.wait(t, 30*time.Second); code != 143 {

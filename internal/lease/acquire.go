@@ -41,7 +41,11 @@ func (c *Client) Acquire(ctx context.Context, id Identity, wait bool) (*Lease, e
 		if !wait {
 			return nil, &HeldError{Key: c.cfg.Key, Holder: held.Holder}
 		}
-		if err := c.waitDeleted(ctx, held.rev); err != nil {
+		clean, err := c.waitDeleted(ctx, held.rev)
+		if err == nil && !clean && !held.Released {
+			err = c.distrust(ctx)
+		}
+		if err != nil {
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("waiting for lease key %q: %w (%w)", c.cfg.Key, ctx.Err(), &HeldError{Key: c.cfg.Key, Holder: held.Holder})
 			}
@@ -49,6 +53,23 @@ func (c *Client) Acquire(ctx context.Context, id Identity, wait bool) (*Lease, e
 				return nil, err
 			}
 		}
+	}
+}
+
+// distrust waits a TTL after the key was deleted without its holder's
+// release mark: its lease ended by expiry, or by etcd revoking it early (an
+// etcd 3.4 leader that was paused and resumes can revoke, with its stale
+// expiry times, leases that the new leader still renews). Its holder stops
+// by its own deadline, the send time of a renewal it made before now, + its
+// TTL: one TTL from now it has, whatever etcd did (holders of one key use
+// one TTL). After a clean release (revoke by the holder, its tree gone) the
+// waiter starts at once.
+func (c *Client) distrust(ctx context.Context) error {
+	select {
+	case <-time.After(c.cfg.TTL):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -91,7 +112,7 @@ func (c *Client) try(ctx context.Context, val []byte) (*Lease, *found, error) {
 		Else(clientv3.OpGet(key)).
 		Commit()
 	if err == nil && resp.Succeeded {
-		l := &Lease{c: c, id: g.ID, token: resp.Header.Revision, ttl: time.Duration(g.TTL) * time.Second, sent: sent}
+		l := &Lease{c: c, id: g.ID, token: resp.Header.Revision, ttl: time.Duration(g.TTL) * time.Second, sent: sent, val: val}
 		return l, nil, nil
 	}
 	c.revoke(g.ID)
@@ -121,9 +142,29 @@ func (c *Client) revoke(id clientv3.LeaseID) error {
 }
 
 // waitDeleted blocks until the key is deleted after revision rev: etcd's
-// own way of waiting, a watch, not polling.
-func (c *Client) waitDeleted(ctx context.Context, rev int64) error {
-	return c.waitEvent(ctx, rev, false)
+// own way of waiting, a watch, not polling. clean says whether its holder
+// marked it released first.
+func (c *Client) waitDeleted(ctx context.Context, rev int64) (clean bool, err error) {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	for ev := range c.cli.Watch(wctx, c.cfg.Key, clientv3.WithRev(rev+1)) {
+		if err := ev.Err(); err != nil {
+			return false, c.failed("watch the lock key", err)
+		}
+		for _, e := range ev.Events {
+			switch e.Type {
+			case mvccpb.DELETE:
+				return clean, nil
+			case mvccpb.PUT:
+				var id Identity
+				clean = json.Unmarshal(e.Kv.Value, &id) == nil && id.Released
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	return false, errors.New("the watch on the lock key ended") // the client was closed
 }
 
 // WaitFor blocks until the key is held (held true; it returns the holder)

@@ -2,6 +2,7 @@ package lease
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -20,6 +21,7 @@ type Lease struct {
 	token int64
 	ttl   time.Duration
 	sent  time.Duration // the grant's send time, on agent.Now's clock
+	val   []byte        // the key's value: the holder's identity
 }
 
 // Token is the fencing token: the lock key's create revision, which
@@ -60,11 +62,56 @@ func (l *Lease) Renew(ctx context.Context, until time.Duration) (agent.Renewal, 
 }
 
 // Revoke ends the lease, which deletes the lock key, so that a waiter on
-// another host starts at once rather than after the TTL. A lease etcd no
-// longer knows is no error.
+// another host starts at once rather than after the TTL: the key's value is
+// marked released first (while the key is still ours), which tells the
+// waiter that the end is clean. A lease etcd no longer knows is no error.
 func (l *Lease) Revoke() error {
+	var id Identity
+	if json.Unmarshal(l.val, &id) == nil {
+		id.Released = true
+		if val, err := json.Marshal(id); err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), dialTimeout(&l.c.cfg))
+			// Best effort: without the mark a waiter only waits longer.
+			l.c.cli.Txn(ctx).
+				If(clientv3.Compare(clientv3.CreateRevision(l.c.cfg.Key), "=", l.token)).
+				Then(clientv3.OpPut(l.c.cfg.Key, string(val), clientv3.WithLease(l.id))).
+				Commit()
+			cancel()
+		}
+	}
 	if err := l.c.revoke(l.id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return l.c.failed("revoke the lease", err)
 	}
 	return nil
+}
+
+// Gone blocks until the lock key this lease holds is deleted (by a revoke,
+// the lease's expiry, or etcd revoking it early) or ctx ends. A holder
+// that learns of it kills at once rather than at its next renewal. etcd
+// unavailable meanwhile is waited out.
+func (l *Lease) Gone(ctx context.Context) error {
+	rev := l.token
+	for {
+		_, err := l.c.waitDeleted(ctx, rev)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			// The history since rev is gone: look at the key itself.
+			gctx, cancel := context.WithTimeout(ctx, dialTimeout(&l.c.cfg))
+			resp, gerr := l.c.cli.Get(gctx, l.c.cfg.Key)
+			cancel()
+			if gerr == nil {
+				if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != l.token {
+					return nil
+				}
+				rev = resp.Header.Revision
+			}
+		}
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }

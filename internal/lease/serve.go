@@ -140,6 +140,8 @@ func (s *server) handle(ctx context.Context, req agent.Request) agent.Reply {
 		if r, err = l.Renew(ctx, req.Until); err == nil {
 			rep.Renewal = &r
 		}
+	case req.Op == agent.OpGone:
+		err = l.Gone(ctx)
 	case req.Op == agent.OpRevoke:
 		s.mu.Lock()
 		if s.l == l {

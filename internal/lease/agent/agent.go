@@ -66,6 +66,10 @@ type Identity struct {
 	BootID  string    `json:"boot_id"`
 	DataDir string    `json:"datadir"`
 	Started time.Time `json:"started"`
+	// Released is set in the key's value just before a clean release
+	// revokes the lease: a waiter that sees the key deleted without it
+	// does not trust the end of the lease at once (lease.Client.Acquire).
+	Released bool `json:"released,omitempty"`
 }
 
 // Self returns the calling process's identity as the holder of dir.

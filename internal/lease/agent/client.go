@@ -260,6 +260,9 @@ func (a *Agent) Acquire(ctx context.Context, id Identity, wait bool) (*Lease, er
 	}
 	l := &Lease{a: a, g: *g}
 	l.Keeper = Keep(l.renew, Renewal{Sent: g.Sent, TTL: g.TTL}, a.cfg.renew(), a.OnRenew)
+	gctx, cancel := context.WithCancel(context.Background())
+	l.stopGone = cancel
+	go l.gone(gctx)
 	return l, nil
 }
 
@@ -293,8 +296,20 @@ func (a *Agent) Close() error {
 // agent by the embedded Keeper.
 type Lease struct {
 	*Keeper
-	a *Agent
-	g Granted
+	a        *Agent
+	g        Granted
+	stopGone context.CancelFunc
+}
+
+// gone watches, through the agent, for the lock key to be deleted while
+// the lease is held: etcd can end a lease before the deadline its renewals
+// proved (an etcd 3.4 leader that resumes after a pause revokes leases by
+// its stale expiry times), and the holder must then stop at once, not at
+// its next renewal, when "lease not found" would tell it.
+func (l *Lease) gone(ctx context.Context) {
+	if _, err := l.a.call(ctx, Request{Op: OpGone}); err == nil {
+		l.Keeper.lose(fmt.Errorf("%w: etcd deleted the lock key before the lease's deadline", ErrLost))
+	}
 }
 
 // Token is the fencing token: the lock key's create revision, which
@@ -326,6 +341,7 @@ func (l *Lease) renew(ctx context.Context, until time.Duration) (Renewal, error)
 // TTL. A lost lease is revoked too, in case etcd still has it: it must
 // never serve again. Release returns the revoke's error, if any.
 func (l *Lease) Release() error {
+	l.stopGone()
 	l.Keeper.Stop()
 	ctx, cancel := context.WithTimeout(context.Background(), l.a.cfg.DialTimeout+time.Second)
 	defer cancel()

@@ -12,6 +12,7 @@ const (
 	OpRenew   = "renew"   // Until: one renewal of the lease held (Reply.Renewal)
 	OpRevoke  = "revoke"  // end the lease held, which deletes the key
 	OpWatch   = "watch"   // Want: block until the key is free or held (Reply.Holder)
+	OpGone    = "gone"    // block until the key of the lease held is deleted
 	OpCancel  = "cancel"  // Ref: give up the request Ref (it replies "canceled"); no reply of its own
 )
 
