@@ -318,11 +318,30 @@ func TestLeaseCheckStatusWait(t *testing.T) {
 	if code, _, stderr := dirlockd(t, append([]string{"wait", "-D", other, "--for", "free", "--timeout", "1s"}, lf...)...); code != 1 {
 		t.Fatalf("wait --for free while the lease is held: exit %d, want 1 (timed out):\n%s", code, stderr)
 	}
+	// A wait keeps one agent, blocked on a watch, for all its looks: for 2 s
+	// the same one agent and no other (one started at each look would show
+	// a new PID every 100 ms).
+	wc := exec.Command(bin, append([]string{"wait", "-D", other, "--for", "free", "--timeout", "60s"}, lf...)...)
+	if err := wc.Start(); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan int, 1)
 	go func() {
-		code, _, _ := dirlockd(t, append([]string{"wait", "-D", other, "--for", "free", "--timeout", "60s"}, lf...)...)
-		done <- code
+		wc.Wait()
+		done <- wc.ProcessState.ExitCode()
 	}()
+	first := agentOf(t, wc.Process.Pid)
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		var agents []int
+		for _, d := range descendants(wc.Process.Pid) {
+			if c, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", d)); strings.TrimSpace(string(c)) == "dirlockd-etcd" {
+				agents = append(agents, d)
+			}
+		}
+		if len(agents) != 1 || agents[0] != first {
+			t.Fatalf("wait --etcd runs agents %v, want the one it started, %d", agents, first)
+		}
+	}
 	w.cmd.Process.Signal(syscall.SIGTERM)
 	if code := w.wait(t, 20*time.Second); code != 143 {
 		t.Fatalf("holder exit %d", code)
@@ -414,15 +433,18 @@ func TestLeaseWrapperStopped(t *testing.T) {
 	}
 }
 
-// agentOf returns the PID of the etcd agent under the wrapper wrapper.
-func agentOf(t *testing.T, wrapper int) int {
+// agentOf returns the PID of the etcd agent under the process parent,
+// waiting up to 10 s for it.
+func agentOf(t *testing.T, parent int) int {
 	t.Helper()
-	for _, d := range descendants(wrapper) {
-		if c, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", d)); strings.TrimSpace(string(c)) == "dirlockd-etcd" {
-			return d
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		for _, d := range descendants(parent) {
+			if c, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", d)); strings.TrimSpace(string(c)) == "dirlockd-etcd" {
+				return d
+			}
 		}
 	}
-	t.Fatalf("no dirlockd-etcd under PID %d", wrapper)
+	t.Fatalf("no dirlockd-etcd under PID %d within 10s", parent)
 	return 0
 }
 
