@@ -428,14 +428,16 @@ func takeOver(ctx context.Context, f *pidfile.File, opts Options, me self) (*Loc
 	if fs, _ := f.Filesystem(); fs.Shared() && me.otherHost(rec) && rec.Status != pidfile.Stopped {
 		takeover = &Takeover{Host: rec.Hostname, PID: rec.PID}
 		takeover.Heartbeat, _ = heartbeat(rec)
-		if opts.TakeoverProof != nil {
-			takeover.Proof = opts.TakeoverProof(rec)
-		}
-		if d := opts.takeoverWatch(rec, me, time.Now()); d > 0 && takeover.Proof == "" {
-			if err := watchHeartbeat(ctx, f, rec, raw, d); err != nil {
-				return nil, err
+		if d := opts.takeoverWatch(rec, me, time.Now()); d > 0 {
+			if opts.TakeoverProof != nil {
+				takeover.Proof = opts.TakeoverProof(rec)
 			}
-			takeover.Watched = d
+			if takeover.Proof == "" {
+				if err := watchHeartbeat(ctx, f, rec, raw, d); err != nil {
+					return nil, err
+				}
+				takeover.Watched = d
+			}
 		}
 	}
 
