@@ -226,18 +226,27 @@ func Acquire(ctx context.Context, dir string, opts Options) (*Lock, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := pidfile.Open(dir, opts.pidfileOptions())
-	if err != nil {
-		return nil, heldHere(err, me)
-	}
-	opts.step(StepOpened)
-	if err := checkStorage(f, opts); err != nil {
+	start := time.Now()
+	var f *pidfile.File
+	for {
+		if f, err = pidfile.Open(dir, opts.pidfileOptions()); err != nil {
+			return nil, heldHere(err, me)
+		}
+		opts.step(StepOpened)
+		if err := checkStorage(f, opts); err != nil {
+			f.Close()
+			return nil, err
+		}
+		err = lockWaiting(ctx, f, opts, me, start)
+		if err == nil {
+			break
+		}
 		f.Close()
-		return nil, err
-	}
-	if err := lockWaiting(ctx, f, opts, me); err != nil {
-		f.Close()
-		return nil, err
+		if !errors.Is(err, pidfile.ErrReplaced) {
+			return nil, err
+		}
+		// The waiter's lock was granted on an inode the path no longer
+		// names: wait for the one that starters now lock.
 	}
 	opts.step(StepLocked)
 	l, err := takeOver(ctx, f, opts, me)
@@ -262,26 +271,31 @@ func checkStorage(f *pidfile.File, opts Options) error {
 }
 
 // lockWaiting takes f's lock, retrying while it is busy for as long as opts
-// and ctx allow, and at least until a busy lock can be blamed on somebody.
+// and ctx allow (counted from start), and at least until a busy lock can be
+// blamed on somebody.
 //
-// A waiter sleeps in the kernel until the pidfile is closed by somebody
-// (pidfile.ReleaseWatch: the moment a holder's lock goes) and tries again
-// then, so a release is noticed at once and no waiter burns the CPU the
-// holder needs. It also tries again after a fallback interval, for the
-// releases a watch cannot see (an explicit unlock; a holder on another
-// host of a shared filesystem, where it polls as before).
+// Where the kernel can queue a waiter (flock and OFD locks on a local
+// filesystem) a waiter blocks in it (pidfile.File.LockWait), so that the
+// release hands the lock straight to a waiter instead of to the releaser's
+// next attempt. Elsewhere (POSIX locks, shared storage) it sleeps until the
+// pidfile is closed by somebody (pidfile.ReleaseWatch: the moment a
+// holder's lock goes) and tries again then, or after a fallback interval,
+// for the releases a watch cannot see (an explicit unlock; a holder on
+// another host of a shared filesystem, where it polls as before). A grant
+// on a pidfile that was replaced meanwhile fails with pidfile.ErrReplaced:
+// the caller opens the pidfile again.
 //
 // Saying who holds a busy lock can cost a scan of every process's
 // descriptors, so a caller that waits asks only when it is about to give up:
 // dozens of waiters classifying on every retry would starve the very holder
 // they wait for.
-func lockWaiting(ctx context.Context, f *pidfile.File, opts Options, me self) error {
-	start := time.Now()
+func lockWaiting(ctx context.Context, f *pidfile.File, opts Options, me self, start time.Time) error {
 	dev, ino := f.ID()
 	fallback := 100 * time.Millisecond
 	if fs, err := f.Filesystem(); err != nil || fs.Shared() {
 		fallback = 0 // jittered backoff below
 	}
+	kernelWait := true
 	backoff := time.Millisecond
 	var watch *pidfile.ReleaseWatch
 	defer func() {
@@ -307,6 +321,33 @@ func lockWaiting(ctx context.Context, f *pidfile.File, opts Options, me self) er
 			if final || waited >= opts.settleTime() {
 				return verdict
 			}
+		}
+		// How long this round may wait before the busy lock is judged.
+		var limit time.Duration
+		switch {
+		case opts.Wait > 0 && waited < opts.Wait:
+			limit = opts.Wait - waited
+		case opts.Wait >= 0:
+			limit = opts.settleTime() - waited // a verdict that was not final yet
+		}
+		if kernelWait {
+			wctx, cancel := ctx, context.CancelFunc(func() {})
+			if limit > 0 {
+				wctx, cancel = context.WithTimeout(ctx, limit)
+			}
+			err := f.LockWait(wctx, opts.LockMethod)
+			cancel()
+			switch {
+			case err == nil, errors.Is(err, pidfile.ErrReplaced):
+				return err
+			case errors.Is(err, pidfile.ErrNoKernelWait), errors.Is(err, pidfile.ErrLocked):
+				// Not for this lock, or the lock of the other family
+				// is what is busy: the kernel cannot queue us on it.
+				kernelWait = false
+			case wctx.Err() == nil:
+				return err
+			}
+			continue // try once more, then judge
 		}
 		if watch == nil && fallback > 0 {
 			// Watch first, then try again at once: a release between

@@ -79,7 +79,8 @@ func main() {
 	nprocs := flag.Int("procs", 3000, "extra idle processes for the procs condition")
 	only := flag.String("cases", strings.Join(caseNames, ","), "comma-separated cases to time")
 	asJSON := flag.Bool("json", false, "one JSON object per result line instead of the table")
-	handoffFor := flag.Duration("handoff", 0, "instead of the table, run dirlockd stress --workers 8 (--hold 0 and 1ms) and a bare flock loop for this long each")
+	handoffFor := flag.Duration("handoff", 0, "instead of the table, run dirlockd stress --workers N (--hold 0 and 1ms) and a bare flock loop of N workers for this long each")
+	workers := flag.Int("workers", 8, "workers of the -handoff loops")
 	flag.Parse()
 	abs, err := filepath.Abs(*bin)
 	if err != nil {
@@ -89,7 +90,7 @@ func main() {
 		fatal(fmt.Errorf("flock(1) not found: install util-linux (apt-get install util-linux)"))
 	}
 	if *handoffFor > 0 {
-		os.Exit(handoff(abs, 8, *handoffFor))
+		os.Exit(handoff(abs, *workers, *handoffFor))
 	}
 	b := &bench{bin: abs, cases: strings.Split(*only, ",")}
 	code := b.run(strings.Split(*conds, ","), *reps, *nprocs, *asJSON)
