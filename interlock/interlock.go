@@ -139,20 +139,54 @@ type self struct {
 	host   string
 }
 
+// whoami says who the calling process is. The start time, boot ID and PID
+// namespace are fixed by the kernel for the life of the process, so they
+// are read once per process (see processIdentity); the hostname can
+// change, and is asked every time.
 func whoami() (self, error) {
-	s := self{pid: os.Getpid()}
+	s, err := processIdentity(os.Getpid())
+	if err != nil {
+		return s, err
+	}
+	if s.host, err = os.Hostname(); err != nil {
+		return s, fmt.Errorf("read hostname: %w", err)
+	}
+	return s, nil
+}
+
+// identity caches what readIdentity found for this process. It is keyed by
+// PID, so a forked child (a new process, with its own start time) reads its
+// own; a failed read is not cached.
+var identity struct {
+	sync.Mutex
+	s  self
+	ok bool
+}
+
+func processIdentity(pid int) (self, error) {
+	identity.Lock()
+	defer identity.Unlock()
+	if identity.ok && identity.s.pid == pid {
+		return identity.s, nil
+	}
+	s, err := readIdentity(pid)
+	if err == nil {
+		identity.s, identity.ok = s, true
+	}
+	return s, err
+}
+
+func readIdentity(pid int) (self, error) {
+	s := self{pid: pid}
 	var err error
-	if s.start, err = proc.StartTime(s.pid); err != nil {
+	if s.start, err = proc.StartTime(pid); err != nil {
 		return s, fmt.Errorf("read own start time: %w", err)
 	}
 	if s.bootID, err = proc.BootID(); err != nil {
 		return s, err
 	}
-	if s.pidNS, err = proc.Namespace(s.pid, "pid"); err != nil {
+	if s.pidNS, err = proc.Namespace(pid, "pid"); err != nil {
 		return s, fmt.Errorf("read own PID namespace: %w", err)
-	}
-	if s.host, err = os.Hostname(); err != nil {
-		return s, fmt.Errorf("read hostname: %w", err)
 	}
 	return s, nil
 }

@@ -302,9 +302,7 @@ func (f *File) LockWait(ctx context.Context, m Method) error {
 	// The old descriptor holds no lock, and no POSIX lock of this process
 	// is on the inode (f holds it), so its close drops nothing.
 	old.Close()
-	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil {
-		unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
-	}
+	clearNonblock(fd, flags)
 	return nil
 }
 

@@ -95,9 +95,17 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Marshal encodes r in the pidfile format.
 func (r *Record) Marshal() []byte {
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "%d\n", r.PID)
-	kv := func(k, v string) { b.WriteString(k + "=" + escape(v) + "\n") }
+	// Appended in place into one buffer that fits a record: Marshal runs
+	// at every acquisition and release.
+	b := bytes.NewBuffer(make([]byte, 0, 1024))
+	b.Write(strconv.AppendInt(b.AvailableBuffer(), int64(r.PID), 10))
+	b.WriteByte('\n')
+	kv := func(k, v string) {
+		b.WriteString(k)
+		b.WriteByte('=')
+		b.WriteString(escape(v))
+		b.WriteByte('\n')
+	}
 	kv(keyDataDir, r.DataDir)
 	kv(keyStartTime, r.StartTime.UTC().Format(time.RFC3339Nano))
 	kv(keyBootID, r.BootID)
@@ -115,14 +123,27 @@ func (r *Record) Marshal() []byte {
 			kv(k, r.Extra[k])
 		}
 	}
-	fmt.Fprintf(&b, "%s=%08x\n", keyChecksum, crc32.Checksum(b.Bytes(), castagnoli))
+	sum := crc32.Checksum(b.Bytes(), castagnoli)
+	b.WriteString(keyChecksum)
+	b.WriteByte('=')
+	b.Write(appendHex32(b.AvailableBuffer(), sum))
+	b.WriteByte('\n')
 	return b.Bytes()
+}
+
+// appendHex32 appends v as eight lower-case hex digits (%08x).
+func appendHex32(dst []byte, v uint32) []byte {
+	const digits = "0123456789abcdef"
+	for shift := 28; shift >= 0; shift -= 4 {
+		dst = append(dst, digits[v>>uint(shift)&0xf])
+	}
+	return dst
 }
 
 // formatKey writes a SysV key as ipcs(1) shows it, so the two can be compared
 // by eye. Keys are int32 in the kernel: half of them are negative as ints.
 func formatKey(k int) string {
-	return fmt.Sprintf("0x%08x", uint32(k))
+	return string(appendHex32([]byte("0x"), uint32(k)))
 }
 
 func validExtraKey(k string) bool {
