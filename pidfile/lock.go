@@ -232,10 +232,6 @@ func (f *File) LockWait(ctx context.Context, m Method) error {
 	if f.locked {
 		return nil
 	}
-	m, err := f.kernelWaitMethod(m)
-	if err != nil {
-		return err
-	}
 	const flags = unix.O_RDWR | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK
 	fd, err := openRetry(f.path, flags)
 	if err == unix.ENOENT {
@@ -245,6 +241,10 @@ func (f *File) LockWait(ctx context.Context, m Method) error {
 		return openError(f.path, "pidfile", err)
 	}
 	if err := f.sameInode(fd, f.path); err != nil {
+		closeFile(os.NewFile(uintptr(fd), f.path), f.dev, f.ino, nil)
+		return err
+	}
+	if m, err = f.kernelWaitMethod(m); err != nil {
 		closeFile(os.NewFile(uintptr(fd), f.path), f.dev, f.ino, nil)
 		return err
 	}
