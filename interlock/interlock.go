@@ -356,18 +356,14 @@ func lockWaiting(ctx context.Context, f *pidfile.File, opts Options, me self, st
 				return verdict
 			}
 		}
-		// How long this round may wait before the busy lock is judged.
-		var limit time.Duration
-		switch {
-		case opts.Wait > 0 && waited < opts.Wait:
-			limit = opts.Wait - waited
-		case opts.Wait >= 0:
-			limit = opts.settleTime() - waited // a verdict that was not final yet
-		}
-		if kernelWait {
+		// Block in the kernel only while the caller's wait lasts. A
+		// verdict that was not final yet (the settle time) is asked
+		// again after every retry, as the holder's record may name it
+		// any moment.
+		if waiting := opts.Wait < 0 || waited < opts.Wait; kernelWait && waiting {
 			wctx, cancel := ctx, context.CancelFunc(func() {})
-			if limit > 0 {
-				wctx, cancel = context.WithTimeout(ctx, limit)
+			if opts.Wait > 0 {
+				wctx, cancel = context.WithTimeout(ctx, opts.Wait-waited)
 			}
 			err := f.LockWait(wctx, opts.LockMethod)
 			cancel()
