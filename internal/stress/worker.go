@@ -105,10 +105,12 @@ func Work(ctx context.Context, cfg WorkerConfig) error {
 		if err != nil {
 			return err
 		}
-		// Acquire polls, so a worker that asked again at once would
-		// win nearly every time, and the holds, one worker's long
-		// streaks, would rarely hand over between processes, let alone
-		// hosts. A pause lets the waiters in.
+		// On shared storage Acquire polls, so a worker that asked again
+		// at once would win nearly every time, and the holds, one
+		// worker's long streaks, would rarely hand over between
+		// processes, let alone hosts. A pause lets the waiters in.
+		// (Locally waiters are blocked in the kernel, which hands them
+		// the lock at the release.)
 		select {
 		case <-time.After(rand.N(2*cfg.Hold + 1)):
 		case <-ctx.Done():
