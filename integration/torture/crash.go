@@ -2,8 +2,6 @@ package torture
 
 import (
 	"fmt"
-	"os"
-	"os/signal"
 	"strings"
 	"syscall"
 	"time"
@@ -259,24 +257,4 @@ func crashStopCont(e *Env) Result {
 		notes += fmt.Sprintf(", %d stops froze a torn record", torn)
 	}
 	return verify(w, r, want, notes)
-}
-
-// workerHold is worker mode "hold WITNESS": enter the witness with
-// $DIRLOCKD_TOKEN, print "holding", and wait; on SIGTERM finish the work (the
-// counter) and exit 0, as a server shutting down cleanly does.
-func workerHold(args []string) int {
-	term := make(chan os.Signal, 1)
-	signal.Notify(term, syscall.SIGTERM)
-	w, tok := Witness{Dir: args[0]}, os.Getenv(interlock.TokenEnv)
-	if err := w.event("enter", tok); err != nil {
-		fmt.Fprintln(os.Stderr, "torture worker:", err)
-		return 1
-	}
-	fmt.Println("holding")
-	<-term
-	if err := w.finishWork(tok, 0); err != nil {
-		fmt.Fprintln(os.Stderr, "torture worker:", err)
-		return 1
-	}
-	return 0
 }

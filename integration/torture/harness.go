@@ -8,12 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/dirlockd/dirlockd/interlock"
 )
 
 // Scale sets how hard the scenarios push. CI uses a scale that finishes in
@@ -134,65 +131,6 @@ func Table(rs []Result) string {
 	}
 	fmt.Fprintf(&b, "| **total** | %d | %d | %d | %s | |\n", it, fl, vi, took.Round(100*time.Millisecond))
 	return b.String()
-}
-
-// WorkerMain is the worker side, run inside "dirlockd run" (or directly by a
-// scenario) as a re-executed test binary. args[0] is the mode:
-//
-//	work WITNESS HOLD        do the witness work once with $DIRLOCKD_TOKEN, exit 0
-//	lib DATADIR WITNESS HOLD N   N times: interlock.Acquire (waiting), work, Release
-//	sleep                    sleep until killed (a server that keeps the inherited lock)
-func WorkerMain(args []string) int {
-	if len(args) == 0 {
-		fmt.Fprintln(os.Stderr, "torture worker: no mode")
-		return 2
-	}
-	fail := func(err error) int {
-		fmt.Fprintln(os.Stderr, "torture worker:", err)
-		return 1
-	}
-	switch args[0] {
-	case "work":
-		hold, _ := time.ParseDuration(args[2])
-		if err := (Witness{Dir: args[1]}).Work(os.Getenv(interlock.TokenEnv), hold); err != nil {
-			return fail(err)
-		}
-		return 0
-	case "lib":
-		hold, _ := time.ParseDuration(args[3])
-		n, _ := strconv.Atoi(args[4])
-		w := Witness{Dir: args[2]}
-		for range n {
-			ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-			l, err := interlock.Acquire(ctx, args[1], interlock.Options{Wait: -1})
-			cancel()
-			if err != nil {
-				return fail(err)
-			}
-			if err := w.Work(l.Record().Token, hold); err != nil {
-				l.Release()
-				return fail(err)
-			}
-			if err := l.Release(); err != nil {
-				return fail(err)
-			}
-		}
-		return 0
-	case "sleep":
-		fmt.Println("sleeping")
-		for {
-			time.Sleep(time.Hour)
-		}
-	case "hold":
-		return workerHold(args[1:])
-	case "closefds-sleep":
-		return workerCloseFDsSleep(args[1:])
-	case "spawn-attacher":
-		return workerSpawnAttacher(args[1:])
-	case "attach-sleep":
-		return workerAttachSleep(args[1:])
-	}
-	return fail(fmt.Errorf("unknown mode %q", args[0]))
 }
 
 // Kill SIGKILLs pid and waits until it can no longer act: gone, or a zombie

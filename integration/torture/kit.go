@@ -15,6 +15,9 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/proc"
 	"github.com/dirlockd/dirlockd/pidfile"
 	"github.com/dirlockd/dirlockd/shm"
@@ -362,4 +365,98 @@ func tail(s string) string {
 		s = "..." + s[len(s)-600:]
 	}
 	return strings.ReplaceAll(s, "\n", " | ")
+}
+
+// panicked reports whether output shows a Go panic or runtime crash.
+func panicked(out string) bool {
+	return strings.Contains(out, "panic") || strings.Contains(out, "goroutine ")
+}
+
+// failedCleanly says what is wrong with a failed start, or "": a
+// non-zero exit status of its own (not a signal, not the harness's
+// timeout), no crash, and a message containing every one of want.
+func failedCleanly(code int, out string, want ...string) string {
+	switch {
+	case code == 0:
+		return "exit 0, want a failure"
+	case code < 0 || code >= 128:
+		return fmt.Sprintf("exit %d: killed or crashed, want a clean failure", code)
+	case panicked(out):
+		return fmt.Sprintf("exit %d with a crash in the output", code)
+	}
+	low := strings.ToLower(out)
+	for _, w := range want {
+		if !strings.Contains(low, strings.ToLower(w)) {
+			return fmt.Sprintf("exit %d, but the message does not say %q", code, w)
+		}
+	}
+	return ""
+}
+
+// noHolders checks that nobody holds a lock on the pidfile at path, if it
+// exists.
+func noHolders(r *Result, what, path string) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return
+	}
+	if hs, err := proc.LockHolders(st.Dev, st.Ino); err != nil || len(hs) > 0 {
+		r.fail("%s: processes %v (%v) still hold %s", what, hs, err, path)
+	}
+}
+
+// reap kills, by PID, every process carrying token in its environment
+// and returns how many there were.
+func reap(token string) int {
+	if token == "" {
+		return 0
+	}
+	found, _ := proc.WithEnv(interlock.TokenEnv + "=" + token)
+	delete(found, os.Getpid())
+	for p := range found {
+		Kill(p)
+	}
+	return len(found)
+}
+
+// underHolder starts argv (a "dirlockd run", or a command that execs it) in
+// the background and, once it holds dir, runs fn with check's report; fn
+// returns the holder's token as soon as it knows it. Then it kills the
+// wrapper and reaps, by that token, whatever of the holder is left: a
+// violation, since the wrapper must have stopped its server. It reports false,
+// with a violation, when the wrapper cannot start.
+func underHolder(e *Env, r *Result, what, dir string, argv []string, fn func(w *Proc, rep Report) (token string)) bool {
+	w, err := start(e, argv[0], argv[1:], e.WorkerEnv())
+	if err != nil {
+		r.fail("set-up: %v", err)
+		return false
+	}
+	var token string
+	defer func() {
+		w.kill()
+		if n := reap(token); n > 0 {
+			r.fail("%s: %d process(es) of the holder left behind (killed)", what, n)
+		}
+	}()
+	rep, err := waitHeld(e, dir, w, 10*time.Second)
+	if err != nil {
+		r.fail("%s: %v", what, err)
+		return true
+	}
+	token = fn(w, rep)
+	return true
+}
+
+// codeCounts renders a count of exit statuses for the notes.
+func codeCounts(codes map[int]int) string {
+	var ks []int
+	for k := range codes {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	var s []string
+	for _, k := range ks {
+		s = append(s, fmt.Sprintf("%d×%d", k, codes[k]))
+	}
+	return strings.Join(s, " ")
 }
