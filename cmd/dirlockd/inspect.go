@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 )
 
 // report is what check and status say about one data directory, as a line
@@ -118,7 +119,8 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	// One pass over /proc serves every directory.
 	for i, in := range interlock.InspectAll(g.dirs, g.opts) {
 		r := newReport(g.dirs[i], in.Report, in.Err)
-		code := map[string]int{"free": 0, "stale": 0, "held": 1, "orphans": 2, "invalid": 3}[r.State]
+		code := map[string]int{"free": exitcode.CheckFree, "stale": exitcode.CheckFree, "held": exitcode.CheckHeld,
+			"orphans": exitcode.CheckOrphans, "invalid": exitcode.CheckInvalid}[r.State]
 		worst = max(worst, code)
 		if asJSON {
 			writeJSON(stdout, r)
@@ -131,10 +133,10 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 
 // LSB status codes.
 const (
-	lsbRunning     = 0
-	lsbDeadPidfile = 1
-	lsbStopped     = 3
-	lsbUnknown     = 4
+	lsbRunning     = exitcode.StatusRunning
+	lsbDeadPidfile = exitcode.StatusDead
+	lsbStopped     = exitcode.StatusNotRunning
+	lsbUnknown     = exitcode.StatusUnknown
 )
 
 var statusDoc = doc{
