@@ -3,6 +3,7 @@ package torture
 import (
 	"bytes"
 	"fmt"
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"hash/crc32"
 	"os"
 	"strconv"
@@ -252,8 +253,8 @@ func badObjects(e *Env) Result {
 			r.Faults++
 			r.Iterations += 2
 			code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, w)...)
-			if why := failedCleanly(code, out, c.fix); why != "" || code != 78 {
-				if c.gap && code == 78 && failedCleanly(code, out) == "" {
+			if why := failedCleanly(code, out, c.fix); why != "" || code != exitcode.Invalid {
+				if c.gap && code == exitcode.Invalid && failedCleanly(code, out) == "" {
 					if rep == 0 {
 						gaps = append(gaps, c.name)
 					}
@@ -288,45 +289,45 @@ func badCommandLines(e *Env) Result {
 		want int
 		args []string
 	}{
-		{64, nil},
-		{64, []string{"frobnicate"}},
-		{64, []string{"run", "-D", dir, "--bogus", "--", "true"}},
-		{64, []string{"run", "-D", dir, "-x", "--", "true"}},
-		{64, []string{"run", "-D", dir, "--wait", "soon", "--", "true"}},
-		{64, []string{"run", "-D", dir, "--wait=", "--", "true"}},
-		{64, []string{"run", "-D", dir, "--recheck", "-1s", "--", "true"}},
-		{64, []string{"run", "-D", dir, "--stop-timeout", "-5s", "--", "true"}},
-		{64, []string{"run", "-D", dir, "--lock-method", "carrier-pigeon", "--", "true"}},
-		{64, []string{"run", "-D", dir, "--conflict-exit-code", "0", "--", "true"}},
-		{64, []string{"run", "-D", dir, "--conflict-exit-code", "300", "--", "true"}},
-		{64, []string{"run", "-D", dir, "--conflict-exit-code", "many", "--", "true"}},
-		{64, []string{"run", "-D", dir, "--on-lost", "maybe", "--", "true"}},
-		{64, []string{"run", "-D", dir, "--ready-tcp", "nonsense", "--", "true"}},
-		{64, []string{"run", "-D", dir, "--log-level", "loud", "--", "true"}},
-		{64, []string{"run", "-D", dir, "--log-format", "yaml", "--", "true"}},
-		{64, []string{"run", "-D", dir}},
-		{64, []string{"run", "-D", dir, "--"}},
-		{64, []string{"run", "-D", dir, "stray", "--", "true"}},
-		{64, []string{"run", "-D", dir, "--pidfile", "a/b", "--", "true"}},
-		{64, []string{"run", "-D", dir, "--pidfile", "", "--", "true"}},
-		{64, []string{"run", "--", "true"}},
-		{64, []string{"run", "-D"}},
-		{64, []string{"check", "-D", dir, "--bogus"}},
-		{64, []string{"check", "-D", dir, "--json=maybe"}},
-		{64, []string{"check", "-D", dir, "stray"}},
-		{64, []string{"check", "-D", dir, "--lock-method", "carrier-pigeon"}},
-		{64, []string{"stop", "-D", dir, "--timeout", "soon"}},
-		{64, []string{"stop", "-D", dir, "--timeout", "0"}},
-		{64, []string{"stop", "-D", dir, "--timeout", "-1s"}},
-		{64, []string{"stop", "-D", dir, "--signal", "BOGUS"}},
-		{64, []string{"stop", "-D", dir, "--signal", "0"}},
-		{64, []string{"stop", "-D", dir, "--kill-after", "2s", "--timeout", "1s"}},
-		{64, []string{"wait", "-D", dir, "--for", "nothing"}},
-		{64, []string{"wait", "-D", dir, "--timeout", "-1s"}},
-		{64, []string{"wait", "-D", dir, "--timeout", "soon"}},
-		{64, []string{"wait", "-D", dir, "stray"}},
-		{4, []string{"status", "-D", dir, "--bogus"}},
-		{4, []string{"status", "--pidfile", "a/b", "-D", dir}},
+		{exitcode.Usage, nil},
+		{exitcode.Usage, []string{"frobnicate"}},
+		{exitcode.Usage, []string{"run", "-D", dir, "--bogus", "--", "true"}},
+		{exitcode.Usage, []string{"run", "-D", dir, "-x", "--", "true"}},
+		{exitcode.Usage, []string{"run", "-D", dir, "--wait", "soon", "--", "true"}},
+		{exitcode.Usage, []string{"run", "-D", dir, "--wait=", "--", "true"}},
+		{exitcode.Usage, []string{"run", "-D", dir, "--recheck", "-1s", "--", "true"}},
+		{exitcode.Usage, []string{"run", "-D", dir, "--stop-timeout", "-5s", "--", "true"}},
+		{exitcode.Usage, []string{"run", "-D", dir, "--lock-method", "carrier-pigeon", "--", "true"}},
+		{exitcode.Usage, []string{"run", "-D", dir, "--conflict-exit-code", "0", "--", "true"}},
+		{exitcode.Usage, []string{"run", "-D", dir, "--conflict-exit-code", "300", "--", "true"}},
+		{exitcode.Usage, []string{"run", "-D", dir, "--conflict-exit-code", "many", "--", "true"}},
+		{exitcode.Usage, []string{"run", "-D", dir, "--on-lost", "maybe", "--", "true"}},
+		{exitcode.Usage, []string{"run", "-D", dir, "--ready-tcp", "nonsense", "--", "true"}},
+		{exitcode.Usage, []string{"run", "-D", dir, "--log-level", "loud", "--", "true"}},
+		{exitcode.Usage, []string{"run", "-D", dir, "--log-format", "yaml", "--", "true"}},
+		{exitcode.Usage, []string{"run", "-D", dir}},
+		{exitcode.Usage, []string{"run", "-D", dir, "--"}},
+		{exitcode.Usage, []string{"run", "-D", dir, "stray", "--", "true"}},
+		{exitcode.Usage, []string{"run", "-D", dir, "--pidfile", "a/b", "--", "true"}},
+		{exitcode.Usage, []string{"run", "-D", dir, "--pidfile", "", "--", "true"}},
+		{exitcode.Usage, []string{"run", "--", "true"}},
+		{exitcode.Usage, []string{"run", "-D"}},
+		{exitcode.Usage, []string{"check", "-D", dir, "--bogus"}},
+		{exitcode.Usage, []string{"check", "-D", dir, "--json=maybe"}},
+		{exitcode.Usage, []string{"check", "-D", dir, "stray"}},
+		{exitcode.Usage, []string{"check", "-D", dir, "--lock-method", "carrier-pigeon"}},
+		{exitcode.Usage, []string{"stop", "-D", dir, "--timeout", "soon"}},
+		{exitcode.Usage, []string{"stop", "-D", dir, "--timeout", "0"}},
+		{exitcode.Usage, []string{"stop", "-D", dir, "--timeout", "-1s"}},
+		{exitcode.Usage, []string{"stop", "-D", dir, "--signal", "BOGUS"}},
+		{exitcode.Usage, []string{"stop", "-D", dir, "--signal", "0"}},
+		{exitcode.Usage, []string{"stop", "-D", dir, "--kill-after", "2s", "--timeout", "1s"}},
+		{exitcode.Usage, []string{"wait", "-D", dir, "--for", "nothing"}},
+		{exitcode.Usage, []string{"wait", "-D", dir, "--timeout", "-1s"}},
+		{exitcode.Usage, []string{"wait", "-D", dir, "--timeout", "soon"}},
+		{exitcode.Usage, []string{"wait", "-D", dir, "stray"}},
+		{exitcode.StatusUnknown, []string{"status", "-D", dir, "--bogus"}},
+		{exitcode.StatusUnknown, []string{"status", "--pidfile", "a/b", "-D", dir}},
 	}
 	for _, c := range cases {
 		r.Faults++

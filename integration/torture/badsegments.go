@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/testutil"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -173,7 +175,7 @@ func badSegmentRemoved(e *Env) Result {
 		dir := e.DataDir()
 		what := fmt.Sprintf("round %d", i)
 		argv := append([]string{e.Bin}, runArgs(dir, []string{"--recheck", recheck.String()}, e.WorkerArgs("sleep")...)...)
-		ok := underHolder(e, &r, what, dir, argv, func(w *Proc, rep Report) (token string) {
+		ok := underHolder(e, &r, what, dir, argv, func(w *testutil.Proc, rep testutil.Report) (token string) {
 			rec, _, err := readPidfile(dir)
 			if err != nil || rep.ShmID == nil || rec.ShmID != *rep.ShmID {
 				r.fail("%s: the holder's record (%v) and check disagree on the segment: %+v", what, err, rep)
@@ -188,7 +190,7 @@ func badSegmentRemoved(e *Env) Result {
 			r.Faults++
 			r.Iterations++
 			var renewed *pidfile.Record
-			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && w.alive(); time.Sleep(5 * time.Millisecond) {
+			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && w.Alive(); time.Sleep(5 * time.Millisecond) {
 				if now, _, err := readPidfile(dir); err == nil && now.Token == rec.Token && now.ShmID != rec.ShmID {
 					renewed = now
 					break
@@ -197,11 +199,11 @@ func badSegmentRemoved(e *Env) Result {
 			took := time.Since(start)
 			worst = max(worst, took)
 			switch {
-			case !w.alive():
-				r.fail("%s: the wrapper stopped after ipcrm, want it to go on: %s", what, w.output())
+			case !w.Alive():
+				r.fail("%s: the wrapper stopped after ipcrm, want it to go on: %s", what, w.Output())
 				return
 			case renewed == nil:
-				r.fail("%s: no new segment recorded 10s after ipcrm: %s", what, w.output())
+				r.fail("%s: no new segment recorded 10s after ipcrm: %s", what, w.Output())
 				return
 			case took > bound:
 				r.fail("%s: the new segment took %v to be recorded, want within %v (recheck %v)", what, took, bound, recheck)
@@ -209,16 +211,16 @@ func badSegmentRemoved(e *Env) Result {
 			if d, err := shm.Stat(renewed.ShmID); err != nil || shm.MarkedForRemoval(d) {
 				r.fail("%s: the recorded new segment %d: %v", what, renewed.ShmID, err)
 			}
-			if !w.waitOutput("RemoveIPC", 5*time.Second) {
-				r.fail("%s: no warning naming RemoveIPC: %s", what, w.output())
+			if !w.WaitOutput("RemoveIPC", 5*time.Second) {
+				r.fail("%s: no warning naming RemoveIPC: %s", what, w.Output())
 			}
 			r.Iterations++
-			if code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, wit)...); code != 75 {
+			if code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, wit)...); code != exitcode.Held {
 				r.fail("%s: a second start while the holder runs exited %d, want 75: %s", what, code, out)
 			}
-			w.cmd.Process.Signal(syscall.SIGTERM)
-			if code, exited := w.wait(10 * time.Second); !exited || code != 128+int(syscall.SIGTERM) {
-				r.fail("%s: after SIGTERM the wrapper exited %d (in time: %v), want 143: %s", what, code, exited, w.output())
+			w.Cmd.Process.Signal(syscall.SIGTERM)
+			if code, exited := w.Exited(10 * time.Second); !exited || code != exitcode.SignalBase+int(syscall.SIGTERM) {
+				r.fail("%s: after SIGTERM the wrapper exited %d (in time: %v), want 143: %s", what, code, exited, w.Output())
 				return
 			}
 			if _, err := shm.Stat(renewed.ShmID); err == nil {
@@ -271,14 +273,14 @@ func badRmidForced(e *Env) Result {
 		what := fmt.Sprintf("round %d", i)
 		argv := append([]string{"unshare", "--ipc", "sh", "-c", `echo 1 > /proc/sys/kernel/shm_rmid_forced && exec "$@"`, "sh",
 			e.Bin, "run", "-D", dir, "--recheck", recheck.String(), "--"}, e.WorkerArgs("sleep")...)
-		ok := underHolder(e, &r, what, dir, argv, func(w *Proc, rep Report) (token string) {
+		ok := underHolder(e, &r, what, dir, argv, func(w *testutil.Proc, rep testutil.Report) (token string) {
 			rec, _, err := readPidfile(dir)
 			if err != nil {
 				r.fail("%s: the holder's record: %v", what, err)
 				return
 			}
 			token = rec.Token
-			pid := w.pid()
+			pid := w.PID()
 			exe, err1 := os.Stat(fmt.Sprintf("/proc/%d/exe", pid))
 			bin, err2 := os.Stat(e.Bin)
 			ns, err3 := os.Readlink(fmt.Sprintf("/proc/%d/ns/ipc", pid))
@@ -299,15 +301,15 @@ func badRmidForced(e *Env) Result {
 			// when the segment is still there, unmarked.
 			beats := map[string]bool{}
 			deadline := time.Now().Add(10 * recheck)
-			for len(beats) < 4 && time.Now().Before(deadline) && w.alive() {
+			for len(beats) < 4 && time.Now().Before(deadline) && w.Alive() {
 				if rec, _, err := readPidfile(dir); err == nil && rec.Extra["heartbeat"] != "" {
 					beats[rec.Extra["heartbeat"]] = true
 				}
 				time.Sleep(recheck / 4)
 			}
 			r.Iterations++
-			if len(beats) < 4 || !w.alive() {
-				r.fail("%s: %d rechecks passed in %v (wrapper alive: %v), want 4: %s", what, len(beats), 10*recheck, w.alive(), w.output())
+			if len(beats) < 4 || !w.Alive() {
+				r.fail("%s: %d rechecks passed in %v (wrapper alive: %v), want 4: %s", what, len(beats), 10*recheck, w.Alive(), w.Output())
 				return
 			}
 			seg := false
@@ -321,16 +323,16 @@ func badRmidForced(e *Env) Result {
 				r.fail("%s: the holder's segment %d is not in its namespace, attached", what, rec.ShmID)
 			}
 			r.Iterations++
-			if code, out := e.Dirlockd(nil, "run", "-D", dir, "--", "true"); code != 75 {
+			if code, out := e.Dirlockd(nil, "run", "-D", dir, "--", "true"); code != exitcode.Held {
 				r.fail("%s: host contender: exit %d, want 75: %s", what, code, out)
 			}
 			syscall.Kill(pid, syscall.SIGTERM)
-			code, exited := w.wait(10 * time.Second)
+			code, exited := w.Exited(10 * time.Second)
 			if !exited {
-				r.fail("%s: still running 10s after SIGTERM: %s", what, w.output())
+				r.fail("%s: still running 10s after SIGTERM: %s", what, w.Output())
 				return
 			}
-			if out := w.output(); code != 128+int(syscall.SIGTERM) || !strings.Contains(out, "released the data directory") || panicked(out) {
+			if out := w.Output(); code != exitcode.SignalBase+int(syscall.SIGTERM) || !strings.Contains(out, "released the data directory") || panicked(out) {
 				r.fail("%s: exit %d after SIGTERM, want 143 and a release: %s", what, code, out)
 			}
 			if !WaitDead(rep.ChildPID, 2*time.Second) {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/stress"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
@@ -99,48 +101,58 @@ func crashRandomKill(e *Env) Result {
 		rep, err := waitHeld(e, dir, p, 10*time.Second)
 		ok := err == nil
 		if !ok {
-			r.fail("iteration %d: the holder never came up: %s", i, tail(p.output()))
-			k.killTree(p.pid())
+			r.fail("iteration %d: the holder never came up: %s", i, tail(p.Output()))
+			k.killTree(p.PID())
 			continue
 		}
 		child := rep.ChildPID
 		k.track(child)
 		token := k.token(dir)
+		// The server must be inside its hold (its enter logged) for the
+		// kill to be a kill inside a hold.
+		if !p.WaitOutput("holding", 10*time.Second) {
+			r.fail("iteration %d: the server %d never entered the witness: %s", i, child, tail(p.Output()))
+			k.killTree(p.PID())
+			continue
+		}
 		time.Sleep(time.Duration(e.Rand.IntN(51)) * time.Millisecond)
 		var tKill time.Time
+		var sent int64
 		if i%2 == 1 {
 			// Only the wrapper dies; the server keeps the lock.
-			syscall.Kill(p.pid(), syscall.SIGKILL)
+			syscall.Kill(p.PID(), syscall.SIGKILL)
 			r.Faults++
-			if _, ok := p.wait(10 * time.Second); !ok {
-				r.fail("iteration %d: the wrapper %d survived SIGKILL", i, p.pid())
+			if _, ok := p.Exited(10 * time.Second); !ok {
+				r.fail("iteration %d: the wrapper %d survived SIGKILL", i, p.PID())
 			}
 			before := k.pidfile(dir)
 			code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, w)...)
 			orphanChecks++
-			if code != exitOrphans || !mentions(out, child) {
+			if code != exitcode.Orphans || !mentions(out, child) {
 				r.fail("iteration %d: a starter while the server %d of a killed wrapper lives: exit %d, want 76 naming it%s: %s",
 					i, child, code, tornNote(before), tail(out))
 			}
 			if after := k.pidfile(dir); string(after) != string(before) {
 				r.fail("iteration %d: a refused starter changed the pidfile:\nbefore %q\nafter  %q", i, before, after)
 			}
+			sent = stress.MonoNow()
 			if !Kill(child) {
 				r.fail("iteration %d: the server %d survived SIGKILL", i, child)
 			}
 			r.Faults++
 			tKill = time.Now()
 		} else {
-			syscall.Kill(p.pid(), syscall.SIGKILL)
+			sent = stress.MonoNow()
+			syscall.Kill(p.PID(), syscall.SIGKILL)
 			syscall.Kill(child, syscall.SIGKILL)
 			tKill = time.Now()
 			r.Faults++
-			if _, ok := p.wait(10 * time.Second); !ok || !WaitDead(child, 10*time.Second) {
-				r.fail("iteration %d: the wrapper %d or the server %d survived SIGKILL", i, p.pid(), child)
+			if _, ok := p.Exited(10 * time.Second); !ok || !WaitDead(child, 10*time.Second) {
+				r.fail("iteration %d: the wrapper %d or the server %d survived SIGKILL", i, p.PID(), child)
 			}
 		}
 		// Both confirmed dead: only now may the next holder start.
-		if err := w.Killed(token); err != nil {
+		if err := w.Killed(token, child, sent); err != nil {
 			r.fail("witness: %v", err)
 		}
 		code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, w, "--wait", "10s")...)
@@ -173,12 +185,12 @@ func crashStopCont(e *Env) Result {
 		}
 		rep, err := waitHeld(e, dir, p, 10*time.Second)
 		ok := err == nil
-		if ok && !p.waitOutput("holding", 10*time.Second) {
+		if ok && !p.WaitOutput("holding", 10*time.Second) {
 			ok = false
 		}
 		if !ok {
-			r.fail("iteration %d: the holder never came up: %s", i, tail(p.output()))
-			k.killTree(p.pid())
+			r.fail("iteration %d: the holder never came up: %s", i, tail(p.Output()))
+			k.killTree(p.PID())
 			continue
 		}
 		k.track(rep.ChildPID)
@@ -194,7 +206,7 @@ func crashStopCont(e *Env) Result {
 		var stopped time.Time
 		for try := 0; ; try++ {
 			stopped = time.Now()
-			syscall.Kill(p.pid(), syscall.SIGSTOP)
+			syscall.Kill(p.PID(), syscall.SIGSTOP)
 			if before = k.pidfile(dir); try == 20 {
 				break
 			}
@@ -202,43 +214,43 @@ func crashStopCont(e *Env) Result {
 				break
 			}
 			torn++
-			syscall.Kill(p.pid(), syscall.SIGCONT)
+			syscall.Kill(p.PID(), syscall.SIGCONT)
 			time.Sleep(20 * time.Millisecond)
 		}
 		r.Faults++
 		code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, w)...)
-		if code != exitHeld {
+		if code != exitcode.Held {
 			r.fail("iteration %d: a contender while the holder is stopped: exit %d, want 75: %s", i, code, tail(out))
 		}
 		if after := k.pidfile(dir); string(after) != string(before) {
 			r.fail("iteration %d: a refused contender (or a stopped holder) changed the pidfile:\nbefore %q\nafter  %q", i, before, after)
 		}
 		time.Sleep(time.Until(stopped.Add(time.Second)))
-		syscall.Kill(p.pid(), syscall.SIGCONT)
+		syscall.Kill(p.PID(), syscall.SIGCONT)
 
 		// Three recheck intervals: time for it to notice anything.
 		time.Sleep(700 * time.Millisecond)
-		if !p.alive() {
-			r.fail("iteration %d: the wrapper exited after SIGCONT (it must not think it lost the lock): %s", i, tail(p.output()))
-		} else if code, rep, out := check(e, dir); code != 1 || rep.State != "held" || rep.PID != p.pid() {
-			r.fail("iteration %d: after SIGCONT check says exit %d state %s pid %d, want held by the wrapper %d: %s", i, code, rep.State, rep.PID, p.pid(), out)
+		if !p.Alive() {
+			r.fail("iteration %d: the wrapper exited after SIGCONT (it must not think it lost the lock): %s", i, tail(p.Output()))
+		} else if code, rep, out := check(e, dir); code != 1 || rep.State != "held" || rep.PID != p.PID() {
+			r.fail("iteration %d: after SIGCONT check says exit %d state %s pid %d, want held by the wrapper %d: %s", i, code, rep.State, rep.PID, p.PID(), out)
 		} else if hb := k.heartbeat(dir); hb == "" || hb == beat {
 			r.fail("iteration %d: no heartbeat after SIGCONT (before the stop %q, now %q): the recheck did not pass", i, beat, hb)
 		}
-		if strings.Contains(p.output(), "interlock is lost") {
-			r.fail("iteration %d: the wrapper reported the interlock lost after SIGSTOP: %s", i, tail(p.output()))
+		if strings.Contains(p.Output(), "interlock is lost") {
+			r.fail("iteration %d: the wrapper reported the interlock lost after SIGSTOP: %s", i, tail(p.Output()))
 		}
 		if code, out := e.Dirlockd(nil, "stop", "-D", dir, "--timeout", "10s"); code != 0 {
 			r.fail("iteration %d: dirlockd stop: exit %d: %s", i, code, tail(out))
 		}
-		code, ok = p.wait(10 * time.Second)
+		code, ok = p.Exited(10 * time.Second)
 		if !ok {
 			r.fail("iteration %d: the wrapper did not exit after stop", i)
-			k.killTree(p.pid())
+			k.killTree(p.PID())
 			continue
 		}
 		if code != 0 {
-			r.fail("iteration %d: the wrapper exited %d after a clean stop, want 0: %s", i, code, tail(p.output()))
+			r.fail("iteration %d: the wrapper exited %d after a clean stop, want 0: %s", i, code, tail(p.Output()))
 		} else {
 			want++
 		}

@@ -1,3 +1,18 @@
+// Package torture is dirlockd's reliability harness: it starts holders,
+// contenders and victims as real processes, injects faults, and checks the
+// invariants dirlockd promises: never two holders, never stuck after a crash,
+// nothing leaked, nothing of a holder destroyed by a failed starter.
+//
+// Mutual exclusion is checked by the witness files of dirlockd stress
+// (internal/stress), which do not trust dirlockd: every holder appends
+// numbered enter and exit lines to a log opened O_APPEND (the kernel
+// serialises the appends, so the file order is the order they happened in,
+// and a torn or lost line is itself evidence), and increments a counter
+// file with a deliberate read-sleep-write that loses increments whenever two
+// holders overlap. The harness logs each kill of a holder once the death is
+// confirmed, and stress.Check judges the log. The scenarios live in this
+// package so that the CI test run (minutes) and a soak run (hours) share
+// them.
 package torture
 
 import (
@@ -11,6 +26,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/dirlockd/dirlockd/internal/stress"
 )
 
 // Scale sets how hard the scenarios push. CI uses a scale that finishes in
@@ -63,14 +80,40 @@ func (e *Env) DataDir() string {
 	return d
 }
 
+// Witness is a pair of witness files (stress.LogName and
+// stress.CounterName in Dir, outside the data directories) that the holders
+// of a scenario report to, and the harness's own writer on them, which logs
+// the kills it confirms. A server under "dirlockd run" writes as the writer
+// named by its $DIRLOCKD_TOKEN (serverEnter), so that a kill of it can name
+// it.
+type Witness struct {
+	Dir     string
+	harness *stress.Witness
+}
+
+// witnessHost is the host label of every line of a witness: all its
+// writers run on this machine.
+const witnessHost = "torture"
+
 // NewWitness makes a fresh witness under the scratch directory.
 func (e *Env) NewWitness() Witness {
 	e.n++
-	w, err := NewWitness(filepath.Join(e.Work, fmt.Sprintf("witness%d", e.n)))
+	dir := filepath.Join(e.Work, fmt.Sprintf("witness%d", e.n))
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		panic(err)
+	}
+	w, err := stress.NewWitness(dir, "", witnessHost)
 	if err != nil {
 		panic(err)
 	}
-	return w
+	return Witness{Dir: dir, harness: w}
+}
+
+// Killed logs that the server of the hold token, PID pid, was sent SIGKILL
+// at signalled (stress.MonoNow) and is dead. Call it once the death is
+// confirmed and before the next holder may start.
+func (w Witness) Killed(token string, pid int, signalled int64) error {
+	return w.harness.Killed(token, pid, token, signalled)
 }
 
 // callTimeout bounds one dirlockd command. It must exceed every --wait a

@@ -2,6 +2,7 @@ package torture
 
 import (
 	"fmt"
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -50,7 +51,7 @@ func identityLivePIDs(e *Env) Result {
 	targets := []struct {
 		pid  int
 		what string
-	}{{1, "PID 1"}, {os.Getpid(), "the harness"}, {os.Getppid(), "the harness's parent"}, {sleeper.pid(), "an unrelated sleep"}}
+	}{{1, "PID 1"}, {os.Getpid(), "the harness"}, {os.Getppid(), "the harness's parent"}, {sleeper.PID(), "an unrelated sleep"}}
 
 	for round := range max(2, e.Scale.Iterations/8) {
 		for _, t := range targets {
@@ -91,8 +92,8 @@ func identityLivePIDs(e *Env) Result {
 				r.fail("round %d, %s: the harness received %v", round, t.what, s)
 			default:
 			}
-			if !sleeper.alive() || !proc.Alive(sleeper.pid(), k.procs[sleeper.pid()]) {
-				r.fail("round %d, %s: the unrelated sleep %d died: %v", round, t.what, sleeper.pid(), sleeper.cmd.ProcessState)
+			if !sleeper.Alive() || !proc.Alive(sleeper.PID(), k.procs[sleeper.PID()]) {
+				r.fail("round %d, %s: the unrelated sleep %d died: %v", round, t.what, sleeper.PID(), sleeper.Cmd.ProcessState)
 			}
 			t0 := time.Now()
 			if code, out := e.Dirlockd([]string{e.WorkerEnv()}, work...); code != 0 {
@@ -103,10 +104,10 @@ func identityLivePIDs(e *Env) Result {
 			want++
 		}
 	}
-	sleeper.cmd.Process.Signal(syscall.SIGKILL)
-	if _, ok := sleeper.wait(10 * time.Second); ok {
-		if ws, ok := sleeper.cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-			r.fail("the unrelated sleep ended with %v, not by our SIGKILL", sleeper.cmd.ProcessState)
+	sleeper.Cmd.Process.Signal(syscall.SIGKILL)
+	if _, ok := sleeper.Exited(10 * time.Second); ok {
+		if ws, ok := sleeper.Cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+			r.fail("the unrelated sleep ended with %v, not by our SIGKILL", sleeper.Cmd.ProcessState)
 		}
 	}
 	k.finish(dir)
@@ -188,7 +189,7 @@ func identityNamespaceTwins(e *Env) Result {
 				close5++
 			}
 			for j, c := range codes {
-				if c != 0 && c != exitHeld {
+				if c != 0 && c != exitcode.Held {
 					r.fail("%s round %d: the %s twin exited %d, want 0 or 75: %s", v.name, round, []string{"host", "namespaced"}[j], c, tail(outs[j].String()))
 				}
 				if c == 0 {
@@ -204,7 +205,7 @@ func identityNamespaceTwins(e *Env) Result {
 				if codes[0] == 0 {
 					hostWon++
 				}
-			case codes[0] == exitHeld && codes[1] == exitHeld:
+			case codes[0] == exitcode.Held && codes[1] == exitcode.Held:
 				r.fail("%s round %d: both twins were refused as held: nobody got in", v.name, round)
 			}
 		}

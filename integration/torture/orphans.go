@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/stress"
 	"github.com/dirlockd/dirlockd/shm"
 )
 
@@ -52,28 +54,28 @@ func orphanCycle(e *Env, mode, ready, what string) Result {
 		}
 		rep, err := waitHeld(e, dir, p, 10*time.Second)
 		ok := err == nil
-		if ok && !p.waitOutput(ready, 10*time.Second) {
+		if ok && !p.WaitOutput(ready, 10*time.Second) {
 			ok = false
 		}
 		if !ok {
-			r.fail("iteration %d: the holder never came up: %s", i, tail(p.output()))
-			k.killTree(p.pid())
+			r.fail("iteration %d: the holder never came up: %s", i, tail(p.Output()))
+			k.killTree(p.PID())
 			continue
 		}
 		child := rep.ChildPID
 		k.track(child)
 		token := k.token(dir)
-		syscall.Kill(p.pid(), syscall.SIGKILL)
+		syscall.Kill(p.PID(), syscall.SIGKILL)
 		r.Faults++
-		if _, ok := p.wait(10 * time.Second); !ok {
-			r.fail("iteration %d: the wrapper %d survived SIGKILL", i, p.pid())
+		if _, ok := p.Exited(10 * time.Second); !ok {
+			r.fail("iteration %d: the wrapper %d survived SIGKILL", i, p.PID())
 		}
 
 		before := k.pidfile(dir)
 		t0 := time.Now()
 		code, out := e.Dirlockd([]string{e.WorkerEnv()}, work...)
 		refusal = max(refusal, time.Since(t0))
-		if code != exitOrphans || !mentions(out, child) {
+		if code != exitcode.Orphans || !mentions(out, child) {
 			r.fail("iteration %d: a starter while the server %d (%s) of a killed wrapper lives: exit %d, want 76 naming it: %s",
 				i, child, what, code, tail(out))
 		}
@@ -85,11 +87,12 @@ func orphanCycle(e *Env, mode, ready, what string) Result {
 			r.fail("iteration %d: a refused starter (or check) changed the pidfile:\nbefore %q\nafter  %q", i, before, after)
 		}
 
+		sent := stress.MonoNow()
 		if !Kill(child) {
 			r.fail("iteration %d: the server %d survived SIGKILL", i, child)
 		}
 		tKill := time.Now()
-		if err := w.Killed(token); err != nil {
+		if err := w.Killed(token, child, sent); err != nil {
 			r.fail("witness: %v", err)
 		}
 		if code, rep, out := check(e, dir); code != 0 || rep.State != "stale" {
@@ -131,26 +134,26 @@ func orphansAttached(e *Env) Result {
 			r.fail("iteration %d: start: %v", i, err)
 			break
 		}
-		if !p.waitOutput("the command exited", 20*time.Second) {
-			r.fail("iteration %d: the server did not exit: %s", i, tail(p.output()))
-			k.killTree(p.pid())
+		if !p.WaitOutput("the command exited", 20*time.Second) {
+			r.fail("iteration %d: the server did not exit: %s", i, tail(p.Output()))
+			k.killTree(p.PID())
 			continue
 		}
-		m := gcRe.FindStringSubmatch(p.output())
+		m := gcRe.FindStringSubmatch(p.Output())
 		if m == nil {
-			r.fail("iteration %d: the server started no attached helper: %s", i, tail(p.output()))
-			k.killTree(p.pid())
+			r.fail("iteration %d: the server started no attached helper: %s", i, tail(p.Output()))
+			k.killTree(p.PID())
 			continue
 		}
 		gc, _ := strconv.Atoi(m[1])
 		k.track(gc)
 		r.Faults++
 		want++ // the server did its work
-		if code, rep, out := check(e, dir); code != 1 || rep.State != "held" || !p.alive() {
+		if code, rep, out := check(e, dir); code != 1 || rep.State != "held" || !p.Alive() {
 			r.fail("iteration %d: the helper %d of the server's tree lives: check exit %d, state %s, wrapper alive %v; want 1, held by the wrapper: %s",
-				i, gc, code, rep.State, p.alive(), tail(out))
+				i, gc, code, rep.State, p.Alive(), tail(out))
 		}
-		p.kill()
+		p.Kill()
 		rec := k.record(dir)
 		if rec == nil {
 			Kill(gc)
@@ -173,7 +176,7 @@ func orphansAttached(e *Env) Result {
 			r.fail("iteration %d: a new holder started while the helper %d is still attached to segment %d (the previous record's shm_id, removed at release): %s",
 				i, gc, rec.ShmID, tail(out))
 			want++
-		case code != exitOrphans || !mentions(out, gc):
+		case code != exitcode.Orphans || !mentions(out, gc):
 			r.fail("iteration %d: a starter while the attached helper %d lives: exit %d, want 76 naming it: %s", i, gc, code, tail(out))
 		}
 		if code, rep, out := check(e, dir); code != 2 || rep.State != "orphans" || !slices.Equal(rep.Orphans, []int{gc}) {

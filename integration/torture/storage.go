@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/dirlockd/dirlockd/internal/testutil"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/pidfile"
 	"github.com/dirlockd/dirlockd/shm"
 )
@@ -197,7 +199,7 @@ func storageInodes(e *Env) Result {
 			r.Faults++
 			r.Iterations++
 			code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, w)...)
-			if why := failedCleanly(code, out, "cannot open pidfile", "no space"); why != "" || code != 78 {
+			if why := failedCleanly(code, out, "cannot open pidfile", "no space"); why != "" || code != exitcode.Invalid {
 				r.fail("%s: exit %d, want 78 saying the pidfile cannot be created for lack of space (%s): %s", what, code, why, out)
 			}
 			if _, err := os.Lstat(pidfilePath(dir)); err == nil {
@@ -256,7 +258,7 @@ func storageReadOnly(e *Env) Result {
 				what := fmt.Sprintf("round %d, read-only, %s", i, filepath.Base(d))
 				r.Iterations += 3
 				code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, d, w)...)
-				if why := failedCleanly(code, out, "read-only"); why != "" || code != 78 {
+				if why := failedCleanly(code, out, "read-only"); why != "" || code != exitcode.Invalid {
 					r.fail("%s: run: exit %d, want 78 saying read-only (%s): %s", what, code, why, out)
 				}
 				if code, rep, out := check(e, d); code != 0 || rep.State != "free" {
@@ -304,7 +306,7 @@ func storageDirGone(e *Env, remove bool) Result {
 		dir := e.DataDir()
 		what := fmt.Sprintf("round %d", i)
 		argv := append([]string{e.Bin}, runArgs(dir, []string{"--recheck", recheck.String()}, e.WorkerArgs("sleep")...)...)
-		ok := underHolder(e, &r, what, dir, argv, func(w *Proc, rep Report) (token string) {
+		ok := underHolder(e, &r, what, dir, argv, func(w *testutil.Proc, rep testutil.Report) (token string) {
 			rec, _, err := readPidfile(dir)
 			if err != nil {
 				r.fail("%s: the holder's record: %v", what, err)
@@ -358,18 +360,18 @@ func storageDirGone(e *Env, remove bool) Result {
 // start (cause says how), stops its server and exits 143 after "interlock is
 // lost", within bound, and updates worst. It reports false when the wrapper
 // still runs 10s later.
-func stopsAfterLoss(r *Result, w *Proc, what, cause string, start time.Time, bound, recheck time.Duration, worst *time.Duration) bool {
-	code, exited := w.wait(10 * time.Second)
+func stopsAfterLoss(r *Result, w *testutil.Proc, what, cause string, start time.Time, bound, recheck time.Duration, worst *time.Duration) bool {
+	code, exited := w.Exited(10 * time.Second)
 	took := time.Since(start)
 	*worst = max(*worst, took)
 	if !exited {
-		r.fail("%s: the wrapper still runs 10s after %s: %s", what, cause, w.output())
+		r.fail("%s: the wrapper still runs 10s after %s: %s", what, cause, w.Output())
 		return false
 	}
 	if took > bound {
 		r.fail("%s: the wrapper took %v to stop, want within %v (recheck %v)", what, took, bound, recheck)
 	}
-	if out := w.output(); code != 128+int(syscall.SIGTERM) || !strings.Contains(out, "interlock is lost") || panicked(out) {
+	if out := w.Output(); code != exitcode.SignalBase+int(syscall.SIGTERM) || !strings.Contains(out, "interlock is lost") || panicked(out) {
 		r.fail("%s: exit %d, want 143 (server stopped) after \"interlock is lost\": %s", what, code, out)
 	}
 	return true

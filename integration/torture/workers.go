@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/stress"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
@@ -40,14 +41,17 @@ func WorkerMain(args []string) int {
 	switch args[0] {
 	case "work":
 		hold, _ := time.ParseDuration(args[2])
-		if err := (Witness{Dir: args[1]}).Work(os.Getenv(interlock.TokenEnv), hold); err != nil {
+		if err := serverWork(args[1], hold); err != nil {
 			return fail(err)
 		}
 		return 0
 	case "lib":
 		hold, _ := time.ParseDuration(args[3])
 		n, _ := strconv.Atoi(args[4])
-		w := Witness{Dir: args[2]}
+		w, err := stress.NewWitness(args[2], "", witnessHost)
+		if err != nil {
+			return fail(err)
+		}
 		for range n {
 			ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 			l, err := interlock.Acquire(ctx, args[1], interlock.Options{Wait: -1})
@@ -55,7 +59,7 @@ func WorkerMain(args []string) int {
 			if err != nil {
 				return fail(err)
 			}
-			if err := w.Work(l.Record().Token, hold); err != nil {
+			if err := work(w, l.Record().Token, hold); err != nil {
 				l.Release()
 				return fail(err)
 			}
@@ -87,14 +91,14 @@ func WorkerMain(args []string) int {
 func workerHold(args []string) int {
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM)
-	w, tok := Witness{Dir: args[0]}, os.Getenv(interlock.TokenEnv)
-	if err := w.event("enter", tok); err != nil {
+	h, err := serverEnter(args[0])
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "torture worker:", err)
 		return 1
 	}
 	fmt.Println("holding")
 	<-term
-	if err := w.finishWork(tok, 0); err != nil {
+	if err := h.Exit(); err != nil {
 		fmt.Fprintln(os.Stderr, "torture worker:", err)
 		return 1
 	}
@@ -111,7 +115,7 @@ func workerCloseFDsSleep(args []string) int {
 		return 1
 	}
 	if len(args) > 0 {
-		if err := (Witness{Dir: args[0]}).event("enter", os.Getenv(interlock.TokenEnv)); err != nil {
+		if _, err := serverEnter(args[0]); err != nil {
 			fmt.Fprintln(os.Stderr, "torture worker:", err)
 			return 1
 		}
@@ -132,7 +136,7 @@ func workerSpawnAttacher(args []string) int {
 		return 1
 	}
 	hold, _ := time.ParseDuration(args[1])
-	if err := (Witness{Dir: args[0]}).Work(os.Getenv(interlock.TokenEnv), hold); err != nil {
+	if err := serverWork(args[0], hold); err != nil {
 		return fail(err)
 	}
 	// The inherited lock descriptor has no close-on-exec flag: the helper
@@ -186,4 +190,37 @@ func workerAttachSleep(args []string) int {
 	for {
 		time.Sleep(time.Hour)
 	}
+}
+
+// work is what a holder does while it holds: enter the witness, work for
+// hold (the counter's read-sleep-write), and exit.
+func work(w *stress.Witness, token string, hold time.Duration) error {
+	h, err := w.Enter(token)
+	if err != nil {
+		return err
+	}
+	time.Sleep(hold)
+	return h.Exit()
+}
+
+// serverEnter enters the witness in dir as the server of a hold under
+// "dirlockd run": a writer whose id is its $DIRLOCKD_TOKEN, the one thing
+// of it that the harness, which may kill it, knows.
+func serverEnter(dir string) (*stress.Hold, error) {
+	tok := os.Getenv(interlock.TokenEnv)
+	w, err := stress.NewWitness(dir, tok, witnessHost)
+	if err != nil {
+		return nil, err
+	}
+	return w.Enter(tok)
+}
+
+// serverWork is work for the server of a hold under "dirlockd run".
+func serverWork(dir string, hold time.Duration) error {
+	tok := os.Getenv(interlock.TokenEnv)
+	w, err := stress.NewWitness(dir, tok, witnessHost)
+	if err != nil {
+		return err
+	}
+	return work(w, tok, hold)
 }
