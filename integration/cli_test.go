@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
@@ -151,23 +152,23 @@ func cliDataDir(t *testing.T) string {
 // cliHeld starts "dirlockd run -D dir flags -- argv" and waits until it is
 // held with status ready. It returns the wrapper, its check report and its
 // server, pinned.
-func cliHeld(t *testing.T, dir string, flags []string, argv ...string) (*wrapper, checkReport, *cliPinned) {
+func cliHeld(t *testing.T, dir string, flags []string, argv ...string) (*testutil.Proc, testutil.Report, *cliPinned) {
 	t.Helper()
 	w := startRun(t, nil, dir, flags, argv...)
 	r := waitHeld(t, dir, "", 10*time.Second)
-	if r.PID != w.pid() {
-		t.Fatalf("check names PID %d, want the wrapper %d", r.PID, w.pid())
+	if r.PID != w.PID() {
+		t.Fatalf("check names PID %d, want the wrapper %d", r.PID, w.PID())
 	}
-	server := cliPin(t, r.ChildPID, w.pid())
+	server := cliPin(t, r.ChildPID, w.PID())
 	return w, waitHeld(t, dir, "ready", 10*time.Second), server
 }
 
 // cliKillWrapper SIGKILLs the wrapper (the process the test started) and
 // reaps it.
-func cliKillWrapper(t *testing.T, w *wrapper) {
+func cliKillWrapper(t *testing.T, w *testutil.Proc) {
 	t.Helper()
-	w.cmd.Process.Signal(syscall.SIGKILL)
-	if code := w.wait(t, 10*time.Second); code != -1 {
+	w.Cmd.Process.Signal(syscall.SIGKILL)
+	if code := w.WaitExit(t, 10*time.Second); code != -1 {
 		t.Fatalf("SIGKILLed wrapper: exit %d, want -1 (killed)", code)
 	}
 }
@@ -185,13 +186,6 @@ func cliReclaim(t *testing.T, dir string) string {
 		t.Fatalf("check after the reclaiming run: exit %d, %+v", code, r)
 	}
 	return stderr
-}
-
-// cliShm is what status --json says about the segment.
-type cliShm struct {
-	State  string `json:"state"`
-	ShmKey string `json:"shm_key"`
-	ShmID  *int   `json:"shm_id"`
 }
 
 func cliHasSegment(t *testing.T, id int) bool {
@@ -221,7 +215,7 @@ func TestCheckStatusFreshDir(t *testing.T) {
 		t.Errorf("status on a never-started dir: exit %d, %q; want LSB 3 (not running), free", code, out)
 	}
 	code, out, _ = dirlockd(t, "status", "-D", dir, "--json")
-	var s cliShm
+	var s testutil.Report
 	if err := json.Unmarshal([]byte(out), &s); err != nil || code != 3 || s.State != "free" || s.ShmID != nil {
 		t.Errorf("status --json on a never-started dir: exit %d, %q (%v); want 3, state free, no shm_id", code, out, err)
 	}
@@ -240,21 +234,21 @@ func TestCheckStatusHeldThenStale(t *testing.T) {
 
 	// Held.
 	code, r := check(t, dir)
-	if code != 1 || r.State != "held" || r.PID != w.pid() || r.ChildPID != child.pid || r.Status != "ready" || r.Host != host {
+	if code != 1 || r.State != "held" || r.PID != w.PID() || r.ChildPID != child.pid || r.Status != "ready" || r.Host != host {
 		t.Errorf("check --json while held: exit %d, %+v; want 1, held, pid %d, child_pid %d, status ready, host %s",
-			code, r, w.pid(), child.pid, host)
+			code, r, w.PID(), child.pid, host)
 	}
-	if !strings.Contains(r.Reason, fmt.Sprintf("held by PID %d on host %s", w.pid(), host)) {
+	if !strings.Contains(r.Reason, fmt.Sprintf("held by PID %d on host %s", w.PID(), host)) {
 		t.Errorf("check --json while held: reason %q does not name the holder", r.Reason)
 	}
 	code, out, _ := dirlockd(t, "check", "-D", dir)
-	if code != 1 || !strings.HasPrefix(out, "held: ") || !strings.Contains(out, fmt.Sprintf("held by PID %d", w.pid())) {
+	if code != 1 || !strings.HasPrefix(out, "held: ") || !strings.Contains(out, fmt.Sprintf("held by PID %d", w.PID())) {
 		t.Errorf("check while held: exit %d, %q", code, out)
 	}
 	code, out, _ = dirlockd(t, "status", "-D", dir)
 	for _, want := range []string{
 		"running: " + dir + "\n",
-		fmt.Sprintf("  pid %d, main pid %d, host %s\n", w.pid(), child.pid, host),
+		fmt.Sprintf("  pid %d, main pid %d, host %s\n", w.PID(), child.pid, host),
 		"  status ready, up ",
 		"  lock flock, shm key 0x",
 	} {
@@ -266,7 +260,7 @@ func TestCheckStatusHeldThenStale(t *testing.T) {
 		t.Errorf("status while held: exit %d, want LSB 0 (running)", code)
 	}
 	code, out, _ = dirlockd(t, "status", "-D", dir, "--json")
-	var s cliShm
+	var s testutil.Report
 	if err := json.Unmarshal([]byte(out), &s); err != nil || code != 0 || s.State != "held" || s.ShmID == nil || !strings.HasPrefix(s.ShmKey, "0x") {
 		t.Fatalf("status --json while held: exit %d, %q (%v); want 0, held, a segment", code, out, err)
 	}
@@ -279,8 +273,8 @@ func TestCheckStatusHeldThenStale(t *testing.T) {
 	child.kill(t)
 	code, r = check(t, dir)
 	if code != 0 || r.State != "stale" || !strings.Contains(r.Reason, "did not shut down cleanly") ||
-		!strings.Contains(r.Reason, fmt.Sprintf("previous holder PID %d ", w.pid())) || len(r.Orphans) != 0 {
-		t.Errorf("check --json after wrapper and server were killed: exit %d, %+v; want 0, stale, naming PID %d", code, r, w.pid())
+		!strings.Contains(r.Reason, fmt.Sprintf("previous holder PID %d ", w.PID())) || len(r.Orphans) != 0 {
+		t.Errorf("check --json after wrapper and server were killed: exit %d, %+v; want 0, stale, naming PID %d", code, r, w.PID())
 	}
 	code, out, _ = dirlockd(t, "status", "-D", dir)
 	if code != 1 || !strings.HasPrefix(out, "stale: ") || !strings.Contains(out, "did not shut down cleanly") {
@@ -295,7 +289,7 @@ func TestCheckStatusHeldThenStale(t *testing.T) {
 
 	// The next start takes over and removes the dead holder's segment.
 	stderr := cliReclaim(t, dir)
-	if !strings.Contains(stderr, fmt.Sprintf("previous holder PID %d", w.pid())) || !strings.Contains(stderr, "did not shut down cleanly") {
+	if !strings.Contains(stderr, fmt.Sprintf("previous holder PID %d", w.PID())) || !strings.Contains(stderr, "did not shut down cleanly") {
 		t.Errorf("reclaiming run did not report the unclean predecessor:\n%s", stderr)
 	}
 	if cliHasSegment(t, *s.ShmID) {
@@ -330,12 +324,12 @@ func TestCheckStatusStopOrphans(t *testing.T) {
 		[]string{"stop", "-D", dir, "--timeout", "5s"},
 		[]string{"wait", "-D", dir, "--for", "free", "--timeout", "1s"})
 
-	var r checkReport
+	var r testutil.Report
 	if err := json.Unmarshal([]byte(res[0].out), &r); err != nil {
 		t.Errorf("check --json: %q: %v", res[0].out, err)
 	}
-	if code := res[0].code; code != 2 || r.State != "orphans" || !slices.Equal(r.Orphans, []int{child.pid}) || r.PID != w.pid() {
-		t.Errorf("check --json: exit %d, %+v; want 2, orphans [%d], pid %d", code, r, child.pid, w.pid())
+	if code := res[0].code; code != 2 || r.State != "orphans" || !slices.Equal(r.Orphans, []int{child.pid}) || r.PID != w.PID() {
+		t.Errorf("check --json: exit %d, %+v; want 2, orphans [%d], pid %d", code, r, child.pid, w.PID())
 	}
 	if code, out := res[1].code, res[1].out; code != 2 || !strings.HasPrefix(out, "orphans: ") ||
 		!strings.Contains(out, fmt.Sprintf("PID %d (sleep 300) holds the pidfile lock", child.pid)) ||
@@ -447,7 +441,7 @@ func TestCheckSeveralDirs(t *testing.T) {
 	}
 	for i, want := range []string{
 		"free: " + free + " is free (no pidfile yet)",
-		"held: " + held + " is in use: held by PID " + strconv.Itoa(w.pid()),
+		"held: " + held + " is in use: held by PID " + strconv.Itoa(w.PID()),
 		"invalid: " + invalid + ": data directory is group- or world-writable",
 	} {
 		if !strings.HasPrefix(lines[i], want) {
@@ -465,13 +459,13 @@ func TestCheckSeveralDirs(t *testing.T) {
 	if code != 3 || len(lines) != 3 {
 		t.Fatalf("check --json of free, held, invalid: exit %d, %q; want 3 and three lines", code, out)
 	}
-	want := []checkReport{
+	want := []testutil.Report{
 		{Datadir: free, State: "free"},
-		{Datadir: held, State: "held", PID: w.pid(), ChildPID: child.pid, Status: "ready"},
+		{Datadir: held, State: "held", PID: w.PID(), ChildPID: child.pid, Status: "ready"},
 		{Datadir: invalid, State: "invalid"},
 	}
 	for i, line := range lines {
-		var r checkReport
+		var r testutil.Report
 		if err := json.Unmarshal([]byte(line), &r); err != nil {
 			t.Fatalf("check --json line %d: %q: %v", i+1, line, err)
 		}
@@ -483,9 +477,9 @@ func TestCheckSeveralDirs(t *testing.T) {
 
 	// DIRLOCKD_DATADIR stands in for -D.
 	code, out, stderr := cliEnv(t, []string{"DIRLOCKD_DATADIR=" + held}, "check", "--json")
-	var r checkReport
-	if err := json.Unmarshal([]byte(out), &r); err != nil || code != 1 || r.Datadir != held || r.PID != w.pid() {
-		t.Errorf("check --json with DIRLOCKD_DATADIR=%s: exit %d, %q %q (%v); want 1 naming PID %d", held, code, out, stderr, err, w.pid())
+	var r testutil.Report
+	if err := json.Unmarshal([]byte(out), &r); err != nil || code != 1 || r.Datadir != held || r.PID != w.PID() {
+		t.Errorf("check --json with DIRLOCKD_DATADIR=%s: exit %d, %q %q (%v); want 1 naming PID %d", held, code, out, stderr, err, w.PID())
 	}
 	code, out, _ = cliEnv(t, []string{"DIRLOCKD_DATADIR=" + held}, "status")
 	if code != 0 || !strings.HasPrefix(out, "running: "+held+"\n") {
@@ -501,7 +495,7 @@ func TestCheckSeveralDirs(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("stop: exit %d; %s", code, stderr)
 	}
-	if code := w.wait(t, 10*time.Second); code != 143 {
+	if code := w.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGTERM) {
 		t.Errorf("wrapper exit %d after stop, want 143", code)
 	}
 }
@@ -509,15 +503,15 @@ func TestCheckSeveralDirs(t *testing.T) {
 func TestCheckUsage(t *testing.T) {
 	dir := cliDataDir(t)
 	code, out, stderr := cliEnv(t, nil, "check")
-	if code != 64 || out != "" || !strings.Contains(stderr, "no data directory: pass -D DIR or set DIRLOCKD_DATADIR") {
+	if code != exitcode.Usage || out != "" || !strings.Contains(stderr, "no data directory: pass -D DIR or set DIRLOCKD_DATADIR") {
 		t.Errorf("check without -D or DIRLOCKD_DATADIR: exit %d, stdout %q, stderr %q; want 64", code, out, stderr)
 	}
 	code, out, stderr = cliEnv(t, nil, "check", "-D", dir, "--bogus")
-	if code != 64 || out != "" || !strings.Contains(stderr, "unknown flag: --bogus") || !strings.Contains(stderr, `Run "dirlockd check --help"`) {
+	if code != exitcode.Usage || out != "" || !strings.Contains(stderr, "unknown flag: --bogus") || !strings.Contains(stderr, `Run "dirlockd check --help"`) {
 		t.Errorf("check --bogus: exit %d, stdout %q, stderr %q; want 64", code, out, stderr)
 	}
 	code, out, stderr = cliEnv(t, nil, "check", "-D", dir, "extra")
-	if code != 64 || out != "" || !strings.Contains(stderr, `unexpected argument "extra"`) {
+	if code != exitcode.Usage || out != "" || !strings.Contains(stderr, `unexpected argument "extra"`) {
 		t.Errorf("check with a positional argument: exit %d, stdout %q, stderr %q; want 64", code, out, stderr)
 	}
 	code, out, stderr = cliEnv(t, nil, "check", "--help")
@@ -541,19 +535,19 @@ func TestHelp(t *testing.T) {
 	}
 	summary := []string{"Usage:\n  dirlockd run -D DIR", "dirlockd completion bash|zsh|fish", "dirlockd version", "Global flags"}
 	cases := map[string]want{
-		"":                {code: 64, stderr: summary, noStdout: true},
-		"bogus":           {code: 64, stderr: append([]string{`unknown command "bogus"`}, summary...), noStdout: true},
+		"":                {code: exitcode.Usage, stderr: summary, noStdout: true},
+		"bogus":           {code: exitcode.Usage, stderr: append([]string{`unknown command "bogus"`}, summary...), noStdout: true},
 		"help":            {stdout: summary, noErrs: true},
 		"-h":              {stdout: summary, noErrs: true},
 		"--help":          {stdout: summary, noErrs: true},
 		"version -h":      {stdout: []string{"Usage:\n  dirlockd version\n"}, noErrs: true},
 		"help version":    {stdout: []string{"Usage:\n  dirlockd version\n"}, noErrs: true},
-		"version x":       {code: 64, stderr: []string{`dirlockd version: unexpected argument "x"`}, noStdout: true},
+		"version x":       {code: exitcode.Usage, stderr: []string{`dirlockd version: unexpected argument "x"`}, noStdout: true},
 		"completion -h":   {stdout: []string{"Usage:\n  dirlockd completion bash|zsh|fish\n"}, noErrs: true},
 		"help completion": {stdout: []string{"Usage:\n  dirlockd completion bash|zsh|fish\n"}, noErrs: true},
-		"completion":      {code: 64, stderr: []string{"dirlockd completion: want one of bash, zsh or fish"}, noStdout: true},
-		"completion tcsh": {code: 64, stderr: []string{"dirlockd completion: want one of bash, zsh or fish"}, noStdout: true},
-		"__man /tmp":      {code: 64, stderr: []string{`unknown command "__man"`}, noStdout: true}, // only with -tags manpages
+		"completion":      {code: exitcode.Usage, stderr: []string{"dirlockd completion: want one of bash, zsh or fish"}, noStdout: true},
+		"completion tcsh": {code: exitcode.Usage, stderr: []string{"dirlockd completion: want one of bash, zsh or fish"}, noStdout: true},
+		"__man /tmp":      {code: exitcode.Usage, stderr: []string{`unknown command "__man"`}, noStdout: true}, // only with -tags manpages
 	}
 	for _, c := range []string{"run", "check", "status", "stop", "wait", "stress"} {
 		w := want{stdout: []string{"\nUsage:\n  dirlockd " + c + " -D DIR", "\nFlags:\n  -D, --datadir", "--log-format", "\nExamples:\n  "}, noErrs: true}
@@ -561,9 +555,9 @@ func TestHelp(t *testing.T) {
 		// --help wins over a bad data directory and stray arguments, not
 		// over an unknown flag before it.
 		cases[c+" -D /nonexistent --help extra"] = w
-		bad := want{code: 64, stderr: []string{"unknown flag: --bogus", `Run "dirlockd ` + c + ` --help"`}, noStdout: true}
+		bad := want{code: exitcode.Usage, stderr: []string{"unknown flag: --bogus", `Run "dirlockd ` + c + ` --help"`}, noStdout: true}
 		if c == "status" {
-			bad.code = 4 // LSB: unknown
+			bad.code = exitcode.StatusUnknown // LSB: unknown
 		}
 		cases[c+" --bogus --help"] = bad
 	}
@@ -591,11 +585,11 @@ func TestStopLiveWrapper(t *testing.T) {
 	dir := cliDataDir(t)
 	w, _, child := cliHeld(t, dir, nil, "sleep", "300")
 	code, _, stderr := dirlockd(t, "stop", "-D", dir, "--timeout", "10s")
-	if code != 0 || !strings.Contains(stderr, fmt.Sprintf("pid=%d signal=SIGTERM", w.pid())) || !strings.Contains(stderr, "msg=stopped") {
-		t.Errorf("stop: exit %d, stderr %q; want 0, SIGTERM to %d, stopped", code, stderr, w.pid())
+	if code != 0 || !strings.Contains(stderr, fmt.Sprintf("pid=%d signal=SIGTERM", w.PID())) || !strings.Contains(stderr, "msg=stopped") {
+		t.Errorf("stop: exit %d, stderr %q; want 0, SIGTERM to %d, stopped", code, stderr, w.PID())
 	}
-	if code := w.wait(t, 10*time.Second); code != 143 {
-		t.Errorf("wrapper exit %d after stop, want 143 (sleep killed by the forwarded SIGTERM); stderr:\n%s", code, w.stderr)
+	if code := w.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGTERM) {
+		t.Errorf("wrapper exit %d after stop, want 143 (sleep killed by the forwarded SIGTERM); stderr:\n%s", code, w.Stderr())
 	}
 	if child.alive() {
 		t.Errorf("the server %d outlived its wrapper", child.pid)
@@ -610,8 +604,8 @@ func TestStopLiveWrapper(t *testing.T) {
 	if code != 0 || !strings.Contains(stderr, "signal=SIGINT") {
 		t.Errorf("stop --signal int: exit %d, stderr %q", code, stderr)
 	}
-	if code := w.wait(t, 10*time.Second); code != 130 {
-		t.Errorf("wrapper exit %d after stop --signal INT, want 130; stderr:\n%s", code, w.stderr)
+	if code := w.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGINT) {
+		t.Errorf("wrapper exit %d after stop --signal INT, want 130; stderr:\n%s", code, w.Stderr())
 	}
 
 	// Nothing to stop.
@@ -713,10 +707,10 @@ func TestStopTimeoutThenKillAfter(t *testing.T) {
 
 	code, _, stderr = dirlockd(t, "stop", "-D", dir, "--timeout", "10s", "--kill-after", "500ms")
 	if code != 0 || !strings.Contains(stderr, "sending SIGKILL") || !strings.Contains(stderr, "msg=stopped") ||
-		!strings.Contains(stderr, fmt.Sprintf("pid=%d ", w.pid())) || !strings.Contains(stderr, fmt.Sprintf("pid=%d ", sh.pid)) {
-		t.Errorf("stop --kill-after 500ms: exit %d, stderr %q; want 0 after SIGKILLing wrapper %d and server %d", code, stderr, w.pid(), sh.pid)
+		!strings.Contains(stderr, fmt.Sprintf("pid=%d ", w.PID())) || !strings.Contains(stderr, fmt.Sprintf("pid=%d ", sh.pid)) {
+		t.Errorf("stop --kill-after 500ms: exit %d, stderr %q; want 0 after SIGKILLing wrapper %d and server %d", code, stderr, w.PID(), sh.pid)
 	}
-	if code := w.wait(t, 10*time.Second); code != -1 {
+	if code := w.WaitExit(t, 10*time.Second); code != -1 {
 		t.Errorf("wrapper exit %d, want -1 (SIGKILLed by stop --kill-after)", code)
 	}
 	eventually(t, 5*time.Second, "the server's processes to die", func() bool {
@@ -724,7 +718,7 @@ func TestStopTimeoutThenKillAfter(t *testing.T) {
 	})
 	// The SIGKILLed wrapper could not release: stale, and the next start
 	// reclaims its segment.
-	if code, r := check(t, dir); code != 0 || r.State != "stale" || !strings.Contains(r.Reason, fmt.Sprintf("previous holder PID %d", w.pid())) {
+	if code, r := check(t, dir); code != 0 || r.State != "stale" || !strings.Contains(r.Reason, fmt.Sprintf("previous holder PID %d", w.PID())) {
 		t.Errorf("check after the kill: exit %d, %+v; want 0, stale", code, r)
 	}
 	if code, _, stderr := dirlockd(t, "wait", "-D", dir, "--for", "free", "--timeout", "2s"); code != 0 {
@@ -764,7 +758,7 @@ func TestStopKillAfterSparesNextHolder(t *testing.T) {
 		return false
 	})
 	code, _, stderr := dirlockd(t, "stop", "-D", dir, "--timeout", "1500ms", "--kill-after", "300ms")
-	if code := w.wait(t, 10*time.Second); code != 143 {
+	if code := w.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGTERM) {
 		t.Errorf("wrapper exit %d after stop, want 143", code)
 	}
 	if !cliAlive(queued.Process.Pid) {
@@ -784,7 +778,7 @@ func TestStopKillAfterSparesNextHolder(t *testing.T) {
 	next := startRun(t, nil, dir, []string{"--wait", "30s"}, "sleep", "300")
 	time.Sleep(200 * time.Millisecond)
 	code, _, stderr = dirlockd(t, "stop", "-D", dir, "--timeout", "3s", "--kill-after", "200ms")
-	if code := w.wait(t, 10*time.Second); code != 143 {
+	if code := w.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGTERM) {
 		t.Errorf("first wrapper exit %d after stop, want 143", code)
 	}
 	// Whether stop saw the directory free in between or saw the takeover,
@@ -795,18 +789,18 @@ func TestStopKillAfterSparesNextHolder(t *testing.T) {
 	}
 	r := waitHeld(t, dir, "ready", 10*time.Second)
 	select {
-	case <-next.done:
-		t.Fatalf("the waiting run died: exit %d; stop: %s\nits stderr:\n%s", next.cmd.ProcessState.ExitCode(), stderr, next.stderr)
+	case <-next.Done():
+		t.Fatalf("the waiting run died: exit %d; stop: %s\nits stderr:\n%s", next.Cmd.ProcessState.ExitCode(), stderr, next.Stderr())
 	default:
 	}
-	if r.PID != next.pid() {
-		t.Fatalf("held by PID %d, want the waiting run %d", r.PID, next.pid())
+	if r.PID != next.PID() {
+		t.Fatalf("held by PID %d, want the waiting run %d", r.PID, next.PID())
 	}
-	cliPin(t, r.ChildPID, next.pid())
+	cliPin(t, r.ChildPID, next.PID())
 	if code, _, stderr := dirlockd(t, "stop", "-D", dir, "--timeout", "10s"); code != 0 {
 		t.Errorf("stop of the new instance: exit %d; %s", code, stderr)
 	}
-	if code := next.wait(t, 10*time.Second); code != 143 {
+	if code := next.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGTERM) {
 		t.Errorf("second wrapper exit %d after stop, want 143", code)
 	}
 }
@@ -828,7 +822,7 @@ func TestStopUsage(t *testing.T) {
 		{[]string{"extra"}, `unexpected argument "extra"`},
 	} {
 		code, out, stderr := dirlockd(t, append([]string{"stop", "-D", dir}, c.args...)...)
-		if code != 64 || out != "" || !strings.Contains(stderr, c.want) || !strings.Contains(stderr, `Run "dirlockd stop --help"`) {
+		if code != exitcode.Usage || out != "" || !strings.Contains(stderr, c.want) || !strings.Contains(stderr, `Run "dirlockd stop --help"`) {
 			t.Errorf("stop %v: exit %d, stdout %q, stderr %q; want 64 and %q", c.args, code, out, stderr, c.want)
 		}
 	}
@@ -867,7 +861,7 @@ func TestWaitReadyThenFree(t *testing.T) {
 		fmt.Sprintf("sleep 1; while [ ! -e %s ]; do sleep 0.05; done; exec python3 -m http.server --bind 127.0.0.1 %d", gate, port))
 	// sh execs python: the pinned PID stays the server.
 	r := waitHeld(t, dir, "", 5*time.Second)
-	server := cliPin(t, r.ChildPID, w.pid())
+	server := cliPin(t, r.ChildPID, w.PID())
 	if r.Status != "starting" {
 		t.Errorf("status %q before the port is open, want starting", r.Status)
 	}
@@ -895,10 +889,10 @@ func TestWaitReadyThenFree(t *testing.T) {
 	select {
 	case <-waited:
 	case <-time.After(15 * time.Second):
-		t.Fatalf("wait --for ready did not return; wrapper:\n%s", w.stderr)
+		t.Fatalf("wait --for ready did not return; wrapper:\n%s", w.Stderr())
 	}
 	if code := waiter.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("wait --for ready: exit %d; %s\nwrapper:\n%s", code, werr, w.stderr)
+		t.Fatalf("wait --for ready: exit %d; %s\nwrapper:\n%s", code, werr, w.Stderr())
 	}
 	if el := time.Since(start); el < 800*time.Millisecond {
 		t.Errorf("wait --for ready returned after %v, before the server could listen", el)
@@ -912,8 +906,8 @@ func TestWaitReadyThenFree(t *testing.T) {
 	if r := waitHeld(t, dir, "ready", time.Second); r.ChildPID != server.pid {
 		t.Errorf("child_pid %d once ready, %d while starting", r.ChildPID, server.pid)
 	}
-	if !strings.Contains(w.stderr.String(), "via=\"tcp "+addr+"\"") {
-		t.Errorf("the wrapper did not mark ready through --ready-tcp:\n%s", w.stderr)
+	if !strings.Contains(w.Stderr(), "via=\"tcp "+addr+"\"") {
+		t.Errorf("the wrapper did not mark ready through --ready-tcp:\n%s", w.Stderr())
 	}
 
 	// Held and ready: --for free still times out.
@@ -940,8 +934,8 @@ func TestWaitReadyThenFree(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("wait --for free did not return after stop")
 	}
-	if code := w.wait(t, 10*time.Second); code != 143 {
-		t.Errorf("wrapper exit %d after stop, want 143 (python killed by SIGTERM); stderr:\n%s", code, w.stderr)
+	if code := w.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGTERM) {
+		t.Errorf("wrapper exit %d after stop, want 143 (python killed by SIGTERM); stderr:\n%s", code, w.Stderr())
 	}
 	if server.alive() {
 		t.Errorf("the server %d outlived stop", server.pid)
@@ -960,11 +954,11 @@ func TestWaitUsage(t *testing.T) {
 		{"extra"},
 	} {
 		code, out, stderr := dirlockd(t, append([]string{"wait", "-D", dir}, args...)...)
-		if code != 64 || out != "" || !strings.Contains(stderr, "want --for free or --for ready") {
+		if code != exitcode.Usage || out != "" || !strings.Contains(stderr, "want --for free or --for ready") {
 			t.Errorf("wait %v: exit %d, stdout %q, stderr %q; want 64", args, code, out, stderr)
 		}
 	}
-	if code, _, stderr := dirlockd(t, "wait", "-D", dir, "--for"); code != 64 || !strings.Contains(stderr, "flag needs an argument") {
+	if code, _, stderr := dirlockd(t, "wait", "-D", dir, "--for"); code != exitcode.Usage || !strings.Contains(stderr, "flag needs an argument") {
 		t.Errorf("wait --for without a value: exit %d, %q; want 64", code, stderr)
 	}
 }
@@ -987,7 +981,7 @@ func TestRunCheckRefuseHardLinkedPidfile(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, _, stderr := dirlockd(t, "run", "-D", dir, "--", "true")
-	if code != 78 || !strings.Contains(stderr, "has 2 links") || !strings.Contains(stderr, "remove the extra link") {
+	if code != exitcode.Invalid || !strings.Contains(stderr, "has 2 links") || !strings.Contains(stderr, "remove the extra link") {
 		t.Errorf("run with a hard-linked pidfile: exit %d, stderr %q; want 78 naming the links", code, stderr)
 	}
 	code, r := check(t, dir)

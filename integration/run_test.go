@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/notify"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
@@ -33,21 +34,21 @@ func TestWrapperKilledServerKeepsDirectory(t *testing.T) {
 	w := startRun(t, nil, dir, nil, "sleep", "300")
 	server := waitHeld(t, dir, "ready", 10*time.Second).ChildPID
 	t.Cleanup(func() { syscall.Kill(server, syscall.SIGKILL) })
-	w.cmd.Process.Signal(syscall.SIGKILL)
-	w.wait(t, 10*time.Second)
+	w.Cmd.Process.Signal(syscall.SIGKILL)
+	w.WaitExit(t, 10*time.Second)
 
 	code, r := check(t, dir)
 	if code != 2 || r.State != "orphans" || !slices.Equal(r.Orphans, []int{server}) {
 		t.Fatalf("check after the wrapper was killed: exit %d, %+v; want 2, orphans [%d]", code, r, server)
 	}
 	code, _, stderr := dirlockd(t, "run", "-D", dir, "--", "true")
-	if code != 76 || !strings.Contains(stderr, strconv.Itoa(server)) || !strings.Contains(stderr, "sleep 300") {
+	if code != exitcode.Orphans || !strings.Contains(stderr, strconv.Itoa(server)) || !strings.Contains(stderr, "sleep 300") {
 		t.Errorf("run against orphans: exit %d, stderr %q; want 76 naming %d and its command line", code, stderr, server)
 	}
 
 	killWait(t, server)
 	code, r = check(t, dir)
-	if code != 0 || r.State != "stale" || !strings.Contains(r.Reason, fmt.Sprintf("previous holder PID %d (started", w.pid())) ||
+	if code != 0 || r.State != "stale" || !strings.Contains(r.Reason, fmt.Sprintf("previous holder PID %d (started", w.PID())) ||
 		!strings.Contains(r.Reason, "did not shut down cleanly") {
 		t.Errorf("check after the server died: exit %d, %+v", code, r)
 	}
@@ -111,13 +112,13 @@ func TestSignals(t *testing.T) {
 	w := startRun(t, nil, dir, nil, "sh", "-c",
 		`trap 'echo got-usr1' USR1; trap 'echo got-hup' HUP; trap 'echo got-usr2' USR2; echo up; while :; do sleep 0.05; done`)
 	waitHeld(t, dir, "ready", 10*time.Second)
-	eventually(t, 5*time.Second, "the server's trap set-up", func() bool { return strings.Contains(w.out.String(), "up") })
+	eventually(t, 5*time.Second, "the server's trap set-up", func() bool { return strings.Contains(w.Stdout(), "up") })
 	for s, want := range map[syscall.Signal]string{syscall.SIGUSR1: "got-usr1", syscall.SIGHUP: "got-hup", syscall.SIGUSR2: "got-usr2"} {
-		w.cmd.Process.Signal(s)
-		eventually(t, 5*time.Second, "the server to get "+s.String(), func() bool { return strings.Contains(w.out.String(), want) })
+		w.Cmd.Process.Signal(s)
+		eventually(t, 5*time.Second, "the server to get "+s.String(), func() bool { return strings.Contains(w.Stdout(), want) })
 	}
-	w.cmd.Process.Signal(syscall.SIGTERM)
-	if code := w.wait(t, 10*time.Second); code != 143 {
+	w.Cmd.Process.Signal(syscall.SIGTERM)
+	if code := w.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGTERM) {
 		t.Errorf("exit %d after SIGTERM, want 143", code)
 	}
 }
@@ -137,20 +138,20 @@ func TestStopTimeoutKills(t *testing.T) {
 			w := startRun(t, nil, dir, []string{"--stop-timeout", "500ms", "--signal-group"},
 				"sh", "-c", `trap '' TERM; `+c.prelude+`echo up; while :; do sleep 0.05; done`)
 			waitHeld(t, dir, "", 10*time.Second)
-			eventually(t, 5*time.Second, "the server's set-up", func() bool { return strings.Contains(w.out.String(), "up") })
+			eventually(t, 5*time.Second, "the server's set-up", func() bool { return strings.Contains(w.Stdout(), "up") })
 			if c.prelude != "" {
 				eventually(t, 5*time.Second, "status stopping", func() bool { _, r := check(t, dir); return r.Status == "stopping" })
 			}
 			start := time.Now()
-			w.cmd.Process.Signal(syscall.SIGTERM)
+			w.Cmd.Process.Signal(syscall.SIGTERM)
 			time.Sleep(100 * time.Millisecond)
-			w.cmd.Process.Signal(syscall.SIGTERM) // must not restart or cancel the timer
-			code := w.wait(t, 10*time.Second)
-			if took := time.Since(start); code != 137 || took < 400*time.Millisecond || took > 3*time.Second {
-				t.Errorf("exit %d after %v, want 137 after the 500ms stop timeout; stderr:\n%s", code, took, w.stderr)
+			w.Cmd.Process.Signal(syscall.SIGTERM) // must not restart or cancel the timer
+			code := w.WaitExit(t, 10*time.Second)
+			if took := time.Since(start); code != exitcode.SignalBase+int(syscall.SIGKILL) || took < 400*time.Millisecond || took > 3*time.Second {
+				t.Errorf("exit %d after %v, want 137 after the 500ms stop timeout; stderr:\n%s", code, took, w.Stderr())
 			}
-			if !strings.Contains(w.stderr.String(), "sending SIGKILL") {
-				t.Errorf("no SIGKILL logged:\n%s", w.stderr)
+			if !strings.Contains(w.Stderr(), "sending SIGKILL") {
+				t.Errorf("no SIGKILL logged:\n%s", w.Stderr())
 			}
 			if code, r := check(t, dir); code != 0 {
 				t.Errorf("check after the kill: exit %d, %+v (processes of the group left behind?)", code, r)
@@ -181,12 +182,12 @@ func TestRecheck(t *testing.T) {
 				os.WriteFile(path+".new", []byte("not yours\n"), 0o600)
 				os.Rename(path+".new", path)
 			}
-			code := w.wait(t, 10*time.Second)
+			code := w.WaitExit(t, 10*time.Second)
 			if took := time.Since(start); took > 2*interval+200*time.Millisecond {
 				t.Errorf("server stopped %v after the pidfile was %s; want within two intervals (%v)", took, damage, 2*interval)
 			}
-			if code != 143 || !strings.Contains(w.stderr.String(), "interlock is lost") {
-				t.Errorf("exit %d; stderr:\n%s", code, w.stderr)
+			if code != exitcode.SignalBase+int(syscall.SIGTERM) || !strings.Contains(w.Stderr(), "interlock is lost") {
+				t.Errorf("exit %d; stderr:\n%s", code, w.Stderr())
 			}
 		})
 	}
@@ -199,9 +200,9 @@ func TestPID1ReapsOrphans(t *testing.T) {
 	w := startRun(t, []string{"unshare", "--pid", "--fork", "--kill-child", "--mount-proc"}, dir, nil,
 		"sh", "-c", `(sleep 0.2 &); echo spawned; sleep 300`)
 	eventually(t, 10*time.Second, "the server to spawn its grandchild", func() bool {
-		return strings.Contains(w.out.String(), "spawned")
+		return strings.Contains(w.Stdout(), "spawned")
 	})
-	init := childOf(w.pid())
+	init := childOf(w.PID())
 	time.Sleep(800 * time.Millisecond) // the grandchild has exited by now
 	var zombies []string
 	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", init))
@@ -220,8 +221,8 @@ func TestPID1ReapsOrphans(t *testing.T) {
 		t.Errorf("children of dirlockd as PID 1: %v, zombies %v; want only the server", kids, zombies)
 	}
 	syscall.Kill(init, syscall.SIGTERM)
-	if code := w.wait(t, 10*time.Second); code != 143 {
-		t.Errorf("exit %d; stderr:\n%s", code, w.stderr)
+	if code := w.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGTERM) {
+		t.Errorf("exit %d; stderr:\n%s", code, w.Stderr())
 	}
 }
 
@@ -255,10 +256,10 @@ func TestRedis(t *testing.T) {
 		"--dir", dir, "--save", "3600 1", "--appendonly", "no", "--daemonize", "no", "--logfile", ""}
 	w := startRun(t, nil, dir, []string{"--ready-notify"}, argv...)
 	waitHeld(t, dir, "ready", 20*time.Second)
-	if !strings.Contains(w.stderr.String(), "via=notify") {
-		t.Errorf("readiness did not come from redis's READY=1:\n%s", w.stderr)
+	if !strings.Contains(w.Stderr(), "via=notify") {
+		t.Errorf("readiness did not come from redis's READY=1:\n%s", w.Stderr())
 	}
-	if code, _, stderr := dirlockd(t, "run", "-D", dir, "--", argv[0]); code != 75 || !strings.Contains(stderr, fmt.Sprintf("held by PID %d", w.pid())) {
+	if code, _, stderr := dirlockd(t, "run", "-D", dir, "--", argv[0]); code != exitcode.Held || !strings.Contains(stderr, fmt.Sprintf("held by PID %d", w.PID())) {
 		t.Errorf("second run: exit %d, %q", code, stderr)
 	}
 	if got := redisDo(t, port, "SET dirlockd-key kept-across-restart"); got != "+OK" {
@@ -267,8 +268,8 @@ func TestRedis(t *testing.T) {
 	if code, _, stderr := dirlockd(t, "stop", "-D", dir, "--timeout", "20s"); code != 0 {
 		t.Fatalf("stop: exit %d, %s", code, stderr)
 	}
-	if code := w.wait(t, 20*time.Second); code != 0 {
-		t.Errorf("redis under dirlockd exited %d after stop; stderr:\n%s", code, w.stderr)
+	if code := w.WaitExit(t, 20*time.Second); code != 0 {
+		t.Errorf("redis under dirlockd exited %d after stop; stderr:\n%s", code, w.Stderr())
 	}
 	if code, c := check(t, dir); code != 0 || c.State != "free" {
 		t.Errorf("check after stop: %d %+v", code, c)
@@ -282,7 +283,7 @@ func TestRedis(t *testing.T) {
 	if code, _, _ := dirlockd(t, "stop", "-D", dir, "--timeout", "20s"); code != 0 {
 		t.Errorf("second stop: exit %d", code)
 	}
-	w.wait(t, 20*time.Second)
+	w.WaitExit(t, 20*time.Second)
 }
 
 // TestEtcd wraps a real etcd, which notifies systemd when it serves.
@@ -297,10 +298,10 @@ func TestEtcd(t *testing.T) {
 		"--initial-cluster", "default=" + purl}
 	w := startRun(t, nil, dir, []string{"--ready-notify"}, argv...)
 	waitHeld(t, dir, "ready", 30*time.Second)
-	if !strings.Contains(w.stderr.String(), "via=notify") {
+	if !strings.Contains(w.Stderr(), "via=notify") {
 		t.Errorf("readiness did not come from etcd's READY=1")
 	}
-	if code, _, stderr := dirlockd(t, "run", "-D", dir, "--", "etcd"); code != 75 || !strings.Contains(stderr, fmt.Sprintf("held by PID %d", w.pid())) {
+	if code, _, stderr := dirlockd(t, "run", "-D", dir, "--", "etcd"); code != exitcode.Held || !strings.Contains(stderr, fmt.Sprintf("held by PID %d", w.PID())) {
 		t.Errorf("second run: exit %d, %q", code, stderr)
 	}
 	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
@@ -313,7 +314,7 @@ func TestEtcd(t *testing.T) {
 	if code, _, stderr := dirlockd(t, "stop", "-D", dir, "--timeout", "30s"); code != 0 {
 		t.Fatalf("stop: exit %d, %s", code, stderr)
 	}
-	w.wait(t, 30*time.Second)
+	w.WaitExit(t, 30*time.Second)
 
 	w = startRun(t, nil, dir, []string{"--ready-notify"}, argv...)
 	waitHeld(t, dir, "ready", 30*time.Second)
@@ -333,7 +334,7 @@ func TestEtcd(t *testing.T) {
 	if code, _, _ := dirlockd(t, "stop", "-D", dir, "--timeout", "30s"); code != 0 {
 		t.Errorf("second stop: exit %d", code)
 	}
-	w.wait(t, 30*time.Second)
+	w.WaitExit(t, 30*time.Second)
 }
 
 // TestInternalError: a failure of dirlockd's own (here: the notify socket,
@@ -343,7 +344,7 @@ func TestInternalError(t *testing.T) {
 	cmd := exec.Command(binFault, "run", "-D", dir, "--", "true")
 	cmd.Env = append(os.Environ(), interlock.FaultEnv+"=notify")
 	out, _ := cmd.CombinedOutput()
-	if code := cmd.ProcessState.ExitCode(); code != 70 || !strings.Contains(string(out), "cannot listen for notifications") {
+	if code := cmd.ProcessState.ExitCode(); code != exitcode.Internal || !strings.Contains(string(out), "cannot listen for notifications") {
 		t.Errorf("exit %d, output %s; want 70", code, out)
 	}
 	if code, r := check(t, dir); code != 0 || r.Status != "stopped" {
@@ -383,16 +384,16 @@ func TestSystemdForwarding(t *testing.T) {
 	for !ready.Ready() {
 		ready = next("READY=1")
 	}
-	if pid, _ := ready.Get("MAINPID"); pid != strconv.Itoa(w.pid()) || ready.PID != w.pid() {
-		t.Errorf("READY=1 came from PID %d with MAINPID=%s; want both dirlockd's %d", ready.PID, pid, w.pid())
+	if pid, _ := ready.Get("MAINPID"); pid != strconv.Itoa(w.PID()) || ready.PID != w.PID() {
+		t.Errorf("READY=1 came from PID %d with MAINPID=%s; want both dirlockd's %d", ready.PID, pid, w.PID())
 	}
 	waitHeld(t, dir, "ready", 10*time.Second)
-	w.cmd.Process.Signal(syscall.SIGTERM)
+	w.Cmd.Process.Signal(syscall.SIGTERM)
 	var stopping notify.Message
 	for !stopping.Stopping() {
 		stopping = next("STOPPING=1")
 	}
-	if code := w.wait(t, 20*time.Second); code != 0 {
+	if code := w.WaitExit(t, 20*time.Second); code != 0 {
 		t.Errorf("redis exited %d after SIGTERM", code)
 	}
 }
@@ -474,10 +475,10 @@ func TestLogJSONTypes(t *testing.T) {
 		t.Fatalf("stop: exit %d, %s", code, stderr)
 	}
 	stop := jsonLog(t, stderr)
-	if code := w.wait(t, 10*time.Second); code != 143 {
-		t.Fatalf("wrapper exit %d after stop, want 143; stderr:\n%s", code, w.stderr)
+	if code := w.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGTERM) {
+		t.Fatalf("wrapper exit %d after stop, want 143; stderr:\n%s", code, w.Stderr())
 	}
-	run := jsonLog(t, w.stderr.String())
+	run := jsonLog(t, w.Stderr())
 
 	for _, c := range []struct {
 		rec  map[string]any
@@ -493,7 +494,7 @@ func TestLogJSONTypes(t *testing.T) {
 		{jsonRecord(t, run, "the server was killed by a signal"), "signal", "SIGTERM"},
 		{jsonRecord(t, run, "the server was killed by a signal"), "pid", float64(r.ChildPID)},
 		{jsonRecord(t, stop, "signalled the holder; waiting for the lock to be released"), "signal", "SIGTERM"},
-		{jsonRecord(t, stop, "signalled the holder; waiting for the lock to be released"), "pid", float64(w.pid())},
+		{jsonRecord(t, stop, "signalled the holder; waiting for the lock to be released"), "pid", float64(w.PID())},
 		{jsonRecord(t, stop, "signalled the holder; waiting for the lock to be released"), "timeout", float64(10 * time.Second)},
 		{timedOut, "state", "held"},
 		{timedOut, "for", "free"},
@@ -534,27 +535,27 @@ func TestStopLogOrder(t *testing.T) {
 			w := startRun(t, nil, dir, nil, c.argv...)
 			waitHeld(t, dir, "ready", 10*time.Second)
 			if c.argv[0] == "sh" {
-				eventually(t, 5*time.Second, "the server's trap", func() bool { return strings.Contains(w.out.String(), "up") })
+				eventually(t, 5*time.Second, "the server's trap", func() bool { return strings.Contains(w.Stdout(), "up") })
 			}
-			w.cmd.Process.Signal(syscall.SIGINT)
-			if code := w.wait(t, 10*time.Second); code != c.exit {
-				t.Fatalf("exit %d after SIGINT, want %d; stderr:\n%s", code, c.exit, w.stderr)
+			w.Cmd.Process.Signal(syscall.SIGINT)
+			if code := w.WaitExit(t, 10*time.Second); code != c.exit {
+				t.Fatalf("exit %d after SIGINT, want %d; stderr:\n%s", code, c.exit, w.Stderr())
 			}
-			lines := strings.Split(strings.TrimSuffix(w.stderr.String(), "\n"), "\n")
+			lines := strings.Split(strings.TrimSuffix(w.Stderr(), "\n"), "\n")
 			want := []string{`msg="stopping the server"`, c.server, `msg="released the data directory"`}
 			at := -1
 			for _, k := range want {
 				i := slices.IndexFunc(lines, func(l string) bool { return strings.Contains(l, k) })
 				if i <= at {
-					t.Fatalf("%s at line %d, want it after line %d (%v in order, last); log:\n%s", k, i+1, at+1, want, w.stderr)
+					t.Fatalf("%s at line %d, want it after line %d (%v in order, last); log:\n%s", k, i+1, at+1, want, w.Stderr())
 				}
 				at = i
 			}
 			if at != len(lines)-1 {
 				t.Errorf("lines after the release:\n%s", strings.Join(lines[at+1:], "\n"))
 			}
-			if !strings.Contains(lines[0], `msg="acquired the data directory"`) || !strings.Contains(w.stderr.String(), `reason="signal SIGINT"`) {
-				t.Errorf("log:\n%s", w.stderr)
+			if !strings.Contains(lines[0], `msg="acquired the data directory"`) || !strings.Contains(w.Stderr(), `reason="signal SIGINT"`) {
+				t.Errorf("log:\n%s", w.Stderr())
 			}
 		})
 	}
