@@ -140,7 +140,11 @@ func TestStressInterrupt(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	time.Sleep(time.Second)
+	// Interrupt it once workers hold and some are being killed.
+	eventually(t, 30*time.Second, "a kill in the stress log", func() bool {
+		b, _ := os.ReadFile(filepath.Join(dir, stress.LogName))
+		return bytes.Contains(b, []byte(`"ev":"`+stress.EvKilled+`"`))
+	})
 	cmd.Process.Signal(unix.SIGINT)
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
@@ -341,7 +345,7 @@ func openPTY(t *testing.T) (master, slave *os.File) {
 	t.Helper()
 	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
 	if err != nil {
-		t.Skipf("no pseudo-terminals: %v", err)
+		t.Fatalf("no pseudo-terminals (%v): the test needs a devpts mounted with ptmx (mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts; ln -sf pts/ptmx /dev/ptmx)", err)
 	}
 	t.Cleanup(func() { m.Close() })
 	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {

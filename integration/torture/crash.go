@@ -194,9 +194,15 @@ func crashStopCont(e *Env) Result {
 			continue
 		}
 		k.track(rep.ChildPID)
-		// Let one recheck pass so that there is a heartbeat to compare.
-		time.Sleep(300 * time.Millisecond)
-		beat := k.heartbeat(dir)
+		// Wait for a recheck to pass, so that there is a heartbeat to
+		// compare.
+		var beat string
+		for deadline := time.Now().Add(10 * time.Second); beat == "" && time.Now().Before(deadline) && p.Alive(); time.Sleep(20 * time.Millisecond) {
+			beat = k.heartbeat(dir)
+		}
+		if beat == "" {
+			r.fail("iteration %d: no heartbeat within 10s of a 200ms recheck: %s", i, tail(p.Output()))
+		}
 
 		// A stop that lands inside a heartbeat rewrite (between its write
 		// and its truncate) freezes a torn record, which the holder itself
@@ -228,13 +234,22 @@ func crashStopCont(e *Env) Result {
 		time.Sleep(time.Until(stopped.Add(time.Second)))
 		syscall.Kill(p.PID(), syscall.SIGCONT)
 
-		// Three recheck intervals: time for it to notice anything.
-		time.Sleep(700 * time.Millisecond)
+		// Until a recheck after SIGCONT has passed (a new heartbeat), or
+		// the wrapper gives up: time for it to notice anything.
+		frozen := ""
+		if rec, err := pidfile.Parse(before); err == nil {
+			frozen = rec.Extra["heartbeat"]
+		}
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && p.Alive(); time.Sleep(20 * time.Millisecond) {
+			if hb := k.heartbeat(dir); hb != "" && hb != frozen {
+				break
+			}
+		}
 		if !p.Alive() {
 			r.fail("iteration %d: the wrapper exited after SIGCONT (it must not think it lost the lock): %s", i, tail(p.Output()))
 		} else if code, rep, out := check(e, dir); code != 1 || rep.State != "held" || rep.PID != p.PID() {
 			r.fail("iteration %d: after SIGCONT check says exit %d state %s pid %d, want held by the wrapper %d: %s", i, code, rep.State, rep.PID, p.PID(), out)
-		} else if hb := k.heartbeat(dir); hb == "" || hb == beat {
+		} else if hb := k.heartbeat(dir); hb == "" || hb == beat || hb == frozen {
 			r.fail("iteration %d: no heartbeat after SIGCONT (before the stop %q, now %q): the recheck did not pass", i, beat, hb)
 		}
 		if strings.Contains(p.Output(), "interlock is lost") {
