@@ -104,7 +104,7 @@ func (r *Record) Marshal() []byte {
 	kv(keyHostname, r.Hostname)
 	kv(keyPIDNS, strconv.FormatUint(r.PIDNS, 10))
 	kv(keyPIDStart, strconv.FormatUint(r.PIDStart, 10))
-	kv(keyShmKey, formatKey(r.ShmKey))
+	kv(keyShmKey, FormatKey(r.ShmKey))
 	kv(keyShmID, strconv.Itoa(r.ShmID))
 	kv(keyLockMethod, r.LockMethod.String())
 	kv(keyStatus, string(r.Status))
@@ -119,9 +119,10 @@ func (r *Record) Marshal() []byte {
 	return b.Bytes()
 }
 
-// formatKey writes a SysV key as ipcs(1) shows it, so the two can be compared
-// by eye. Keys are int32 in the kernel: half of them are negative as ints.
-func formatKey(k int) string {
+// FormatKey writes a SysV key as the record and ipcs(1) show it (0x and
+// eight hex digits), so the two can be compared by eye. Keys are int32 in
+// the kernel: half of them are negative as ints.
+func FormatKey(k int) string {
 	return fmt.Sprintf("0x%08x", uint32(k))
 }
 

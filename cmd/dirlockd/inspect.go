@@ -12,6 +12,7 @@ import (
 
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/pidfile"
 )
 
 // report is what check and status say about one data directory, as a line
@@ -57,7 +58,7 @@ func newReport(dir string, rep *interlock.Report, err error) *report {
 	if rec := rep.Record; rec != nil {
 		r.PID, r.Host, r.Status, r.Method = rec.PID, rec.Hostname, string(rec.Status), rec.LockMethod.String()
 		r.Started = rec.StartTime.Format(time.RFC3339)
-		r.ShmKey, r.ShmID = fmt.Sprintf("0x%08x", uint32(rec.ShmKey)), &rec.ShmID
+		r.ShmKey, r.ShmID = pidfile.FormatKey(rec.ShmKey), &rec.ShmID
 		r.ChildPID, _ = strconv.Atoi(rec.Extra[childPIDKey])
 		r.MainPID, _ = strconv.Atoi(rec.Extra[mainPIDKey])
 	}

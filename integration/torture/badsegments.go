@@ -50,7 +50,7 @@ func plantSegments(e *Env, keys []int, id shm.Identity) ([]plantedSeg, error) {
 	for i, key := range keys {
 		sid, err := unix.SysvShmGet(key, shm.Size, unix.IPC_CREAT|unix.IPC_EXCL|0o600)
 		if err != nil {
-			return segs, fmt.Errorf("shmget(0x%08x): %w", uint32(key), err)
+			return segs, fmt.Errorf("shmget(%s): %w", pidfile.FormatKey(key), err)
 		}
 		s := plantedSeg{id: sid, key: key, content: make([]byte, shm.Size)}
 		segs = append(segs, s)
@@ -83,7 +83,7 @@ func intact(s plantedSeg) string {
 	case shm.MarkedForRemoval(d):
 		return "marked for removal"
 	case uint32(d.Perm.Key) != uint32(s.key):
-		return fmt.Sprintf("key 0x%08x", uint32(d.Perm.Key))
+		return "key " + pidfile.FormatKey(int(d.Perm.Key))
 	}
 	mem, err := unix.SysvShmAttach(s.id, 0, unix.SHM_RDONLY)
 	if err != nil {
@@ -147,7 +147,7 @@ func badForeignSegments(e *Env) Result {
 				}
 				for _, s := range segs {
 					if why := intact(s); why != "" {
-						r.fail("%s: planted segment %d (key 0x%08x): %s", what, s.id, uint32(s.key), why)
+						r.fail("%s: planted segment %d (key %s): %s", what, s.id, pidfile.FormatKey(s.key), why)
 					}
 				}
 				noSegments(&r, what, id)

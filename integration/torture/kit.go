@@ -99,7 +99,7 @@ func noSegments(r *Result, what string, id shm.Identity) {
 		r.fail("%s: segment scan: %v", what, err)
 	}
 	for _, a := range segs {
-		r.fail("%s: segment %d (key 0x%08x, %s, %d attached) of the data directory left behind", what, a.ID, uint32(a.Key), a.State, a.Nattch)
+		r.fail("%s: segment %d (key %s, %s, %d attached) of the data directory left behind", what, a.ID, pidfile.FormatKey(a.Key), a.State, a.Nattch)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/stress"
+	"github.com/dirlockd/dirlockd/pidfile"
 	"github.com/dirlockd/dirlockd/shm"
 )
 
@@ -165,8 +166,8 @@ func orphansAttached(e *Env) Result {
 		if d, err := shm.Stat(rec.ShmID); err != nil {
 			r.fail("iteration %d: harness error: segment %d of the record is gone while the helper %d is attached: %v", i, rec.ShmID, gc, err)
 		} else {
-			segNote = fmt.Sprintf(", segment after the wrapper was killed: key 0x%08x nattch %d marked for removal %v",
-				uint32(d.Perm.Key), d.Nattch, shm.MarkedForRemoval(d))
+			segNote = fmt.Sprintf(", segment after the wrapper was killed: key %s nattch %d marked for removal %v",
+				pidfile.FormatKey(int(d.Perm.Key)), d.Nattch, shm.MarkedForRemoval(d))
 		}
 
 		before := k.pidfile(dir)
