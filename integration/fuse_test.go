@@ -185,7 +185,7 @@ func TestFUSEHeartbeatRule(t *testing.T) {
 		eventually(t, 10*time.Second, "a heartbeat from alpha", func() bool {
 			b, _ := os.ReadFile(filepath.Join(backing, pidfile.DefaultName))
 			r, err := pidfile.Parse(b)
-			return err == nil && r.Hostname == "alpha" && r.Extra["heartbeat"] != ""
+			return err == nil && r.Hostname == "alpha" && r.Extra[testutil.RecordHeartbeat] != ""
 		})
 		before := recordOf(t, backing)
 		start := time.Now()
@@ -360,10 +360,10 @@ func TestFUSEStall(t *testing.T) {
 		eventually(t, 10*time.Second, "a heartbeat of this round's wrapper", func() bool {
 			b, _ := os.ReadFile(filepath.Join(backing, pidfile.DefaultName))
 			r, err := pidfile.Parse(b)
-			return err == nil && r.PID == w.PID() && r.Extra["heartbeat"] != ""
+			return err == nil && r.PID == w.PID() && r.Extra[testutil.RecordHeartbeat] != ""
 		})
 		child := 0
-		if _, err := fmt.Sscan(recordOf(t, backing).Extra["child_pid"], &child); err != nil || child <= 0 {
+		if _, err := fmt.Sscan(recordOf(t, backing).Extra[testutil.RecordChildPID], &child); err != nil || child <= 0 {
 			t.Fatalf("round %d: no child_pid in the record", i)
 		}
 		resume := fs.Stall()

@@ -3,7 +3,6 @@ package torture
 import (
 	"bytes"
 	"fmt"
-	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"hash/crc32"
 	"os"
 	"strconv"
@@ -12,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 

@@ -5,8 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/dirlockd/dirlockd/internal/exitcode"
-	"github.com/dirlockd/dirlockd/internal/testutil"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +15,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
 	"github.com/dirlockd/dirlockd/shm"
 )
@@ -302,8 +302,8 @@ func badRmidForced(e *Env) Result {
 			beats := map[string]bool{}
 			deadline := time.Now().Add(10 * recheck)
 			for len(beats) < 4 && time.Now().Before(deadline) && w.Alive() {
-				if rec, _, err := readPidfile(dir); err == nil && rec.Extra["heartbeat"] != "" {
-					beats[rec.Extra["heartbeat"]] = true
+				if rec, _, err := readPidfile(dir); err == nil && rec.Extra[testutil.RecordHeartbeat] != "" {
+					beats[rec.Extra[testutil.RecordHeartbeat]] = true
 				}
 				time.Sleep(recheck / 4)
 			}

@@ -9,6 +9,7 @@ import (
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/stress"
+	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
@@ -238,7 +239,7 @@ func crashStopCont(e *Env) Result {
 		// the wrapper gives up: time for it to notice anything.
 		frozen := ""
 		if rec, err := pidfile.Parse(before); err == nil {
-			frozen = rec.Extra["heartbeat"]
+			frozen = rec.Extra[testutil.RecordHeartbeat]
 		}
 		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && p.Alive(); time.Sleep(20 * time.Millisecond) {
 			if hb := k.heartbeat(dir); hb != "" && hb != frozen {

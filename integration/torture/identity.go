@@ -2,7 +2,6 @@ package torture
 
 import (
 	"fmt"
-	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -12,7 +11,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/proc"
+	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
@@ -70,7 +71,7 @@ func identityLivePIDs(e *Env) Result {
 			if rec.Extra == nil {
 				rec.Extra = map[string]string{}
 			}
-			rec.Extra["child_pid"] = strconv.Itoa(t.pid)
+			rec.Extra[testutil.RecordChildPID] = strconv.Itoa(t.pid)
 			planted := rec.Marshal()
 			if err := os.WriteFile(pidfilePath(dir), planted, 0o600); err != nil {
 				r.fail("round %d, %s: write the record: %v", round, t.what, err)

@@ -3,7 +3,6 @@ package torture
 import (
 	"errors"
 	"fmt"
-	"github.com/dirlockd/dirlockd/internal/testutil"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -20,6 +19,7 @@ import (
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/proc"
+	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
 	"github.com/dirlockd/dirlockd/shm"
 )
@@ -222,7 +222,7 @@ func (k *kit) token(dir string) string {
 
 func (k *kit) heartbeat(dir string) string {
 	if rec := k.record(dir); rec != nil {
-		return rec.Extra["heartbeat"]
+		return rec.Extra[testutil.RecordHeartbeat]
 	}
 	return ""
 }

@@ -2,11 +2,12 @@ package torture
 
 import (
 	"fmt"
-	"github.com/dirlockd/dirlockd/internal/stress"
 	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/dirlockd/dirlockd/internal/stress"
 )
 
 // Storms: many contenders, one data directory, thousands of cycles, no

@@ -36,3 +36,11 @@ func ParseReport(out string) (Report, error) {
 	}
 	return Report{}, errors.New("no JSON line")
 }
+
+// Extra keys of the pidfile record (docs/format.md) that the tests read,
+// mirrored as Report is: cmd/dirlockd writes child_pid, interlock the
+// heartbeat.
+const (
+	RecordChildPID  = "child_pid"
+	RecordHeartbeat = "heartbeat"
+)
