@@ -29,6 +29,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/eintr"
 	"github.com/dirlockd/dirlockd/internal/proc"
 )
 
@@ -201,12 +202,7 @@ func OpenInDir(dir, name string, flag int) (*os.File, error) {
 }
 
 func openRetry(path string, flags int) (int, error) {
-	for {
-		fd, err := unix.Open(path, flags, 0o600)
-		if err != unix.EINTR {
-			return fd, err
-		}
-	}
+	return eintr.Openat(unix.AT_FDCWD, path, flags, 0o600)
 }
 
 // openError explains why the open of what (the "pidfile") at path failed.

@@ -5,6 +5,8 @@ import (
 	"slices"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dirlockd/dirlockd/internal/eintr"
 )
 
 // readFile reads a small file of /proc with plain system calls. os.ReadFile
@@ -12,7 +14,7 @@ import (
 // epoll_ctl that procfs refuses, and four fcntl calls around it), which
 // multiplies the cost of the reads a start makes on its critical path.
 func readFile(path string) ([]byte, error) {
-	fd, err := openRetry(unix.AT_FDCWD, path, unix.O_RDONLY|unix.O_CLOEXEC)
+	fd, err := eintr.Openat(unix.AT_FDCWD, path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
