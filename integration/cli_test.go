@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -21,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/proc"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 )
 
@@ -64,26 +64,8 @@ func cliConcurrently(t *testing.T, argss ...[]string) []cliResult {
 
 // cliStat returns the state letter and parent PID of pid from /proc.
 func cliStat(pid int) (state byte, ppid int, ok bool) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, 0, false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, 0, false
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 2 {
-		return 0, 0, false
-	}
-	ppid, err = strconv.Atoi(f[1])
-	return f[0][0], ppid, err == nil
-}
-
-// cliAlive says whether pid exists and is not a zombie.
-func cliAlive(pid int) bool {
-	st, _, ok := cliStat(pid)
-	return ok && st != 'Z' && syscall.Kill(pid, 0) == nil
+	st, err := proc.ReadStat(pid)
+	return st.State, st.PPID, err == nil
 }
 
 // cliPinned is a process the test started indirectly (a server of a dirlockd

@@ -376,7 +376,7 @@ func TestFUSEStall(t *testing.T) {
 		if d := time.Since(stalled); d > 4*time.Second {
 			t.Fatalf("round %d: SIGUSR1 took until %v into the stall", i, d)
 		}
-		eventually(t, 20*time.Second, "the server's death", func() bool { return !alive(child) })
+		eventually(t, 20*time.Second, "the server's death", func() bool { return !testutil.Alive(child) })
 		took := time.Since(stalled)
 		select {
 		case <-w.Done():

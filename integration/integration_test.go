@@ -146,16 +146,9 @@ func waitHeld(t *testing.T, dir, want string, timeout time.Duration) testutil.Re
 // dirlockd) and waits until it is dead.
 func killWait(t *testing.T, pid int) {
 	t.Helper()
-	syscall.Kill(pid, syscall.SIGKILL)
-	eventually(t, 10*time.Second, fmt.Sprintf("PID %d to die", pid), func() bool {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			return true
-		}
-		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-		i := bytes.LastIndexByte(b, ')')
-		return i > 0 && len(b) > i+2 && b[i+2] == 'Z' && len(tasks) <= 1
-	})
+	if !testutil.KillPID(pid) {
+		t.Fatalf("PID %d still alive 10s after SIGKILL", pid)
+	}
 }
 
 // childOf returns the first child of pid (the process unshare --fork

@@ -80,7 +80,7 @@ func TestPostgresPgCtl(t *testing.T) {
 	var r testutil.Report
 	eventually(t, 60*time.Second, "the postmaster as the main process", func() bool {
 		r = status()
-		return r.State == "held" && r.MainPID > 0 && r.MainPID != r.ChildPID && !alive(r.ChildPID)
+		return r.State == "held" && r.MainPID > 0 && r.MainPID != r.ChildPID && !testutil.Alive(r.ChildPID)
 	})
 	pm, _ := os.ReadFile(filepath.Join(data, "postmaster.pid"))
 	if first, _, _ := strings.Cut(string(pm), "\n"); first != strconv.Itoa(r.MainPID) {
@@ -101,7 +101,7 @@ func TestPostgresPgCtl(t *testing.T) {
 		t.Errorf("wrapper exit %d, want the postmaster's 0; stderr:\n%s", code, w.Stderr())
 	}
 	for _, p := range append(backends, r.MainPID) {
-		if alive(p) {
+		if testutil.Alive(p) {
 			t.Errorf("PID %d of PostgreSQL's tree survived the stop", p)
 		}
 	}

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/proc"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
@@ -209,8 +209,7 @@ func TestPID1ReapsOrphans(t *testing.T) {
 			kids = append(kids, strings.Fields(string(b))...)
 		}
 		for _, k := range kids {
-			b, _ := os.ReadFile("/proc/" + k + "/stat")
-			if i := bytes.LastIndexByte(b, ')'); i > 0 && len(b) > i+2 && b[i+2] == 'Z' {
+			if n, _ := strconv.Atoi(k); isZombie(n) {
 				zombies = append(zombies, k)
 			}
 		}
@@ -244,4 +243,10 @@ func TestInternalError(t *testing.T) {
 	if code, out, _ := dirlockd(t, "version"); code != 0 || !strings.HasPrefix(out, "dirlockd ") {
 		t.Errorf("version: exit %d, %q", code, out)
 	}
+}
+
+// isZombie reports whether pid has exited and waits to be reaped.
+func isZombie(pid int) bool {
+	st, err := proc.ReadStat(pid)
+	return err == nil && st.State == 'Z'
 }

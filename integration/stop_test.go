@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
@@ -95,7 +96,7 @@ func TestStopStalePIDReused(t *testing.T) {
 	// Nothing to poll for: a SIGKILL stop sent would take a moment to
 	// show, and this grace is it.
 	time.Sleep(100 * time.Millisecond)
-	if !cliAlive(victim.Process.Pid) {
+	if !testutil.Alive(victim.Process.Pid) {
 		st, _, _ := cliStat(victim.Process.Pid)
 		t.Fatalf("stop signalled PID %d, an unrelated process that reused the recorded PID (state %q)", victim.Process.Pid, st)
 	}
@@ -196,7 +197,7 @@ func TestStopKillAfterSparesNextHolder(t *testing.T) {
 	if code := w.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGTERM) {
 		t.Errorf("wrapper exit %d after stop, want 143", code)
 	}
-	if !cliAlive(queued.Process.Pid) {
+	if !testutil.Alive(queued.Process.Pid) {
 		t.Errorf("stop --kill-after SIGKILLed PID %d, which took the lock after the signalled holder released it; stop: exit %d, %s",
 			queued.Process.Pid, code, stderr)
 	} else if code != 1 || !strings.Contains(stderr, "still held after the timeout") || strings.Contains(stderr, "sending SIGKILL") {

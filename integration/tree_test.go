@@ -16,16 +16,6 @@ import (
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
-// alive reports whether pid exists and is not a zombie.
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	return i > 0 && len(b) > i+2 && b[i+2] != 'Z'
-}
-
 // pidsIn waits until the server has written n PIDs, a line each, to file.
 func pidsIn(t *testing.T, file string, n int) []int {
 	t.Helper()
@@ -69,7 +59,7 @@ func TestForkingRedis(t *testing.T) {
 			if got := redisDo(t, port, "PING"); got != "+PONG" {
 				t.Fatalf("PING: %q", got)
 			}
-			if alive(r.ChildPID) {
+			if testutil.Alive(r.ChildPID) {
 				t.Errorf("the command (PID %d) still runs; redis should have daemonized", r.ChildPID)
 			}
 			if !strings.Contains(readFile(t, fmt.Sprintf("/proc/%d/cmdline", daemon)), "redis-server") {
@@ -86,7 +76,7 @@ func TestForkingRedis(t *testing.T) {
 			if code := w.WaitExit(t, 20*time.Second); code != 0 {
 				t.Errorf("wrapper exit %d, want redis's 0; stderr:\n%s", code, w.Stderr())
 			}
-			if alive(daemon) {
+			if testutil.Alive(daemon) {
 				t.Errorf("redis (PID %d) survived the stop", daemon)
 			}
 			if rec := recordOf(t, dir); rec.Status != pidfile.Stopped {
@@ -126,7 +116,7 @@ func TestShellDaemon(t *testing.T) {
 			_, r = check(t, dir)
 			return r.MainPID == daemon
 		})
-		if code := r.State; code != "held" || alive(r.ChildPID) {
+		if code := r.State; code != "held" || testutil.Alive(r.ChildPID) {
 			t.Fatalf("round %d: %+v; want held, the command gone", round, r)
 		}
 		if env := readFile(t, fmt.Sprintf("/proc/%d/environ", daemon)); strings.Contains(env, "DIRLOCKD_") {
@@ -136,7 +126,7 @@ func TestShellDaemon(t *testing.T) {
 		if code := w.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGTERM) {
 			t.Errorf("round %d: wrapper exit %d, want 143 (the daemon killed by SIGTERM); stderr:\n%s", round, code, w.Stderr())
 		}
-		if alive(daemon) {
+		if testutil.Alive(daemon) {
 			t.Errorf("round %d: the daemon survived", round)
 		}
 		if rec := recordOf(t, dir); rec.Status != pidfile.Stopped {
@@ -163,7 +153,7 @@ func TestStoppedMeansTreeGone(t *testing.T) {
 			polls++
 			if r, perr := pidfile.Parse(b); err == nil && perr == nil && r.Status == pidfile.Stopped {
 				for _, p := range pids {
-					if alive(p) {
+					if testutil.Alive(p) {
 						t.Fatalf("round %d: the record says stopped while PID %d of the tree lives", round, p)
 					}
 				}
@@ -206,7 +196,7 @@ func TestSeveralLeft(t *testing.T) {
 		t.Errorf("exit %d, want the command's 0; stderr:\n%s", code, w.Stderr())
 	}
 	for _, p := range pids {
-		if alive(p) {
+		if testutil.Alive(p) {
 			t.Errorf("PID %d survived SIGTERM", p)
 		}
 	}
@@ -223,7 +213,7 @@ func TestFailingCommand(t *testing.T) {
 	if code := w.WaitExit(t, 10*time.Second); code != 3 {
 		t.Errorf("exit %d, want the command's 3; stderr:\n%s", code, w.Stderr())
 	}
-	if alive(left) {
+	if testutil.Alive(left) {
 		t.Errorf("PID %d, left by the failed command, survived", left)
 	}
 	if s := w.Stderr(); !strings.Contains(s, "the command failed (status 3)") {
@@ -249,7 +239,7 @@ func TestMainExitStopsTheRest(t *testing.T) {
 	if code := w.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGUSR1) {
 		t.Errorf("exit %d, want 138 (the main process killed by SIGUSR1); stderr:\n%s", code, w.Stderr())
 	}
-	if alive(stubborn) {
+	if testutil.Alive(stubborn) {
 		t.Errorf("PID %d, which ignores SIGTERM, survived the stop timeout", stubborn)
 	}
 	if s := w.Stderr(); !strings.Contains(s, "sending SIGKILL") {

@@ -335,7 +335,7 @@ func badRmidForced(e *Env) Result {
 			if out := w.Output(); code != exitcode.SignalBase+int(syscall.SIGTERM) || !strings.Contains(out, "released the data directory") || panicked(out) {
 				r.fail("%s: exit %d after SIGTERM, want 143 and a release: %s", what, code, out)
 			}
-			if !WaitDead(rep.ChildPID, 2*time.Second) {
+			if !testutil.WaitDead(rep.ChildPID, 2*time.Second) {
 				r.fail("%s: the server (PID %d) still runs", what, rep.ChildPID)
 			}
 			if n := reap(token); n > 0 {

@@ -137,7 +137,7 @@ func crashRandomKill(e *Env) Result {
 				r.fail("iteration %d: a refused starter changed the pidfile:\nbefore %q\nafter  %q", i, before, after)
 			}
 			sent = stress.MonoNow()
-			if !Kill(child) {
+			if !testutil.KillPID(child) {
 				r.fail("iteration %d: the server %d survived SIGKILL", i, child)
 			}
 			r.Faults++
@@ -148,7 +148,7 @@ func crashRandomKill(e *Env) Result {
 			syscall.Kill(child, syscall.SIGKILL)
 			tKill = time.Now()
 			r.Faults++
-			if _, ok := p.Exited(10 * time.Second); !ok || !WaitDead(child, 10*time.Second) {
+			if _, ok := p.Exited(10 * time.Second); !ok || !testutil.WaitDead(child, 10*time.Second) {
 				r.fail("iteration %d: the wrapper %d or the server %d survived SIGKILL", i, p.PID(), child)
 			}
 		}

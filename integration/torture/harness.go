@@ -24,7 +24,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/dirlockd/dirlockd/internal/stress"
@@ -174,28 +173,4 @@ func Table(rs []Result) string {
 	}
 	fmt.Fprintf(&b, "| **total** | %d | %d | %d | %s | |\n", it, fl, vi, took.Round(100*time.Millisecond))
 	return b.String()
-}
-
-// Kill SIGKILLs pid and waits until it can no longer act: gone, or a zombie
-// whose threads have all exited. It reports whether it died in time.
-func Kill(pid int) bool {
-	syscall.Kill(pid, syscall.SIGKILL)
-	return WaitDead(pid, 10*time.Second)
-}
-
-// WaitDead waits until pid is gone or a fully exited zombie.
-func WaitDead(pid int, timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			return true
-		}
-		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-		if i := bytes.LastIndexByte(b, ')'); i > 0 && len(b) > i+2 && b[i+2] == 'Z' && len(tasks) <= 1 {
-			return true
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return false
 }

@@ -155,7 +155,7 @@ func (k *kit) start(name string, args []string, env ...string) (*testutil.Proc, 
 // time), newest first, and waits for each to die.
 func (k *kit) cleanup() {
 	for _, pid := range slices.Backward(k.order) {
-		if proc.Alive(pid, k.procs[pid]) && !Kill(pid) {
+		if proc.Alive(pid, k.procs[pid]) && !testutil.KillPID(pid) {
 			k.r.fail("cleanup: PID %d survived SIGKILL", pid)
 		}
 	}
@@ -170,9 +170,9 @@ func (k *kit) killTree(pid int) {
 	k.track(pid)
 	syscall.Kill(pid, syscall.SIGKILL)
 	for _, d := range testutil.Descendants(pid) {
-		Kill(d)
+		testutil.KillPID(d)
 	}
-	WaitDead(pid, 10*time.Second)
+	testutil.WaitDead(pid, 10*time.Second)
 }
 
 // live records how long a next holder took to get in after a crash.
@@ -310,7 +310,7 @@ func reap(token string) int {
 	found, _ := proc.WithEnv(interlock.TokenEnv + "=" + token)
 	delete(found, os.Getpid())
 	for p := range found {
-		Kill(p)
+		testutil.KillPID(p)
 	}
 	return len(found)
 }

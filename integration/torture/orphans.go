@@ -13,6 +13,7 @@ import (
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/stress"
+	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
 	"github.com/dirlockd/dirlockd/shm"
 )
@@ -89,7 +90,7 @@ func orphanCycle(e *Env, mode, ready, what string) Result {
 		}
 
 		sent := stress.MonoNow()
-		if !Kill(child) {
+		if !testutil.KillPID(child) {
 			r.fail("iteration %d: the server %d survived SIGKILL", i, child)
 		}
 		tKill := time.Now()
@@ -157,7 +158,7 @@ func orphansAttached(e *Env) Result {
 		p.Kill()
 		rec := k.record(dir)
 		if rec == nil {
-			Kill(gc)
+			testutil.KillPID(gc)
 			continue
 		}
 		if env, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", gc)); strings.Contains(string(env), interlock.TokenEnv+"=") {
@@ -188,7 +189,7 @@ func orphansAttached(e *Env) Result {
 			r.fail("iteration %d: a refused starter changed the pidfile:\nbefore %q\nafter  %q", i, before, after)
 		}
 
-		if !Kill(gc) {
+		if !testutil.KillPID(gc) {
 			r.fail("iteration %d: the helper %d survived SIGKILL", i, gc)
 		}
 		tKill := time.Now()

@@ -334,7 +334,7 @@ func storageDirGone(e *Env, remove bool) Result {
 			if !stopsAfterLoss(&r, w, what, "its data directory went", start, bound, recheck, &worst) {
 				return
 			}
-			if !WaitDead(rep.ChildPID, 2*time.Second) {
+			if !testutil.WaitDead(rep.ChildPID, 2*time.Second) {
 				r.fail("%s: the server (PID %d) still runs", what, rep.ChildPID)
 			}
 			noSegments(&r, what, id)

@@ -268,3 +268,40 @@ func Descendants(pid int) []int {
 	}
 	return out
 }
+
+// Alive reports whether pid exists and is not a zombie.
+func Alive(pid int) bool {
+	st, err := proc.ReadStat(pid)
+	return err == nil && st.State != 'Z'
+}
+
+// Dead reports whether pid can no longer act: it is gone, or a zombie whose
+// threads have all exited (a zombie leader can wait for threads still
+// running).
+func Dead(pid int) bool {
+	st, err := proc.ReadStat(pid)
+	if err != nil {
+		return true
+	}
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	return st.State == 'Z' && len(tasks) <= 1
+}
+
+// WaitDead polls until pid is Dead, and reports whether it was within
+// timeout.
+func WaitDead(pid int, timeout time.Duration) bool {
+	for deadline := time.Now().Add(timeout); !Dead(pid); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
+}
+
+// KillPID SIGKILLs pid, a process the test started (directly, or through a
+// process it started and that has not reaped it), and reports whether it
+// was Dead within 10 s.
+func KillPID(pid int) bool {
+	syscall.Kill(pid, syscall.SIGKILL)
+	return WaitDead(pid, 10*time.Second)
+}
