@@ -212,17 +212,7 @@ func TestStopKillAfterSparesNextHolder(t *testing.T) {
 	// Another dirlockd run waits for the directory and takes it over.
 	w, _, _ = cliHeld(t, dir, nil, "sleep", "300")
 	next := startRun(t, nil, dir, []string{"--wait", "30s"}, "sleep", "300")
-	// It waits once it has the pidfile open (and its lock refused).
-	pf := filepath.Join(dir, pidfile.DefaultName)
-	eventually(t, 10*time.Second, "the second run to open the pidfile", func() bool {
-		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", next.PID()))
-		for _, fd := range fds {
-			if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", next.PID(), fd.Name())); l == pf {
-				return true
-			}
-		}
-		return false
-	})
+	waitOpened(t, next, dir) // it is acquiring, waiting
 	code, _, stderr = dirlockd(t, "stop", "-D", dir, "--timeout", "3s", "--kill-after", "200ms")
 	if code := w.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGTERM) {
 		t.Errorf("first wrapper exit %d after stop, want 143", code)
