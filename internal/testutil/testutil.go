@@ -1,11 +1,14 @@
 // Package testutil holds what the test suites share: re-executing the test
-// binary as a helper process, data directories, and the check that no SysV
-// segment leaks.
+// binary as a helper process, the one wrapper of the processes a test
+// starts (Proc, proc.go), data directories, loopback ports, the mirror of
+// check --json (Report, report.go), real etcd clusters and a TCP proxy for
+// the lease tests, and the check that no SysV segment leaks.
 package testutil
 
 import (
 	"bufio"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -92,6 +95,17 @@ func Segments() ([]int, error) {
 		ids = append(ids, id)
 	}
 	return ids, nil
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 // DataDir makes an empty data directory, mode 0700, removed after the test.
