@@ -18,6 +18,7 @@ import (
 	"github.com/dirlockd/dirlockd/integration/torture"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/testutil"
+	"github.com/dirlockd/dirlockd/pidfile"
 )
 
 // bin is dirlockd as shipped; binFault is built with -tags faultinject,
@@ -140,6 +141,21 @@ func waitHeld(t *testing.T, dir, want string, timeout time.Duration) testutil.Re
 		return r.State == "held" && (want == "" || r.Status == want) && r.ChildPID > 0
 	})
 	return r
+}
+
+// waitOpened waits until the wrapper w has opened a pidfile (in dir, if not
+// empty): it has set up its signal handling by then, and is acquiring.
+func waitOpened(t *testing.T, w *testutil.Proc, dir string) {
+	t.Helper()
+	eventually(t, 10*time.Second, "the wrapper to open the pidfile", func() bool {
+		fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", w.PID()))
+		for _, fd := range fds {
+			if l, err := os.Readlink(fd); err == nil && filepath.Base(l) == pidfile.DefaultName && (dir == "" || filepath.Dir(l) == dir) {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 // killWait SIGKILLs pid (a process our test started, directly or through

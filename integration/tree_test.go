@@ -320,21 +320,6 @@ func sigPending(pid int, sig syscall.Signal) bool {
 	return sigMask(pid, "ShdPnd:")&(1<<(uint(sig)-1)) != 0
 }
 
-// waitOpened waits until the wrapper w has opened a pidfile (in dir, if not
-// empty): it has set up its signal handling by then, and is acquiring.
-func waitOpened(t *testing.T, w *testutil.Proc, dir string) {
-	t.Helper()
-	eventually(t, 10*time.Second, "the wrapper to open the pidfile", func() bool {
-		fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", w.PID()))
-		for _, fd := range fds {
-			if l, err := os.Readlink(fd); err == nil && filepath.Base(l) == pidfile.DefaultName && (dir == "" || filepath.Dir(l) == dir) {
-				return true
-			}
-		}
-		return false
-	})
-}
-
 // sigMask reads one of the signal masks of /proc/PID/status.
 func sigMask(pid int, field string) uint64 {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
