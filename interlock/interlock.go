@@ -20,7 +20,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -330,7 +329,7 @@ func lockWaiting(ctx context.Context, f *pidfile.File, opts Options, me self, st
 		fallback = 0 // jittered backoff below
 	}
 	kernelWait := true
-	backoff := time.Millisecond
+	retry := backoff{d: time.Millisecond, max: 10 * time.Millisecond}
 	var watch *pidfile.ReleaseWatch
 	defer func() {
 		if watch != nil {
@@ -391,8 +390,7 @@ func lockWaiting(ctx context.Context, f *pidfile.File, opts Options, me self, st
 		if d == 0 {
 			// Jittered, and short at most: without a watch a waiter
 			// only notices a release when it tries again.
-			d = backoff/2 + mrand.N(backoff)
-			backoff = min(2*backoff, 10*time.Millisecond)
+			d = retry.next()
 		}
 		if opts.Wait > 0 && waited < opts.Wait {
 			d = min(d, opts.Wait-waited) // judge when the wait runs out

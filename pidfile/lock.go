@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/eintr"
 	"github.com/dirlockd/dirlockd/internal/proc"
 )
 
@@ -88,23 +89,13 @@ func busy(err error) bool {
 	return err == unix.EWOULDBLOCK || err == unix.EAGAIN || err == unix.EACCES
 }
 
-// retryEINTR runs fn until it does not fail with EINTR: x/sys/unix does not
-// retry interrupted calls.
-func retryEINTR(fn func() error) error {
-	for {
-		if err := fn(); err != unix.EINTR {
-			return err
-		}
-	}
-}
-
 func wholeFile(typ int16) *unix.Flock_t {
 	return &unix.Flock_t{Type: typ, Whence: 0, Start: 0, Len: 0}
 }
 
 // place takes a lock of kind m (not Auto) without waiting.
 func place(fd uintptr, m Method) error {
-	return retryEINTR(func() error {
+	return eintr.Retry(func() error {
 		switch m {
 		case Flock:
 			return unix.Flock(int(fd), unix.LOCK_EX|unix.LOCK_NB)
@@ -117,7 +108,7 @@ func place(fd uintptr, m Method) error {
 }
 
 func remove(fd uintptr, m Method) error {
-	return retryEINTR(func() error {
+	return eintr.Retry(func() error {
 		switch m {
 		case Flock:
 			return unix.Flock(int(fd), unix.LOCK_UN)
@@ -177,7 +168,7 @@ func (f *File) autoChain() []Method {
 func (f *File) otherFamilyHeld(m Method) string {
 	if m == Flock {
 		lk := wholeFile(unix.F_WRLCK)
-		err := retryEINTR(func() error { return unix.FcntlFlock(f.f.Fd(), unix.F_OFD_GETLK, lk) })
+		err := eintr.Retry(func() error { return unix.FcntlFlock(f.f.Fd(), unix.F_OFD_GETLK, lk) })
 		if err == nil && lk.Type != unix.F_UNLCK {
 			return "another process, with an fcntl lock,"
 		}
@@ -250,7 +241,7 @@ func (f *File) LockWait(ctx context.Context, m Method) error {
 	}
 	granted, abandoned := make(chan error), make(chan struct{})
 	go func() {
-		err := retryEINTR(func() error { return placeWaiting(uintptr(fd), m) })
+		err := eintr.Retry(func() error { return placeWaiting(uintptr(fd), m) })
 		select {
 		case granted <- err:
 		case <-abandoned:
@@ -356,7 +347,7 @@ func (f *File) probe(m Method) error {
 			cmd = unix.F_GETLK
 		}
 		lk := wholeFile(unix.F_WRLCK)
-		if err := retryEINTR(func() error { return unix.FcntlFlock(fd, cmd, lk) }); err != nil {
+		if err := eintr.Retry(func() error { return unix.FcntlFlock(fd, cmd, lk) }); err != nil {
 			return &os.PathError{Op: m.String() + " test", Path: f.path, Err: err}
 		}
 		if lk.Type != unix.F_UNLCK {

@@ -28,6 +28,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/eintr"
 	"github.com/dirlockd/dirlockd/internal/proc"
 )
 
@@ -206,12 +207,7 @@ func OpenInDir(dir, name string, flag int) (*os.File, error) {
 }
 
 func openRetry(path string, flags int) (int, error) {
-	for {
-		fd, err := unix.Open(path, flags, 0o600)
-		if err != unix.EINTR {
-			return fd, err
-		}
-	}
+	return eintr.Openat(unix.AT_FDCWD, path, flags, 0o600)
 }
 
 // openError explains why the open of what (the "pidfile") at path failed.
@@ -511,7 +507,7 @@ func readAll(f *os.File) ([]byte, error) {
 		var n int
 		var rerr error
 		if err := rc.Read(func(fd uintptr) bool {
-			rerr = retryEINTR(func() (err error) {
+			rerr = eintr.Retry(func() (err error) {
 				n, err = unix.Pread(int(fd), buf, 0)
 				return err
 			})

@@ -131,7 +131,7 @@ func (r *Record) Marshal() []byte {
 	kv(keyHostname, r.Hostname)
 	kv(keyPIDNS, strconv.FormatUint(r.PIDNS, 10))
 	kv(keyPIDStart, strconv.FormatUint(r.PIDStart, 10))
-	kv(keyShmKey, formatKey(r.ShmKey))
+	kv(keyShmKey, FormatKey(r.ShmKey))
 	kv(keyShmID, strconv.Itoa(r.ShmID))
 	kv(keyLockMethod, r.LockMethod.String())
 	kv(keyStatus, string(r.Status))
@@ -159,9 +159,10 @@ func appendHex32(dst []byte, v uint32) []byte {
 	return dst
 }
 
-// formatKey writes a SysV key as ipcs(1) shows it, so the two can be compared
-// by eye. Keys are int32 in the kernel: half of them are negative as ints.
-func formatKey(k int) string {
+// FormatKey writes a SysV key as the record and ipcs(1) show it (0x and
+// eight hex digits), so the two can be compared by eye. Keys are int32 in
+// the kernel: half of them are negative as ints.
+func FormatKey(k int) string {
 	return string(appendHex32([]byte("0x"), uint32(k)))
 }
 

@@ -5,6 +5,8 @@ import (
 	"slices"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dirlockd/dirlockd/internal/eintr"
 )
 
 // readFile reads a small file of /proc with plain system calls. os.ReadFile
@@ -21,7 +23,7 @@ func readFile(path string) ([]byte, error) { return read(path, false) }
 func readShown(path string) ([]byte, error) { return read(path, true) }
 
 func read(path string, shown bool) ([]byte, error) {
-	fd, err := openRetry(unix.AT_FDCWD, path, unix.O_RDONLY|unix.O_CLOEXEC)
+	fd, err := eintr.Openat(unix.AT_FDCWD, path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
