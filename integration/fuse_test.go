@@ -15,6 +15,7 @@ import (
 
 	"github.com/dirlockd/dirlockd/integration/fusefs"
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/stress"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
@@ -156,18 +157,18 @@ func TestFUSEFallback(t *testing.T) {
 	}
 
 	w := startRun(t, nil, a, nil, "sleep", "60")
-	eventually(t, 10*time.Second, "the server on A", func() bool { return strings.Contains(w.stderr.String(), "the server is ready") })
-	if s := w.stderr.String(); !strings.Contains(s, "lock_method=ofd") || !strings.Contains(s, "shared storage: FUSE") {
+	eventually(t, 10*time.Second, "the server on A", func() bool { return strings.Contains(w.Stderr(), "the server is ready") })
+	if s := w.Stderr(); !strings.Contains(s, "lock_method=ofd") || !strings.Contains(s, "shared storage: FUSE") {
 		t.Errorf("run on A does not log the OFD fallback and the FUSE guarantee:\n%s", s)
 	}
-	if code, _, stderr := dirlockd(t, "run", "-D", b, "--", "true"); code != 75 {
+	if code, _, stderr := dirlockd(t, "run", "-D", b, "--", "true"); code != exitcode.Held {
 		t.Errorf("run on B while A runs: exit %d, want 75\n%s", code, stderr)
 	}
 	if code, out, _ := dirlockd(t, "check", "--json", "-D", b); code != 1 || !strings.Contains(out, `"filesystem":"fuse"`) {
 		t.Errorf("check on B: exit %d, %s; want 1 (held), filesystem fuse", code, out)
 	}
-	w.cmd.Process.Signal(syscall.SIGTERM)
-	if code := w.wait(t, 10*time.Second); code != 128+int(syscall.SIGTERM) {
+	w.Cmd.Process.Signal(syscall.SIGTERM)
+	if code := w.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGTERM) {
 		t.Errorf("run on A after SIGTERM: exit %d, want 143", code)
 	}
 }
@@ -184,13 +185,13 @@ func TestFUSEHeartbeatRule(t *testing.T) {
 		eventually(t, 10*time.Second, "a heartbeat from alpha", func() bool {
 			b, _ := os.ReadFile(filepath.Join(backing, pidfile.DefaultName))
 			r, err := pidfile.Parse(b)
-			return err == nil && r.Hostname == "alpha" && r.Extra["heartbeat"] != ""
+			return err == nil && r.Hostname == "alpha" && r.Extra[testutil.RecordHeartbeat] != ""
 		})
 		before := recordOf(t, backing)
 		start := time.Now()
 		code, out := runOn(t, "beta", "run", "-D", b, "--recheck", "100ms", "--", "true")
 		took := time.Since(start)
-		if code != 75 || !strings.Contains(out, "LOCKING IS BROKEN") || !strings.Contains(out, "host alpha") {
+		if code != exitcode.Held || !strings.Contains(out, "LOCKING IS BROKEN") || !strings.Contains(out, "host alpha") {
 			t.Fatalf("round %d: beta's run while alpha runs: exit %d, want 75 saying the locking is broken\n%s", i, code, out)
 		}
 		if after := recordOf(t, backing); after.Token != before.Token || after.Hostname != "alpha" {
@@ -200,12 +201,12 @@ func TestFUSEHeartbeatRule(t *testing.T) {
 
 		// alpha dies without a word: SIGKILL of its whole PID namespace
 		// leaves the record "ready" with its last heartbeat.
-		if pid1 := childOf(w.pid()); pid1 == w.pid() {
-			t.Fatalf("round %d: unshare %d has no child", i, w.pid())
+		if pid1 := childOf(w.PID()); pid1 == w.PID() {
+			t.Fatalf("round %d: unshare %d has no child", i, w.PID())
 		} else if err := syscall.Kill(pid1, syscall.SIGKILL); err != nil {
-			t.Fatalf("kill alpha's PID 1 (%d, child of unshare %d): %v", pid1, w.pid(), err)
+			t.Fatalf("kill alpha's PID 1 (%d, child of unshare %d): %v", pid1, w.PID(), err)
 		}
-		w.wait(t, 10*time.Second)
+		w.WaitExit(t, 10*time.Second)
 		if r := recordOf(t, backing); r.Status == pidfile.Stopped {
 			t.Fatalf("round %d: alpha's record says stopped after SIGKILL", i)
 		}
@@ -234,17 +235,17 @@ func TestFUSELockLoss(t *testing.T) {
 	fs, _, a, b := mountHosts(t, fusefs.Shared)
 	for i := range 5 {
 		w := startRun(t, nil, a, []string{"--recheck", "100ms"}, "sh", "-c", `trap 'echo got-usr1' USR1; while :; do sleep 0.05; done`)
-		eventually(t, 10*time.Second, "the server on A", func() bool { return strings.Contains(w.stderr.String(), "the server is ready") })
-		if code, _, _ := dirlockd(t, "run", "-D", b, "--", "true"); code != 75 {
+		eventually(t, 10*time.Second, "the server on A", func() bool { return strings.Contains(w.Stderr(), "the server is ready") })
+		if code, _, _ := dirlockd(t, "run", "-D", b, "--", "true"); code != exitcode.Held {
 			t.Fatalf("round %d: run on B while A holds: exit %d, want 75", i, code)
 		}
 		if n := fs.LoseLocks(); n == 0 {
 			t.Fatalf("round %d: LoseLocks dropped nothing while A held the directory", i)
 		}
 		lost := time.Now()
-		code := w.wait(t, 10*time.Second)
-		s := w.stderr.String()
-		if code != 128+int(syscall.SIGTERM) || !strings.Contains(s, "interlock is lost") || !strings.Contains(s, "input/output error") {
+		code := w.WaitExit(t, 10*time.Second)
+		s := w.Stderr()
+		if code != exitcode.SignalBase+int(syscall.SIGTERM) || !strings.Contains(s, "interlock is lost") || !strings.Contains(s, "input/output error") {
 			t.Fatalf("round %d: after the locks were lost: exit %d, want 143 after an EIO\n%s", i, code, s)
 		}
 		t.Logf("round %d: server stopped %v after the loss", i, time.Since(lost).Round(time.Millisecond))
@@ -366,10 +367,10 @@ func TestFUSEStall(t *testing.T) {
 		eventually(t, 10*time.Second, "a heartbeat of this round's wrapper", func() bool {
 			b, _ := os.ReadFile(filepath.Join(backing, pidfile.DefaultName))
 			r, err := pidfile.Parse(b)
-			return err == nil && r.PID == w.pid() && r.Extra["heartbeat"] != ""
+			return err == nil && r.PID == w.PID() && r.Extra[testutil.RecordHeartbeat] != ""
 		})
 		child := 0
-		if _, err := fmt.Sscan(recordOf(t, backing).Extra["child_pid"], &child); err != nil || child <= 0 {
+		if _, err := fmt.Sscan(recordOf(t, backing).Extra[testutil.RecordChildPID], &child); err != nil || child <= 0 {
 			t.Fatalf("round %d: no child_pid in the record", i)
 		}
 		resume := fs.Stall()
@@ -377,22 +378,22 @@ func TestFUSEStall(t *testing.T) {
 		// The supervisor must not wait for the storage: a signal still
 		// reaches the server at once, long before the stall limit.
 		eventually(t, 20*time.Second, "a write blocked on the stalled storage", func() bool { return fs.Stalled() > 0 })
-		w.cmd.Process.Signal(syscall.SIGUSR1)
-		eventually(t, 2*time.Second, "SIGUSR1 to reach the server during the stall", func() bool { return strings.Contains(w.out.String(), "got-usr1") })
+		w.Cmd.Process.Signal(syscall.SIGUSR1)
+		eventually(t, 2*time.Second, "SIGUSR1 to reach the server during the stall", func() bool { return strings.Contains(w.Stdout(), "got-usr1") })
 		if d := time.Since(stalled); d > 4*time.Second {
 			t.Fatalf("round %d: SIGUSR1 took until %v into the stall", i, d)
 		}
-		eventually(t, 20*time.Second, "the server's death", func() bool { return !alive(child) })
+		eventually(t, 20*time.Second, "the server's death", func() bool { return !testutil.Alive(child) })
 		took := time.Since(stalled)
 		select {
-		case <-w.done:
+		case <-w.Done():
 			t.Fatalf("round %d: dirlockd run exited while its heartbeat write was blocked", i)
 		default:
 		}
 		resume()
-		code := w.wait(t, 10*time.Second)
-		s := w.stderr.String()
-		if took < 5*time.Second || code != 128+int(syscall.SIGTERM) || !strings.Contains(s, "the storage has not answered for 5s") {
+		code := w.WaitExit(t, 10*time.Second)
+		s := w.Stderr()
+		if took < 5*time.Second || code != exitcode.SignalBase+int(syscall.SIGTERM) || !strings.Contains(s, "the storage has not answered for 5s") {
 			t.Fatalf("round %d: server stopped %v after the stall, run exit %d; want 5 s or more, 143 and the watchdog's message\n%s", i, took, code, s)
 		}
 		t.Logf("round %d: server stopped %v after the storage stalled", i, took.Round(time.Millisecond))

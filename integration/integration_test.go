@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/dirlockd/dirlockd/integration/torture"
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/testutil"
+	"github.com/dirlockd/dirlockd/pidfile"
 )
 
 // bin is dirlockd as shipped; binFault is built with -tags faultinject,
@@ -70,23 +72,11 @@ func dirlockdEnv(t *testing.T, env []string, args ...string) (int, string, strin
 	return cmd.ProcessState.ExitCode(), out.String(), errb.String()
 }
 
-// checkReport is one line of "dirlockd check --json".
-type checkReport struct {
-	Datadir  string `json:"datadir"`
-	State    string `json:"state"`
-	PID      int    `json:"pid"`
-	ChildPID int    `json:"child_pid"`
-	MainPID  int    `json:"main_pid"`
-	Host     string `json:"host"`
-	Status   string `json:"status"`
-	Orphans  []int  `json:"orphans"`
-	Reason   string `json:"reason"`
-}
-
-func check(t *testing.T, dir string) (int, checkReport) {
+// check runs "dirlockd check --json -D dir".
+func check(t *testing.T, dir string) (int, testutil.Report) {
 	t.Helper()
 	code, out, stderr := dirlockd(t, "check", "--json", "-D", dir)
-	var r checkReport
+	var r testutil.Report
 	if err := json.Unmarshal([]byte(out), &r); err != nil {
 		t.Fatalf("check --json: %q (%v); stderr %s", out, err, stderr)
 	}
@@ -105,107 +95,49 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 	}
 }
 
-// output is a file a process writes to: unlike a pipe, it needs no copying
-// goroutine that would wait for every process holding the pipe (a server
-// outliving a killed wrapper) before exec.Cmd.Wait returns.
-type output struct{ f *os.File }
-
-func newOutput(t *testing.T, name string) *output {
-	f, err := os.Create(filepath.Join(t.TempDir(), name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return &output{f}
-}
-
-func (o *output) String() string {
-	b, _ := os.ReadFile(o.f.Name())
-	return string(b)
-}
-
-// wrapper is a running "dirlockd run".
-type wrapper struct {
-	cmd    *exec.Cmd
-	out    *output // the server's and dirlockd's stdout
-	stderr *output // dirlockd's logs and the server's stderr
-	done   chan struct{}
-}
-
 // startRun starts "[prefix...] dirlockd run -D dir flags... -- argv..." and
 // kills it (by the PID we started) when the test ends.
-func startRun(t *testing.T, prefix []string, dir string, flags []string, argv ...string) *wrapper {
+func startRun(t *testing.T, prefix []string, dir string, flags []string, argv ...string) *testutil.Proc {
 	t.Helper()
 	args := append(append(append(append([]string{}, prefix...), bin, "run", "-D", dir), flags...), "--")
 	return startWrapper(t, nil, append(args, argv...))
 }
 
 // startRunEnv is startRun with the environment env.
-func startRunEnv(t *testing.T, env []string, dir string, flags []string, argv ...string) *wrapper {
+func startRunEnv(t *testing.T, env []string, dir string, flags []string, argv ...string) *testutil.Proc {
 	t.Helper()
 	args := append(append([]string{bin, "run", "-D", dir}, flags...), "--")
 	return startWrapper(t, env, append(args, argv...))
 }
 
-func startWrapper(t *testing.T, env, args []string) *wrapper {
+// startWrapper starts args, a "dirlockd run" (or a command that execs
+// one), with the environment env, its stdout (the server's and
+// dirlockd's) and stderr (dirlockd's logs and the server's) in files.
+func startWrapper(t *testing.T, env, args []string) *testutil.Proc {
 	t.Helper()
-	w := &wrapper{out: newOutput(t, "stdout"), stderr: newOutput(t, "stderr"), done: make(chan struct{})}
-	w.cmd = exec.Command(args[0], args[1:]...)
-	w.cmd.Env = env
-	w.cmd.Stdout, w.cmd.Stderr = w.out.f, w.stderr.f
-	if err := w.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { w.cmd.Wait(); close(w.done) }()
-	t.Cleanup(func() {
-		// The server's tree first: with the wrapper gone, its
-		// daemonized processes would be reparented out of reach.
-		for _, pid := range descendants(w.pid()) {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-		w.cmd.Process.Signal(syscall.SIGKILL)
-		<-w.done
-	})
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = env
+	w := testutil.StartLogged(t, cmd)
+	killTreeAtEnd(t, w)
 	return w
 }
 
-// descendants lists the processes below pid (which our test started),
-// children before their parents.
-func descendants(pid int) []int {
-	var out []int
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	for _, f := range tasks {
-		b, _ := os.ReadFile(f)
-		for _, c := range strings.Fields(string(b)) {
-			if n, err := strconv.Atoi(c); err == nil {
-				out = append(append(out, descendants(n)...), n)
-			}
+// killTreeAtEnd kills, when the test ends, the server's tree under the
+// wrapper w before w itself: with the wrapper gone, its daemonized
+// processes would be reparented out of reach.
+func killTreeAtEnd(t *testing.T, w *testutil.Proc) {
+	t.Cleanup(func() {
+		for _, pid := range testutil.Descendants(w.PID()) {
+			syscall.Kill(pid, syscall.SIGKILL)
 		}
-	}
-	return out
-}
-
-// pid is the wrapper's PID (the process we started).
-func (w *wrapper) pid() int { return w.cmd.Process.Pid }
-
-// wait waits for the wrapper to exit and returns its exit code (-1 if it
-// was killed by a signal).
-func (w *wrapper) wait(t *testing.T, timeout time.Duration) int {
-	t.Helper()
-	select {
-	case <-w.done:
-		return w.cmd.ProcessState.ExitCode()
-	case <-time.After(timeout):
-		t.Fatalf("dirlockd run did not exit within %v; stderr:\n%s", timeout, w.stderr)
-		return 0
-	}
+	})
 }
 
 // waitHeld waits until check reports the directory held with status want
 // ("" for any) and returns the report.
-func waitHeld(t *testing.T, dir, want string, timeout time.Duration) checkReport {
+func waitHeld(t *testing.T, dir, want string, timeout time.Duration) testutil.Report {
 	t.Helper()
-	var r checkReport
+	var r testutil.Report
 	eventually(t, timeout, "the directory held with status "+want, func() bool {
 		_, r = check(t, dir)
 		return r.State == "held" && (want == "" || r.Status == want) && r.ChildPID > 0
@@ -213,20 +145,28 @@ func waitHeld(t *testing.T, dir, want string, timeout time.Duration) checkReport
 	return r
 }
 
+// waitOpened waits until the wrapper w has opened a pidfile (in dir, if not
+// empty): it has set up its signal handling by then, and is acquiring.
+func waitOpened(t *testing.T, w *testutil.Proc, dir string) {
+	t.Helper()
+	eventually(t, 10*time.Second, "the wrapper to open the pidfile", func() bool {
+		fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", w.PID()))
+		for _, fd := range fds {
+			if l, err := os.Readlink(fd); err == nil && filepath.Base(l) == pidfile.DefaultName && (dir == "" || filepath.Dir(l) == dir) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 // killWait SIGKILLs pid (a process our test started, directly or through
 // dirlockd) and waits until it is dead.
 func killWait(t *testing.T, pid int) {
 	t.Helper()
-	syscall.Kill(pid, syscall.SIGKILL)
-	eventually(t, 10*time.Second, fmt.Sprintf("PID %d to die", pid), func() bool {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			return true
-		}
-		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-		i := bytes.LastIndexByte(b, ')')
-		return i > 0 && len(b) > i+2 && b[i+2] == 'Z' && len(tasks) <= 1
-	})
+	if !testutil.KillPID(pid) {
+		t.Fatalf("PID %d still alive 10s after SIGKILL", pid)
+	}
 }
 
 // childOf returns the first child of pid (the process unshare --fork
@@ -245,12 +185,12 @@ func TestRunConflictCheckStop(t *testing.T) {
 	dir := testutil.DataDir(t)
 	w := startRun(t, nil, dir, nil, "sleep", "300")
 	r := waitHeld(t, dir, "ready", 10*time.Second)
-	if r.PID != w.pid() {
-		t.Errorf("check names PID %d, want the wrapper %d", r.PID, w.pid())
+	if r.PID != w.PID() {
+		t.Errorf("check names PID %d, want the wrapper %d", r.PID, w.PID())
 	}
 	code, _, stderr := dirlockd(t, "run", "-D", dir, "--", "true")
-	if code != 75 || !strings.Contains(stderr, fmt.Sprintf("held by PID %d", w.pid())) {
-		t.Errorf("second run: exit %d, stderr %q; want 75 naming PID %d", code, stderr, w.pid())
+	if code != exitcode.Held || !strings.Contains(stderr, fmt.Sprintf("held by PID %d", w.PID())) {
+		t.Errorf("second run: exit %d, stderr %q; want 75 naming PID %d", code, stderr, w.PID())
 	}
 	code, _, _ = dirlockd(t, "run", "-D", dir, "--conflict-exit-code", "9", "--", "true")
 	if code != 9 {
@@ -263,14 +203,14 @@ func TestRunConflictCheckStop(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("stop: exit %d; %s", code, stderr)
 	}
-	if code := w.wait(t, 10*time.Second); code != 128+int(syscall.SIGTERM) {
+	if code := w.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGTERM) {
 		t.Errorf("wrapper exit %d after stop, want 143 (sleep killed by SIGTERM)", code)
 	}
 	if code, r := check(t, dir); code != 0 || r.State != "free" {
 		t.Errorf("check after stop: exit %d, %+v", code, r)
 	}
 	b, _ := os.ReadFile(filepath.Join(dir, "dirlockd.pid"))
-	if first, _, _ := strings.Cut(string(b), "\n"); first != fmt.Sprint(w.pid()) || !strings.Contains(string(b), "status=stopped") {
+	if first, _, _ := strings.Cut(string(b), "\n"); first != fmt.Sprint(w.PID()) || !strings.Contains(string(b), "status=stopped") {
 		t.Errorf("pidfile after release:\n%s", b)
 	}
 }
@@ -292,24 +232,24 @@ func TestNamespaceTwins(t *testing.T) {
 			// Inside the namespace first, contender on the host.
 			w := startRun(t, c.prefix, dir, nil, "sleep", "300")
 			eventually(t, 10*time.Second, "the namespaced holder", func() bool {
-				return strings.Contains(w.stderr.String(), "the server is ready")
+				return strings.Contains(w.Stderr(), "the server is ready")
 			})
-			if code, _, stderr := dirlockd(t, "run", "-D", dir, "--", "true"); code != 75 {
+			if code, _, stderr := dirlockd(t, "run", "-D", dir, "--", "true"); code != exitcode.Held {
 				t.Errorf("host contender against a %s-namespace holder: exit %d, %s", c.name, code, stderr)
 			}
-			syscall.Kill(childOf(w.pid()), syscall.SIGTERM)
-			w.wait(t, 10*time.Second)
+			syscall.Kill(childOf(w.PID()), syscall.SIGTERM)
+			w.WaitExit(t, 10*time.Second)
 			// Holder on the host, contender inside the namespace.
 			h := startRun(t, nil, dir, nil, "sleep", "300")
 			waitHeld(t, dir, "ready", 10*time.Second)
 			args := append(append([]string{}, c.prefix[1:]...), bin, "run", "-D", dir, "--", "true")
 			cmd := exec.Command(c.prefix[0], args...)
 			out, err := cmd.CombinedOutput()
-			if code := cmd.ProcessState.ExitCode(); code != 75 {
+			if code := cmd.ProcessState.ExitCode(); code != exitcode.Held {
 				t.Errorf("%s-namespace contender against a host holder: exit %d (%v), %s", c.name, code, err, out)
 			}
-			syscall.Kill(h.pid(), syscall.SIGTERM)
-			h.wait(t, 10*time.Second)
+			syscall.Kill(h.PID(), syscall.SIGTERM)
+			h.WaitExit(t, 10*time.Second)
 		})
 	}
 }

@@ -35,25 +35,25 @@ func leaseServer(ignoreTerm bool) []string {
 
 var serverLine = regexp.MustCompile(`pid=(\d+) token=(\d+) key=(\S*) ttl=(\d+)`)
 
-// eventually is the package's eventually that shows the wrapper's log when
-// it times out.
-func (w *wrapper) eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+// eventuallyLogged is the package's eventually that shows the wrapper w's
+// log when it times out.
+func eventuallyLogged(t *testing.T, w *testutil.Proc, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s; dirlockd's log:\n%s", timeout, what, w.stderr)
+			t.Fatalf("timed out after %v waiting for %s; dirlockd's log:\n%s", timeout, what, w.Stderr())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
 // leaseView waits for the server's line and returns its PID and token.
-func leaseView(t *testing.T, w *wrapper) (pid int, token int64, key, ttl string) {
+func leaseView(t *testing.T, w *testutil.Proc) (pid int, token int64, key, ttl string) {
 	t.Helper()
 	var m []string
-	w.eventually(t, 30*time.Second, "the server's line", func() bool {
-		m = serverLine.FindStringSubmatch(w.out.String())
+	eventuallyLogged(t, w, 30*time.Second, "the server's line", func() bool {
+		m = serverLine.FindStringSubmatch(w.Stdout())
 		return m != nil
 	})
 	pid, _ = strconv.Atoi(m[1])
@@ -79,8 +79,8 @@ func TestLeaseRun(t *testing.T) {
 		return rec.Extra["lease_key"] == "/dirlockd/run" && rec.Extra["fencing_token"] == strconv.FormatInt(token, 10)
 	})
 	code, _, stderr := dirlockd(t, append(append([]string{"run", "-D", dirs[1]}, lf...), "--", "touch", filepath.Join(dirs[1], "ran"))...)
-	if code != 75 || !strings.Contains(stderr, fmt.Sprintf("PID %d on host", cur.pid())) || !strings.Contains(stderr, "since") {
-		t.Fatalf("second start: exit %d, want 75 naming PID %d:\n%s", code, cur.pid(), stderr)
+	if code != 75 || !strings.Contains(stderr, fmt.Sprintf("PID %d on host", cur.PID())) || !strings.Contains(stderr, "since") {
+		t.Fatalf("second start: exit %d, want 75 naming PID %d:\n%s", code, cur.PID(), stderr)
 	}
 	if ents, _ := os.ReadDir(dirs[1]); len(ents) != 0 {
 		t.Fatalf("a refused start wrote %v", ents)
@@ -88,18 +88,18 @@ func TestLeaseRun(t *testing.T) {
 	for round := range 3 {
 		next := startRun(t, nil, dirs[(round+1)%2], append(lf, "--wait", "60s"), leaseServer(false)...)
 		time.Sleep(500 * time.Millisecond) // give it time to start waiting: it must not start
-		if serverLine.MatchString(next.out.String()) {
+		if serverLine.MatchString(next.Stdout()) {
 			t.Fatalf("round %d: a waiter started while the lease was held", round)
 		}
-		cur.cmd.Process.Signal(syscall.SIGTERM)
-		if code := cur.wait(t, 20*time.Second); code != 143 {
-			t.Fatalf("round %d: holder exit %d:\n%s", round, code, cur.stderr)
+		cur.Cmd.Process.Signal(syscall.SIGTERM)
+		if code := cur.WaitExit(t, 20*time.Second); code != 143 {
+			t.Fatalf("round %d: holder exit %d:\n%s", round, code, cur.Stderr())
 		}
-		if alive(pid) {
+		if testutil.Alive(pid) {
 			t.Fatalf("round %d: server %d alive after its wrapper exited", round, pid)
 		}
-		if !strings.Contains(cur.stderr.String(), "revoked the lease") {
-			t.Fatalf("round %d: no revoke logged:\n%s", round, cur.stderr)
+		if !strings.Contains(cur.Stderr(), "revoked the lease") {
+			t.Fatalf("round %d: no revoke logged:\n%s", round, cur.Stderr())
 		}
 		var ntoken int64
 		pid, ntoken, _, _ = leaseView(t, next)
@@ -108,9 +108,9 @@ func TestLeaseRun(t *testing.T) {
 		}
 		token, cur = ntoken, next
 	}
-	cur.cmd.Process.Signal(syscall.SIGTERM)
-	if code := cur.wait(t, 20*time.Second); code != 143 {
-		t.Fatalf("last holder exit %d:\n%s", code, cur.stderr)
+	cur.Cmd.Process.Signal(syscall.SIGTERM)
+	if code := cur.WaitExit(t, 20*time.Second); code != 143 {
+		t.Fatalf("last holder exit %d:\n%s", code, cur.Stderr())
 	}
 }
 
@@ -241,20 +241,20 @@ func TestLeaseEtcdStopped(t *testing.T) {
 			// the lease cannot end before stop + TTL.
 			e.Members[0].Stop()
 			stopped := time.Now()
-			eventually(t, 30*time.Second, "the server's death", func() bool { return !alive(pid) })
+			eventually(t, 30*time.Second, "the server's death", func() bool { return !testutil.Alive(pid) })
 			dead := time.Since(stopped)
 			e.Members[0].Cont()
-			code := w.wait(t, 30*time.Second)
+			code := w.WaitExit(t, 30*time.Second)
 			t.Logf("ignore SIGTERM %v, round %d: server dead %v after etcd stopped (TTL %v), wrapper exit %d", ignore, round, dead.Round(time.Millisecond), ttl, code)
 			if dead >= ttl-ttl/20 {
-				t.Fatalf("server died %v after etcd stopped: not before the lease could end (TTL %v):\n%s", dead, ttl, w.stderr)
+				t.Fatalf("server died %v after etcd stopped: not before the lease could end (TTL %v):\n%s", dead, ttl, w.Stderr())
 			}
 			want, wantLog := 143, "was not renewed in time"
 			if ignore {
 				want, wantLog = 137, "SIGKILL to the server's tree before the lease can end"
 			}
-			if code != want || !strings.Contains(w.stderr.String(), wantLog) {
-				t.Fatalf("exit %d, want %d with %q:\n%s", code, want, wantLog, w.stderr)
+			if code != want || !strings.Contains(w.Stderr(), wantLog) {
+				t.Fatalf("exit %d, want %d with %q:\n%s", code, want, wantLog, w.Stderr())
 			}
 		}
 	}
@@ -300,11 +300,11 @@ func TestLeaseCheckStatusWait(t *testing.T) {
 		t.Fatalf("check without --etcd on a free directory: exit %d", code)
 	}
 	code, r, stderr := checkLease(t, "check", other, lf...)
-	if code != 1 || r.State != "held" || r.Lease == nil || r.Lease.State != "held" || r.Lease.PID != w.pid() || r.Lease.FencingToken != token || !strings.Contains(r.Reason, "lease key") {
+	if code != 1 || r.State != "held" || r.Lease == nil || r.Lease.State != "held" || r.Lease.PID != w.PID() || r.Lease.FencingToken != token || !strings.Contains(r.Reason, "lease key") {
 		t.Fatalf("check --etcd of a directory held elsewhere: exit %d %+v %+v %s", code, r, r.Lease, stderr)
 	}
 	code, r, _ = checkLease(t, "check", held, lf...)
-	if code != 1 || r.State != "held" || r.FencingToken != token || r.Lease == nil || r.Lease.PID != w.pid() {
+	if code != 1 || r.State != "held" || r.FencingToken != token || r.Lease == nil || r.Lease.PID != w.PID() {
 		t.Fatalf("check --etcd of the holder's directory: exit %d %+v", code, r)
 	}
 	code, r, _ = checkLease(t, "status", other, lf...)
@@ -333,7 +333,7 @@ func TestLeaseCheckStatusWait(t *testing.T) {
 	first := agentOf(t, wc.Process.Pid)
 	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
 		var agents []int
-		for _, d := range descendants(wc.Process.Pid) {
+		for _, d := range testutil.Descendants(wc.Process.Pid) {
 			if c, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", d)); strings.TrimSpace(string(c)) == "dirlockd-etcd" {
 				agents = append(agents, d)
 			}
@@ -342,8 +342,8 @@ func TestLeaseCheckStatusWait(t *testing.T) {
 			t.Fatalf("wait --etcd runs agents %v, want the one it started, %d", agents, first)
 		}
 	}
-	w.cmd.Process.Signal(syscall.SIGTERM)
-	if code := w.wait(t, 20*time.Second); code != 143 {
+	w.Cmd.Process.Signal(syscall.SIGTERM)
+	if code := w.WaitExit(t, 20*time.Second); code != 143 {
 		t.Fatalf("holder exit %d", code)
 	}
 	select {
@@ -378,17 +378,17 @@ func TestLeaseWrapperStopped(t *testing.T) {
 			w := startRun(t, nil, a, lf, leaseServer(true)...)
 			pid, token, _, _ := leaseView(t, w)
 			next := startRun(t, nil, b, append(lf, "--wait", "60s"), leaseServer(false)...)
-			agentPID := agentOf(t, w.pid())
+			agentPID := agentOf(t, w.PID())
 			hit := time.Now()
 			switch how {
 			case "dirlockd SIGSTOP":
-				w.cmd.Process.Signal(syscall.SIGSTOP)
+				w.Cmd.Process.Signal(syscall.SIGSTOP)
 			case "dirlockd SIGKILL":
-				w.cmd.Process.Signal(syscall.SIGKILL)
+				w.Cmd.Process.Signal(syscall.SIGKILL)
 			case "agent SIGSTOP":
 				syscall.Kill(agentPID, syscall.SIGSTOP)
 			}
-			eventually(t, 30*time.Second, "the server's death", func() bool { return !alive(pid) })
+			eventually(t, 30*time.Second, "the server's death", func() bool { return !testutil.Alive(pid) })
 			dead := time.Since(hit)
 			if how == "agent SIGSTOP" {
 				syscall.Kill(agentPID, syscall.SIGCONT)
@@ -397,37 +397,37 @@ func TestLeaseWrapperStopped(t *testing.T) {
 			started := time.Since(hit)
 			t.Logf("%s, round %d: server dead %v after, the next server started after %v (TTL %v)", how, round, dead.Round(time.Millisecond), started.Round(time.Millisecond), ttl)
 			if dead >= ttl {
-				t.Fatalf("%s: the server died %v later: not before the lease could end:\n%s", how, dead, w.stderr)
+				t.Fatalf("%s: the server died %v later: not before the lease could end:\n%s", how, dead, w.Stderr())
 			}
 			if ntoken <= token {
 				t.Fatalf("token %d after %d", ntoken, token)
 			}
 			switch how {
 			case "agent SIGSTOP":
-				if code := w.wait(t, 30*time.Second); code != 137 || !strings.Contains(w.stderr.String(), "sending SIGKILL to the server's tree before the lease can end") {
-					t.Fatalf("wrapper of a stopped agent: exit %d, want 137 after its own SIGKILL:\n%s", code, w.stderr)
+				if code := w.WaitExit(t, 30*time.Second); code != 137 || !strings.Contains(w.Stderr(), "sending SIGKILL to the server's tree before the lease can end") {
+					t.Fatalf("wrapper of a stopped agent: exit %d, want 137 after its own SIGKILL:\n%s", code, w.Stderr())
 				}
 			case "dirlockd SIGSTOP":
-				if !strings.Contains(w.stderr.String(), "dirlockd fence: the lease was not renewed in time") {
-					t.Fatalf("the fence did not say it killed:\n%s", w.stderr)
+				if !strings.Contains(w.Stderr(), "dirlockd fence: the lease was not renewed in time") {
+					t.Fatalf("the fence did not say it killed:\n%s", w.Stderr())
 				}
-				w.cmd.Process.Signal(syscall.SIGCONT)
-				if code := w.wait(t, 30*time.Second); code != 137 {
-					t.Fatalf("resumed wrapper exit %d, want 137:\n%s", code, w.stderr)
+				w.Cmd.Process.Signal(syscall.SIGCONT)
+				if code := w.WaitExit(t, 30*time.Second); code != 137 {
+					t.Fatalf("resumed wrapper exit %d, want 137:\n%s", code, w.Stderr())
 				}
 			default:
-				<-w.done
-				if !strings.Contains(w.stderr.String(), "dirlockd fence: the lease was not renewed in time") {
-					t.Fatalf("the fence did not say it killed:\n%s", w.stderr)
+				<-w.Done()
+				if !strings.Contains(w.Stderr(), "dirlockd fence: the lease was not renewed in time") {
+					t.Fatalf("the fence did not say it killed:\n%s", w.Stderr())
 				}
 				// A start takes the killed wrapper's segment over.
 				if code, _, stderr := dirlockd(t, "run", "-D", a, "--", "true"); code != 0 {
 					t.Fatalf("start after the killed wrapper: exit %d:\n%s", code, stderr)
 				}
 			}
-			next.cmd.Process.Signal(syscall.SIGTERM)
-			if code := next.wait(t, 20*time.Second); code != 143 {
-				t.Fatalf("next holder exit %d:\n%s", code, next.stderr)
+			next.Cmd.Process.Signal(syscall.SIGTERM)
+			if code := next.WaitExit(t, 20*time.Second); code != 143 {
+				t.Fatalf("next holder exit %d:\n%s", code, next.Stderr())
 			}
 		}
 	}
@@ -438,7 +438,7 @@ func TestLeaseWrapperStopped(t *testing.T) {
 func agentOf(t *testing.T, parent int) int {
 	t.Helper()
 	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		for _, d := range descendants(parent) {
+		for _, d := range testutil.Descendants(parent) {
 			if c, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", d)); strings.TrimSpace(string(c)) == "dirlockd-etcd" {
 				return d
 			}
@@ -486,15 +486,15 @@ func TestLeaseForkingServer(t *testing.T) {
 		dir := testutil.DataDir(t)
 		w := startRun(t, nil, dir, []string{"--etcd", e.Endpoints(), "--lease-key", "/dirlockd/fork", "--lease-ttl", "3s"},
 			"sh", "-c", `sleep 1000 & echo "child=$!"`)
-		w.eventually(t, 30*time.Second, "the only process left to become the main one", func() bool {
-			return strings.Contains(w.stderr.String(), "the server's main process is now the only process left")
+		eventuallyLogged(t, w, 30*time.Second, "the only process left to become the main one", func() bool {
+			return strings.Contains(w.Stderr(), "the server's main process is now the only process left")
 		})
-		w.cmd.Process.Signal(syscall.SIGTERM)
-		if code := w.wait(t, 20*time.Second); code != 143 {
-			t.Fatalf("round %d: exit %d, want 143 (the sleep killed by SIGTERM):\n%s", round, code, w.stderr)
+		w.Cmd.Process.Signal(syscall.SIGTERM)
+		if code := w.WaitExit(t, 20*time.Second); code != 143 {
+			t.Fatalf("round %d: exit %d, want 143 (the sleep killed by SIGTERM):\n%s", round, code, w.Stderr())
 		}
-		if strings.Contains(w.stderr.String(), "the fence process exited:") {
-			t.Fatalf("round %d: the fence died early or was signalled:\n%s", round, w.stderr)
+		if strings.Contains(w.Stderr(), "the fence process exited:") {
+			t.Fatalf("round %d: the fence died early or was signalled:\n%s", round, w.Stderr())
 		}
 		if code, r := check(t, dir); code != 0 || r.State != "free" {
 			t.Fatalf("round %d: after the exit: check %d %+v", round, code, r)
@@ -607,8 +607,8 @@ func TestLeaseProxy(t *testing.T) {
 		p.SetDelay(600 * time.Millisecond)
 		end := time.Now().Add(2 * ttl)
 		for time.Now().Before(end) {
-			if !alive(pid) {
-				t.Fatalf("round %d: a 600ms delay stopped the server (TTL %v):\n%s", round, ttl, w.stderr)
+			if !testutil.Alive(pid) {
+				t.Fatalf("round %d: a 600ms delay stopped the server (TTL %v):\n%s", round, ttl, w.Stderr())
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -619,21 +619,21 @@ func TestLeaseProxy(t *testing.T) {
 			time.Sleep(400 * time.Millisecond)
 			p.BlackHole(false)
 			time.Sleep(400 * time.Millisecond)
-			if !alive(pid) {
-				t.Fatalf("round %d: a flapping connection stopped the server (TTL %v):\n%s", round, ttl, w.stderr)
+			if !testutil.Alive(pid) {
+				t.Fatalf("round %d: a flapping connection stopped the server (TTL %v):\n%s", round, ttl, w.Stderr())
 			}
 		}
 		p.BlackHole(true)
 		holed := time.Now()
-		eventually(t, 30*time.Second, "the server's death", func() bool { return !alive(pid) })
+		eventually(t, 30*time.Second, "the server's death", func() bool { return !testutil.Alive(pid) })
 		dead := time.Since(holed)
 		t.Logf("round %d: 600ms delay, then flapping, for %v each: no loss; black hole: server dead %v after (TTL %v)", round, 2*ttl, dead.Round(time.Millisecond), ttl)
 		if dead >= ttl {
-			t.Fatalf("round %d: server died %v after the black hole: not before the lease could end:\n%s", round, dead, w.stderr)
+			t.Fatalf("round %d: server died %v after the black hole: not before the lease could end:\n%s", round, dead, w.Stderr())
 		}
 		p.BlackHole(false)
-		if code := w.wait(t, 30*time.Second); code != 143 {
-			t.Fatalf("round %d: exit %d, want 143:\n%s", round, code, w.stderr)
+		if code := w.WaitExit(t, 30*time.Second); code != 143 {
+			t.Fatalf("round %d: exit %d, want 143:\n%s", round, code, w.Stderr())
 		}
 	}
 }
@@ -669,10 +669,10 @@ func TestLeaseCluster(t *testing.T) {
 	e := testutil.StartEtcd(t, 3)
 	const ttl = 10 * time.Second
 	lf := []string{"--etcd", e.Endpoints(), "--lease-key", "/dirlockd/cluster"}
-	noLoss := func(round int, pid int, w *wrapper, what string) {
+	noLoss := func(round int, pid int, w *testutil.Proc, what string) {
 		for end := time.Now().Add(ttl); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-			if !alive(pid) {
-				t.Fatalf("round %d: %s stopped the server:\n%s", round, what, w.stderr)
+			if !testutil.Alive(pid) {
+				t.Fatalf("round %d: %s stopped the server:\n%s", round, what, w.Stderr())
 			}
 		}
 	}
@@ -686,25 +686,25 @@ func TestLeaseCluster(t *testing.T) {
 		noLoss(round, pid, w, "the leader's death")
 		ld.Restart()
 		ld.WaitHealthy(60 * time.Second)
-		m := talkedTo(t, agentOf(t, w.pid()), e, round == 0)
+		m := talkedTo(t, agentOf(t, w.PID()), e, round == 0)
 		m.Stop()
 		noLoss(round, pid, w, "a stopped member")
 		m.Cont()
 		m.WaitHealthy(60 * time.Second)
 		next := startRun(t, nil, b, append(lf, "--wait", "2m"), leaseServer(false)...)
-		both := func() bool { return alive(pid) && serverLine.MatchString(next.out.String()) }
+		both := func() bool { return testutil.Alive(pid) && serverLine.MatchString(next.Stdout()) }
 		time.Sleep(time.Second) // let it reach its watch
 		if both() {
-			t.Fatalf("round %d: two servers at once: the waiter's started while the first ran:\n%s\n---\n%s", round, w.stderr, next.stderr)
+			t.Fatalf("round %d: two servers at once: the waiter's started while the first ran:\n%s\n---\n%s", round, w.Stderr(), next.Stderr())
 		}
 		e.Members[0].Stop()
 		e.Members[1].Stop()
 		stopped := time.Now()
 		eventually(t, 30*time.Second, "the server's death", func() bool {
 			if both() {
-				t.Fatalf("round %d: two servers at once: the waiter's started while the first ran:\n%s\n---\n%s", round, w.stderr, next.stderr)
+				t.Fatalf("round %d: two servers at once: the waiter's started while the first ran:\n%s\n---\n%s", round, w.Stderr(), next.Stderr())
 			}
-			return !alive(pid)
+			return !testutil.Alive(pid)
 		})
 		dead := time.Since(stopped)
 		e.Members[0].Cont()
@@ -721,15 +721,15 @@ func TestLeaseCluster(t *testing.T) {
 		if ntoken <= token {
 			t.Fatalf("round %d: token %d after %d", round, ntoken, token)
 		}
-		if code := w.wait(t, 30*time.Second); code != 143 {
-			t.Fatalf("round %d: old wrapper exit %d:\n%s", round, code, w.stderr)
+		if code := w.WaitExit(t, 30*time.Second); code != 143 {
+			t.Fatalf("round %d: old wrapper exit %d:\n%s", round, code, w.Stderr())
 		}
-		if !alive(npid) {
-			t.Fatalf("round %d: the new server died:\n%s\n---\n%s", round, w.stderr, next.stderr)
+		if !testutil.Alive(npid) {
+			t.Fatalf("round %d: the new server died:\n%s\n---\n%s", round, w.Stderr(), next.Stderr())
 		}
-		next.cmd.Process.Signal(syscall.SIGTERM)
-		if code := next.wait(t, 30*time.Second); code != 143 {
-			t.Fatalf("round %d: next wrapper exit %d:\n%s", round, code, next.stderr)
+		next.Cmd.Process.Signal(syscall.SIGTERM)
+		if code := next.WaitExit(t, 30*time.Second); code != 143 {
+			t.Fatalf("round %d: next wrapper exit %d:\n%s", round, code, next.Stderr())
 		}
 	}
 }
@@ -810,14 +810,14 @@ func TestFUSELeaseTakeover(t *testing.T) {
 	}
 	// kill starts a holder on host, waits for its heartbeat, and kills its
 	// namespace.
-	kill := func(w *wrapper, dir string) int64 {
+	kill := func(w *testutil.Proc, dir string) int64 {
 		_, token, _, _ := leaseView(t, w)
-		w.eventually(t, 10*time.Second, "a heartbeat in the record", func() bool {
+		eventuallyLogged(t, w, 10*time.Second, "a heartbeat in the record", func() bool {
 			r := recordOf(t, dir)
 			return r.Extra["heartbeat"] != "" && r.Extra["fencing_token"] == strconv.FormatInt(token, 10)
 		})
-		syscall.Kill(childOf(w.pid()), syscall.SIGKILL)
-		<-w.done
+		syscall.Kill(childOf(w.PID()), syscall.SIGKILL)
+		<-w.Done()
 		return token
 	}
 	w := startRun(t, onHost("alpha"), a, lf, leaseServer(false)...)
@@ -826,7 +826,7 @@ func TestFUSELeaseTakeover(t *testing.T) {
 		// The lease is still in etcd: no proof, the watch decides.
 		w = startRun(t, onHost("beta"), b, append(lf, "--takeover-after", "2s", "--wait", "60s"), leaseServer(false)...)
 		_, btoken, _, _ := leaseView(t, w)
-		if log := w.stderr.String(); !strings.Contains(log, "did not move for 2s") || btoken <= token {
+		if log := w.Stderr(); !strings.Contains(log, "did not move for 2s") || btoken <= token {
 			t.Fatalf("round %d: beta's takeover while alpha's lease stood: token %d after %d, want a heartbeat watch:\n%s", round, btoken, token, log)
 		}
 		kill(w, b)
@@ -836,14 +836,14 @@ func TestFUSELeaseTakeover(t *testing.T) {
 		_, atoken, _, _ := leaseView(t, w)
 		took := time.Since(started)
 		want := fmt.Sprintf("without watching its heartbeat: its lease on %s (fencing token %d) has ended", key, btoken)
-		if log := w.stderr.String(); !strings.Contains(log, want) || took > 30*time.Second || atoken <= btoken {
+		if log := w.Stderr(); !strings.Contains(log, want) || took > 30*time.Second || atoken <= btoken {
 			t.Fatalf("round %d: alpha's takeover after beta's lease ended: %v, token %d after %d, want %q:\n%s", round, took, atoken, btoken, want, log)
 		}
 		t.Logf("round %d: takeover with the lease still in etcd watched 2s; after it ended, the start took %v with no watch (--takeover-after 60s)", round, took.Round(time.Millisecond))
 	}
-	syscall.Kill(childOf(w.pid()), syscall.SIGTERM)
-	if code := w.wait(t, 30*time.Second); code != 143 {
-		t.Fatalf("last holder exit %d:\n%s", code, w.stderr)
+	syscall.Kill(childOf(w.PID()), syscall.SIGTERM)
+	if code := w.WaitExit(t, 30*time.Second); code != 143 {
+		t.Fatalf("last holder exit %d:\n%s", code, w.Stderr())
 	}
 }
 
@@ -883,10 +883,10 @@ func TestFUSELeaseHandOff(t *testing.T) {
 	witness := filepath.Join(backing, "witness")
 	lf := []string{"--etcd", e.Endpoints(), "--lease-key", "/dirlockd/handoff", "--lease-ttl", "3s", "--wait", "120s", "--stop-timeout", "10s"}
 	hosts := []struct{ name, dir string }{{"alpha", a}, {"beta", b}}
-	start := func(h int) *wrapper {
+	start := func(h int) *testutil.Proc {
 		return startRun(t, onHost(hosts[h].name), hosts[h].dir, lf, uptimeServer(witness)...)
 	}
-	ws := []*wrapper{start(0), start(1)}
+	ws := []*testutil.Proc{start(0), start(1)}
 	type life struct {
 		token    int64
 		host     string
@@ -905,17 +905,17 @@ func TestFUSELeaseHandOff(t *testing.T) {
 		deadline := time.Now().Add(60 * time.Second)
 		for found := false; !found; time.Sleep(20 * time.Millisecond) {
 			if time.Now().After(deadline) {
-				t.Fatalf("hand-off %d: no server started within 60s:\n%s\n%s", i, ws[0].stderr, ws[1].stderr)
+				t.Fatalf("hand-off %d: no server started within 60s:\n%s\n%s", i, ws[0].Stderr(), ws[1].Stderr())
 			}
 			for h, w := range ws {
-				if m := serverLine.FindAllStringSubmatch(w.out.String(), -1); len(m) > 0 {
+				if m := serverLine.FindAllStringSubmatch(w.Stdout(), -1); len(m) > 0 {
 					cur, found = h, true
 					token, _ = strconv.ParseInt(m[0][2], 10, 64)
 				}
 			}
 		}
 		// The server's PID as we see it: the only descendant running sh.
-		for _, d := range descendants(ws[cur].pid()) {
+		for _, d := range testutil.Descendants(ws[cur].PID()) {
 			if c, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", d)); strings.TrimSpace(string(c)) == "sh" {
 				pid = d
 			}
@@ -925,7 +925,7 @@ func TestFUSELeaseHandOff(t *testing.T) {
 		}
 		how := actions[rand.IntN(len(actions))]
 		counts[how]++
-		wrapperPID := childOf(ws[cur].pid()) // dirlockd, PID 1 of its namespace
+		wrapperPID := childOf(ws[cur].PID()) // dirlockd, PID 1 of its namespace
 		hit, hitUp := time.Now(), uptime(t)
 		switch how {
 		case "TERM wrapper":
@@ -935,7 +935,7 @@ func TestFUSELeaseHandOff(t *testing.T) {
 		case "KILL server":
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
-		ws[cur].eventually(t, 30*time.Second, "the server's death", func() bool { return !alive(pid) })
+		eventuallyLogged(t, ws[cur], 30*time.Second, "the server's death", func() bool { return !testutil.Alive(pid) })
 		end := uptime(t) // seen dead: it ended before this
 		if how == "KILL server" {
 			end = hitUp // nothing of it runs once SIGKILL is sent
@@ -945,12 +945,12 @@ func TestFUSELeaseHandOff(t *testing.T) {
 		if how == "STOP wrapper" {
 			syscall.Kill(wrapperPID, syscall.SIGCONT)
 		}
-		<-ws[cur].done
+		<-ws[cur].Done()
 		ws[cur] = start(cur)
 	}
 	for _, w := range ws {
-		syscall.Kill(childOf(w.pid()), syscall.SIGTERM)
-		w.wait(t, 30*time.Second)
+		syscall.Kill(childOf(w.PID()), syscall.SIGTERM)
+		w.WaitExit(t, 30*time.Second)
 	}
 	// Judge by the witness file: each server's start, and its end (its own
 	// line, or when the test saw it dead).

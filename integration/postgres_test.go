@@ -69,29 +69,18 @@ func TestPostgresPgCtl(t *testing.T) {
 	run := asPostgres(t, u, dl, "run", "-D", data, "--main-pid-file", filepath.Join(data, "postmaster.pid"), "--",
 		filepath.Join(pgBin, "pg_ctl"), "start", "-w", "-D", data, "-l", filepath.Join(root, "pg.log"),
 		"-o", "-p "+port+" -k "+root+" -c listen_addresses=")
-	w := &wrapper{out: newOutput(t, "stdout"), stderr: newOutput(t, "stderr"), done: make(chan struct{}), cmd: run}
-	run.Stdout, run.Stderr = w.out.f, w.stderr.f
-	if err := run.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { run.Wait(); close(w.done) }()
-	t.Cleanup(func() {
-		for _, pid := range descendants(w.pid()) {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-		run.Process.Signal(syscall.SIGKILL)
-		<-w.done
-	})
-	status := func() checkReport {
+	w := testutil.StartLogged(t, run)
+	killTreeAtEnd(t, w)
+	status := func() testutil.Report {
 		out, _ := asPostgres(t, u, dl, "status", "--json", "-D", data).Output()
-		var r checkReport
+		var r testutil.Report
 		json.Unmarshal(out, &r)
 		return r
 	}
-	var r checkReport
+	var r testutil.Report
 	eventually(t, 60*time.Second, "the postmaster as the main process", func() bool {
 		r = status()
-		return r.State == "held" && r.MainPID > 0 && r.MainPID != r.ChildPID && !alive(r.ChildPID)
+		return r.State == "held" && r.MainPID > 0 && r.MainPID != r.ChildPID && !testutil.Alive(r.ChildPID)
 	})
 	pm, _ := os.ReadFile(filepath.Join(data, "postmaster.pid"))
 	if first, _, _ := strings.Cut(string(pm), "\n"); first != strconv.Itoa(r.MainPID) {
@@ -101,18 +90,18 @@ func TestPostgresPgCtl(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(out)) != "42" {
 		t.Errorf("psql: %v: %s", err, out)
 	}
-	backends := descendants(r.MainPID)
+	backends := testutil.Descendants(r.MainPID)
 	if len(backends) == 0 {
 		t.Errorf("the postmaster (PID %d) has no children: not the PostgreSQL expected", r.MainPID)
 	}
 	if out, err := asPostgres(t, u, dl, "stop", "-D", data, "--timeout", "60s").CombinedOutput(); err != nil {
 		t.Fatalf("stop: %v\n%s", err, out)
 	}
-	if code := w.wait(t, 60*time.Second); code != 0 {
-		t.Errorf("wrapper exit %d, want the postmaster's 0; stderr:\n%s", code, w.stderr)
+	if code := w.WaitExit(t, 60*time.Second); code != 0 {
+		t.Errorf("wrapper exit %d, want the postmaster's 0; stderr:\n%s", code, w.Stderr())
 	}
 	for _, p := range append(backends, r.MainPID) {
-		if alive(p) {
+		if testutil.Alive(p) {
 			t.Errorf("PID %d of PostgreSQL's tree survived the stop", p)
 		}
 	}

@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/stress"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 )
@@ -139,7 +140,11 @@ func TestStressInterrupt(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	time.Sleep(time.Second)
+	// Interrupt it once workers hold and some are being killed.
+	eventually(t, 30*time.Second, "a kill in the stress log", func() bool {
+		b, _ := os.ReadFile(filepath.Join(dir, stress.LogName))
+		return bytes.Contains(b, []byte(`"ev":"`+stress.EvKilled+`"`))
+	})
 	cmd.Process.Signal(unix.SIGINT)
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
@@ -272,11 +277,11 @@ func TestStressUsage(t *testing.T) {
 		{"extra"},
 	} {
 		code, out, stderr := dirlockd(t, append([]string{"stress", "-D", dir}, args...)...)
-		if code != 64 || out != "" || !strings.Contains(stderr, "dirlockd stress") {
+		if code != exitcode.Usage || out != "" || !strings.Contains(stderr, "dirlockd stress") {
 			t.Errorf("stress %v: exit %d, stdout %q, stderr %q; want 64", args, code, out, stderr)
 		}
 	}
-	if code, _, stderr := cliEnv(t, nil, "stress", "--duration", "1s"); code != 64 || !strings.Contains(stderr, "no data directory") {
+	if code, _, stderr := cliEnv(t, nil, "stress", "--duration", "1s"); code != exitcode.Usage || !strings.Contains(stderr, "no data directory") {
 		t.Errorf("stress without -D: exit %d, %s", code, stderr)
 	}
 	if _, err := os.Stat(filepath.Join(dir, stress.LogName)); err == nil {
@@ -299,11 +304,11 @@ func TestStressInvalidDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, _, stderr := dirlockd(t, "stress", "-D", dir, "--duration", "1s")
-	if code != 78 || !strings.Contains(stderr, "group- or world-writable") {
+	if code != exitcode.Invalid || !strings.Contains(stderr, "group- or world-writable") {
 		t.Errorf("group-writable directory: exit %d, %s", code, stderr)
 	}
 	code, _, stderr = dirlockd(t, "stress", "-D", filepath.Join(dir, "missing"), "--verify")
-	if code != 78 || !strings.Contains(stderr, "not accessible") {
+	if code != exitcode.Invalid || !strings.Contains(stderr, "not accessible") {
 		t.Errorf("missing directory: exit %d, %s", code, stderr)
 	}
 }
@@ -340,7 +345,7 @@ func openPTY(t *testing.T) (master, slave *os.File) {
 	t.Helper()
 	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
 	if err != nil {
-		t.Skipf("no pseudo-terminals: %v", err)
+		t.Fatalf("no pseudo-terminals (%v): the test needs a devpts mounted with ptmx (mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts; ln -sf pts/ptmx /dev/ptmx)", err)
 	}
 	t.Cleanup(func() { m.Close() })
 	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {

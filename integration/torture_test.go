@@ -83,11 +83,12 @@ func writeReport(path string, s torture.Scale, table string) error {
 	b.WriteString(`
 ## What every scenario checks
 
-- **Mutual exclusion.** Every holder appends enter and exit events (PID, acquisition token, CLOCK_MONOTONIC time)
-  to a witness log opened O_APPEND, and increments a counter file with a deliberate read-sleep-write. A checker
-  replays the log: no enter may come between another holder's enter and its exit (or the harness's note that the
-  holder was killed, written only after its whole process tree was confirmed dead); the counter must equal the
-  holders that completed, give or take those killed inside. Neither witness trusts dirlockd.
+- **Mutual exclusion.** The witness files of ` + "`dirlockd stress`" + `: every holder appends numbered enter and exit
+  lines (writer, sequence number, PID, acquisition token, CLOCK_MONOTONIC time) to a log opened O_APPEND, and
+  increments a counter file with a deliberate read-sleep-write. Its checker replays the log: no line torn or lost,
+  no enter between another holder's enter and its exit (or the harness's line that the holder was killed, written
+  only after its whole process tree was confirmed dead, for a SIGKILL sent before the next enter), every hold ended,
+  and each enter reads what the last hold wrote. Neither witness trusts dirlockd.
 - **Liveness.** After every crash, once the old process tree is gone, the next start gets in without human action,
   within a bounded time (the worst case is in the notes).
 - **No leaks.** No SysV segment naming the data directory and no process is left after a scenario; the test

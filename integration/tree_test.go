@@ -11,19 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
-
-// alive reports whether pid exists and is not a zombie.
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	return i > 0 && len(b) > i+2 && b[i+2] != 'Z'
-}
 
 // pidsIn waits until the server has written n PIDs, a line each, to file.
 func pidsIn(t *testing.T, file string, n int) []int {
@@ -59,7 +50,7 @@ func TestForkingRedis(t *testing.T) {
 			w := startRun(t, nil, dir, flags, "redis-server", "--daemonize", "yes", "--port", strconv.Itoa(port),
 				"--bind", "127.0.0.1", "--dir", dir, "--save", "", "--logfile", filepath.Join(dir, "redis.log"),
 				"--pidfile", filepath.Join(dir, "redis.pid"))
-			var r checkReport
+			var r testutil.Report
 			eventually(t, 20*time.Second, "redis as the main process", func() bool {
 				_, r = check(t, dir)
 				return r.State == "held" && r.MainPID > 0 && r.MainPID != r.ChildPID
@@ -68,7 +59,7 @@ func TestForkingRedis(t *testing.T) {
 			if got := redisDo(t, port, "PING"); got != "+PONG" {
 				t.Fatalf("PING: %q", got)
 			}
-			if alive(r.ChildPID) {
+			if testutil.Alive(r.ChildPID) {
 				t.Errorf("the command (PID %d) still runs; redis should have daemonized", r.ChildPID)
 			}
 			if !strings.Contains(readFile(t, fmt.Sprintf("/proc/%d/cmdline", daemon)), "redis-server") {
@@ -82,10 +73,10 @@ func TestForkingRedis(t *testing.T) {
 			if code, _, stderr := dirlockd(t, "stop", "-D", dir, "--timeout", "20s"); code != 0 {
 				t.Fatalf("stop: exit %d\n%s", code, stderr)
 			}
-			if code := w.wait(t, 20*time.Second); code != 0 {
-				t.Errorf("wrapper exit %d, want redis's 0; stderr:\n%s", code, w.stderr)
+			if code := w.WaitExit(t, 20*time.Second); code != 0 {
+				t.Errorf("wrapper exit %d, want redis's 0; stderr:\n%s", code, w.Stderr())
 			}
-			if alive(daemon) {
+			if testutil.Alive(daemon) {
 				t.Errorf("redis (PID %d) survived the stop", daemon)
 			}
 			if rec := recordOf(t, dir); rec.Status != pidfile.Stopped {
@@ -120,22 +111,22 @@ func TestShellDaemon(t *testing.T) {
 		pidFile := filepath.Join(t.TempDir(), "daemon.pid")
 		w := startRun(t, nil, dir, nil, "sh", "-c", shellDaemon, "sh", pidFile)
 		daemon := pidsIn(t, pidFile, 1)[0]
-		var r checkReport
+		var r testutil.Report
 		eventually(t, 10*time.Second, "the daemon as the main process", func() bool {
 			_, r = check(t, dir)
 			return r.MainPID == daemon
 		})
-		if code := r.State; code != "held" || alive(r.ChildPID) {
+		if code := r.State; code != "held" || testutil.Alive(r.ChildPID) {
 			t.Fatalf("round %d: %+v; want held, the command gone", round, r)
 		}
 		if env := readFile(t, fmt.Sprintf("/proc/%d/environ", daemon)); strings.Contains(env, "DIRLOCKD_") {
 			t.Fatalf("round %d: the daemon kept dirlockd's environment: the test server is wrong", round)
 		}
-		w.cmd.Process.Signal(syscall.SIGTERM)
-		if code := w.wait(t, 10*time.Second); code != 128+int(syscall.SIGTERM) {
-			t.Errorf("round %d: wrapper exit %d, want 143 (the daemon killed by SIGTERM); stderr:\n%s", round, code, w.stderr)
+		w.Cmd.Process.Signal(syscall.SIGTERM)
+		if code := w.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGTERM) {
+			t.Errorf("round %d: wrapper exit %d, want 143 (the daemon killed by SIGTERM); stderr:\n%s", round, code, w.Stderr())
 		}
-		if alive(daemon) {
+		if testutil.Alive(daemon) {
 			t.Errorf("round %d: the daemon survived", round)
 		}
 		if rec := recordOf(t, dir); rec.Status != pidfile.Stopped {
@@ -162,14 +153,14 @@ func TestStoppedMeansTreeGone(t *testing.T) {
 			polls++
 			if r, perr := pidfile.Parse(b); err == nil && perr == nil && r.Status == pidfile.Stopped {
 				for _, p := range pids {
-					if alive(p) {
+					if testutil.Alive(p) {
 						t.Fatalf("round %d: the record says stopped while PID %d of the tree lives", round, p)
 					}
 				}
 				break
 			}
 			select {
-			case <-w.done:
+			case <-w.Done():
 				if r := recordOf(t, dir); r.Status != pidfile.Stopped {
 					t.Fatalf("round %d: wrapper exited, record status %q", round, r.Status)
 				}
@@ -178,7 +169,7 @@ func TestStoppedMeansTreeGone(t *testing.T) {
 			}
 			break
 		}
-		if code := w.wait(t, 10*time.Second); code != 0 {
+		if code := w.WaitExit(t, 10*time.Second); code != 0 {
 			t.Errorf("round %d: exit %d", round, code)
 		}
 	}
@@ -192,7 +183,7 @@ func TestSeveralLeft(t *testing.T) {
 	pidFile := filepath.Join(t.TempDir(), "pids")
 	w := startRun(t, nil, dir, nil, "sh", "-c", `sleep 300 & echo $! >> "$1"; sleep 300 & echo $! >> "$1"; exit 0`, "sh", pidFile)
 	pids := pidsIn(t, pidFile, 2)
-	eventually(t, 10*time.Second, "the command to exit", func() bool { return strings.Contains(w.stderr.String(), "the command exited") })
+	eventually(t, 10*time.Second, "the command to exit", func() bool { return strings.Contains(w.Stderr(), "the command exited") })
 	code, out, _ := dirlockd(t, "status", "-D", dir)
 	if code != 0 || !strings.Contains(out, "main pid none") {
 		t.Errorf("status with no main process: exit %d\n%s", code, out)
@@ -200,12 +191,12 @@ func TestSeveralLeft(t *testing.T) {
 	if code, r := check(t, dir); code != 1 || r.MainPID != 0 {
 		t.Errorf("check: exit %d, %+v; want held with no main PID", code, r)
 	}
-	w.cmd.Process.Signal(syscall.SIGTERM)
-	if code := w.wait(t, 10*time.Second); code != 0 {
-		t.Errorf("exit %d, want the command's 0; stderr:\n%s", code, w.stderr)
+	w.Cmd.Process.Signal(syscall.SIGTERM)
+	if code := w.WaitExit(t, 10*time.Second); code != 0 {
+		t.Errorf("exit %d, want the command's 0; stderr:\n%s", code, w.Stderr())
 	}
 	for _, p := range pids {
-		if alive(p) {
+		if testutil.Alive(p) {
 			t.Errorf("PID %d survived SIGTERM", p)
 		}
 	}
@@ -219,13 +210,13 @@ func TestFailingCommand(t *testing.T) {
 	pidFile := filepath.Join(t.TempDir(), "pids")
 	w := startRun(t, nil, dir, nil, "sh", "-c", `sleep 300 & echo $! >> "$1"; exit 3`, "sh", pidFile)
 	left := pidsIn(t, pidFile, 1)[0]
-	if code := w.wait(t, 10*time.Second); code != 3 {
-		t.Errorf("exit %d, want the command's 3; stderr:\n%s", code, w.stderr)
+	if code := w.WaitExit(t, 10*time.Second); code != 3 {
+		t.Errorf("exit %d, want the command's 3; stderr:\n%s", code, w.Stderr())
 	}
-	if alive(left) {
+	if testutil.Alive(left) {
 		t.Errorf("PID %d, left by the failed command, survived", left)
 	}
-	if s := w.stderr.String(); !strings.Contains(s, "the command failed (status 3)") {
+	if s := w.Stderr(); !strings.Contains(s, "the command failed (status 3)") {
 		t.Errorf("no log of the failed start:\n%s", s)
 	}
 }
@@ -245,13 +236,13 @@ func TestMainExitStopsTheRest(t *testing.T) {
 	stubborn := pidsIn(t, pidFile, 1)[0]
 	eventually(t, 10*time.Second, "the main process from the file", func() bool { _, r := check(t, dir); return r.MainPID == main })
 	syscall.Kill(main, syscall.SIGUSR1) // a process our test started, through the wrapper
-	if code := w.wait(t, 10*time.Second); code != 128+int(syscall.SIGUSR1) {
-		t.Errorf("exit %d, want 138 (the main process killed by SIGUSR1); stderr:\n%s", code, w.stderr)
+	if code := w.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGUSR1) {
+		t.Errorf("exit %d, want 138 (the main process killed by SIGUSR1); stderr:\n%s", code, w.Stderr())
 	}
-	if alive(stubborn) {
+	if testutil.Alive(stubborn) {
 		t.Errorf("PID %d, which ignores SIGTERM, survived the stop timeout", stubborn)
 	}
-	if s := w.stderr.String(); !strings.Contains(s, "sending SIGKILL") {
+	if s := w.Stderr(); !strings.Contains(s, "sending SIGKILL") {
 		t.Errorf("no SIGKILL escalation logged:\n%s", s)
 	}
 }
@@ -264,12 +255,12 @@ func TestMainPIDFileForeign(t *testing.T) {
 	os.WriteFile(mainFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
 	w := startRun(t, nil, dir, []string{"--main-pid-file", mainFile}, "sleep", "300")
 	eventually(t, 10*time.Second, "the refusal", func() bool {
-		return strings.Contains(w.stderr.String(), "does not name a live process of the server's tree")
+		return strings.Contains(w.Stderr(), "does not name a live process of the server's tree")
 	})
 	// SIGTERM would end this test; SIGUSR2 would too (not handled).
-	w.cmd.Process.Signal(syscall.SIGTERM)
-	if code := w.wait(t, 10*time.Second); code != 143 {
-		t.Errorf("exit %d, want 143 (sleep killed by SIGTERM); stderr:\n%s", code, w.stderr)
+	w.Cmd.Process.Signal(syscall.SIGTERM)
+	if code := w.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGTERM) {
+		t.Errorf("exit %d, want 143 (sleep killed by SIGTERM); stderr:\n%s", code, w.Stderr())
 	}
 }
 
@@ -285,9 +276,9 @@ func TestSignalsWhileAcquiring(t *testing.T) {
 		w := startRun(t, nil, dir, []string{"--wait", "60s"}, "true")
 		waitOpened(t, w, dir)
 		start := time.Now()
-		w.cmd.Process.Signal(sig)
-		if code := w.wait(t, 10*time.Second); code != 128+int(sig) {
-			t.Errorf("%v while waiting: exit %d, want %d; stderr:\n%s", sig, code, 128+int(sig), w.stderr)
+		w.Cmd.Process.Signal(sig)
+		if code := w.WaitExit(t, 10*time.Second); code != 128+int(sig) {
+			t.Errorf("%v while waiting: exit %d, want %d; stderr:\n%s", sig, code, 128+int(sig), w.Stderr())
 		}
 		t.Logf("%v: gave up after %v", sig, time.Since(start).Round(time.Millisecond))
 	}
@@ -298,28 +289,28 @@ func TestSignalsWhileAcquiring(t *testing.T) {
 	server := []string{"sh", "-c", `trap 'echo got-hup' HUP; systemd-notify --ready; while :; do sleep 0.05; done`}
 	ready := startRun(t, nil, dir, []string{"--wait", "60s", "--ready-notify"}, server...)
 	plain := startRun(t, nil, dir2, []string{"--wait", "60s"}, "sleep", "300")
-	for _, w := range []*wrapper{ready, plain} {
+	for _, w := range []*testutil.Proc{ready, plain} {
 		waitOpened(t, w, "")
-		w.cmd.Process.Signal(syscall.SIGHUP)
+		w.Cmd.Process.Signal(syscall.SIGHUP)
 	}
 	eventually(t, 10*time.Second, "the waiters to take SIGHUP", func() bool {
-		return !sigPending(ready.pid(), syscall.SIGHUP) && !sigPending(plain.pid(), syscall.SIGHUP)
+		return !sigPending(ready.PID(), syscall.SIGHUP) && !sigPending(plain.PID(), syscall.SIGHUP)
 	})
-	for _, h := range []*wrapper{holder, holder2} {
-		h.cmd.Process.Signal(syscall.SIGTERM)
-		h.wait(t, 10*time.Second)
+	for _, h := range []*testutil.Proc{holder, holder2} {
+		h.Cmd.Process.Signal(syscall.SIGTERM)
+		h.WaitExit(t, 10*time.Second)
 	}
-	eventually(t, 20*time.Second, "the ready server to get the early SIGHUP", func() bool { return strings.Contains(ready.out.String(), "got-hup") })
-	if !strings.Contains(ready.stderr.String(), "passing on a signal received while acquiring") {
-		t.Errorf("no log of the early signal:\n%s", ready.stderr)
+	eventually(t, 20*time.Second, "the ready server to get the early SIGHUP", func() bool { return strings.Contains(ready.Stdout(), "got-hup") })
+	if !strings.Contains(ready.Stderr(), "passing on a signal received while acquiring") {
+		t.Errorf("no log of the early signal:\n%s", ready.Stderr())
 	}
-	ready.cmd.Process.Signal(syscall.SIGTERM)
-	ready.wait(t, 10*time.Second)
+	ready.Cmd.Process.Signal(syscall.SIGTERM)
+	ready.WaitExit(t, 10*time.Second)
 	eventually(t, 20*time.Second, "the drop to be logged", func() bool {
-		return strings.Contains(plain.stderr.String(), "dropped a signal received while acquiring")
+		return strings.Contains(plain.Stderr(), "dropped a signal received while acquiring")
 	})
-	plain.cmd.Process.Signal(syscall.SIGTERM)
-	if code := plain.wait(t, 10*time.Second); code != 143 {
+	plain.Cmd.Process.Signal(syscall.SIGTERM)
+	if code := plain.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGTERM) {
 		t.Errorf("plain server: exit %d, want 143 (sleep survived the dropped SIGHUP, then SIGTERM)", code)
 	}
 }
@@ -327,21 +318,6 @@ func TestSignalsWhileAcquiring(t *testing.T) {
 // sigPending reports whether sig is pending for process pid (ShdPnd).
 func sigPending(pid int, sig syscall.Signal) bool {
 	return sigMask(pid, "ShdPnd:")&(1<<(uint(sig)-1)) != 0
-}
-
-// waitOpened waits until the wrapper w has opened a pidfile (in dir, if not
-// empty): it has set up its signal handling by then, and is acquiring.
-func waitOpened(t *testing.T, w *wrapper, dir string) {
-	t.Helper()
-	eventually(t, 10*time.Second, "the wrapper to open the pidfile", func() bool {
-		fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", w.pid()))
-		for _, fd := range fds {
-			if l, err := os.Readlink(fd); err == nil && filepath.Base(l) == pidfile.DefaultName && (dir == "" || filepath.Dir(l) == dir) {
-				return true
-			}
-		}
-		return false
-	})
 }
 
 // sigMask reads one of the signal masks of /proc/PID/status.
@@ -368,13 +344,13 @@ func TestNothingLeftBehind(t *testing.T) {
 	for i := range crashes {
 		w := startRunEnv(t, env, dir, []string{"--ready-notify"}, "sh", "-c", `systemd-notify --ready; exec sleep 300`)
 		r := waitHeld(t, dir, "ready", 10*time.Second)
-		if !slices.ContainsFunc(unixSockets(t), func(s string) bool { return strings.HasPrefix(s, fmt.Sprintf("@dirlockd/notify/%d/", w.pid())) }) {
-			t.Fatalf("crash %d: no abstract notify socket of PID %d in /proc/net/unix", i, w.pid())
+		if !slices.ContainsFunc(unixSockets(t), func(s string) bool { return strings.HasPrefix(s, fmt.Sprintf("@dirlockd/notify/%d/", w.PID())) }) {
+			t.Fatalf("crash %d: no abstract notify socket of PID %d in /proc/net/unix", i, w.PID())
 		}
-		w.cmd.Process.Signal(syscall.SIGKILL)
-		w.wait(t, 10*time.Second)
+		w.Cmd.Process.Signal(syscall.SIGKILL)
+		w.WaitExit(t, 10*time.Second)
 		killWait(t, r.ChildPID)
-		crashed = append(crashed, w.pid())
+		crashed = append(crashed, w.PID())
 	}
 	if code, _, stderr := dirlockdEnv(t, env, "run", "-D", dir, "--", "true"); code != 0 {
 		t.Fatalf("clean run: exit %d\n%s", code, stderr)

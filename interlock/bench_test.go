@@ -9,6 +9,7 @@ import (
 
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/testutil"
+	"github.com/dirlockd/dirlockd/shm"
 )
 
 func benchAcquireRelease(b *testing.B, opts interlock.Options) {
@@ -124,6 +125,31 @@ func BenchmarkInspectCrashed(b *testing.B) {
 		rep, err := interlock.Inspect(dir, interlock.Options{})
 		if err != nil || rep.State != interlock.Stale {
 			b.Fatal(rep, err)
+		}
+	}
+}
+
+// BenchmarkSegment is the SysV segment witness alone, as every cycle of
+// BenchmarkAcquireReleaseNoSync makes and removes it: shmget
+// (IPC_CREAT|IPC_EXCL), shmat (with the IPC_STAT that x/sys/unix makes to
+// size the mapping), the header write, shmdt, IPC_RMID. It is the floor
+// that witness sets under an acquisition.
+func BenchmarkSegment(b *testing.B) {
+	id, err := shm.DirIdentity(testutil.DataDir(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		seg, err := shm.Create(id, shm.Header{CreatorPID: 1})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := seg.Detach(); err != nil {
+			b.Fatal(err)
+		}
+		if err := seg.Remove(); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

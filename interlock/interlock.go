@@ -20,7 +20,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -145,20 +144,54 @@ type self struct {
 	host   string
 }
 
+// whoami says who the calling process is. The start time, boot ID and PID
+// namespace are fixed by the kernel for the life of the process, so they
+// are read once per process (see processIdentity); the hostname can
+// change, and is asked every time.
 func whoami() (self, error) {
-	s := self{pid: os.Getpid()}
+	s, err := processIdentity(os.Getpid())
+	if err != nil {
+		return s, err
+	}
+	if s.host, err = os.Hostname(); err != nil {
+		return s, fmt.Errorf("read hostname: %w", err)
+	}
+	return s, nil
+}
+
+// identity caches what readIdentity found for this process. It is keyed by
+// PID, so a forked child (a new process, with its own start time) reads its
+// own; a failed read is not cached.
+var identity struct {
+	sync.Mutex
+	s  self
+	ok bool
+}
+
+func processIdentity(pid int) (self, error) {
+	identity.Lock()
+	defer identity.Unlock()
+	if identity.ok && identity.s.pid == pid {
+		return identity.s, nil
+	}
+	s, err := readIdentity(pid)
+	if err == nil {
+		identity.s, identity.ok = s, true
+	}
+	return s, err
+}
+
+func readIdentity(pid int) (self, error) {
+	s := self{pid: pid}
 	var err error
-	if s.start, err = proc.StartTime(s.pid); err != nil {
+	if s.start, err = proc.StartTime(pid); err != nil {
 		return s, fmt.Errorf("read own start time: %w", err)
 	}
 	if s.bootID, err = proc.BootID(); err != nil {
 		return s, err
 	}
-	if s.pidNS, err = proc.Namespace(s.pid, "pid"); err != nil {
+	if s.pidNS, err = proc.Namespace(pid, "pid"); err != nil {
 		return s, fmt.Errorf("read own PID namespace: %w", err)
-	}
-	if s.host, err = os.Hostname(); err != nil {
-		return s, fmt.Errorf("read hostname: %w", err)
 	}
 	return s, nil
 }
@@ -232,18 +265,27 @@ func Acquire(ctx context.Context, dir string, opts Options) (*Lock, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := pidfile.Open(dir, opts.pidfileOptions())
-	if err != nil {
-		return nil, heldHere(err, me)
-	}
-	opts.step(StepOpened)
-	if err := checkStorage(f, opts); err != nil {
+	start := time.Now()
+	var f *pidfile.File
+	for {
+		if f, err = pidfile.Open(dir, opts.pidfileOptions()); err != nil {
+			return nil, heldHere(err, me)
+		}
+		opts.step(StepOpened)
+		if err := checkStorage(f, opts); err != nil {
+			f.Close()
+			return nil, err
+		}
+		err = lockWaiting(ctx, f, opts, me, start)
+		if err == nil {
+			break
+		}
 		f.Close()
-		return nil, err
-	}
-	if err := lockWaiting(ctx, f, opts, me); err != nil {
-		f.Close()
-		return nil, err
+		if !errors.Is(err, pidfile.ErrReplaced) {
+			return nil, err
+		}
+		// The waiter's lock was granted on an inode the path no longer
+		// names: wait for the one that starters now lock.
 	}
 	opts.step(StepLocked)
 	l, err := takeOver(ctx, f, opts, me)
@@ -268,27 +310,32 @@ func checkStorage(f *pidfile.File, opts Options) error {
 }
 
 // lockWaiting takes f's lock, retrying while it is busy for as long as opts
-// and ctx allow, and at least until a busy lock can be blamed on somebody.
+// and ctx allow (counted from start), and at least until a busy lock can be
+// blamed on somebody.
 //
-// A waiter sleeps in the kernel until the pidfile is closed by somebody
-// (pidfile.ReleaseWatch: the moment a holder's lock goes) and tries again
-// then, so a release is noticed at once and no waiter burns the CPU the
-// holder needs. It also tries again after a fallback interval, for the
-// releases a watch cannot see (an explicit unlock; a holder on another
-// host of a shared filesystem, where it polls as before).
+// Where the kernel can queue a waiter (flock and OFD locks on a local
+// filesystem) a waiter blocks in it (pidfile.File.LockWait), so that the
+// release hands the lock straight to a waiter instead of to the releaser's
+// next attempt. Elsewhere (POSIX locks, shared storage) it sleeps until the
+// pidfile is closed by somebody (pidfile.ReleaseWatch: the moment a
+// holder's lock goes) and tries again then, or after a fallback interval,
+// for the releases a watch cannot see (an explicit unlock; a holder on
+// another host of a shared filesystem, where it polls as before). A grant
+// on a pidfile that was replaced meanwhile fails with pidfile.ErrReplaced:
+// the caller opens the pidfile again.
 //
 // Saying who holds a busy lock can cost a scan of every process's
 // descriptors, so a caller that waits asks only when it is about to give up:
 // dozens of waiters classifying on every retry would starve the very holder
 // they wait for.
-func lockWaiting(ctx context.Context, f *pidfile.File, opts Options, me self) error {
-	start := time.Now()
+func lockWaiting(ctx context.Context, f *pidfile.File, opts Options, me self, start time.Time) error {
 	dev, ino := f.ID()
 	fallback := 100 * time.Millisecond
 	if fs, err := f.Filesystem(); err != nil || fs.Shared() {
 		fallback = 0 // jittered backoff below
 	}
-	backoff := time.Millisecond
+	kernelWait := true
+	retry := backoff{d: time.Millisecond, max: 10 * time.Millisecond}
 	var watch *pidfile.ReleaseWatch
 	defer func() {
 		if watch != nil {
@@ -314,6 +361,29 @@ func lockWaiting(ctx context.Context, f *pidfile.File, opts Options, me self) er
 				return verdict
 			}
 		}
+		// Block in the kernel only while the caller's wait lasts. A
+		// verdict that was not final yet (the settle time) is asked
+		// again after every retry, as the holder's record may name it
+		// any moment.
+		if waiting := opts.Wait < 0 || waited < opts.Wait; kernelWait && waiting {
+			wctx, cancel := ctx, context.CancelFunc(func() {})
+			if opts.Wait > 0 {
+				wctx, cancel = context.WithTimeout(ctx, opts.Wait-waited)
+			}
+			err := f.LockWait(wctx, opts.LockMethod)
+			cancel()
+			switch {
+			case err == nil, errors.Is(err, pidfile.ErrReplaced):
+				return err
+			case errors.Is(err, pidfile.ErrNoKernelWait), errors.Is(err, pidfile.ErrLocked):
+				// Not for this lock, or the lock of the other family
+				// is what is busy: the kernel cannot queue us on it.
+				kernelWait = false
+			case wctx.Err() == nil:
+				return err
+			}
+			continue // try once more, then judge
+		}
 		if watch == nil && fallback > 0 {
 			// Watch first, then try again at once: a release between
 			// the failed attempt and the watch is not missed.
@@ -326,8 +396,7 @@ func lockWaiting(ctx context.Context, f *pidfile.File, opts Options, me self) er
 		if d == 0 {
 			// Jittered, and short at most: without a watch a waiter
 			// only notices a release when it tries again.
-			d = backoff/2 + mrand.N(backoff)
-			backoff = min(2*backoff, 10*time.Millisecond)
+			d = retry.next()
 		}
 		if opts.Wait > 0 && waited < opts.Wait {
 			d = min(d, opts.Wait-waited) // judge when the wait runs out

@@ -2,6 +2,8 @@ package pidfile
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -125,5 +127,25 @@ func TestUnescapeMount(t *testing.T) {
 		if got := unescapeMount(in); got != want {
 			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// OpenInDir keeps the status flags it was asked for once it drops the
+// O_NONBLOCK of its open: an O_APPEND file still appends (the stress
+// witness log relies on it).
+func TestOpenInDirKeepsAppend(t *testing.T) {
+	dir := t.TempDir()
+	for i := range 3 {
+		f, err := OpenInDir(dir, "log", os.O_WRONLY|os.O_APPEND|os.O_CREATE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write([]byte{'a' + byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "log")); err != nil || string(b) != "abc" {
+		t.Fatalf("log holds %q (%v), want \"abc\"", b, err)
 	}
 }

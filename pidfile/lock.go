@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/eintr"
 	"github.com/dirlockd/dirlockd/internal/proc"
 )
 
@@ -88,23 +89,13 @@ func busy(err error) bool {
 	return err == unix.EWOULDBLOCK || err == unix.EAGAIN || err == unix.EACCES
 }
 
-// retryEINTR runs fn until it does not fail with EINTR: x/sys/unix does not
-// retry interrupted calls.
-func retryEINTR(fn func() error) error {
-	for {
-		if err := fn(); err != unix.EINTR {
-			return err
-		}
-	}
-}
-
 func wholeFile(typ int16) *unix.Flock_t {
 	return &unix.Flock_t{Type: typ, Whence: 0, Start: 0, Len: 0}
 }
 
 // place takes a lock of kind m (not Auto) without waiting.
 func place(fd uintptr, m Method) error {
-	return retryEINTR(func() error {
+	return eintr.Retry(func() error {
 		switch m {
 		case Flock:
 			return unix.Flock(int(fd), unix.LOCK_EX|unix.LOCK_NB)
@@ -117,7 +108,7 @@ func place(fd uintptr, m Method) error {
 }
 
 func remove(fd uintptr, m Method) error {
-	return retryEINTR(func() error {
+	return eintr.Retry(func() error {
 		switch m {
 		case Flock:
 			return unix.Flock(int(fd), unix.LOCK_UN)
@@ -177,7 +168,7 @@ func (f *File) autoChain() []Method {
 func (f *File) otherFamilyHeld(m Method) string {
 	if m == Flock {
 		lk := wholeFile(unix.F_WRLCK)
-		err := retryEINTR(func() error { return unix.FcntlFlock(f.f.Fd(), unix.F_OFD_GETLK, lk) })
+		err := eintr.Retry(func() error { return unix.FcntlFlock(f.f.Fd(), unix.F_OFD_GETLK, lk) })
 		if err == nil && lk.Type != unix.F_UNLCK {
 			return "another process, with an fcntl lock,"
 		}
@@ -195,6 +186,155 @@ func (f *File) otherFamilyHeld(m Method) string {
 	return ""
 }
 
+// ErrNoKernelWait says that LockWait does not block in the kernel for this
+// pidfile: the lock method is POSIX, or the filesystem is shared storage.
+// Wait with a ReleaseWatch and TryLock instead.
+var ErrNoKernelWait = errors.New("no blocking wait in the kernel for this lock")
+
+// ErrReplaced says that the pidfile's path no longer names the file this
+// File opened: it was removed or replaced. Whoever waits for the lock opens
+// the pidfile again; a lock on the old inode guards nothing.
+var ErrReplaced = errors.New("pidfile was replaced")
+
+// LockWait takes the lock as TryLock does, but when it is busy blocks in
+// the kernel (flock without LOCK_NB, F_OFD_SETLKW) until the holder lets
+// go, so that the kernel hands the released lock to a waiter at once,
+// before the releaser can take it back. It returns ctx's error when ctx is
+// done first.
+//
+// The wait runs on a goroutine with a descriptor of its own, opened for
+// it: Go's signal handlers are installed with SA_RESTART, so a blocked
+// flock cannot be interrupted, only abandoned. A cancelled LockWait returns
+// at once, and the abandoned goroutine, if the lock is ever granted to it,
+// releases it and closes its descriptor at once, writing nothing (until
+// then it keeps a thread and that descriptor). Once the lock is granted the
+// path must still name the same inode (ErrReplaced otherwise), and the
+// granted descriptor becomes f's.
+//
+// It is offered only for flock and OFD locks on local filesystems
+// (ErrNoKernelWait otherwise). A POSIX lock belongs to the process, and
+// the waiter's close of its own descriptor would drop it. On shared
+// storage a blocked request depends on the server's callbacks (NLM grant
+// messages through firewalls, FUSE daemons, CIFS oplocks) that may never
+// come, and a lock granted to an abandoned waiter on a server is not
+// promptly let go if the client is cut off: waiters there try again on
+// their own clock.
+func (f *File) LockWait(ctx context.Context, m Method) error {
+	if f.locked {
+		return nil
+	}
+	const flags = unix.O_RDWR | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK
+	fd, err := openRetry(f.path, flags)
+	if err == unix.ENOENT {
+		return fmt.Errorf("%w: %s is gone", ErrReplaced, f.path)
+	}
+	if err != nil {
+		return openError(f.path, "pidfile", err)
+	}
+	if err := f.sameInode(fd, f.path); err != nil {
+		closeFile(os.NewFile(uintptr(fd), f.path), f.dev, f.ino, nil)
+		return err
+	}
+	if m, err = f.kernelWaitMethod(m); err != nil {
+		closeFile(os.NewFile(uintptr(fd), f.path), f.dev, f.ino, nil)
+		return err
+	}
+	granted, abandoned := make(chan error), make(chan struct{})
+	go func() {
+		err := eintr.Retry(func() error { return placeWaiting(uintptr(fd), m) })
+		select {
+		case granted <- err:
+		case <-abandoned:
+			if err == nil {
+				remove(uintptr(fd), m)
+			}
+			closeFile(os.NewFile(uintptr(fd), f.path), f.dev, f.ino, nil)
+		}
+	}()
+	select {
+	case err = <-granted:
+	case <-ctx.Done():
+		close(abandoned)
+		return fmt.Errorf("wait for the lock of %s: %w", f.path, ctx.Err())
+	}
+	of := os.NewFile(uintptr(fd), f.path)
+	if err != nil {
+		closeFile(of, f.dev, f.ino, nil)
+		if busy(err) || unsupported(err) {
+			return fmt.Errorf("%w: blocking %s lock of %s: %v", ErrNoKernelWait, m, f.path, err)
+		}
+		return &os.PathError{Op: m.String() + " lock (waiting)", Path: f.path, Err: err}
+	}
+	// Granted. The path may have been given to another file meanwhile
+	// (renamed over, removed and created again): starters now lock that
+	// one.
+	var st unix.Stat_t
+	if err := unix.Stat(f.path, &st); err != nil || st.Dev != f.dev || st.Ino != f.ino {
+		remove(uintptr(fd), m)
+		closeFile(of, f.dev, f.ino, nil)
+		return fmt.Errorf("%w: %s names another file than the one whose lock was granted", ErrReplaced, f.path)
+	}
+	if other := f.otherFamilyHeld(m); other != "" {
+		remove(uintptr(fd), m)
+		closeFile(of, f.dev, f.ino, nil)
+		return fmt.Errorf("%w: %s: %s holds it (all holders of a data directory must use the same lock method)", ErrLocked, f.path, other)
+	}
+	old := f.f
+	err = f.register(func() error {
+		f.f, f.method, f.locked = of, m, true
+		f.listed, _ = proc.OwnFDLocked(fd)
+		return nil
+	})
+	if err != nil {
+		remove(uintptr(fd), m)
+		closeFile(of, f.dev, f.ino, nil)
+		return err
+	}
+	// The old descriptor holds no lock, and no POSIX lock of this process
+	// is on the inode (f holds it), so its close drops nothing.
+	old.Close()
+	clearNonblock(fd, flags)
+	return nil
+}
+
+// kernelWaitMethod is the method LockWait blocks with for m, or
+// ErrNoKernelWait.
+func (f *File) kernelWaitMethod(m Method) (Method, error) {
+	fs, err := f.Filesystem()
+	if err != nil || fs.Shared() {
+		return 0, fmt.Errorf("%w: %s is on shared storage", ErrNoKernelWait, f.path)
+	}
+	if m == Auto {
+		m = f.autoChain()[0]
+	}
+	if m != Flock && m != OFD {
+		return 0, fmt.Errorf("%w: %s locks belong to the process", ErrNoKernelWait, m)
+	}
+	return m, nil
+}
+
+// sameInode refuses a descriptor, opened by path, that is not of f's
+// inode.
+func (f *File) sameInode(fd int, path string) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return &os.PathError{Op: "fstat", Path: path, Err: err}
+	}
+	if st.Dev != f.dev || st.Ino != f.ino {
+		return fmt.Errorf("%w: %s now names inode %d, not %d", ErrReplaced, path, st.Ino, f.ino)
+	}
+	return nil
+}
+
+// placeWaiting takes a lock of kind m (Flock or OFD), blocking until it is
+// granted.
+func placeWaiting(fd uintptr, m Method) error {
+	if m == Flock {
+		return unix.Flock(int(fd), unix.LOCK_EX)
+	}
+	return unix.FcntlFlock(fd, unix.F_OFD_SETLKW, wholeFile(unix.F_WRLCK))
+}
+
 // probe reports whether the lock is free by taking it with method m and
 // dropping it at once; it returns nil when free, an error wrapping ErrLocked
 // when held. For fcntl kinds it only tests (F_OFD_GETLK / F_GETLK), taking
@@ -207,7 +347,7 @@ func (f *File) probe(m Method) error {
 			cmd = unix.F_GETLK
 		}
 		lk := wholeFile(unix.F_WRLCK)
-		if err := retryEINTR(func() error { return unix.FcntlFlock(fd, cmd, lk) }); err != nil {
+		if err := eintr.Retry(func() error { return unix.FcntlFlock(fd, cmd, lk) }); err != nil {
 			return &os.PathError{Op: m.String() + " test", Path: f.path, Err: err}
 		}
 		if lk.Type != unix.F_UNLCK {
@@ -235,11 +375,11 @@ func (f *File) probe(m Method) error {
 // inotify's IN_CLOSE_WRITE (at the final fput, the very moment a flock or
 // OFD lock goes), so a waiter sleeps in the kernel until then. The watch
 // only wakes the waiter; the lock is only ever taken by the waiter's own
-// TryLock, so a cancelled wait leaves nothing held. (A wait blocked in
-// flock or F_OFD_SETLKW could not be cancelled this cleanly: Go installs
-// its signal handlers with SA_RESTART, so those calls restart rather than
-// fail with EINTR, and a thread left in one would take the lock after its
-// caller gave up.)
+// TryLock, so a cancelled wait leaves nothing held. Where the kernel can
+// queue the waiter itself (flock and OFD locks on a local filesystem),
+// LockWait is better: the lock goes to a waiter at the release, where a
+// woken watcher races the releaser's next attempt. The watch serves POSIX
+// locks and shared storage.
 //
 // Wakeups may be spurious (an inspector closing its own read-write
 // descriptor) and may be missed (an explicit unlock without a close, or a

@@ -21,7 +21,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,6 +28,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/eintr"
 	"github.com/dirlockd/dirlockd/internal/proc"
 )
 
@@ -158,16 +158,21 @@ func Open(dir string, opts Options) (*File, error) {
 		return nil, h.lockedHere(path)
 	}
 	const flags = unix.O_RDWR | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK
-	created := true
-	fd, err := openRetry(path, flags|unix.O_CREAT|unix.O_EXCL)
-	if err == unix.EEXIST {
-		created = false
-		fd, err = openRetry(path, flags)
+	// The pidfile is nearly always there already (it is never unlinked):
+	// open it, and create it only when it is not.
+	created := false
+	fd, err := openRetry(path, flags)
+	if err == unix.ENOENT {
+		created = true
+		if fd, err = openRetry(path, flags|unix.O_CREAT|unix.O_EXCL); err == unix.EEXIST {
+			created = false
+			fd, err = openRetry(path, flags) // another starter created it first
+		}
 	}
 	if err != nil {
 		return nil, openError(path, "pidfile", err)
 	}
-	f, err := newFile(fd, path, abs, "pidfile")
+	f, err := newFile(fd, flags, path, abs, "pidfile")
 	if err != nil {
 		return nil, err
 	}
@@ -189,11 +194,12 @@ func OpenInDir(dir, name string, flag int) (*os.File, error) {
 		return nil, err
 	}
 	path := filepath.Join(abs, name)
-	fd, err := openRetry(path, flag|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK)
+	flag |= unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK
+	fd, err := openRetry(path, flag)
 	if err != nil {
 		return nil, openError(path, "file", err)
 	}
-	f, err := newFile(fd, path, abs, "file")
+	f, err := newFile(fd, flag, path, abs, "file")
 	if err != nil {
 		return nil, err
 	}
@@ -201,12 +207,7 @@ func OpenInDir(dir, name string, flag int) (*os.File, error) {
 }
 
 func openRetry(path string, flags int) (int, error) {
-	for {
-		fd, err := unix.Open(path, flags, 0o600)
-		if err != unix.EINTR {
-			return fd, err
-		}
-	}
+	return eintr.Openat(unix.AT_FDCWD, path, flags, 0o600)
 }
 
 // openError explains why the open of what (the "pidfile") at path failed.
@@ -230,8 +231,8 @@ func openError(path, what string, err error) error {
 	return e
 }
 
-// newFile checks an opened descriptor and wraps it. It takes ownership of fd.
-// what names the file in errors ("pidfile").
+// newFile checks an opened descriptor and wraps it. It takes ownership of fd,
+// opened with flags. what names the file in errors ("pidfile").
 //
 // The checks refuse every file that is not provably ours alone to write: not
 // a regular file, another owner, writable by others, or an inode that is
@@ -239,7 +240,7 @@ func openError(path, what string, err error) error {
 // or a bind mount over the name. Writing a record into such a file would
 // change a file that is not dirlockd's. They run on the descriptor right
 // after the open, before anything locks, reads or writes it.
-func newFile(fd int, path, dir, what string) (*File, error) {
+func newFile(fd, flags int, path, dir, what string) (*File, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
@@ -265,11 +266,17 @@ func newFile(fd int, path, dir, what string) (*File, error) {
 		closeFile(os.NewFile(uintptr(fd), path), st.Dev, st.Ino, nil)
 		return nil, bad
 	}
-	// O_NONBLOCK only guarded the open against a FIFO in the pidfile's place.
-	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil {
-		unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
-	}
+	clearNonblock(fd, flags)
 	return &File{f: os.NewFile(uintptr(fd), path), path: path, dir: dir, dev: st.Dev, ino: st.Ino}, nil
+}
+
+// clearNonblock clears O_NONBLOCK, which only guarded the open against a
+// FIFO in the file's place, from fd, opened with flags. F_SETFL sets the
+// status flags (O_APPEND and O_NONBLOCK among them) and ignores the
+// access mode and creation flags, so the open's own flags tell what to
+// set, without an F_GETFL first.
+func clearNonblock(fd, flags int) {
+	unix.FcntlInt(uintptr(fd), unix.F_SETFL, flags&^unix.O_NONBLOCK)
 }
 
 // checkLinks refuses a file whose inode has another name, or none: a hard
@@ -480,23 +487,40 @@ func readRecord(f *os.File, path string) (*Record, []byte, error) {
 }
 
 // readAll reads up to MaxSize+1 bytes: one more than a record may have, so
-// that an oversized file shows. The buffer is sized from fstat; a file that
-// grew since then fills it, and is read again at full size.
+// that an oversized file shows. It reads with one pread into a buffer that
+// fits any record dirlockd writes: a read of a regular file that comes
+// back shorter than asked for has reached its end (a write racing it can
+// make the content torn, never the read short of what it found, and a
+// torn record is read again by readRecord). A file that fills the buffer
+// is read again at full size.
+//
+// The read goes through the descriptor's raw connection, which keeps it
+// from being closed (and its number reused) during the read, as ReadAt
+// does; a File closed meanwhile fails with os.ErrClosed.
 func readAll(f *os.File) ([]byte, error) {
-	size := MaxSize
-	if fi, err := f.Stat(); err == nil && fi.Size() < MaxSize {
-		size = int(fi.Size())
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
 	}
-	for {
-		buf := make([]byte, size+1)
-		n, err := f.ReadAt(buf, 0)
-		if err != nil && err != io.EOF {
-			return nil, err
+	for size := 4 << 10; ; size = MaxSize + 1 {
+		buf := make([]byte, size)
+		var n int
+		var rerr error
+		if err := rc.Read(func(fd uintptr) bool {
+			rerr = eintr.Retry(func() (err error) {
+				n, err = unix.Pread(int(fd), buf, 0)
+				return err
+			})
+			return true
+		}); err != nil {
+			return nil, os.ErrClosed // the only way a raw read of a file fails
 		}
-		if n < len(buf) || size == MaxSize {
+		if rerr != nil {
+			return nil, rerr
+		}
+		if n < size || size == MaxSize+1 {
 			return buf[:n], nil
 		}
-		size = MaxSize
 	}
 }
 
@@ -537,7 +561,9 @@ func (f *File) write(r *Record, durable bool) error {
 	if err == nil && n < len(b) {
 		err = unix.ENOSPC // a short write with no error means out of space
 	}
-	if err == nil {
+	// A file no longer than the record is now exactly the record; only a
+	// longer one keeps a tail to cut.
+	if err == nil && st.Size > int64(len(b)) {
 		err = f.f.Truncate(int64(len(b)))
 	}
 	if err == nil && durable && !f.noSync {
@@ -674,7 +700,7 @@ func Look(dir string, opts Options) (*Reading, error) {
 	if err != nil {
 		return nil, openError(path, "pidfile", err)
 	}
-	f, err := newFile(fd, path, abs, "pidfile")
+	f, err := newFile(fd, flags, path, abs, "pidfile")
 	if err != nil {
 		return nil, err
 	}

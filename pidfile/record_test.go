@@ -378,3 +378,16 @@ func TestParseRejectsEveryBitFlip(t *testing.T) {
 		}
 	}
 }
+
+// The record's own CRC-32C table gives the checksum of the standard one.
+func TestCastagnoliTable(t *testing.T) {
+	std := crc32.MakeTable(crc32.Castagnoli)
+	for _, b := range [][]byte{nil, []byte("a"), []byte("123456789"), make([]byte, 5000)} {
+		if got, want := crc32.Checksum(b, castagnoli), crc32.Checksum(b, std); got != want {
+			t.Errorf("crc32c of %d bytes: %08x, want %08x", len(b), got, want)
+		}
+	}
+	if got := crc32.Checksum([]byte("123456789"), castagnoli); got != 0xe3069283 {
+		t.Errorf("crc32c check value %08x, want e3069283", got)
+	}
+}

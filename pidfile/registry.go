@@ -57,7 +57,18 @@ func (e *LockedHereError) Is(target error) bool { return target == ErrLocked }
 
 // heldAt returns the File of this process that holds the pidfile at path
 // locked, or nil. It stats the path, which opens no descriptor.
+//
+// A process that holds no pidfile (the common case: a start, a check) has
+// nothing to look up, and skips the stat. A File registered after that
+// test and before the open is caught by TryLock (register) and, for a
+// descriptor opened anyway, by closeFile's parking.
 func heldAt(path string) *File {
+	held.Lock()
+	none := len(held.files) == 0
+	held.Unlock()
+	if none {
+		return nil
+	}
 	var st unix.Stat_t
 	if unix.Stat(path, &st) != nil {
 		return nil

@@ -11,6 +11,8 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/pidfile"
 )
 
 // report is what check and status say about one data directory, as a line
@@ -60,7 +62,7 @@ func newReport(dir string, rep *interlock.Report, err error) *report {
 	if rec := rep.Record; rec != nil {
 		r.PID, r.Host, r.Status, r.Method = rec.PID, rec.Hostname, string(rec.Status), rec.LockMethod.String()
 		r.Started = rec.StartTime.Format(time.RFC3339)
-		r.ShmKey, r.ShmID = fmt.Sprintf("0x%08x", uint32(rec.ShmKey)), &rec.ShmID
+		r.ShmKey, r.ShmID = pidfile.FormatKey(rec.ShmKey), &rec.ShmID
 		r.ChildPID, _ = strconv.Atoi(rec.Extra[childPIDKey])
 		r.MainPID, _ = strconv.Atoi(rec.Extra[mainPIDKey])
 		r.FencingToken, _ = strconv.ParseInt(rec.Extra[fencingTokenField], 10, 64)
@@ -148,7 +150,8 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		if lr != nil {
 			r.addLease(lr)
 		}
-		code := map[string]int{"free": 0, "stale": 0, "held": 1, "orphans": 2, "invalid": 3}[r.State]
+		code := map[string]int{"free": exitcode.CheckFree, "stale": exitcode.CheckFree, "held": exitcode.CheckHeld,
+			"orphans": exitcode.CheckOrphans, "invalid": exitcode.CheckInvalid}[r.State]
 		worst = max(worst, code)
 		if f.asJSON {
 			writeJSON(stdout, r)
@@ -161,10 +164,10 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 
 // LSB status codes.
 const (
-	lsbRunning     = 0
-	lsbDeadPidfile = 1
-	lsbStopped     = 3
-	lsbUnknown     = 4
+	lsbRunning     = exitcode.StatusRunning
+	lsbDeadPidfile = exitcode.StatusDead
+	lsbStopped     = exitcode.StatusNotRunning
+	lsbUnknown     = exitcode.StatusUnknown
 )
 
 var statusDoc = doc{

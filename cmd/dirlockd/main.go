@@ -21,21 +21,21 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
 // Exit codes of run, and of every command for usage and internal errors:
-// from sysexits(3) where one fits, from the shell for commands that cannot
-// be executed.
+// internal/exitcode has them, for the tests too.
 const (
-	exitHeld       = 75  // EX_TEMPFAIL: held by a live instance
-	exitOrphans    = 76  // orphaned processes of a dead holder survive
-	exitInvalid    = 78  // EX_CONFIG: invalid data directory, pidfile or configuration
-	exitUsage      = 64  // EX_USAGE
-	exitInternal   = 70  // EX_SOFTWARE
-	exitNoExec     = 126 // command found but not executable
-	exitNotFound   = 127 // command not found
-	exitSignalBase = 128 // child killed by signal N: 128+N
+	exitHeld       = exitcode.Held
+	exitOrphans    = exitcode.Orphans
+	exitInvalid    = exitcode.Invalid
+	exitUsage      = exitcode.Usage
+	exitInternal   = exitcode.Internal
+	exitNoExec     = exitcode.NoExec
+	exitNotFound   = exitcode.NotFound
+	exitSignalBase = exitcode.SignalBase
 )
 
 func main() {

@@ -99,7 +99,7 @@ func (r *runner) run() int {
 	}
 	rec := r.lock.Record()
 	r.log = r.log.With("datadir", rec.DataDir)
-	r.log.Info("acquired the data directory", "lock_method", rec.LockMethod, "shm_key", fmt.Sprintf("0x%08x", uint32(rec.ShmKey)), "shm_id", rec.ShmID)
+	r.log.Info("acquired the data directory", "lock_method", rec.LockMethod, "shm_key", pidfile.FormatKey(rec.ShmKey), "shm_id", rec.ShmID)
 	if p := r.lock.Previous(); p != nil && !p.Clean() {
 		r.log.Warn(p.String())
 	}
@@ -657,9 +657,9 @@ func (r *runner) lost(reason string) {
 func (r *runner) rechecked(res checkResult) {
 	if res.removed != nil {
 		rec := r.lock.Record()
-		attrs := []any{"old_shm_key", fmt.Sprintf("0x%08x", uint32(res.oldKey)), "old_shm_id", res.oldShmID}
+		attrs := []any{"old_shm_key", pidfile.FormatKey(res.oldKey), "old_shm_id", res.oldShmID}
 		if res.renewed {
-			attrs = append(attrs, "shm_key", fmt.Sprintf("0x%08x", uint32(rec.ShmKey)), "shm_id", rec.ShmID)
+			attrs = append(attrs, "shm_key", pidfile.FormatKey(rec.ShmKey), "shm_id", rec.ShmID)
 			r.log.Warn(res.removed.Error()+"; the lock is still ours: a new segment took its place", attrs...)
 		} else {
 			r.log.Error(res.removed.Error(), attrs...)

@@ -14,8 +14,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// handoff compares `dirlockd stress --workers 8` (whole acquisitions and
-// releases, waiting workers in --wait) with a bare loop of 8 goroutines
+// handoff compares `dirlockd stress --workers N` (whole acquisitions and
+// releases, waiting workers in --wait) with a bare loop of N goroutines
 // doing open, flock (blocking), pwrite, fsync, unlock, close on one file,
 // in the same run, and prints hand-offs a second and the waits.
 func handoff(bin string, workers int, d time.Duration) int {

@@ -13,8 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dirlockd/dirlockd/internal/testutil"
 	"golang.org/x/sys/unix"
+
+	"github.com/dirlockd/dirlockd/internal/eintr"
+	"github.com/dirlockd/dirlockd/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -105,13 +107,13 @@ func clientDo(files map[string]*os.File, f []string) (string, error) {
 		if len(f) > 3 && f[3] == "nb" {
 			how |= unix.LOCK_NB
 		}
-		return "", retryEINTR(func() error { return unix.Flock(fd, how) })
+		return "", eintr.Retry(func() error { return unix.Flock(fd, how) })
 	case "lk":
 		cmd := map[string]int{"setlk": unix.F_SETLK, "setlkw": unix.F_SETLKW, "getlk": unix.F_GETLK,
 			"ofdsetlk": unix.F_OFD_SETLK, "ofdsetlkw": unix.F_OFD_SETLKW, "ofdgetlk": unix.F_OFD_GETLK}[f[2]]
 		typ := map[string]int16{"r": unix.F_RDLCK, "w": unix.F_WRLCK, "u": unix.F_UNLCK}[f[3]]
 		lk := unix.Flock_t{Type: typ, Whence: io.SeekStart, Start: num(f[4]), Len: num(f[5])}
-		if err := retryEINTR(func() error { return unix.FcntlFlock(uintptr(fd), cmd, &lk) }); err != nil {
+		if err := eintr.Retry(func() error { return unix.FcntlFlock(uintptr(fd), cmd, &lk) }); err != nil {
 			return "", err
 		}
 		if cmd == unix.F_GETLK || cmd == unix.F_OFD_GETLK {
@@ -142,15 +144,6 @@ func clientDo(files map[string]*os.File, f []string) (string, error) {
 		return strconv.FormatInt(st.Size, 10), nil
 	}
 	panic("unreachable")
-}
-
-// retryEINTR retries a call that x/sys/unix does not restart.
-func retryEINTR(f func() error) error {
-	for {
-		if err := f(); err != syscall.EINTR {
-			return err
-		}
-	}
 }
 
 // client is a running clientMain process: a process on one "host".

@@ -2,13 +2,14 @@ package torture
 
 import (
 	"fmt"
-	"os"
-	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/stress"
+	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
@@ -101,48 +102,58 @@ func crashRandomKill(e *Env) Result {
 		rep, err := waitHeld(e, dir, p, 10*time.Second)
 		ok := err == nil
 		if !ok {
-			r.fail("iteration %d: the holder never came up: %s", i, tail(p.output()))
-			k.killTree(p.pid())
+			r.fail("iteration %d: the holder never came up: %s", i, tail(p.Output()))
+			k.killTree(p.PID())
 			continue
 		}
 		child := rep.ChildPID
 		k.track(child)
 		token := k.token(dir)
+		// The server must be inside its hold (its enter logged) for the
+		// kill to be a kill inside a hold.
+		if !p.WaitOutput("holding", 10*time.Second) {
+			r.fail("iteration %d: the server %d never entered the witness: %s", i, child, tail(p.Output()))
+			k.killTree(p.PID())
+			continue
+		}
 		time.Sleep(time.Duration(e.Rand.IntN(51)) * time.Millisecond)
 		var tKill time.Time
+		var sent int64
 		if i%2 == 1 {
 			// Only the wrapper dies; the server keeps the lock.
-			syscall.Kill(p.pid(), syscall.SIGKILL)
+			syscall.Kill(p.PID(), syscall.SIGKILL)
 			r.Faults++
-			if _, ok := p.wait(10 * time.Second); !ok {
-				r.fail("iteration %d: the wrapper %d survived SIGKILL", i, p.pid())
+			if _, ok := p.Exited(10 * time.Second); !ok {
+				r.fail("iteration %d: the wrapper %d survived SIGKILL", i, p.PID())
 			}
 			before := k.pidfile(dir)
 			code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, w)...)
 			orphanChecks++
-			if code != exitOrphans || !mentions(out, child) {
+			if code != exitcode.Orphans || !mentions(out, child) {
 				r.fail("iteration %d: a starter while the server %d of a killed wrapper lives: exit %d, want 76 naming it%s: %s",
 					i, child, code, tornNote(before), tail(out))
 			}
 			if after := k.pidfile(dir); string(after) != string(before) {
 				r.fail("iteration %d: a refused starter changed the pidfile:\nbefore %q\nafter  %q", i, before, after)
 			}
-			if !Kill(child) {
+			sent = stress.MonoNow()
+			if !testutil.KillPID(child) {
 				r.fail("iteration %d: the server %d survived SIGKILL", i, child)
 			}
 			r.Faults++
 			tKill = time.Now()
 		} else {
-			syscall.Kill(p.pid(), syscall.SIGKILL)
+			sent = stress.MonoNow()
+			syscall.Kill(p.PID(), syscall.SIGKILL)
 			syscall.Kill(child, syscall.SIGKILL)
 			tKill = time.Now()
 			r.Faults++
-			if _, ok := p.wait(10 * time.Second); !ok || !WaitDead(child, 10*time.Second) {
-				r.fail("iteration %d: the wrapper %d or the server %d survived SIGKILL", i, p.pid(), child)
+			if _, ok := p.Exited(10 * time.Second); !ok || !testutil.WaitDead(child, 10*time.Second) {
+				r.fail("iteration %d: the wrapper %d or the server %d survived SIGKILL", i, p.PID(), child)
 			}
 		}
 		// Both confirmed dead: only now may the next holder start.
-		if err := w.Killed(token); err != nil {
+		if err := w.Killed(token, child, sent); err != nil {
 			r.fail("witness: %v", err)
 		}
 		code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, w, "--wait", "10s")...)
@@ -175,18 +186,24 @@ func crashStopCont(e *Env) Result {
 		}
 		rep, err := waitHeld(e, dir, p, 10*time.Second)
 		ok := err == nil
-		if ok && !p.waitOutput("holding", 10*time.Second) {
+		if ok && !p.WaitOutput("holding", 10*time.Second) {
 			ok = false
 		}
 		if !ok {
-			r.fail("iteration %d: the holder never came up: %s", i, tail(p.output()))
-			k.killTree(p.pid())
+			r.fail("iteration %d: the holder never came up: %s", i, tail(p.Output()))
+			k.killTree(p.PID())
 			continue
 		}
 		k.track(rep.ChildPID)
-		// Let one recheck pass so that there is a heartbeat to compare.
-		time.Sleep(300 * time.Millisecond)
-		beat := k.heartbeat(dir)
+		// Wait for a recheck to pass, so that there is a heartbeat to
+		// compare.
+		var beat string
+		for deadline := time.Now().Add(10 * time.Second); beat == "" && time.Now().Before(deadline) && p.Alive(); time.Sleep(20 * time.Millisecond) {
+			beat = k.heartbeat(dir)
+		}
+		if beat == "" {
+			r.fail("iteration %d: no heartbeat within 10s of a 200ms recheck: %s", i, tail(p.Output()))
+		}
 
 		// A stop that lands inside a heartbeat rewrite (between its write
 		// and its truncate) freezes a torn record, which the holder itself
@@ -196,7 +213,7 @@ func crashStopCont(e *Env) Result {
 		var stopped time.Time
 		for try := 0; ; try++ {
 			stopped = time.Now()
-			syscall.Kill(p.pid(), syscall.SIGSTOP)
+			syscall.Kill(p.PID(), syscall.SIGSTOP)
 			if before = k.pidfile(dir); try == 20 {
 				break
 			}
@@ -204,43 +221,52 @@ func crashStopCont(e *Env) Result {
 				break
 			}
 			torn++
-			syscall.Kill(p.pid(), syscall.SIGCONT)
+			syscall.Kill(p.PID(), syscall.SIGCONT)
 			time.Sleep(20 * time.Millisecond)
 		}
 		r.Faults++
 		code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, w)...)
-		if code != exitHeld {
+		if code != exitcode.Held {
 			r.fail("iteration %d: a contender while the holder is stopped: exit %d, want 75: %s", i, code, tail(out))
 		}
 		if after := k.pidfile(dir); string(after) != string(before) {
 			r.fail("iteration %d: a refused contender (or a stopped holder) changed the pidfile:\nbefore %q\nafter  %q", i, before, after)
 		}
 		time.Sleep(time.Until(stopped.Add(time.Second)))
-		syscall.Kill(p.pid(), syscall.SIGCONT)
+		syscall.Kill(p.PID(), syscall.SIGCONT)
 
-		// Three recheck intervals: time for it to notice anything.
-		time.Sleep(700 * time.Millisecond)
-		if !p.alive() {
-			r.fail("iteration %d: the wrapper exited after SIGCONT (it must not think it lost the lock): %s", i, tail(p.output()))
-		} else if code, rep, out := check(e, dir); code != 1 || rep.State != "held" || rep.PID != p.pid() {
-			r.fail("iteration %d: after SIGCONT check says exit %d state %s pid %d, want held by the wrapper %d: %s", i, code, rep.State, rep.PID, p.pid(), out)
-		} else if hb := k.heartbeat(dir); hb == "" || hb == beat {
+		// Until a recheck after SIGCONT has passed (a new heartbeat), or
+		// the wrapper gives up: time for it to notice anything.
+		frozen := ""
+		if rec, err := pidfile.Parse(before); err == nil {
+			frozen = rec.Extra[testutil.RecordHeartbeat]
+		}
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && p.Alive(); time.Sleep(20 * time.Millisecond) {
+			if hb := k.heartbeat(dir); hb != "" && hb != frozen {
+				break
+			}
+		}
+		if !p.Alive() {
+			r.fail("iteration %d: the wrapper exited after SIGCONT (it must not think it lost the lock): %s", i, tail(p.Output()))
+		} else if code, rep, out := check(e, dir); code != 1 || rep.State != "held" || rep.PID != p.PID() {
+			r.fail("iteration %d: after SIGCONT check says exit %d state %s pid %d, want held by the wrapper %d: %s", i, code, rep.State, rep.PID, p.PID(), out)
+		} else if hb := k.heartbeat(dir); hb == "" || hb == beat || hb == frozen {
 			r.fail("iteration %d: no heartbeat after SIGCONT (before the stop %q, now %q): the recheck did not pass", i, beat, hb)
 		}
-		if strings.Contains(p.output(), "interlock is lost") {
-			r.fail("iteration %d: the wrapper reported the interlock lost after SIGSTOP: %s", i, tail(p.output()))
+		if strings.Contains(p.Output(), "interlock is lost") {
+			r.fail("iteration %d: the wrapper reported the interlock lost after SIGSTOP: %s", i, tail(p.Output()))
 		}
 		if code, out := e.Dirlockd(nil, "stop", "-D", dir, "--timeout", "10s"); code != 0 {
 			r.fail("iteration %d: dirlockd stop: exit %d: %s", i, code, tail(out))
 		}
-		code, ok = p.wait(10 * time.Second)
+		code, ok = p.Exited(10 * time.Second)
 		if !ok {
 			r.fail("iteration %d: the wrapper did not exit after stop", i)
-			k.killTree(p.pid())
+			k.killTree(p.PID())
 			continue
 		}
 		if code != 0 {
-			r.fail("iteration %d: the wrapper exited %d after a clean stop, want 0: %s", i, code, tail(p.output()))
+			r.fail("iteration %d: the wrapper exited %d after a clean stop, want 0: %s", i, code, tail(p.Output()))
 		} else {
 			want++
 		}
@@ -259,24 +285,4 @@ func crashStopCont(e *Env) Result {
 		notes += fmt.Sprintf(", %d stops froze a torn record", torn)
 	}
 	return verify(w, r, want, notes)
-}
-
-// workerHold is worker mode "hold WITNESS": enter the witness with
-// $DIRLOCKD_TOKEN, print "holding", and wait; on SIGTERM finish the work (the
-// counter) and exit 0, as a server shutting down cleanly does.
-func workerHold(args []string) int {
-	term := make(chan os.Signal, 1)
-	signal.Notify(term, syscall.SIGTERM)
-	w, tok := Witness{Dir: args[0]}, os.Getenv(interlock.TokenEnv)
-	if err := w.event("enter", tok); err != nil {
-		fmt.Fprintln(os.Stderr, "torture worker:", err)
-		return 1
-	}
-	fmt.Println("holding")
-	<-term
-	if err := w.finishWork(tok, 0); err != nil {
-		fmt.Fprintln(os.Stderr, "torture worker:", err)
-		return 1
-	}
-	return 0
 }

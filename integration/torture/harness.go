@@ -1,3 +1,18 @@
+// Package torture is dirlockd's reliability harness: it starts holders,
+// contenders and victims as real processes, injects faults, and checks the
+// invariants dirlockd promises: never two holders, never stuck after a crash,
+// nothing leaked, nothing of a holder destroyed by a failed starter.
+//
+// Mutual exclusion is checked by the witness files of dirlockd stress
+// (internal/stress), which do not trust dirlockd: every holder appends
+// numbered enter and exit lines to a log opened O_APPEND (the kernel
+// serialises the appends, so the file order is the order they happened in,
+// and a torn or lost line is itself evidence), and increments a counter
+// file with a deliberate read-sleep-write that loses increments whenever two
+// holders overlap. The harness logs each kill of a holder once the death is
+// confirmed, and stress.Check judges the log. The scenarios live in this
+// package so that the CI test run (minutes) and a soak run (hours) share
+// them.
 package torture
 
 import (
@@ -8,12 +23,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
-	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/stress"
 )
 
 // Scale sets how hard the scenarios push. CI uses a scale that finishes in
@@ -66,14 +79,40 @@ func (e *Env) DataDir() string {
 	return d
 }
 
+// Witness is a pair of witness files (stress.LogName and
+// stress.CounterName in Dir, outside the data directories) that the holders
+// of a scenario report to, and the harness's own writer on them, which logs
+// the kills it confirms. A server under "dirlockd run" writes as the writer
+// named by its $DIRLOCKD_TOKEN (serverEnter), so that a kill of it can name
+// it.
+type Witness struct {
+	Dir     string
+	harness *stress.Witness
+}
+
+// witnessHost is the host label of every line of a witness: all its
+// writers run on this machine.
+const witnessHost = "torture"
+
 // NewWitness makes a fresh witness under the scratch directory.
 func (e *Env) NewWitness() Witness {
 	e.n++
-	w, err := NewWitness(filepath.Join(e.Work, fmt.Sprintf("witness%d", e.n)))
+	dir := filepath.Join(e.Work, fmt.Sprintf("witness%d", e.n))
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		panic(err)
+	}
+	w, err := stress.NewWitness(dir, "", witnessHost)
 	if err != nil {
 		panic(err)
 	}
-	return w
+	return Witness{Dir: dir, harness: w}
+}
+
+// Killed logs that the server of the hold token, PID pid, was sent SIGKILL
+// at signalled (stress.MonoNow) and is dead. Call it once the death is
+// confirmed and before the next holder may start.
+func (w Witness) Killed(token string, pid int, signalled int64) error {
+	return w.harness.Killed(token, pid, token, signalled)
 }
 
 // callTimeout bounds one dirlockd command. It must exceed every --wait a
@@ -134,87 +173,4 @@ func Table(rs []Result) string {
 	}
 	fmt.Fprintf(&b, "| **total** | %d | %d | %d | %s | |\n", it, fl, vi, took.Round(100*time.Millisecond))
 	return b.String()
-}
-
-// WorkerMain is the worker side, run inside "dirlockd run" (or directly by a
-// scenario) as a re-executed test binary. args[0] is the mode:
-//
-//	work WITNESS HOLD        do the witness work once with $DIRLOCKD_TOKEN, exit 0
-//	lib DATADIR WITNESS HOLD N   N times: interlock.Acquire (waiting), work, Release
-//	sleep                    sleep until killed (a server that keeps the inherited lock)
-func WorkerMain(args []string) int {
-	if len(args) == 0 {
-		fmt.Fprintln(os.Stderr, "torture worker: no mode")
-		return 2
-	}
-	fail := func(err error) int {
-		fmt.Fprintln(os.Stderr, "torture worker:", err)
-		return 1
-	}
-	switch args[0] {
-	case "work":
-		hold, _ := time.ParseDuration(args[2])
-		if err := (Witness{Dir: args[1]}).Work(os.Getenv(interlock.TokenEnv), hold); err != nil {
-			return fail(err)
-		}
-		return 0
-	case "lib":
-		hold, _ := time.ParseDuration(args[3])
-		n, _ := strconv.Atoi(args[4])
-		w := Witness{Dir: args[2]}
-		for range n {
-			ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-			l, err := interlock.Acquire(ctx, args[1], interlock.Options{Wait: -1})
-			cancel()
-			if err != nil {
-				return fail(err)
-			}
-			if err := w.Work(l.Record().Token, hold); err != nil {
-				l.Release()
-				return fail(err)
-			}
-			if err := l.Release(); err != nil {
-				return fail(err)
-			}
-		}
-		return 0
-	case "sleep":
-		fmt.Println("sleeping")
-		for {
-			time.Sleep(time.Hour)
-		}
-	case "hold":
-		return workerHold(args[1:])
-	case "closefds-sleep":
-		return workerCloseFDsSleep(args[1:])
-	case "spawn-attacher":
-		return workerSpawnAttacher(args[1:])
-	case "attach-sleep":
-		return workerAttachSleep(args[1:])
-	}
-	return fail(fmt.Errorf("unknown mode %q", args[0]))
-}
-
-// Kill SIGKILLs pid and waits until it can no longer act: gone, or a zombie
-// whose threads have all exited. It reports whether it died in time.
-func Kill(pid int) bool {
-	syscall.Kill(pid, syscall.SIGKILL)
-	return WaitDead(pid, 10*time.Second)
-}
-
-// WaitDead waits until pid is gone or a fully exited zombie.
-func WaitDead(pid int, timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			return true
-		}
-		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-		if i := bytes.LastIndexByte(b, ')'); i > 0 && len(b) > i+2 && b[i+2] == 'Z' && len(tasks) <= 1 {
-			return true
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return false
 }

@@ -1,7 +1,6 @@
 package torture
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -15,7 +14,12 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/proc"
+	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
 	"github.com/dirlockd/dirlockd/shm"
 )
@@ -23,133 +27,41 @@ import (
 // The kit every scenario family shares: processes in the background, check
 // reports, pidfile reads, segment checks, violations.
 
-// Exit codes of dirlockd run (cmd/dirlockd/main.go).
-const (
-	exitHeld    = 75
-	exitOrphans = 76
-)
-
 // fail records a broken invariant.
 func (r *Result) fail(format string, a ...any) {
 	r.Violations = append(r.Violations, fmt.Sprintf(format, a...))
 }
 
-// Report is one line of "dirlockd check --json".
-type Report struct {
-	State    string `json:"state"`
-	PID      int    `json:"pid"`
-	ChildPID int    `json:"child_pid"`
-	Status   string `json:"status"`
-	ShmID    *int   `json:"shm_id"`
-	Holders  []int  `json:"holders"`
-	Orphans  []int  `json:"orphans"`
-	Reason   string `json:"reason"`
-}
-
 // check runs "dirlockd check --json -D dir" and returns its exit status, its
 // report (State "unparsable: ..." when there is none) and its whole output.
-func check(e *Env, dir string) (int, Report, string) {
+func check(e *Env, dir string) (int, testutil.Report, string) {
 	code, out := e.Dirlockd(nil, "check", "--json", "-D", dir)
-	rep := Report{State: "unparsable: no JSON line"}
-	for line := range strings.SplitSeq(out, "\n") {
-		if strings.HasPrefix(line, "{") {
-			rep = Report{}
-			if err := json.Unmarshal([]byte(line), &rep); err != nil {
-				rep.State = "unparsable: " + err.Error()
-			}
-			break
-		}
+	rep, err := testutil.ParseReport(out)
+	if err != nil {
+		rep.State = "unparsable: " + err.Error()
 	}
 	return code, rep, out
 }
 
-// Proc is a process started in the background (a "dirlockd run", or a
-// command that execs it), its stdout and stderr in a file: unlike a pipe, a
-// file needs no copying that would keep cmd.Wait waiting for every process
-// that inherited it.
-type Proc struct {
-	cmd  *exec.Cmd
-	out  string
-	done chan struct{}
-}
-
-// start starts name with args in the background, with env added to ours.
-func start(e *Env, name string, args []string, env ...string) (*Proc, error) {
-	f, err := os.CreateTemp(e.Work, "out-*")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
+// start starts name with args in the background, with env added to ours,
+// its output in files under the scratch directory.
+func start(e *Env, name string, args []string, env ...string) (*testutil.Proc, error) {
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	p := &Proc{cmd: cmd, out: f.Name(), done: make(chan struct{})}
-	go func() { cmd.Wait(); close(p.done) }()
-	return p, nil
-}
-
-func (p *Proc) pid() int { return p.cmd.Process.Pid }
-
-func (p *Proc) output() string {
-	b, _ := os.ReadFile(p.out)
-	return string(b)
-}
-
-func (p *Proc) alive() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// wait waits up to d for the process to exit (and be reaped) and returns its
-// exit status (-1 if killed by a signal) and whether it exited in time.
-func (p *Proc) wait(d time.Duration) (int, bool) {
-	select {
-	case <-p.done:
-		return p.cmd.ProcessState.ExitCode(), true
-	case <-time.After(d):
-		return 0, false
-	}
-}
-
-// kill SIGKILLs the process (the one we started) if it still runs, and
-// waits for it.
-func (p *Proc) kill() {
-	if p.alive() {
-		p.cmd.Process.Kill()
-	}
-	<-p.done
-}
-
-// waitOutput waits until p's output contains s.
-func (p *Proc) waitOutput(s string, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for !strings.Contains(p.output(), s) {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return true
+	return testutil.Launch(cmd, e.Work)
 }
 
 // waitHeld polls check until dir is held by p with a server started, or p
 // exits, or the time runs out.
-func waitHeld(e *Env, dir string, p *Proc, timeout time.Duration) (Report, error) {
+func waitHeld(e *Env, dir string, p *testutil.Proc, timeout time.Duration) (testutil.Report, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		code, rep, out := check(e, dir)
-		if code == 1 && rep.State == "held" && rep.ChildPID > 0 && rep.PID == p.pid() {
+		if code == exitcode.CheckHeld && rep.State == "held" && rep.ChildPID > 0 && rep.PID == p.PID() {
 			return rep, nil
 		}
-		if !p.alive() || time.Now().After(deadline) {
-			return rep, fmt.Errorf("not held (wrapper alive %v; check said %q); wrapper output:\n%s", p.alive(), strings.TrimSpace(out), p.output())
+		if !p.Alive() || time.Now().After(deadline) {
+			return rep, fmt.Errorf("not held (wrapper alive %v; check said %q); wrapper output:\n%s", p.Alive(), strings.TrimSpace(out), p.Output())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -187,7 +99,7 @@ func noSegments(r *Result, what string, id shm.Identity) {
 		r.fail("%s: segment scan: %v", what, err)
 	}
 	for _, a := range segs {
-		r.fail("%s: segment %d (key 0x%08x, %s, %d attached) of the data directory left behind", what, a.ID, uint32(a.Key), a.State, a.Nattch)
+		r.fail("%s: segment %d (key %s, %s, %d attached) of the data directory left behind", what, a.ID, pidfile.FormatKey(a.Key), a.State, a.Nattch)
 	}
 }
 
@@ -231,10 +143,10 @@ func (k *kit) track(pid int) {
 }
 
 // start is start, for a tracked process.
-func (k *kit) start(name string, args []string, env ...string) (*Proc, error) {
+func (k *kit) start(name string, args []string, env ...string) (*testutil.Proc, error) {
 	p, err := start(k.e, name, args, env...)
 	if err == nil {
-		k.track(p.pid())
+		k.track(p.PID())
 	}
 	return p, err
 }
@@ -243,7 +155,7 @@ func (k *kit) start(name string, args []string, env ...string) (*Proc, error) {
 // time), newest first, and waits for each to die.
 func (k *kit) cleanup() {
 	for _, pid := range slices.Backward(k.order) {
-		if proc.Alive(pid, k.procs[pid]) && !Kill(pid) {
+		if proc.Alive(pid, k.procs[pid]) && !testutil.KillPID(pid) {
 			k.r.fail("cleanup: PID %d survived SIGKILL", pid)
 		}
 	}
@@ -252,28 +164,15 @@ func (k *kit) cleanup() {
 // killTree SIGKILLs pid and the descendants we can still find, all of them
 // processes we started.
 func (k *kit) killTree(pid int) {
-	for _, d := range descendants(pid) {
+	for _, d := range testutil.Descendants(pid) {
 		k.track(d)
 	}
 	k.track(pid)
 	syscall.Kill(pid, syscall.SIGKILL)
-	for _, d := range descendants(pid) {
-		Kill(d)
+	for _, d := range testutil.Descendants(pid) {
+		testutil.KillPID(d)
 	}
-	WaitDead(pid, 10*time.Second)
-}
-
-// descendants lists pid's descendants, children first.
-func descendants(pid int) []int {
-	var out []int
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-	for _, f := range strings.Fields(string(b)) {
-		if c, err := strconv.Atoi(f); err == nil {
-			out = append(out, c)
-			out = append(out, descendants(c)...)
-		}
-	}
-	return out
+	testutil.WaitDead(pid, 10*time.Second)
 }
 
 // live records how long a next holder took to get in after a crash.
@@ -323,7 +222,7 @@ func (k *kit) token(dir string) string {
 
 func (k *kit) heartbeat(dir string) string {
 	if rec := k.record(dir); rec != nil {
-		return rec.Extra["heartbeat"]
+		return rec.Extra[testutil.RecordHeartbeat]
 	}
 	return ""
 }
@@ -362,4 +261,98 @@ func tail(s string) string {
 		s = "..." + s[len(s)-600:]
 	}
 	return strings.ReplaceAll(s, "\n", " | ")
+}
+
+// panicked reports whether output shows a Go panic or runtime crash.
+func panicked(out string) bool {
+	return strings.Contains(out, "panic") || strings.Contains(out, "goroutine ")
+}
+
+// failedCleanly says what is wrong with a failed start, or "": a
+// non-zero exit status of its own (not a signal, not the harness's
+// timeout), no crash, and a message containing every one of want.
+func failedCleanly(code int, out string, want ...string) string {
+	switch {
+	case code == 0:
+		return "exit 0, want a failure"
+	case code < 0 || code >= 128:
+		return fmt.Sprintf("exit %d: killed or crashed, want a clean failure", code)
+	case panicked(out):
+		return fmt.Sprintf("exit %d with a crash in the output", code)
+	}
+	low := strings.ToLower(out)
+	for _, w := range want {
+		if !strings.Contains(low, strings.ToLower(w)) {
+			return fmt.Sprintf("exit %d, but the message does not say %q", code, w)
+		}
+	}
+	return ""
+}
+
+// noHolders checks that nobody holds a lock on the pidfile at path, if it
+// exists.
+func noHolders(r *Result, what, path string) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return
+	}
+	if hs, err := proc.LockHolders(st.Dev, st.Ino); err != nil || len(hs) > 0 {
+		r.fail("%s: processes %v (%v) still hold %s", what, hs, err, path)
+	}
+}
+
+// reap kills, by PID, every process carrying token in its environment
+// and returns how many there were.
+func reap(token string) int {
+	if token == "" {
+		return 0
+	}
+	found, _ := proc.WithEnv(interlock.TokenEnv + "=" + token)
+	delete(found, os.Getpid())
+	for p := range found {
+		testutil.KillPID(p)
+	}
+	return len(found)
+}
+
+// underHolder starts argv (a "dirlockd run", or a command that execs it) in
+// the background and, once it holds dir, runs fn with check's report; fn
+// returns the holder's token as soon as it knows it. Then it kills the
+// wrapper and reaps, by that token, whatever of the holder is left: a
+// violation, since the wrapper must have stopped its server. It reports false,
+// with a violation, when the wrapper cannot start.
+func underHolder(e *Env, r *Result, what, dir string, argv []string, fn func(w *testutil.Proc, rep testutil.Report) (token string)) bool {
+	w, err := start(e, argv[0], argv[1:], e.WorkerEnv())
+	if err != nil {
+		r.fail("set-up: %v", err)
+		return false
+	}
+	var token string
+	defer func() {
+		w.Kill()
+		if n := reap(token); n > 0 {
+			r.fail("%s: %d process(es) of the holder left behind (killed)", what, n)
+		}
+	}()
+	rep, err := waitHeld(e, dir, w, 10*time.Second)
+	if err != nil {
+		r.fail("%s: %v", what, err)
+		return true
+	}
+	token = fn(w, rep)
+	return true
+}
+
+// codeCounts renders a count of exit statuses for the notes.
+func codeCounts(codes map[int]int) string {
+	var ks []int
+	for k := range codes {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	var s []string
+	for _, k := range ks {
+		s = append(s, fmt.Sprintf("%d×%d", k, codes[k]))
+	}
+	return strings.Join(s, " ")
 }

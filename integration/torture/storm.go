@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
+
+	"github.com/dirlockd/dirlockd/internal/stress"
 )
 
 // Storms: many contenders, one data directory, thousands of cycles, no
@@ -68,24 +71,37 @@ func fanOut(n int, f func() error) []string {
 	return fails
 }
 
-// verify adds the witness's verdict to r: want holders must have completed
-// (unless want is negative). Iterations stays what the scenario counted, if
-// it counted anything (the storage and bad-input scenarios count every
-// dirlockd start, not only those that reached the witness); else it is the
-// holders the witness saw.
+// verify adds the witness's verdict (stress.Check) to r: want holders must
+// have completed (unless want is negative), and every hold must have ended,
+// by its exit or a kill the harness logged. Iterations stays what the
+// scenario counted, if it counted anything (the storage and bad-input
+// scenarios count every dirlockd start, not only those that reached the
+// witness); else it is the holders the witness saw.
 func verify(w Witness, r Result, want int, notes string) Result {
-	v, err := w.Verify()
+	v, err := stress.Check(w.Dir)
 	if err != nil {
 		r.Violations = append(r.Violations, "witness unreadable: "+err.Error())
 		return r
 	}
-	r.Violations = append(r.Violations, v.Violations...)
+	for _, x := range v.Violations {
+		r.Violations = append(r.Violations, "witness: "+x.String())
+	}
+	if more := v.ViolationCount - len(v.Violations); more > 0 {
+		r.Violations = append(r.Violations, fmt.Sprintf("witness: %d more violations", more))
+	}
+	if !v.CounterChecked {
+		r.Violations = append(r.Violations, "witness: the counter was not compared with the log: "+strings.Join(v.Notes, "; "))
+	}
+	if v.Unfinished > 0 || v.Pending > 0 {
+		r.Violations = append(r.Violations, fmt.Sprintf("witness: %d holds neither exited nor were reported killed: %s",
+			v.Unfinished+v.Pending, strings.Join(v.Notes, "; ")))
+	}
 	if want >= 0 && v.Completed != want {
 		r.Violations = append(r.Violations, fmt.Sprintf("%d holders completed, want %d", v.Completed, want))
 	}
 	if r.Iterations == 0 {
-		r.Iterations = v.Entries
+		r.Iterations = v.Entered
 	}
-	r.Notes = fmt.Sprintf("%d holders, counter %d%s", v.Entries, v.Counter, notes)
+	r.Notes = fmt.Sprintf("%d holders, counter %d%s", v.Entered, v.Counter, notes)
 	return r
 }

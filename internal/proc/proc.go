@@ -49,7 +49,7 @@ func Namespace(pid int, kind string) (uint64, error) {
 // namespace it tells a process apart from a later one that reuses its PID.
 func StartTime(pid int) (uint64, error) {
 	p := fmt.Sprintf("%s/%d/stat", Root, pid)
-	b, err := readFile(p)
+	b, err := readShown(p)
 	if err != nil {
 		return 0, err
 	}
@@ -268,7 +268,7 @@ func WithEnv(entries ...string) (map[int]string, error) {
 // answer covers every lock method, and reading it opens no descriptor of the
 // locked file.
 func OwnFDLocked(fd int) (bool, error) {
-	b, err := readFile(fmt.Sprintf("%s/self/fdinfo/%d", Root, fd))
+	b, err := readShown(fmt.Sprintf("%s/self/fdinfo/%d", Root, fd))
 	if err != nil {
 		return false, err
 	}

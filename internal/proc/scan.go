@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dirlockd/dirlockd/internal/eintr"
 )
 
 // A pass over /proc costs one directory listing and, per process, only the
@@ -144,7 +146,7 @@ type scanner struct {
 }
 
 func newScanner() (*scanner, error) {
-	fd, err := openRetry(unix.AT_FDCWD, Root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	fd, err := eintr.Openat(unix.AT_FDCWD, Root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("list processes: %w", &os.PathError{Op: "open", Path: Root, Err: err})
 	}
@@ -152,15 +154,6 @@ func newScanner() (*scanner, error) {
 }
 
 func (s *scanner) close() { unix.Close(s.root) }
-
-func openRetry(dirfd int, path string, flags int) (int, error) {
-	for {
-		fd, err := unix.Openat(dirfd, path, flags, 0)
-		if err != unix.EINTR {
-			return fd, err
-		}
-	}
-}
 
 // pids lists the processes in ascending order, from the directory entries
 // of /proc whose names are numbers.
@@ -241,7 +234,7 @@ func (s *scanner) read(pid int, name string) ([]byte, bool) {
 // and fills the buffer in one read, so a read that leaves room is its end,
 // which saves the read that would return 0 on the pass's commonest file.
 func (s *scanner) readPath(rel string) ([]byte, bool) {
-	fd, err := openRetry(s.root, rel, unix.O_RDONLY|unix.O_CLOEXEC)
+	fd, err := eintr.Openat(s.root, rel, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, false
 	}
@@ -269,7 +262,7 @@ func (s *scanner) readPath(rel string) ([]byte, bool) {
 // lockedFiles returns the files of want on which process pid holds a lock
 // through one of its descriptors.
 func (s *scanner) lockedFiles(pid int, want map[FileID]bool) []FileID {
-	dir, err := openRetry(s.root, s.rel(pid, "fd", -1), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	dir, err := eintr.Openat(s.root, s.rel(pid, "fd", -1), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil
 	}

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dirlockd/dirlockd/internal/eintr"
 )
 
 // Stat is what /proc/PID/stat says about a process's place in the tree.
@@ -50,7 +52,7 @@ func ReadStat(pid int) (Stat, error) {
 // /proc/PID/task/TID/children lists them. A process that is gone has none.
 func Children(pid int) []int {
 	dir := fmt.Sprintf("%s/%d/task", Root, pid)
-	fd, err := openRetry(unix.AT_FDCWD, dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	fd, err := eintr.Openat(unix.AT_FDCWD, dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil
 	}

@@ -100,6 +100,7 @@ func Run(ctx context.Context, cfg Config) (*Stats, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer lw.Close()
 	r := &run{cfg: cfg, log: lw, stop: make(chan struct{}), kills: make(chan Event, 16), failed: make(chan struct{})}
 
 	recCtx, cancelRec := context.WithCancel(context.Background())

@@ -112,6 +112,10 @@ type writer struct {
 	timeN uint64
 	seq   int64
 	sync  bool // fsync each line: the log is on shared storage (see durable)
+	// f is the log, kept open between appends on local storage, where
+	// O_APPEND writes at the inode's true end and a reopen checks nothing
+	// new; on shared storage every append opens it afresh (see Append).
+	f *os.File
 }
 
 // durable reports whether writes to the witness files in dir must be synced
@@ -151,7 +155,7 @@ func newID() (string, error) {
 
 // Append fills in the writer's fields of e (id, run, seq, host, boot, pid,
 // and the times unless set) and appends it as one line. The file is opened
-// afresh and fstat'ed first:
+// afresh and fstat'ed first on shared storage:
 // on NFS and FUSE, opening revalidates the cached size that O_APPEND writes
 // at (close-to-open consistency), which a descriptor kept open would not.
 // The line goes in one write, synced before Append returns on shared
@@ -166,13 +170,15 @@ func (w *writer) Append(e Event) error {
 	if err != nil {
 		return fmt.Errorf("append to %s: %w", w.path, err)
 	}
-	f, err := pidfile.OpenInDir(filepath.Dir(w.path), LogName, os.O_WRONLY|os.O_APPEND|os.O_CREATE)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Stat(); err != nil {
-		f.Close()
-		return err
+	f := w.f
+	if f == nil {
+		if f, err = pidfile.OpenInDir(filepath.Dir(w.path), LogName, os.O_WRONLY|os.O_APPEND|os.O_CREATE); err != nil {
+			return err
+		}
+		if _, err := f.Stat(); err != nil {
+			f.Close()
+			return err
+		}
 	}
 	n, err := f.Write(append(b, '\n'))
 	if err == nil && n != len(b)+1 {
@@ -181,10 +187,25 @@ func (w *writer) Append(e Event) error {
 	if err == nil && w.sync {
 		err = f.Sync()
 	}
+	if err == nil && !w.sync {
+		w.f = f
+		return nil
+	}
+	w.f = nil
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	return err
+}
+
+// Close closes the log if Append kept it open.
+func (w *writer) Close() error {
+	if w.f == nil {
+		return nil
+	}
+	f := w.f
+	w.f = nil
+	return f.Close()
 }
 
 // counterWidth is the size of the counter file: 20 digits and a newline, so

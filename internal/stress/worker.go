@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"time"
 
@@ -57,6 +58,10 @@ type worker struct {
 	out      *bufio.Writer
 	verdicts chan byte
 	stop     chan struct{} // closed at end of In
+	// counter is the counter file, kept open between holds on local
+	// storage (as the log is; see writer), opened for each hold on shared
+	// storage, where the open revalidates what other hosts wrote.
+	counter *os.File
 }
 
 // Work acquires and releases the data directory in a loop, holding it each
@@ -70,6 +75,12 @@ func Work(ctx context.Context, cfg WorkerConfig) error {
 		return err
 	}
 	w := &worker{cfg: cfg, log: lw, out: bufio.NewWriter(cfg.Out), verdicts: make(chan byte, 1), stop: make(chan struct{})}
+	defer func() {
+		lw.Close()
+		if w.counter != nil {
+			w.counter.Close()
+		}
+	}()
 	go w.read()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -112,10 +123,12 @@ func Work(ctx context.Context, cfg WorkerConfig) error {
 		if err != nil {
 			return err
 		}
-		// Acquire polls, so a worker that asked again at once would
-		// win nearly every time, and the holds, one worker's long
-		// streaks, would rarely hand over between processes, let alone
-		// hosts. A pause lets the waiters in.
+		// On shared storage Acquire polls, so a worker that asked again
+		// at once would win nearly every time, and the holds, one
+		// worker's long streaks, would rarely hand over between
+		// processes, let alone hosts. A pause lets the waiters in.
+		// (Locally waiters are blocked in the kernel, which hands them
+		// the lock at the release.)
 		select {
 		case <-time.After(rand.N(2*cfg.Hold + 1)):
 		case <-ctx.Done():
@@ -145,11 +158,20 @@ func (w *worker) read() {
 // hold does the work of one hold: the counter's read-sleep-write between an
 // enter and an exit event.
 func (w *worker) hold(token string, fence int64, wait time.Duration) error {
-	f, err := openCounter(w.cfg.Dir)
-	if err != nil {
-		return err
+	f := w.counter
+	if f == nil {
+		var err error
+		if f, err = openCounter(w.cfg.Dir); err != nil {
+			return err
+		}
 	}
-	defer f.Close()
+	keep := !w.log.sync
+	w.counter = nil
+	defer func() {
+		if w.counter == nil {
+			f.Close()
+		}
+	}()
 	v, err := readCounter(f)
 	enter := Event{Ev: EvEnter, Token: token, Fence: fence, Counter: v, WaitNS: max(wait.Nanoseconds(), 1)}
 	if errors.Is(err, errCounter) {
@@ -181,7 +203,9 @@ func (w *worker) hold(token string, fence int64, wait time.Duration) error {
 			return fmt.Errorf("write %s: %w", f.Name(), err)
 		}
 	}
-	if err := f.Close(); err != nil {
+	if keep {
+		w.counter = f
+	} else if err := f.Close(); err != nil {
 		return fmt.Errorf("close %s: %w", f.Name(), err)
 	}
 	if doomed {

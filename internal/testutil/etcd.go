@@ -3,7 +3,6 @@ package testutil
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -45,17 +44,6 @@ func (c *EtcdCluster) Endpoints() string {
 
 // EtcdBinary is the etcd server the tests run (Debian's etcd-server).
 const EtcdBinary = "/usr/bin/etcd"
-
-// FreePort returns a loopback TCP port that was free a moment ago.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 // StartEtcd starts an etcd cluster of n members and waits until every member
 // says it is healthy. The members are killed and their data removed when

@@ -1,20 +1,19 @@
 // Package testutil holds what the test suites share: re-executing the test
-// binary as a helper process, data directories, and the check that no SysV
-// segment leaks.
+// binary as a helper process, the one wrapper of the processes a test
+// starts (Proc, proc.go), data directories, loopback ports, the mirror of
+// check --json (Report, report.go), real etcd clusters and a TCP proxy for
+// the lease tests, and the check that no SysV segment leaks.
 package testutil
 
 import (
 	"bufio"
 	"fmt"
-	"io"
+	"net"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 )
 
 // HelperEnv names the helper a re-executed test binary runs. It must not look
@@ -98,6 +97,17 @@ func Segments() ([]int, error) {
 	return ids, nil
 }
 
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
 // DataDir makes an empty data directory, mode 0700, removed after the test.
 func DataDir(t testing.TB) string {
 	t.Helper()
@@ -106,120 +116,6 @@ func DataDir(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return d
-}
-
-// Proc is a running helper process.
-type Proc struct {
-	Cmd *exec.Cmd
-	// lines carries the process's output, a line at a time, from one
-	// reader for its whole life: a line that a timed-out ReadLine stopped
-	// waiting for is still the next one read.
-	lines chan string
-	in    io.WriteCloser
-}
-
-// Command prepares the test binary to run helper name with args.
-func Command(name string, args ...string) *exec.Cmd {
-	exe, err := os.Executable()
-	if err != nil {
-		panic(err)
-	}
-	cmd := exec.Command(exe, args...)
-	cmd.Env = append(os.Environ(), HelperEnv+"="+name)
-	cmd.Stderr = os.Stderr
-	return cmd
-}
-
-// StartHelper starts the test binary as helper name with args, its stdout
-// and stdin piped to the test. The process is killed (by its PID, which we
-// started) and reaped when the test ends.
-func StartHelper(t testing.TB, name string, args ...string) *Proc {
-	t.Helper()
-	return Start(t, Command(name, args...))
-}
-
-// Start starts cmd with its stdout and stdin piped to the test; the process
-// is killed and reaped when the test ends.
-func Start(t testing.TB, cmd *exec.Cmd) *Proc {
-	t.Helper()
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &Proc{Cmd: cmd, lines: make(chan string, 64), in: in}
-	go func() {
-		defer close(p.lines)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			p.lines <- sc.Text()
-		}
-	}()
-	t.Cleanup(func() { p.Kill() })
-	return p
-}
-
-// PID returns the helper's PID.
-func (p *Proc) PID() int { return p.Cmd.Process.Pid }
-
-// Expect reads the helper's next line of output and fails the test unless it
-// starts with prefix. It returns the rest of the line.
-func (p *Proc) Expect(t testing.TB, prefix string) string {
-	t.Helper()
-	line, err := p.ReadLine(10 * time.Second)
-	if err != nil {
-		t.Fatalf("helper %d: waiting for %q: %v", p.PID(), prefix, err)
-	}
-	rest, ok := strings.CutPrefix(line, prefix)
-	if !ok {
-		t.Fatalf("helper %d: got %q, want a line starting with %q", p.PID(), line, prefix)
-	}
-	return strings.TrimSpace(rest)
-}
-
-// ReadLine reads the helper's next line of output, without the newline. It
-// fails with io.EOF once the output is closed.
-func (p *Proc) ReadLine(timeout time.Duration) (string, error) {
-	select {
-	case l, ok := <-p.lines:
-		if !ok {
-			return "", io.EOF
-		}
-		return l, nil
-	case <-time.After(timeout):
-		return "", fmt.Errorf("no output within %v", timeout)
-	}
-}
-
-// Send writes a line to the helper's stdin.
-func (p *Proc) Send(t testing.TB, line string) {
-	t.Helper()
-	if _, err := io.WriteString(p.in, line+"\n"); err != nil {
-		t.Fatalf("helper %d: send %q: %v", p.PID(), line, err)
-	}
-}
-
-// Kill SIGKILLs the helper and reaps it; it returns once the process is
-// gone. Killing one that has exited is harmless.
-func (p *Proc) Kill() {
-	if p.Cmd.ProcessState == nil {
-		p.Cmd.Process.Signal(syscall.SIGKILL)
-		p.Cmd.Wait()
-	}
-}
-
-// Wait waits for the helper to exit and returns its exit code (-1 when it
-// was killed by a signal).
-func (p *Proc) Wait() int {
-	p.in.Close()
-	p.Cmd.Wait()
-	return p.Cmd.ProcessState.ExitCode()
 }
 
 // Lines reads commands from stdin, one per line, for a helper.
