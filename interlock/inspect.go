@@ -229,9 +229,7 @@ func (in *inspecting) judge(found *proc.Found, opts Options, me self) (rep *Repo
 		rep.State, rep.RecordErr = Stale, fmt.Errorf("%s: %w", r.Path, errEmpty)
 	default:
 		rep.State = Stale
-		if in.fs.Shared() {
-			rep.TakeoverWatch = opts.takeoverWatch(r.Record, me, time.Now())
-		}
+		rep.TakeoverWatch = opts.takeoverWatch(in.fs, r.Record, me, time.Now())
 	}
 	return rep, true, nil
 }
