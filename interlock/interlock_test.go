@@ -127,7 +127,8 @@ func TestAcquireRelease(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o600 || !fi.Mode().IsRegular() {
 		t.Errorf("pidfile mode %v, err %v; want regular 0600", fi.Mode(), err)
 	}
-	d, err := shm.Stat(r.ShmID)
+	var d unix.SysvShmDesc
+	_, err = unix.SysvShmCtl(r.ShmID, unix.IPC_STAT, &d)
 	if err != nil {
 		t.Fatalf("segment %d of the record: %v", r.ShmID, err)
 	}
@@ -336,11 +337,14 @@ func TestCrashAtEveryStep(t *testing.T) {
 // alive) as a holder that never released, and leaves the lock free.
 func writeStale(t *testing.T, dir string, pid int) *pidfile.Record {
 	t.Helper()
-	f, err := pidfile.Claim(dir, pidfile.Options{})
+	f, err := pidfile.Open(dir, pidfile.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	if err := f.TryLock(pidfile.Auto); err != nil {
+		t.Fatal(err)
+	}
 	start, _ := proc.StartTime(pid)
 	boot, _ := proc.BootID()
 	ns, _ := proc.Namespace(os.Getpid(), "pid")
@@ -491,20 +495,22 @@ func TestForeignSegmentAtKeyUntouched(t *testing.T) {
 			copy(mem, "somebody else's data")
 			unix.SysvShmDetach(mem)
 			if owner == "other owner" {
-				d, _ := shm.Stat(fid)
+				var d unix.SysvShmDesc
+				unix.SysvShmCtl(fid, unix.IPC_STAT, &d)
 				d.Perm.Uid, d.Perm.Gid, d.Perm.Mode = 65534, 65534, 0o400
-				if _, err := unix.SysvShmCtl(fid, unix.IPC_SET, d); err != nil {
+				if _, err := unix.SysvShmCtl(fid, unix.IPC_SET, &d); err != nil {
 					t.Fatal(err)
 				}
 			}
-			before, _ := shm.Stat(fid)
+			var before, after unix.SysvShmDesc
+			unix.SysvShmCtl(fid, unix.IPC_STAT, &before)
 
 			l := acquire(t, dir, interlock.Options{})
 			if r := l.Record(); r.ShmID == fid || r.ShmKey == key {
 				t.Errorf("holder took the foreign segment's key or id: %+v", r)
 			}
 			l.Release()
-			after, err := shm.Stat(fid)
+			_, err = unix.SysvShmCtl(fid, unix.IPC_STAT, &after)
 			if err != nil || after.Perm != before.Perm || after.Nattch != 0 {
 				t.Fatalf("foreign segment after Acquire/Release: %+v, %v; before %+v", after, err, before)
 			}

@@ -50,9 +50,6 @@ func (l *Lock) Previous() *Previous { return l.prev }
 // lock (see pidfile.File.OS).
 func (l *Lock) File() *pidfile.File { return l.file }
 
-// Segment returns the holder's attached SysV segment.
-func (l *Lock) Segment() *shm.Segment { return l.seg }
-
 // Update changes the record with fn and rewrites it, fsynced only on shared
 // storage (see pidfile.File.Amend). On error the record in memory is left as
 // it was.
@@ -131,7 +128,7 @@ func (l *Lock) Check() error {
 	if err != nil {
 		return segLost(SegmentRemoved, err)
 	}
-	if shm.MarkedForRemoval(d) || int(d.Perm.Key) != l.seg.Key {
+	if d.Removed || d.Key != l.seg.Key {
 		return segLost(SegmentRemoved, nil)
 	}
 	if h := l.seg.Header(); h.Magic != shm.Magic || h.Dir != l.dirID || hex.EncodeToString(h.Token[:]) != l.rec.Token {
@@ -159,8 +156,7 @@ func (l *Lock) RenewSegment() error {
 	old := l.seg
 	// Its header no longer proves it ours, but the kernel's creator PID
 	// does: a segment of our id and key that this very process created.
-	if d, err := shm.Stat(old.ID); err == nil && !shm.MarkedForRemoval(d) &&
-		int(d.Perm.Key) == old.Key && int(d.Cpid) == os.Getpid() {
+	if d, err := shm.Stat(old.ID); err == nil && !d.Removed && d.Key == old.Key && d.CreatorPID == os.Getpid() {
 		if err := old.Remove(); err != nil {
 			return fmt.Errorf("renew the segment of %s: %w", l.rec.DataDir, err)
 		}

@@ -43,16 +43,14 @@ type Options struct {
 	// descriptor), which costs a look at every process's descriptors.
 	// Without it a recorded holder that proves itself is named alone.
 	ListHolders bool
-	// NoSync skips fsync of the pidfile. It exists for benchmarks; a crash
-	// can then leave an empty record.
-	NoSync bool
 
 	settle time.Duration // DefaultSettle if zero
 	hook   func(Step)    // test fault injection
+	noSync bool          // benchmarks: no fsync of the pidfile
 }
 
 func (o Options) pidfileOptions() pidfile.Options {
-	return pidfile.Options{Name: o.Pidfile, Method: o.LockMethod, NoSync: o.NoSync}
+	return pidfile.Options{Name: o.Pidfile, Method: o.LockMethod, NoSync: o.noSync}
 }
 
 func (o Options) settleTime() time.Duration {

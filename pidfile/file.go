@@ -292,41 +292,14 @@ func (f *File) CheckLock() error {
 	return nil
 }
 
-// Unlock releases the lock but keeps the file open.
-func (f *File) Unlock() error {
-	if !f.locked {
-		return nil
-	}
-	f.unregister()
-	f.locked = false
-	if err := remove(f.f.Fd(), f.method); err != nil {
-		return &os.PathError{Op: "unlock", Path: f.path, Err: err}
-	}
-	return nil
-}
-
 // Close closes the file, which releases the lock unless other processes
 // share the locked open file description (children that inherited it): they
 // keep holding it, and so keep witnessing that the directory is in use. The
-// file itself stays where it is. Use Unlock to release the lock for everyone.
+// file itself stays where it is. Nothing here releases the lock for them: a
+// holder's children may still be at work in the directory (docs/design.md).
 func (f *File) Close() error {
 	f.locked = false
 	return closeFile(f.f, f.dev, f.ino, f)
-}
-
-// Claim opens the pidfile in dir and locks it. The caller holds the data
-// directory until it closes the returned File; the previous holder's record
-// is then available from ReadRecord.
-func Claim(dir string, opts Options) (*File, error) {
-	f, err := Open(dir, opts)
-	if err != nil {
-		return nil, err
-	}
-	if err := f.TryLock(opts.Method); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
 }
 
 // Holders returns the live processes, visible from our PID namespace, that

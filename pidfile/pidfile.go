@@ -11,10 +11,10 @@
 //
 // A read yields one of three outcomes, as in Neon's pid_file module: the file
 // does not exist; nobody holds it (the record is stale); or somebody holds it.
-// Claim takes the lock and hands the caller the old record under it; Read only
-// looks, and on a local filesystem asks the kernel who holds the lock instead
-// of taking it, so that a boot script's check cannot make a concurrent start
-// fail.
+// Open and File.TryLock take the lock and hand the caller the old record
+// under it (File.ReadRecord); Read only looks, and on a local filesystem asks
+// the kernel who holds the lock instead of taking it, so that a boot script's
+// check cannot make a concurrent start fail.
 package pidfile
 
 import (
@@ -61,7 +61,11 @@ func (e *InvalidError) Unwrap() error        { return e.Err }
 type Options struct {
 	Name   string // file name inside the data directory; DefaultName if empty
 	Method Method // Auto if zero
-	NoSync bool   // skip fsync on write; for benchmarks only, unsafe
+	// NoSync skips fsync on write: a crash can then leave an empty
+	// record. It is exported only because interlock's benchmarks reach it
+	// through interlock (whose own knob is test-only); never set it
+	// otherwise.
+	NoSync bool
 }
 
 func (o Options) name() string {

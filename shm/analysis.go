@@ -27,7 +27,7 @@ func answeredBy(err error) (s State, why string) {
 // State classifies an existing segment.
 type State int
 
-// The states of Analyze.
+// The states of an analysis.
 const (
 	Gone       State = iota // no such segment (any more)
 	Foreign                 // not this data directory's (or not readable by us)
@@ -49,7 +49,7 @@ func (s State) String() string {
 	return fmt.Sprintf("State(%d)", int(s))
 }
 
-// Analysis is what Analyze found.
+// Analysis is what Scan found of one segment.
 type Analysis struct {
 	ID     int
 	Key    int
@@ -58,19 +58,6 @@ type Analysis struct {
 	Nattch int    // attach count before we looked
 	PIDs   []int  // for Attached: processes in our IPC namespace with it mapped
 	Header Header // for Unattached and Attached
-}
-
-// Analyze classifies segment id for dir. An error means the analysis itself
-// failed (an unexpected errno): the caller must not assume the segment is
-// unused.
-func Analyze(id int, dir Identity) (Analysis, error) {
-	return analyze(id, dir, false)
-}
-
-// Reclaim analyses segment id and, when it is ours and unattached, removes
-// it (State Unattached then means "was unattached, now removed").
-func Reclaim(id int, dir Identity) (Analysis, error) {
-	return analyze(id, dir, true)
 }
 
 func analyzeKey(key int, dir Identity, remove bool) (Analysis, error) {
@@ -134,7 +121,7 @@ func analyze(id int, dir Identity, remove bool) (Analysis, error) {
 		return a, nil
 	}
 	a.State = Unattached
-	if remove && !MarkedForRemoval(&d) {
+	if remove && !markedForRemoval(&d) {
 		if _, err := unix.SysvShmCtl(id, unix.IPC_RMID, nil); err != nil && !gone(err) {
 			return a, fmt.Errorf("shmctl(%d, IPC_RMID): %w", id, err)
 		}

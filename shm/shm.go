@@ -66,13 +66,29 @@ func (s *Segment) Remove() error {
 	return nil
 }
 
-// MarkedForRemoval reports whether a segment has been removed (IPC_RMID, as
-// ipcrm does) while still attached: it lives on, private, until the last
-// detach.
-func MarkedForRemoval(d *unix.SysvShmDesc) bool { return d.Perm.Mode&shmDest != 0 }
+// Status is the kernel's view of a segment (shmctl IPC_STAT).
+type Status struct {
+	ID         int
+	Key        int
+	Nattch     int // processes attached
+	CreatorPID int // the process that created it
+	// Removed says the segment was removed (IPC_RMID, as ipcrm does)
+	// while still attached: it lives on, private, until the last detach,
+	// and its key no longer finds it.
+	Removed bool
+}
 
-// Stat returns the kernel's view of segment id.
-func Stat(id int) (*unix.SysvShmDesc, error) {
+// Stat returns the kernel's view of segment id. A segment that is gone
+// fails with an error matching unix.EINVAL or unix.EIDRM.
+func Stat(id int) (Status, error) {
+	d, err := stat(id)
+	if err != nil {
+		return Status{}, err
+	}
+	return Status{ID: id, Key: int(d.Perm.Key), Nattch: int(d.Nattch), CreatorPID: int(d.Cpid), Removed: markedForRemoval(d)}, nil
+}
+
+func stat(id int) (*unix.SysvShmDesc, error) {
 	var d unix.SysvShmDesc
 	if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, &d); err != nil {
 		return nil, fmt.Errorf("shmctl(%d, IPC_STAT): %w", id, err)
@@ -80,24 +96,7 @@ func Stat(id int) (*unix.SysvShmDesc, error) {
 	return &d, nil
 }
 
-// Attach attaches segment id read-write and checks that its header names
-// dir.
-func Attach(id int, dir Identity) (*Segment, error) {
-	d, err := Stat(id)
-	if err != nil {
-		return nil, err
-	}
-	mem, err := unix.SysvShmAttach(id, 0, 0)
-	if err != nil {
-		return nil, fmt.Errorf("shmat(%d): %w", id, err)
-	}
-	s := &Segment{ID: id, Key: int(d.Perm.Key), mem: mem}
-	if why := foreign(mem, dir); why != "" {
-		s.Detach()
-		return nil, fmt.Errorf("segment %d is not this data directory's: %s", id, why)
-	}
-	return s, nil
-}
+func markedForRemoval(d *unix.SysvShmDesc) bool { return d.Perm.Mode&shmDest != 0 }
 
 func gone(err error) bool {
 	return errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EIDRM) || errors.Is(err, unix.ENOENT)

@@ -93,7 +93,7 @@ func contents(t *testing.T, id int) []byte {
 // mustStat returns the kernel's description of segment id.
 func mustStat(t *testing.T, id int) *unix.SysvShmDesc {
 	t.Helper()
-	d, err := Stat(id)
+	d, err := stat(id)
 	if err != nil {
 		t.Fatalf("segment %d should exist: %v", id, err)
 	}
@@ -104,7 +104,7 @@ func mustStat(t *testing.T, id int) *unix.SysvShmDesc {
 func assertGone(t *testing.T, id int) {
 	t.Helper()
 	if d, err := Stat(id); err == nil {
-		t.Fatalf("segment %d still exists (key 0x%08x, nattch %d)", id, uint32(d.Perm.Key), d.Nattch)
+		t.Fatalf("segment %d still exists (key 0x%08x, nattch %d)", id, uint32(d.Key), d.Nattch)
 	} else if !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.EIDRM) {
 		t.Fatalf("Stat(%d) of a removed segment: %v, want EINVAL/EIDRM", id, err)
 	}
