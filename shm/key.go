@@ -10,6 +10,11 @@ import (
 
 // ProbeLimit is how many consecutive keys, from a directory's base key, are
 // tried when creating a segment and scanned when looking for old ones.
+//
+// The key window (BaseKey and ProbeLimit) is part of the format, like the
+// header: tools that look for a directory's segments (ipcs scripts, the
+// reliability suite, which plants foreign and stale segments in it) find
+// them there.
 const ProbeLimit = 128
 
 // Identity identifies a data directory: its device and inode numbers. A
