@@ -37,14 +37,10 @@ type File struct {
 // File) is not opened again: Open fails with a *LockedHereError, as a second
 // descriptor's close would drop a POSIX lock.
 func Open(dir string, opts Options) (*File, error) {
-	abs, err := CheckDir(dir)
+	abs, path, err := pidfilePath(dir, opts)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkName(abs, opts.name()); err != nil {
-		return nil, err
-	}
-	path := filepath.Join(abs, opts.name())
 	if h := heldAt(path); h != nil {
 		return nil, h.lockedHere(path)
 	}

@@ -108,6 +108,18 @@ func CheckDir(dir string) (string, error) {
 	return abs, nil
 }
 
+// pidfilePath checks the data directory dir and the pidfile's name, and
+// returns the directory's absolute path and the pidfile's.
+func pidfilePath(dir string, opts Options) (abs, path string, err error) {
+	if abs, err = CheckDir(dir); err != nil {
+		return "", "", err
+	}
+	if err := checkName(abs, opts.name()); err != nil {
+		return "", "", err
+	}
+	return abs, filepath.Join(abs, opts.name()), nil
+}
+
 // checkName refuses a pidfile name that is not a plain name inside the data
 // directory: "../x" or "a/b" would put the lock outside the directory the
 // checks were made on.

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -81,14 +80,10 @@ func Read(dir string, opts Options) (*Reading, error) {
 // (milliseconds on an idle machine). A pidfile this process holds is not
 // opened, as for Read.
 func Look(dir string, opts Options) (*Reading, error) {
-	abs, err := CheckDir(dir)
+	abs, path, err := pidfilePath(dir, opts)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkName(abs, opts.name()); err != nil {
-		return nil, err
-	}
-	path := filepath.Join(abs, opts.name())
 	r := &Reading{Path: path}
 	if h := heldAt(path); h != nil {
 		r.Dev, r.Ino = h.dev, h.ino
