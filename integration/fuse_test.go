@@ -100,7 +100,7 @@ func TestFUSEFallback(t *testing.T) {
 	// Every errno a FUSE filesystem may refuse flock with moves Auto on.
 	for _, errno := range []syscall.Errno{syscall.EOPNOTSUPP, syscall.ENOLCK, syscall.ENOSYS} {
 		fs.SetFlockErrno(errno)
-		f, err := pidfile.Claim(a, pidfile.Options{})
+		f, err := lockPidfile(a, pidfile.Options{})
 		if err != nil {
 			t.Fatalf("flock refused with %v: claim: %v", errno, err)
 		}
@@ -116,7 +116,7 @@ func TestFUSEFallback(t *testing.T) {
 		var f *pidfile.File
 		var err error
 		eventually(t, 5*time.Second, "a claim on "+dir+" after the other mount's close", func() bool {
-			f, err = pidfile.Claim(dir, pidfile.Options{})
+			f, err = lockPidfile(dir, pidfile.Options{})
 			return err == nil
 		})
 		return f
@@ -127,14 +127,14 @@ func TestFUSEFallback(t *testing.T) {
 			t.Fatalf("round %d: Auto took %v on a filesystem without flock, want ofd", i, fa.Method())
 		}
 		for _, m := range []pidfile.Method{pidfile.Auto, pidfile.OFD, pidfile.POSIX} {
-			if fb, err := pidfile.Claim(b, pidfile.Options{Method: m}); !errors.Is(err, pidfile.ErrLocked) {
+			if fb, err := lockPidfile(b, pidfile.Options{Method: m}); !errors.Is(err, pidfile.ErrLocked) {
 				if fb != nil {
 					fb.Close()
 				}
 				t.Fatalf("round %d: claim on B with %v while A holds: %v, want locked", i, m, err)
 			}
 		}
-		if _, err := pidfile.Claim(b, pidfile.Options{Method: pidfile.Flock}); !errors.Is(err, pidfile.ErrUnsupported) {
+		if _, err := lockPidfile(b, pidfile.Options{Method: pidfile.Flock}); !errors.Is(err, pidfile.ErrUnsupported) {
 			t.Fatalf("round %d: forced flock on B: %v, want unsupported", i, err)
 		}
 		fa.Close()
@@ -398,4 +398,18 @@ func TestFUSEStall(t *testing.T) {
 		}
 		t.Logf("round %d: server stopped %v after the storage stalled", i, took.Round(time.Millisecond))
 	}
+}
+
+// lockPidfile opens the pidfile of dir and takes its lock, as a starter
+// does before it reads the old record.
+func lockPidfile(dir string, opts pidfile.Options) (*pidfile.File, error) {
+	f, err := pidfile.Open(dir, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.TryLock(opts.Method); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }

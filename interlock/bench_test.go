@@ -33,7 +33,7 @@ func BenchmarkAcquireRelease(b *testing.B) { benchAcquireRelease(b, interlock.Op
 
 // BenchmarkAcquireReleaseNoSync is the same cycle without the two fsyncs.
 func BenchmarkAcquireReleaseNoSync(b *testing.B) {
-	benchAcquireRelease(b, interlock.Options{NoSync: true})
+	benchAcquireRelease(b, interlock.WithNoSync(interlock.Options{}))
 }
 
 // BenchmarkInspectFree inspects a free data directory (a stale-free record:

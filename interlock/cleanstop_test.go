@@ -10,10 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
-	"github.com/dirlockd/dirlockd/shm"
 )
 
 // startWithEnv starts a process that carries env and no descriptor of the
@@ -112,15 +113,11 @@ func TestCleanStopSkipsTheSearch(t *testing.T) {
 func TestStoppedRecordWithSegmentAttachedIsSearched(t *testing.T) {
 	dir := testutil.DataDir(t)
 	l := acquire(t, dir, interlock.Options{})
-	id, err := shm.DirIdentity(dir)
+	survivor, err := unix.SysvShmAttach(l.Segment().ID, 0, 0) // a second attachment outlives the release
 	if err != nil {
 		t.Fatal(err)
 	}
-	survivor, err := shm.Attach(l.Segment().ID, id) // a second attachment outlives the release
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer survivor.Detach()
+	defer unix.SysvShmDetach(survivor)
 	l.Release()
 	rep, err := interlock.Inspect(dir, fast)
 	if err != nil || rep.State != interlock.Orphaned {

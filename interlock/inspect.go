@@ -3,7 +3,6 @@ package interlock
 import (
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"time"
 
@@ -32,6 +31,10 @@ type Report struct {
 	// when the pidfile has content that is not a record.
 	Record    *pidfile.Record
 	RecordErr error
+	// PidfileDev and PidfileIno identify the pidfile whose lock Inspect
+	// tested (zero when there is none): the lock that PinHolder proves a
+	// holder holds.
+	PidfileDev, PidfileIno uint64
 	// Holders are the processes holding the pidfile lock, as far as the
 	// kernel shows them here: only the recorded holder when it proves
 	// itself, unless Options.ListHolders.
@@ -193,7 +196,8 @@ func (in *inspecting) look(opts Options, me self, q *proc.Query) error {
 // while a busy lock may still be a starter or a probe.
 func (in *inspecting) judge(found *proc.Found, opts Options, me self) (rep *Report, final bool, err error) {
 	r := in.r
-	rep = &Report{Dir: in.abs, Pidfile: r.Path, Record: r.Record, RecordErr: r.Err, Filesystem: in.fs}
+	rep = &Report{Dir: in.abs, Pidfile: r.Path, PidfileDev: r.Dev, PidfileIno: r.Ino,
+		Record: r.Record, RecordErr: r.Err, Filesystem: in.fs}
 	if r.Outcome == pidfile.Held {
 		rep.Holders = found.Holders[proc.FileID{Dev: r.Dev, Ino: r.Ino}]
 		if in.proven && !opts.ListHolders {
@@ -229,15 +233,13 @@ func (in *inspecting) judge(found *proc.Found, opts Options, me self) (rep *Repo
 		rep.State, rep.RecordErr = Stale, fmt.Errorf("%s: %w", r.Path, errEmpty)
 	default:
 		rep.State = Stale
-		if in.fs.Shared() {
-			rep.TakeoverWatch = opts.takeoverWatch(r.Record, me, time.Now())
-		}
+		rep.TakeoverWatch = opts.takeoverWatch(in.fs, r.Record, me, time.Now())
 	}
 	return rep, true, nil
 }
 
 // Message explains the report in one sentence, as a boot script should log
-// it.
+// it. It reads nothing: it tells what Inspect found, not what is there now.
 func (r *Report) Message() string {
 	switch r.State {
 	case Held, Orphaned:
@@ -251,7 +253,7 @@ func (r *Report) Message() string {
 		}
 		return fmt.Sprintf("%s is free: %s", r.Dir, p)
 	}
-	if _, err := os.Stat(r.Pidfile); err != nil {
+	if r.Record == nil { // free without a record: Inspect found no pidfile
 		return fmt.Sprintf("%s is free (no pidfile yet)", r.Dir)
 	}
 	return fmt.Sprintf("%s is free", r.Dir)

@@ -205,11 +205,14 @@ func TestSameProcessNeverDropsItsLock(t *testing.T) {
 			if r, err := pidfile.Read(dir, pidfile.Options{}); err != nil || r.Outcome != pidfile.Held {
 				t.Fatalf("pidfile.Read: %+v, %v; want held", r, err)
 			}
-			if _, err := pidfile.Claim(dir, pidfile.Options{Method: m}); !errors.As(err, new(*pidfile.LockedHereError)) {
-				t.Fatalf("pidfile.Claim: %v; want a *LockedHereError", err)
+			if f, err := pidfile.Open(dir, pidfile.Options{Method: m}); !errors.As(err, new(*pidfile.LockedHereError)) {
+				if f != nil {
+					f.Close()
+				}
+				t.Fatalf("pidfile.Open: %v; want a *LockedHereError", err)
 			}
 			if after := openFDs(t); after != fds {
-				t.Errorf("%d descriptors open after Acquire, Inspect, Read and Claim; %d before", after, fds)
+				t.Errorf("%d descriptors open after Acquire, Inspect, Read and Open; %d before", after, fds)
 			}
 			if err := l.Check(); err != nil {
 				t.Fatalf("Check: %v", err)
@@ -327,13 +330,12 @@ func TestSegmentLostThenRenewed(t *testing.T) {
 				t.Fatalf("record after RenewSegment: memory %+v, disk %+v; want a new segment and the old token %s", now, disk, old.Token)
 			}
 			d, err := shm.Stat(now.ShmID)
-			if err != nil || int(d.Perm.Key) != now.ShmKey || shm.MarkedForRemoval(d) || d.Nattch != 1 {
+			if err != nil || d.Key != now.ShmKey || d.Removed || d.Nattch != 1 {
 				t.Fatalf("new segment %d: %+v, %v; want live, key %#x, attached once", now.ShmID, d, err, now.ShmKey)
 			}
 			id, _ := shm.DirIdentity(dir)
-			a, err := shm.Analyze(now.ShmID, id)
-			if err != nil || a.State == shm.Foreign || fmt.Sprintf("%x", a.Header.Token) != old.Token {
-				t.Fatalf("new segment's header: %+v, %v; want ours with token %s", a, err, old.Token)
+			if h := l.Segment().Header(); h.Magic != shm.Magic || h.Dir != id || fmt.Sprintf("%x", h.Token) != old.Token {
+				t.Fatalf("new segment's header: %+v; want ours with token %s", h, old.Token)
 			}
 			if _, err := shm.Stat(old.ShmID); err == nil {
 				t.Errorf("old segment %d still exists", old.ShmID)

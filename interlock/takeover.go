@@ -76,12 +76,23 @@ func (s self) otherHost(r *pidfile.Record) bool {
 	return r != nil && (r.Hostname != s.host || r.BootID != s.bootID)
 }
 
+// remoteHolder reports whether rec, read from a pidfile on fs, may name a
+// holder the lock does not show: on shared storage, a record of another host
+// (or of this one before a reboot) that was not stopped. On a local
+// filesystem the kernel's lock is the whole truth. Acquire takes over from
+// such a holder only after watching its heartbeat (takeoverWatch), and
+// Inspect says how long that watch would be.
+func (s self) remoteHolder(fs pidfile.Filesystem, rec *pidfile.Record) bool {
+	return fs.Shared() && s.otherHost(rec) && rec.Status != pidfile.Stopped
+}
+
 // takeoverWatch returns how long Acquire must watch rec's heartbeat before
-// taking over, or 0 when there is nothing to watch. The watch is never
-// shorter than twice the holder's own interval: a shorter one would prove
-// nothing about a holder that beats slowly.
-func (o Options) takeoverWatch(rec *pidfile.Record, me self, now time.Time) time.Duration {
-	if !me.otherHost(rec) || rec.Status == pidfile.Stopped {
+// taking over, or 0 when there is nothing to watch (no remoteHolder, or no
+// fresh heartbeat). The watch is never shorter than twice the holder's own
+// interval: a shorter one would prove nothing about a holder that beats
+// slowly.
+func (o Options) takeoverWatch(fs pidfile.Filesystem, rec *pidfile.Record, me self, now time.Time) time.Duration {
+	if !me.remoteHolder(fs, rec) {
 		return 0
 	}
 	at, every := heartbeat(rec)

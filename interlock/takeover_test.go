@@ -23,6 +23,7 @@ func TestTakeoverWatch(t *testing.T) {
 		return r
 	}
 	fresh := now.Add(-2 * time.Second)
+	nfs := pidfile.Filesystem{Magic: 0x6969, Type: "nfs4"}
 	for _, c := range []struct {
 		name string
 		opts Options
@@ -42,7 +43,10 @@ func TestTakeoverWatch(t *testing.T) {
 		{"explicit, but below twice its interval", Options{TakeoverAfter: time.Second}, rec("there", "b", pidfile.Ready, fresh, "2s"), 4 * time.Second},
 		{"heartbeat from a clock ahead of ours", Options{Recheck: time.Second}, rec("there", "b", pidfile.Ready, now.Add(time.Hour), "1s"), 3 * time.Second},
 	} {
-		if got := c.opts.takeoverWatch(c.rec, me, now); got != c.want {
+		if got := c.opts.takeoverWatch(pidfile.Filesystem{Type: "ext4"}, c.rec, me, now); got != 0 {
+			t.Errorf("%s: takeoverWatch on a local filesystem = %v, want 0", c.name, got)
+		}
+		if got := c.opts.takeoverWatch(nfs, c.rec, me, now); got != c.want {
 			t.Errorf("%s: takeoverWatch = %v, want %v", c.name, got, c.want)
 		}
 	}

@@ -29,7 +29,7 @@ import (
 //
 // The registry lives here rather than in interlock because descriptors are
 // this package's business: it makes every entry point that opens the file
-// (Open, Claim, Read) safe, whoever calls it. The rule is applied to every
+// (Open, Read, Look) safe, whoever calls it. The rule is applied to every
 // method, not only POSIX: a second holder of one directory in one process is
 // a caller's bug whatever the lock.
 var held = struct {

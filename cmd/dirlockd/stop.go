@@ -1,13 +1,9 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
-	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -100,19 +96,14 @@ func cmdStop(args []string, stdout, stderr io.Writer) int {
 		log.Error("the recorded holder is dead; refusing to signal processes it did not record: stop them yourself", "reason", rep.Message())
 		return 1
 	}
-	dev, ino, err := pidfileID(rep.Pidfile)
-	if err != nil {
-		log.Error("cannot stat the pidfile", "err", err)
-		return 3
-	}
-	rec := rep.Record
-	pfd, err := proveHolder(rec, dev, ino)
+	holder, err := rep.PinHolder()
 	if err != nil {
 		log.Error("holder not proven; nothing signalled", "err", err)
 		return 1
 	}
-	defer unix.Close(pfd)
-	if err := unix.PidfdSendSignal(pfd, sig, nil, 0); err != nil {
+	defer holder.Close()
+	rec := rep.Record
+	if err := holder.Signal(sig); err != nil {
 		log.Error("signal failed", "pid", rec.PID, "signal", unix.SignalName(sig), "err", err)
 		return 1
 	}
@@ -136,7 +127,7 @@ func cmdStop(args []string, stdout, stderr io.Writer) int {
 		}
 		if f.killAfter > 0 && !killed && time.Since(start) >= f.killAfter {
 			killed = true
-			killHolders(log, r.Holders, rec, dev, ino)
+			killHolders(log, rep, r.Holders)
 		}
 		if time.Since(start) >= f.timeout {
 			log.Error("still held after the timeout", "pid", rec.PID, "holders", r.Holders, "timeout", f.timeout)
@@ -146,97 +137,19 @@ func cmdStop(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-func pidfileID(path string) (dev, ino uint64, err error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return 0, 0, &os.PathError{Op: "stat", Path: path, Err: err}
+// killHolders SIGKILLs every process that interlock proves to hold the lock
+// and to belong to the instance of rep (its recorded holder, or a process
+// carrying its token). holders are listed after rep was made, so they may
+// already be those of a next instance that took the lock over.
+func killHolders(log *slog.Logger, rep *interlock.Report, holders []int) {
+	pinned, others := rep.PinInstance(holders)
+	for _, pid := range others {
+		log.Warn("holds the lock but is not of the instance signalled: not killed", "pid", pid, "cmdline", proc.Cmdline(pid))
 	}
-	return st.Dev, st.Ino, nil
-}
-
-// proveHolder opens a pidfd on the recorded holder and then proves, through
-// facts read after the pidfd pins the process, that it is the recorded
-// holder: same boot and PID namespace, same start time, and it holds the
-// lock itself. The caller closes the pidfd.
-func proveHolder(rec *pidfile.Record, dev, ino uint64) (int, error) {
-	if rec == nil {
-		return -1, errors.New("the holder has not written a readable record (still starting?)")
-	}
-	boot, err := proc.BootID()
-	if err != nil {
-		return -1, err
-	}
-	ns, err := proc.Namespace(os.Getpid(), "pid")
-	if err != nil {
-		return -1, err
-	}
-	if rec.BootID != boot || rec.PIDNS != ns {
-		return -1, fmt.Errorf("PID %d was recorded on host %s in another boot or PID namespace: it cannot be signalled from here", rec.PID, rec.Hostname)
-	}
-	pfd, err := unix.PidfdOpen(rec.PID, 0)
-	if err != nil {
-		return -1, fmt.Errorf("pidfd_open(%d): %w", rec.PID, err)
-	}
-	if err := proveOpened(pfd, rec.PID, rec.PIDStart, dev, ino); err != nil {
-		unix.Close(pfd)
-		return -1, err
-	}
-	return pfd, nil
-}
-
-// proveOpened checks, for a process already pinned by pfd, that it has the
-// expected start time (when known) and holds the lock.
-func proveOpened(pfd, pid int, start uint64, dev, ino uint64) error {
-	st, err := proc.StartTime(pid)
-	if err != nil || (start != 0 && st != start) {
-		return fmt.Errorf("PID %d is not the recorded holder any more (start time %d, recorded %d): PID reused", pid, st, start)
-	}
-	if !proc.HoldsLock(pid, dev, ino) {
-		return fmt.Errorf("PID %d does not hold the pidfile lock", pid)
-	}
-	// The pidfd still refers to a live process: a signal 0 through it fails
-	// with ESRCH once that process is gone.
-	if err := unix.PidfdSendSignal(pfd, 0, nil, 0); err != nil {
-		return fmt.Errorf("PID %d: %w", pid, err)
-	}
-	return nil
-}
-
-// killHolders SIGKILLs every process proven to hold the lock and to belong
-// to the instance of rec: its recorded PID with the recorded start time, or
-// a process carrying its token. Holders are listed after the record is read,
-// so they may already be those of a next instance that took the lock over.
-func killHolders(log *slog.Logger, holders []int, rec *pidfile.Record, dev, ino uint64) {
-	pfds := make(map[int]int, len(holders))
-	for _, pid := range holders {
-		if pfd, err := unix.PidfdOpen(pid, 0); err == nil {
-			pfds[pid] = pfd
-			defer unix.Close(pfd)
-		}
-	}
-	// Read the environments after the pidfds pin the processes.
-	var ours []int
-	if rec.Token != "" {
-		found, _ := proc.WithEnv(interlock.TokenEnv + "=" + rec.Token)
-		ours = slices.Collect(maps.Keys(found))
-	}
-	for _, pid := range holders {
-		pfd, ok := pfds[pid]
-		if !ok {
-			continue
-		}
-		var start uint64
-		switch {
-		case pid == rec.PID:
-			start = rec.PIDStart
-		case !slices.Contains(ours, pid):
-			log.Warn("holds the lock but is not of the instance signalled: not killed", "pid", pid, "cmdline", proc.Cmdline(pid))
-			continue
-		}
-		if err := proveOpened(pfd, pid, start, dev, ino); err == nil {
-			log.Warn("still held after --kill-after: sending SIGKILL", "pid", pid, "cmdline", proc.Cmdline(pid))
-			unix.PidfdSendSignal(pfd, unix.SIGKILL, nil, 0)
-		}
+	for _, h := range pinned {
+		log.Warn("still held after --kill-after: sending SIGKILL", "pid", h.PID, "cmdline", proc.Cmdline(h.PID))
+		h.Signal(unix.SIGKILL)
+		h.Close()
 	}
 }
 

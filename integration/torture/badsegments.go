@@ -80,10 +80,10 @@ func intact(s plantedSeg) string {
 	switch {
 	case err != nil:
 		return err.Error()
-	case shm.MarkedForRemoval(d):
+	case d.Removed:
 		return "marked for removal"
-	case uint32(d.Perm.Key) != uint32(s.key):
-		return "key " + pidfile.FormatKey(int(d.Perm.Key))
+	case uint32(d.Key) != uint32(s.key):
+		return "key " + pidfile.FormatKey(d.Key)
 	}
 	mem, err := unix.SysvShmAttach(s.id, 0, unix.SHM_RDONLY)
 	if err != nil {
@@ -208,7 +208,7 @@ func badSegmentRemoved(e *Env) Result {
 			case took > bound:
 				r.fail("%s: the new segment took %v to be recorded, want within %v (recheck %v)", what, took, bound, recheck)
 			}
-			if d, err := shm.Stat(renewed.ShmID); err != nil || shm.MarkedForRemoval(d) {
+			if d, err := shm.Stat(renewed.ShmID); err != nil || d.Removed {
 				r.fail("%s: the recorded new segment %d: %v", what, renewed.ShmID, err)
 			}
 			if !w.WaitOutput("RemoveIPC", 5*time.Second) {

@@ -168,7 +168,7 @@ func orphansAttached(e *Env) Result {
 			r.fail("iteration %d: harness error: segment %d of the record is gone while the helper %d is attached: %v", i, rec.ShmID, gc, err)
 		} else {
 			segNote = fmt.Sprintf(", segment after the wrapper was killed: key %s nattch %d marked for removal %v",
-				pidfile.FormatKey(int(d.Perm.Key)), d.Nattch, shm.MarkedForRemoval(d))
+				pidfile.FormatKey(d.Key), d.Nattch, d.Removed)
 		}
 
 		before := k.pidfile(dir)

@@ -96,10 +96,6 @@ func (m Message) Ready() bool { return m.is("READY", "1") }
 // Stopping reports STOPPING=1: the service has begun shutting down.
 func (m Message) Stopping() bool { return m.is("STOPPING", "1") }
 
-// Reloading reports RELOADING=1: the service is reloading its configuration
-// and will send READY=1 again when done.
-func (m Message) Reloading() bool { return m.is("RELOADING", "1") }
-
 func (m Message) is(key, want string) bool {
 	v, ok := m.Get(key)
 	return ok && v == want
