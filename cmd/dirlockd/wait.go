@@ -1,0 +1,101 @@
+package main
+
+import (
+	"io"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/pidfile"
+)
+
+var waitDoc = doc{
+	name:     "wait",
+	line:     "wait -D DIR [--for free|ready]",
+	summary:  "block until the directory is free or its server ready",
+	synopsis: []string{"wait -D DIR [--for free|ready] [--timeout D]"},
+	about: `Block until the data directory is free (no holder; a stale record counts as
+free), or until its holder reports status "ready".
+
+With --etcd and --lease-key (docs/lease.md), free also needs the lease key
+free in etcd, and ready needs it held: once the directory is free (or
+ready), wait watches the key in etcd until it is too (one connection for
+the whole wait, through the etcd agent dirlockd-etcd), then looks at the
+directory again.
+
+Exit status: 0 reached; 1 timed out; 3 invalid data directory or pidfile; 64 usage.`,
+	examples: `  dirlockd run -D /srv/redis -- redis-server --supervised systemd & dirlockd wait -D /srv/redis --for ready --timeout 30s
+  dirlockd stop -D /srv/redis; dirlockd wait -D /srv/redis --for free
+`,
+}
+
+type waitFlags struct {
+	target  string
+	timeout time.Duration
+	lease   leaseFlags
+}
+
+func waitFlagSet(g *globals, f *waitFlags, stderr io.Writer) *pflag.FlagSet {
+	fs := command(&waitDoc, g, stderr)
+	fs.StringVar(&f.target, "for", "free", "what to wait for: free or ready")
+	fs.DurationVar(&f.timeout, "timeout", 0, "give up after this long (0: wait forever)")
+	completeValues(fs, "for", "free", "ready")
+	addLeaseFlags(fs, &f.lease, leaseInspect)
+	return fs
+}
+
+func cmdWait(args []string, stdout, stderr io.Writer) int {
+	var g globals
+	var f waitFlags
+	fs := waitFlagSet(&g, &f, stderr)
+	rest, err := g.parse(fs, args, stdout, stderr)
+	if err != nil {
+		return exitFor(err)
+	}
+	if len(rest) > 0 || (f.target != "free" && f.target != "ready") || f.timeout < 0 {
+		return usageError(stderr, "wait", "want --for free or --for ready, a non-negative --timeout, and no arguments")
+	}
+	withLease, err := f.lease.settle(fs)
+	if err != nil {
+		return usageError(stderr, "wait", "%v", err)
+	}
+	log := g.log.With("datadir", g.dirs[0])
+	start := time.Now()
+	var lw *leaseWaiter
+	if withLease {
+		if lw, err = f.lease.waiter(); err != nil {
+			log.Error("cannot wait for the lease: " + err.Error())
+			return 3
+		}
+		defer lw.Close()
+	}
+	for {
+		rep, err := interlock.Inspect(g.dirs[0], g.opts)
+		if err != nil {
+			log.Error("cannot inspect the data directory", "err", err)
+			return 3
+		}
+		free := rep.State == interlock.Free || rep.State == interlock.Stale
+		ready := rep.State == interlock.Held && rep.Record != nil && rep.Record.Status == pidfile.Ready
+		if lw != nil && (f.target == "free" && free || f.target == "ready" && ready) {
+			var until time.Time
+			if f.timeout > 0 {
+				until = start.Add(f.timeout)
+			}
+			if err := lw.wait(f.target == "ready", until); err != nil {
+				log.Debug("the lease is not there yet", "err", err)
+				free, ready = false, false
+			}
+		}
+		if f.target == "free" && free || f.target == "ready" && ready {
+			log.Debug("reached", "for", f.target, "after", time.Since(start))
+			return 0
+		}
+		if f.timeout > 0 && time.Since(start) >= f.timeout {
+			log.Error("timed out", "for", f.target, "state", rep.State, "timeout", f.timeout)
+			return 1
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
