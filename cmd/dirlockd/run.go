@@ -5,17 +5,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
 )
-
-// forwarded are the signals run passes on to the server.
-var forwarded = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2}
-
-// childLockFD is the descriptor number of the locked pidfile in the server.
-const childLockFD = 3
 
 type runFlags struct {
 	conflictExit int
