@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 )
 
 // execFailed maps a failure to start COMMAND to run's status as a shell
@@ -19,12 +20,12 @@ import (
 // executed. A fork that fails for want of resources (EAGAIN, ENOMEM,
 // EMFILE) is dirlockd's own failure, 70.
 func (r *runner) execFailed(err error) int {
-	code := exitNoExec
+	code := exitcode.NoExec
 	switch {
 	case errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist):
-		code = exitNotFound
+		code = exitcode.NotFound
 	case errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE):
-		code = exitInternal
+		code = exitcode.Internal
 	}
 	r.log.Error("cannot execute the command", "command", r.argv[0], "err", err)
 	return code
@@ -54,13 +55,13 @@ func (r *runner) acquireFailed(err error) int {
 		}
 		r.log.Error("cannot start: "+err.Error(), "datadir", oe.Dir, "orphans", b.String(),
 			"hint", "stop the surviving processes of the old server, then start again")
-		return exitOrphans
+		return exitcode.Orphans
 	case invalidStorage(err):
 		r.log.Error("cannot start: "+err.Error(), "datadir", r.dir)
-		return exitInvalid
+		return exitcode.Invalid
 	}
 	r.log.Error("cannot start: "+err.Error(), "datadir", r.dir)
-	return exitInternal
+	return exitcode.Internal
 }
 
 // logExit logs how a process of the tree ended.
@@ -79,9 +80,9 @@ func exitCode(ws unix.WaitStatus) int {
 	case ws.Exited():
 		return ws.ExitStatus()
 	case ws.Signaled():
-		return exitSignalBase + int(ws.Signal())
+		return exitcode.SignalBase + int(ws.Signal())
 	}
-	return exitInternal
+	return exitcode.Internal
 }
 
 func describe(ws unix.WaitStatus) string {

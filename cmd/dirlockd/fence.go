@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/lease/agent"
 )
 
@@ -145,12 +146,12 @@ func cmdFence(args []string, stdout, stderr io.Writer) int {
 	}
 	if len(args) != 1 {
 		fmt.Fprintln(stderr, "dirlockd fence is started by dirlockd run --etcd, not by hand")
-		return exitUsage
+		return exitcode.Usage
 	}
 	at, err := strconv.ParseInt(args[0], 10, 64)
 	if err != nil {
 		fmt.Fprintln(stderr, "dirlockd fence: bad kill time:", err)
-		return exitUsage
+		return exitcode.Usage
 	}
 	// It ends by what dirlockd says, or by its own kill: not by the
 	// signals that stop a server.

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 )
 
 // fuzzCommands are the commands FuzzArgs drives, chosen by the input's first
@@ -16,11 +18,11 @@ var fuzzCommands = []struct {
 	name  string
 	exits []int
 }{
-	{"check", []int{0, 1, 2, 3, exitUsage}},
-	{"status", []int{lsbRunning, lsbDeadPidfile, lsbStopped, lsbUnknown}},
-	{"wait", []int{0, 1, 3, exitUsage}},
-	{"stop", []int{0, 1, 3, exitUsage}},
-	{"run", []int{0, exitUsage, exitInternal, exitHeld, exitOrphans, exitInvalid, exitNoExec, exitNotFound}},
+	{"check", []int{exitcode.CheckFree, exitcode.CheckHeld, exitcode.CheckOrphans, exitcode.CheckInvalid, exitcode.Usage}},
+	{"status", []int{exitcode.StatusRunning, exitcode.StatusDead, exitcode.StatusNotRunning, exitcode.StatusUnknown}},
+	{"wait", []int{0, 1, 3, exitcode.Usage}},
+	{"stop", []int{0, 1, 3, exitcode.Usage}},
+	{"run", []int{0, exitcode.Usage, exitcode.Internal, exitcode.Held, exitcode.Orphans, exitcode.Invalid, exitcode.NoExec, exitcode.NotFound}},
 }
 
 // fuzzSplit splits the fuzzer's text into arguments: on NUL bytes when it
@@ -170,7 +172,7 @@ func FuzzArgs(f *testing.F) {
 			t.Errorf("dirlockd %s %q: exit %d, not one %s documents %v\nstdout: %s\nstderr: %s",
 				cmd, args, code, cmd, exits, stdout.String(), stderr.String())
 		}
-		if code == exitUsage && stderr.Len() == 0 {
+		if code == exitcode.Usage && stderr.Len() == 0 {
 			t.Errorf("dirlockd %s %q: exit %d without a word on stderr", cmd, args, code)
 		}
 	})

@@ -25,19 +25,6 @@ import (
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
-// Exit codes of run, and of every command for usage and internal errors:
-// internal/exitcode has them, for the tests too.
-const (
-	exitHeld       = exitcode.Held
-	exitOrphans    = exitcode.Orphans
-	exitInvalid    = exitcode.Invalid
-	exitUsage      = exitcode.Usage
-	exitInternal   = exitcode.Internal
-	exitNoExec     = exitcode.NoExec
-	exitNotFound   = exitcode.NotFound
-	exitSignalBase = exitcode.SignalBase
-)
-
 func main() {
 	os.Exit(dispatch(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -46,7 +33,7 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 	cmds := commands()
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage(cmds))
-		return exitUsage
+		return exitcode.Usage
 	}
 	switch name := args[0]; name {
 	case "-h", "--help", "help":
@@ -73,7 +60,7 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return c.main(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "dirlockd: unknown command %q\n\n%s", args[0], usage(cmds))
-	return exitUsage
+	return exitcode.Usage
 }
 
 // globals are the flags every command takes.
@@ -158,10 +145,10 @@ func (g *globals) parse(fs *pflag.FlagSet, args []string, stdout, stderr io.Writ
 }
 
 // usageError says on stderr, in one line, what is wrong with a command line
-// of cmd, and returns exitUsage.
+// of cmd, and returns exitcode.Usage.
 func usageError(stderr io.Writer, cmd, format string, a ...any) int {
 	fmt.Fprintf(stderr, "dirlockd %s: %s\nRun \"dirlockd %s --help\" for usage.\n", cmd, fmt.Sprintf(format, a...), cmd)
-	return exitUsage
+	return exitcode.Usage
 }
 
 // invalidStorage reports whether err is the data directory's condition, not
@@ -177,7 +164,7 @@ func exitFor(err error) int {
 	if errors.Is(err, pflag.ErrHelp) {
 		return 0
 	}
-	return exitUsage
+	return exitcode.Usage
 }
 
 func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/spf13/pflag"
+
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 )
 
 // The man pages are rendered as Markdown from the same docs and flag sets
@@ -25,15 +27,15 @@ var exitStatuses = []struct {
 }{
 	{"0", "success; for run, the server exited 0"},
 	{"1\u20134", "check, status, stop and wait: the state found (see their pages)"},
-	{fmt.Sprint(exitUsage), "usage error"},
+	{fmt.Sprint(exitcode.Usage), "usage error"},
 	{fmt.Sprint(exitUnavailable), "run and stress with --etcd: etcd unavailable; the server never started"},
-	{fmt.Sprint(exitInternal), "internal error"},
-	{fmt.Sprint(exitHeld), "run: the data directory is held by a live instance (--conflict-exit-code changes it), or with --etcd the lease key by another holder"},
-	{fmt.Sprint(exitOrphans), "run: orphaned processes of a dead holder survive"},
-	{fmt.Sprint(exitInvalid), "run: invalid data directory, pidfile or configuration, host-local locks on shared storage, or a full or read-only filesystem; with --etcd, a lease key of another tool, no permission on it, or a fencing token below the fence file's"},
-	{fmt.Sprint(exitNoExec), "run: COMMAND is not executable"},
-	{fmt.Sprint(exitNotFound), "run: COMMAND not found"},
-	{fmt.Sprintf("%d+N", exitSignalBase), "run: the server's main process was killed by signal N; otherwise run exits with its status"},
+	{fmt.Sprint(exitcode.Internal), "internal error"},
+	{fmt.Sprint(exitcode.Held), "run: the data directory is held by a live instance (--conflict-exit-code changes it), or with --etcd the lease key by another holder"},
+	{fmt.Sprint(exitcode.Orphans), "run: orphaned processes of a dead holder survive"},
+	{fmt.Sprint(exitcode.Invalid), "run: invalid data directory, pidfile or configuration, host-local locks on shared storage, or a full or read-only filesystem; with --etcd, a lease key of another tool, no permission on it, or a fencing token below the fence file's"},
+	{fmt.Sprint(exitcode.NoExec), "run: COMMAND is not executable"},
+	{fmt.Sprint(exitcode.NotFound), "run: COMMAND not found"},
+	{fmt.Sprintf("%d+N", exitcode.SignalBase), "run: the server's main process was killed by signal N; otherwise run exits with its status"},
 }
 
 // manEnvironment is dirlockd(1)'s ENVIRONMENT.

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/cpuguy83/go-md2man/v2/md2man"
+
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 )
 
 // manGenerator returns dirlockd __man DIR: write the man pages, in roff,
@@ -33,7 +35,7 @@ func manGenerator() func(cmds []*subcommand, args []string, stderr io.Writer) in
 			}
 			if err := os.WriteFile(path, page, 0o644); err != nil {
 				fmt.Fprintf(stderr, "dirlockd %s: %v\n", manCommand, err)
-				return exitInternal
+				return exitcode.Internal
 			}
 		}
 		return 0

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 )
 
 type runFlags struct {
@@ -132,7 +134,7 @@ var runDoc = doc{
 func runFlagSet(g *globals, f *runFlags, stderr io.Writer) *pflag.FlagSet {
 	fs := command(&runDoc, g, stderr)
 	fs.DurationVar(&g.opts.Wait, "wait", 0, "how long to wait for a held data directory (0: fail at once)")
-	fs.IntVar(&f.conflictExit, "conflict-exit-code", exitHeld, "exit status when the directory is held by a live instance")
+	fs.IntVar(&f.conflictExit, "conflict-exit-code", exitcode.Held, "exit status when the directory is held by a live instance")
 	fs.BoolVar(&f.signalGroup, "signal-group", false, "pass signals to the main process's whole process group too")
 	fs.DurationVar(&f.stopTimeout, "stop-timeout", 60*time.Second, "after SIGTERM/SIGINT, how long the server's tree may take to exit before SIGKILL")
 	fs.StringVar(&f.mainPIDFile, "main-pid-file", "", "file in which a forking server writes its main process's PID (as systemd's PIDFile=; first line)")

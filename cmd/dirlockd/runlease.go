@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/lease/agent"
 	"github.com/dirlockd/dirlockd/internal/proc"
 	"github.com/dirlockd/dirlockd/pidfile"
@@ -106,7 +107,7 @@ func (r *runner) acquireLease(sigs <-chan os.Signal, began time.Time) (syscall.S
 	id, err := agent.Self(r.lock.Record().DataDir)
 	if err != nil {
 		r.log.Error("cannot start: "+err.Error(), "datadir", r.dir)
-		return 0, exitInternal
+		return 0, exitcode.Internal
 	}
 	wait := r.opts.Wait
 	if wait > 0 {
@@ -143,7 +144,7 @@ func (r *runner) leaseFailed(err error) int {
 	switch {
 	case errors.As(err, &nf):
 		r.log.Error("cannot start: "+err.Error(), "datadir", r.dir)
-		return exitInvalid
+		return exitcode.Invalid
 	case errors.As(err, &he):
 		h := he.Holder
 		r.log.Error("cannot start: "+err.Error(), "datadir", r.dir, "lease_key", he.Key, "holder_host", h.Host, "holder_pid", h.PID,
@@ -155,10 +156,10 @@ func (r *runner) leaseFailed(err error) int {
 		return exitUnavailable
 	case errors.As(err, &re):
 		r.log.Error("cannot start: "+err.Error(), "datadir", r.dir)
-		return exitInvalid
+		return exitcode.Invalid
 	}
 	r.log.Error("cannot start: "+err.Error(), "datadir", r.dir)
-	return exitInternal
+	return exitcode.Internal
 }
 
 // leaseEnv is what the server learns of the lease.

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/notify"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
@@ -92,7 +93,7 @@ func (r *runner) run() int {
 		r.releaseLease()
 		if stopSig != 0 {
 			r.log.Info("gave up acquiring the data directory", "datadir", r.dir, "signal", unix.SignalName(stopSig), "err", err)
-			return exitSignalBase + int(stopSig)
+			return exitcode.SignalBase + int(stopSig)
 		}
 		return r.acquireFailed(err)
 	}
@@ -114,7 +115,7 @@ func (r *runner) run() int {
 	}
 	if stopSig != 0 {
 		r.log.Info("stopped before the server started", "signal", unix.SignalName(stopSig))
-		return r.finish(exitSignalBase + int(stopSig))
+		return r.finish(exitcode.SignalBase + int(stopSig))
 	}
 	if r.lease != nil {
 		name := fenceFileName(r.opts.Pidfile)
@@ -123,13 +124,13 @@ func (r *runner) run() int {
 			if errors.As(err, &fb) {
 				r.log.Error("cannot start: "+err.Error(), "fence_file", fb.Path,
 					"hint", "find out why etcd went back; remove the fence file only if no server of the old history can still run")
-				return r.finish(exitInvalid)
+				return r.finish(exitcode.Invalid)
 			}
 			r.log.Error("cannot start: " + err.Error())
 			if invalidStorage(err) {
-				return r.finish(exitInvalid)
+				return r.finish(exitcode.Invalid)
 			}
-			return r.finish(exitInternal)
+			return r.finish(exitcode.Internal)
 		}
 	}
 	r.rec = newRecorder(r.lock, r.log, r.opts.Recheck)
@@ -141,7 +142,7 @@ func (r *runner) run() int {
 
 	if err := becomeSubreaper(); err != nil {
 		r.log.Error("cannot become the reaper of the server's tree", "err", err)
-		return r.finish(exitInternal)
+		return r.finish(exitcode.Internal)
 	}
 	// An abstract socket: nothing on disk that a crash could leave
 	// behind, or that a cleaner of /tmp could remove from under a server
@@ -154,7 +155,7 @@ func (r *runner) run() int {
 	}
 	if err != nil {
 		r.log.Error("cannot listen for notifications", "err", err)
-		return r.finish(exitInternal)
+		return r.finish(exitcode.Internal)
 	}
 	defer nl.Close()
 
@@ -162,7 +163,7 @@ func (r *runner) run() int {
 		dl, _ := r.lease.l.Deadline()
 		if r.fence, err = startFence(dl - r.lease.timing.margin/2); err != nil {
 			r.log.Error("cannot start the fence process", "err", err)
-			return r.finish(exitInternal)
+			return r.finish(exitcode.Internal)
 		}
 		r.log.Debug("started the fence process", "pid", r.fence.PID())
 	}
@@ -267,7 +268,7 @@ func (r *runner) finish(code int) int {
 	if err := r.lock.Release(); err != nil {
 		r.log.Error("release incomplete", "err", err)
 		if code == 0 {
-			code = exitInternal
+			code = exitcode.Internal
 		}
 	}
 	r.log.Info("released the data directory")

@@ -13,14 +13,6 @@ import (
 	"github.com/dirlockd/dirlockd/internal/exitcode"
 )
 
-// LSB status codes.
-const (
-	lsbRunning     = exitcode.StatusRunning
-	lsbDeadPidfile = exitcode.StatusDead
-	lsbStopped     = exitcode.StatusNotRunning
-	lsbUnknown     = exitcode.StatusUnknown
-)
-
 var statusDoc = doc{
 	name:     "status",
 	line:     "status -D DIR [--json]",
@@ -58,18 +50,18 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	rest, err := g.parse(fs, args, stdout, stderr)
 	if err != nil {
 		if errors.Is(err, errUsage) {
-			return lsbUnknown
+			return exitcode.StatusUnknown
 		}
 		return exitFor(err)
 	}
 	if len(rest) > 0 {
 		usageError(stderr, "status", "unexpected argument %q", rest[0])
-		return lsbUnknown
+		return exitcode.StatusUnknown
 	}
 	withLease, err := f.lease.settle(fs)
 	if err != nil {
 		usageError(stderr, "status", "%v", err)
-		return lsbUnknown
+		return exitcode.StatusUnknown
 	}
 	// status names every holder: the wrapper and the server sharing its
 	// descriptor.
@@ -78,8 +70,8 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	if withLease {
 		r.addLease(f.lease.inspectLease())
 	}
-	code := map[string]int{"held": lsbRunning, "stale": lsbDeadPidfile, "orphans": lsbDeadPidfile,
-		"free": lsbStopped, "invalid": lsbUnknown}[r.State]
+	code := map[string]int{"held": exitcode.StatusRunning, "stale": exitcode.StatusDead, "orphans": exitcode.StatusDead,
+		"free": exitcode.StatusNotRunning, "invalid": exitcode.StatusUnknown}[r.State]
 	if f.asJSON {
 		writeJSON(stdout, r)
 		return code

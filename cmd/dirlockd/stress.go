@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/lease/agent"
 	"github.com/dirlockd/dirlockd/internal/stress"
 	"github.com/dirlockd/dirlockd/pidfile"
@@ -163,13 +164,13 @@ func cmdStress(args []string, stdout, stderr io.Writer) int {
 	if f.host == "" {
 		if f.host, err = os.Hostname(); err != nil {
 			g.log.Error("cannot read the hostname; pass --host-label", "err", err)
-			return exitInternal
+			return exitcode.Internal
 		}
 	}
 	dir, err := pidfile.CheckDir(g.dirs[0])
 	if err != nil {
 		g.log.Error("cannot stress the data directory: "+err.Error(), "datadir", g.dirs[0])
-		return exitInvalid
+		return exitcode.Invalid
 	}
 	log := g.log.With("datadir", dir)
 	var guard func(context.Context) (int64, func() error, error)
@@ -221,13 +222,13 @@ func cmdStress(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			code := stressExit(err)
 			var we *stress.WorkerError
-			if errors.As(err, &we) && (we.Code == exitInvalid || we.Code == exitOrphans || we.Code == exitUnavailable) {
+			if errors.As(err, &we) && (we.Code == exitcode.Invalid || we.Code == exitcode.Orphans || we.Code == exitUnavailable) {
 				code = we.Code
 			}
 			switch code {
-			case exitInvalid:
+			case exitcode.Invalid:
 				log.Error("the data directory cannot carry the interlock: " + err.Error())
-			case exitOrphans:
+			case exitcode.Orphans:
 				log.Error("cannot stress the data directory: " + err.Error())
 			default:
 				log.Error("stress failed: " + err.Error())
@@ -239,7 +240,7 @@ func cmdStress(args []string, stdout, stderr io.Writer) int {
 	res, err := stress.Check(dir)
 	if err != nil {
 		log.Error("cannot check the witness files", "err", err)
-		return exitInternal
+		return exitcode.Internal
 	}
 	rep := stress.NewReport(dir, run, res)
 	if f.json {
@@ -283,11 +284,11 @@ func stressExit(err error) int {
 	case errors.As(err, &ue):
 		return exitUnavailable
 	case invalidStorage(err), errors.Is(err, unix.EACCES), errors.As(err, &re), errors.As(err, &nf):
-		return exitInvalid
+		return exitcode.Invalid
 	case errors.Is(err, interlock.ErrOrphans):
-		return exitOrphans
+		return exitcode.Orphans
 	}
-	return exitInternal
+	return exitcode.Internal
 }
 
 // workerCommand returns how the stress parent starts a worker: this same
