@@ -206,7 +206,6 @@ func TestLeaseRefused(t *testing.T) {
 	}
 }
 
-
 // TestLeaseEtcdStopped: with etcd SIGSTOPped, the server is dead before
 // the lease can end: by SIGTERM at deadline - stop timeout - margin, or, if
 // it ignores SIGTERM, by SIGKILL at deadline - margin. 2 rounds each.

@@ -336,4 +336,3 @@ func TestPermissionDenied(t *testing.T) {
 	}
 	t.Log(err)
 }
-
