@@ -929,7 +929,8 @@ func TestFUSELeaseHandOff(t *testing.T) {
 		ws[cur] = start(cur)
 	}
 	for _, w := range ws {
-		syscall.Kill(childOf(w.PID()), syscall.SIGTERM)
+		// The last wrapper started may not have become dirlockd yet.
+		syscall.Kill(nsInit(t, w), syscall.SIGTERM)
 		w.WaitExit(t, 30*time.Second)
 	}
 	// Judge by the witness file: each server's start, and its end (its own
