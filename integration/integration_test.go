@@ -181,6 +181,21 @@ func childOf(pid int) int {
 	return pid
 }
 
+// nsInit returns the PID of the dirlockd that w (unshare --fork) runs as
+// PID 1 of its namespaces, once unshare's child has become it: before its
+// exec the child is a shell, which as a namespace's init is immune to the
+// SIGTERM a test would send it.
+func nsInit(t *testing.T, w *testutil.Proc) int {
+	t.Helper()
+	var pid int
+	eventually(t, 10*time.Second, fmt.Sprintf("dirlockd as PID 1 of unshare %d's namespace", w.PID()), func() bool {
+		pid = childOf(w.PID())
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		return pid != w.PID() && string(comm) == "dirlockd\n"
+	})
+	return pid
+}
+
 func TestRunConflictCheckStop(t *testing.T) {
 	dir := testutil.DataDir(t)
 	w := startRun(t, nil, dir, nil, "sleep", "300")

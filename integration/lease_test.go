@@ -181,25 +181,7 @@ func TestLeaseUsage(t *testing.T) {
 // with permission runs. 2 rounds each.
 func TestLeaseRefused(t *testing.T) {
 	e := testutil.StartEtcd(t, 1)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(e.Endpoints(), ","), DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	ctx := context.Background()
-	for _, err := range []error{
-		ignore(cli.UserAdd(ctx, "root", "rootpw")),
-		ignore(cli.UserGrantRole(ctx, "root", "root")),
-		ignore(cli.UserAdd(ctx, "app", "apppw")),
-		ignore(cli.RoleAdd(ctx, "app")),
-		ignore(cli.RoleGrantPermission(ctx, "app", "/dirlockd/ok", "", clientv3.PermissionType(clientv3.PermReadWrite))),
-		ignore(cli.UserGrantRole(ctx, "app", "app")),
-		ignore(cli.AuthEnable(ctx)),
-	} {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	e.EnableAuth(t, "rootpw", testutil.EtcdGrant{User: "app", Password: "apppw", Key: "/dirlockd/ok"})
 	dir := testutil.DataDir(t)
 	ran := filepath.Join(dir, "ran")
 	for round := range 2 {
@@ -223,8 +205,6 @@ func TestLeaseRefused(t *testing.T) {
 		}
 	}
 }
-
-func ignore[T any](_ T, err error) error { return err }
 
 // TestLeaseEtcdStopped: with etcd SIGSTOPped, the server is dead before
 // the lease can end: by SIGTERM at deadline - stop timeout - margin, or, if
@@ -949,7 +929,8 @@ func TestFUSELeaseHandOff(t *testing.T) {
 		ws[cur] = start(cur)
 	}
 	for _, w := range ws {
-		syscall.Kill(childOf(w.PID()), syscall.SIGTERM)
+		// The last wrapper started may not have become dirlockd yet.
+		syscall.Kill(nsInit(t, w), syscall.SIGTERM)
 		w.WaitExit(t, 30*time.Second)
 	}
 	// Judge by the witness file: each server's start, and its end (its own

@@ -94,7 +94,9 @@ func TestCluster(t *testing.T) {
 			t.Fatalf("lost after the stopped leader resumed, but not by etcd deleting the key: %v (key: %v %v)", err, r, gerr)
 		}
 		t.Logf("etcd ended the lease early after its stopped leader resumed; the holder saw it: %v", err)
-		l = acquire(t, c, identity(t, 1))
+		// A lost lease is never reused: a new holder, as a new start of
+		// dirlockd would be, with an agent of its own.
+		l = acquire(t, dial(t, e.Endpoints(), key, 8*time.Second), identity(t, 1))
 		defer l.Release()
 	}
 	e.Members[0].Stop()

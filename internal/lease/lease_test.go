@@ -321,21 +321,8 @@ func TestForeignKey(t *testing.T) {
 // RefusedError that says what to grant.
 func TestPermissionDenied(t *testing.T) {
 	e := testutil.StartEtcd(t, 1)
-	cli := raw(t, e.Endpoints())
+	e.EnableAuth(t, "rootpw", testutil.EtcdGrant{User: "app", Password: "apppw", Key: "/elsewhere/", RangeEnd: "/elsewhere0"})
 	ctx := context.Background()
-	for _, err := range []error{
-		ignore(cli.UserAdd(ctx, "root", "rootpw")),
-		ignore(cli.UserGrantRole(ctx, "root", "root")),
-		ignore(cli.UserAdd(ctx, "app", "apppw")),
-		ignore(cli.RoleAdd(ctx, "other")),
-		ignore(cli.RoleGrantPermission(ctx, "other", "/elsewhere/", "/elsewhere0", clientv3.PermissionType(clientv3.PermReadWrite))),
-		ignore(cli.UserGrantRole(ctx, "app", "other")),
-		ignore(cli.AuthEnable(ctx)),
-	} {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
 	c := dial(t, e.Endpoints(), "/dirlockd/perm", 3*time.Second, func(cfg *lease.Config) { cfg.Username, cfg.Password = "app", "apppw" })
 	_, err := c.Acquire(ctx, identity(t, 1), false)
 	var re *lease.RefusedError
@@ -349,5 +336,3 @@ func TestPermissionDenied(t *testing.T) {
 	}
 	t.Log(err)
 }
-
-func ignore[T any](_ T, err error) error { return err }

@@ -1,8 +1,11 @@
 package testutil
 
 import (
+	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -180,4 +183,48 @@ func (m *EtcdMember) IsLeader() bool {
 		return false
 	}
 	return s.Leader != "" && s.Leader == s.Header.MemberID
+}
+
+// EtcdGrant is a user EnableAuth creates: with password, a role of its own
+// name, granted read and write on the keys from Key up to RangeEnd (only Key
+// if RangeEnd is empty).
+type EtcdGrant struct {
+	User, Password, Key, RangeEnd string
+}
+
+// EnableAuth turns authentication on (through the first member's /v3
+// gateway, so that this package needs no etcd client): it adds root with
+// rootPassword and the users of grants, then enables auth.
+func (c *EtcdCluster) EnableAuth(t testing.TB, rootPassword string, grants ...EtcdGrant) {
+	t.Helper()
+	url := c.Members[0].ClientURL + "/v3/auth/"
+	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+	post := func(path string, body any) {
+		t.Helper()
+		b, err := json.Marshal(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Post(url+path, "application/json", bytes.NewReader(b))
+		if err != nil {
+			t.Fatalf("etcd %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		if msg, _ := io.ReadAll(resp.Body); resp.StatusCode != http.StatusOK {
+			t.Fatalf("etcd %s %s: %s: %s", path, b, resp.Status, msg)
+		}
+	}
+	post("user/add", map[string]string{"name": "root", "password": rootPassword})
+	post("user/grant", map[string]string{"user": "root", "role": "root"})
+	for _, g := range grants {
+		post("user/add", map[string]string{"name": g.User, "password": g.Password})
+		post("role/add", map[string]string{"name": g.User})
+		perm := map[string]string{"permType": "READWRITE", "key": b64(g.Key)}
+		if g.RangeEnd != "" {
+			perm["range_end"] = b64(g.RangeEnd)
+		}
+		post("role/grant", map[string]any{"name": g.User, "perm": perm})
+		post("user/grant", map[string]string{"user": g.User, "role": g.User})
+	}
+	post("enable", struct{}{})
 }
