@@ -693,15 +693,25 @@ func TestLeaseCluster(t *testing.T) {
 		started := time.Since(stopped)
 		t.Logf("round %d: leader %s killed, member %s (leader %v) stopped: no loss; 2 of 3 stopped: server dead %v after, the next started %v after (TTL %v)",
 			round, ld.Name, m.Name, round == 0, dead.Round(time.Millisecond), started.Round(time.Millisecond), ttl)
+		// etcd 3.4.23's resumed leader may revoke the lease early (see
+		// docs/lease.md): then the holder's watch on its key SIGKILLs the
+		// server at once, before the 2 of 3 are stopped, and the waiter
+		// may start at once after that death.
+		early := strings.Contains(w.Stderr(), "etcd deleted the lock key")
 		// A leader left alone answers renewals until it steps down, an
 		// election timeout (2 s) after losing its majority.
-		if dead >= ttl+2*time.Second || started <= dead {
+		if !early && (dead >= ttl+2*time.Second || started <= dead) {
 			t.Fatalf("round %d: server dead %v after the stop, next started %v after", round, dead, started)
 		}
 		if ntoken <= token {
 			t.Fatalf("round %d: token %d after %d", round, ntoken, token)
 		}
-		if code := w.WaitExit(t, 30*time.Second); code != 143 {
+		want := 143
+		if early {
+			t.Logf("round %d: etcd ended the lease early after the stopped member resumed; the holder's watch killed the server", round)
+			want = 137
+		}
+		if code := w.WaitExit(t, 30*time.Second); code != want {
 			t.Fatalf("round %d: old wrapper exit %d:\n%s", round, code, w.Stderr())
 		}
 		if !testutil.Alive(npid) {

@@ -108,11 +108,12 @@ func TestCluster(t *testing.T) {
 	}
 	dl, _ := l.Deadline()
 	// A leader left alone still answers renewals until it steps down
-	// (CheckQuorum, an election timeout of 2 s): the deadline may move
-	// for that long after the stop, and no longer.
+	// (CheckQuorum, an election timeout of 2 s, slower on a loaded
+	// machine: 3.4 s seen): the deadline may move for a few seconds after
+	// the stop. Losing it before the deadline would be the fault.
 	t.Logf("2 of 3 stopped: lost %v after the stop, %v after the last deadline", (lostAt - stopped).Round(time.Millisecond), (lostAt - dl).Round(time.Millisecond))
-	if lostAt < dl || lostAt > stopped+l.TTL()+3*time.Second {
-		t.Fatalf("lost %v after the stop, deadline %v after it: want at the deadline, at most TTL + 3s after the stop", lostAt-stopped, dl-stopped)
+	if lostAt < dl || lostAt > stopped+l.TTL()+6*time.Second {
+		t.Fatalf("lost %v after the stop, deadline %v after it: want at the deadline, at most TTL + 6s after the stop", lostAt-stopped, dl-stopped)
 	}
 	e.Members[0].Cont()
 	e.Members[1].Cont()
