@@ -647,8 +647,10 @@ func leaderOf(t *testing.T, e *testutil.EtcdCluster) *testutil.EtcdMember {
 // as a holder. 2 rounds.
 func TestLeaseCluster(t *testing.T) {
 	e := testutil.StartEtcd(t, 3)
-	const ttl = 10 * time.Second
-	lf := []string{"--etcd", e.Endpoints(), "--lease-key", "/dirlockd/cluster"}
+	// 20 s: on a loaded 2-core machine, an election after the leader is
+	// stopped has taken over 7 s, which a 10 s TTL cannot ride out.
+	const ttl = 20 * time.Second
+	lf := []string{"--etcd", e.Endpoints(), "--lease-key", "/dirlockd/cluster", "--lease-ttl", "20s"}
 	noLoss := func(round int, pid int, w *testutil.Proc, what string) {
 		for end := time.Now().Add(ttl); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 			if !testutil.Alive(pid) {
@@ -680,7 +682,7 @@ func TestLeaseCluster(t *testing.T) {
 		e.Members[0].Stop()
 		e.Members[1].Stop()
 		stopped := time.Now()
-		eventually(t, 30*time.Second, "the server's death", func() bool {
+		eventually(t, 60*time.Second, "the server's death", func() bool {
 			if both() {
 				t.Fatalf("round %d: two servers at once: the waiter's started while the first ran:\n%s\n---\n%s", round, w.Stderr(), next.Stderr())
 			}
