@@ -84,6 +84,15 @@ func (d *dataDir) check(use Use) error {
 	return checkPath(d.abs, d.st.Uid, &d.st)
 }
 
+// trustedOwners names root and owner, the users that may own the
+// directories on a data directory's path.
+func trustedOwners(owner uint32) string {
+	if owner == 0 {
+		return "root"
+	}
+	return "root or " + users.Login(owner)
+}
+
 // pseudoFS are the filesystems (statfs f_type) whose directories hold what
 // the kernel shows, never a pidfile: check must say of them what run says.
 var pseudoFS = map[int64]string{
@@ -112,7 +121,7 @@ func checkPath(path string, owner uint32, want *unix.Stat_t) error {
 			return &InvalidError{Path: path,
 				Problem: fmt.Sprintf("the path to the data directory runs through %s, owned by %s, who could swap the data directory for another one",
 					dir, users.Name(st.Uid)),
-				Fix: fmt.Sprintf("use a data directory whose parent directories are owned by root or %s, or chown root %s", users.Login(owner), dir)}
+				Fix: fmt.Sprintf("use a data directory whose parent directories are owned by %s, or chown root %s", trustedOwners(owner), dir)}
 		case st.Mode&0o022 != 0 && !sticky:
 			return &InvalidError{Path: path,
 				Problem: fmt.Sprintf("the path to the data directory runs through %s, which group or others may write (mode %04o), so they could swap the data directory for another one",
