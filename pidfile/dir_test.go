@@ -49,7 +49,7 @@ func TestPathThroughOthersDirectory(t *testing.T) {
 				}
 				return err
 			},
-			"Read": func() error { _, err := Read(data, Options{}); return err },
+			"Read":     func() error { _, err := Read(data, Options{}); return err },
 			"CheckDir": func() error { _, _, err := CheckDir(data, ForStart); return err },
 		} {
 			err := op()
