@@ -12,11 +12,17 @@
 // across IPC namespaces: the segment is one witness of several, never the
 // only one.
 //
-// Keys are derived from the directory's identity, so a new holder finds the
-// old segment without the pidfile; they differ from PostgreSQL's (which start
-// at st_ino) so that wrapping a PostgreSQL server does not shift its keys.
-// Nothing is ever removed unless its header proves it ours and nobody is
-// attached.
+// Segments are found through the kernel's list of the IPC namespace's
+// segments (/proc/sysvipc/shm), so a new holder finds the old segment
+// without the pidfile, at any key. Only a segment that root, the
+// directory's owner or the holder's uid created and owns (Owners) may be a
+// witness: anybody can make a segment at any key and copy a header into
+// it. Keys are derived from the directory's identity only so that ipcs
+// shows one stable key per directory; they differ from PostgreSQL's (which
+// start at st_ino) so that wrapping a PostgreSQL server does not shift its
+// keys, and a window full of others' segments makes Create use
+// IPC_PRIVATE. Nothing is ever removed unless its maker is trusted, its
+// header proves it ours and nobody is attached.
 package shm
 
 import (
