@@ -24,8 +24,9 @@ type dataDir struct {
 	st  unix.Stat_t
 }
 
-// openDir opens dir (following its path as given, symbolic links included)
-// and checks it for use: a directory, owned as use demands, not writable by
+// openDir opens dir (following its path as given, symbolic links included;
+// O_PATH, which needs no permission on the directory itself beyond what the
+// later openat of the pidfile needs) and checks it for use: a directory, owned as use demands, not writable by
 // group or others, on a filesystem that keeps files, reached through no
 // directory that somebody else may change (see checkPath). The caller
 // closes it.
@@ -34,7 +35,7 @@ func openDir(dir string, use Use) (*dataDir, error) {
 	if err != nil {
 		return nil, &InvalidError{Path: dir, Problem: "cannot resolve path", Err: err}
 	}
-	fd, err := eintr.Openat(unix.AT_FDCWD, abs, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	fd, err := eintr.Openat(unix.AT_FDCWD, abs, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	switch {
 	case err == unix.ENOTDIR:
 		if st, serr := os.Stat(abs); serr == nil && !st.IsDir() {
