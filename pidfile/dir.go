@@ -131,22 +131,34 @@ func checkPath(path string, owner uint32, want *unix.Stat_t) error {
 		}
 		return nil
 	}
+	// cur is the directory the walk is in, and st its stat. A component
+	// that is no link is lstat'ed once, and that answer serves when the
+	// walk looks up the next name in it: one syscall a component.
+	var st unix.Stat_t
+	stat := func(dir string) error {
+		if err := unix.Stat(dir, &st); err != nil {
+			return &InvalidError{Path: path, Problem: "cannot stat " + dir, Err: err}
+		}
+		return nil
+	}
 	cur, rest, links := "/", strings.Split(path, "/"), 0
+	if err := stat(cur); err != nil {
+		return err
+	}
 	for len(rest) > 0 {
 		name := rest[0]
 		rest = rest[1:]
 		if name == "" || name == "." {
 			continue
 		}
-		var st unix.Stat_t
-		if err := unix.Stat(cur, &st); err != nil {
-			return &InvalidError{Path: path, Problem: "cannot stat " + cur, Err: err}
-		}
 		if err := safe(cur, &st); err != nil {
 			return err
 		}
 		if name == ".." {
 			cur = filepath.Dir(cur)
+			if err := stat(cur); err != nil {
+				return err
+			}
 			continue
 		}
 		next := filepath.Join(cur, name)
@@ -155,7 +167,7 @@ func checkPath(path string, owner uint32, want *unix.Stat_t) error {
 			return &InvalidError{Path: path, Problem: "cannot stat " + next, Err: err}
 		}
 		if lst.Mode&unix.S_IFMT != unix.S_IFLNK {
-			cur = next
+			cur, st = next, lst
 			continue
 		}
 		if links++; links > 40 {
@@ -172,12 +184,11 @@ func checkPath(path string, owner uint32, want *unix.Stat_t) error {
 		}
 		if filepath.IsAbs(target) {
 			cur = "/"
+			if err := stat(cur); err != nil {
+				return err
+			}
 		}
 		rest = append(strings.Split(target, "/"), rest...)
-	}
-	var st unix.Stat_t
-	if err := unix.Stat(cur, &st); err != nil {
-		return &InvalidError{Path: path, Problem: "cannot stat " + cur, Err: err}
 	}
 	if st.Dev != want.Dev || st.Ino != want.Ino {
 		return &InvalidError{Path: path,
