@@ -69,3 +69,16 @@ func TestOwnersTrust(t *testing.T) {
 		t.Errorf("foreignOwner(0, 65534) = %q; want the creator named", why)
 	}
 }
+
+func TestLimitErrorNamesOwners(t *testing.T) {
+	e := &LimitError{Segments: 7, Shmmni: 7, Owners: map[uint32]int{0: 1, 65534: 6}}
+	msg := e.Error()
+	for _, want := range []string{"kernel.shmmni is 7", "7 segments exist (6 of ", "uid 65534), 1 of ", "ipcrm"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("%q does not say %q", msg, want)
+		}
+	}
+	if strings.Contains(msg, "no space left") {
+		t.Errorf("%q speaks of a filesystem", msg)
+	}
+}

@@ -26,13 +26,18 @@
 package shm
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dirlockd/dirlockd/internal/users"
 )
 
 // Size is the size of a segment: one page, of which the header uses a
@@ -135,26 +140,47 @@ var ErrLimit = errors.New("system limit on SysV shared memory reached")
 // LimitError says that the kernel refused a new segment because a
 // system-wide limit is reached: kernel.shmmni (the number of segments) or
 // kernel.shmall (their total size). It names the sysctl and its value, so
-// that nobody mistakes it for a full filesystem (both are ENOSPC).
+// that nobody mistakes it for a full filesystem (both are ENOSPC), and the
+// users whose segments there are, most first: another user may have made
+// them all.
 type LimitError struct {
 	Segments int   // segments listed in our IPC namespace
 	Shmmni   int64 // kernel.shmmni, -1 if unreadable
+	// Owners counts the segments by owner uid.
+	Owners map[uint32]int
 }
 
 func (e *LimitError) Error() string {
-	return fmt.Sprintf("the kernel refused a new SysV shared memory segment (ENOSPC): %d segments exist and sysctl kernel.shmmni is %d (or kernel.shmall, their total size, is reached); "+
-		"remove unused segments (ipcs -m; ipcrm -m ID) or raise the limit (sysctl -w kernel.shmmni=N)", e.Segments, e.Shmmni)
+	var by []string
+	for _, uid := range slices.SortedFunc(maps.Keys(e.Owners), func(a, b uint32) int {
+		return cmp.Or(cmp.Compare(e.Owners[b], e.Owners[a]), cmp.Compare(a, b))
+	}) {
+		if len(by) == 3 {
+			by = append(by, "...")
+			break
+		}
+		by = append(by, fmt.Sprintf("%d of %s", e.Owners[uid], users.Name(uid)))
+	}
+	owners := ""
+	if len(by) > 0 {
+		owners = " (" + strings.Join(by, ", ") + ")"
+	}
+	return fmt.Sprintf("the kernel refused a new SysV shared memory segment (ENOSPC): %d segments exist%s and sysctl kernel.shmmni is %d (or kernel.shmall, their total size, is reached); "+
+		"remove unused segments (ipcs -m; ipcrm -m ID) or raise the limit (sysctl -w kernel.shmmni=N)", e.Segments, owners, e.Shmmni)
 }
 
 func (e *LimitError) Is(target error) bool { return target == ErrLimit }
 
 func limitError() error {
-	e := &LimitError{Shmmni: -1}
+	e := &LimitError{Shmmni: -1, Owners: map[uint32]int{}}
 	if b, err := os.ReadFile("/proc/sys/kernel/shmmni"); err == nil {
 		e.Shmmni, _ = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 	}
 	if segs, err := list(); err == nil {
 		e.Segments = len(segs)
+		for _, l := range segs {
+			e.Owners[l.uid]++
+		}
 	}
 	return e
 }
