@@ -22,6 +22,8 @@ type dataDir struct {
 	fd  int
 	abs string // the cleaned absolute path, as the user gave it
 	st  unix.Stat_t
+	// magic is the filesystem's statfs f_type, from the descriptor.
+	magic int64
 }
 
 // openDir opens dir (following its path as given, symbolic links included;
@@ -77,7 +79,8 @@ func (d *dataDir) check(use Use) error {
 	if err := unix.Fstatfs(d.fd, &sfs); err != nil {
 		return &InvalidError{Path: d.abs, Problem: "cannot statfs data directory", Err: err}
 	}
-	if name, ok := pseudoFS[int64(uint32(sfs.Type))]; ok {
+	d.magic = int64(uint32(sfs.Type))
+	if name, ok := pseudoFS[d.magic]; ok {
 		return &InvalidError{Path: d.abs,
 			Problem: fmt.Sprintf("data directory is on %s, a pseudo filesystem of the kernel that keeps no files of ours", name),
 			Fix:     "use a directory on a real filesystem, such as /var/lib/NAME or /srv/NAME"}
@@ -92,6 +95,26 @@ func trustedOwners(owner uint32) string {
 		return "root"
 	}
 	return "root or " + users.Login(owner)
+}
+
+// filesystem describes the filesystem of the directory. A local one is
+// known from the statfs that check made; a shared one's mount options are
+// looked up (see statFD).
+func (d *dataDir) filesystem() (Filesystem, error) {
+	if fs := d.localFS(); fs != nil {
+		return *fs, nil
+	}
+	return statFD(d.fd, d.abs)
+}
+
+// localFS is the filesystem of d and of the files on its mount (see
+// checkMount) when the statfs that check made tells it all (a local
+// filesystem), or nil when its mount options must be looked up.
+func (d *dataDir) localFS() *Filesystem {
+	if fs := (Filesystem{Magic: d.magic}); !fs.Shared() {
+		return &fs
+	}
+	return nil
 }
 
 // pseudoFS are the filesystems (statfs f_type) whose directories hold what

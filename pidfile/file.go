@@ -175,7 +175,7 @@ func newFile(fd, flags int, path string, d *dataDir, what string, use Use) (*Fil
 	}
 	clearNonblock(fd, flags)
 	return &File{f: os.NewFile(uintptr(fd), path), path: path, dir: dir, dev: st.Dev, ino: st.Ino, uid: st.Uid, dirOwner: dirOwner,
-		dirDev: d.st.Dev, dirIno: d.st.Ino}, nil
+		dirDev: d.st.Dev, dirIno: d.st.Ino, fs: d.localFS()}, nil
 }
 
 // mayOwn says whether uid may own a file of a data directory owned by

@@ -94,7 +94,7 @@ func Look(dir string, opts Options) (*Reading, error) {
 	}
 	defer d.close()
 	owner := d.owner()
-	fs, err := statFD(d.fd, d.abs)
+	fs, err := d.filesystem()
 	if err != nil {
 		return nil, err
 	}
