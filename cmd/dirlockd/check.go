@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"io"
 
 	"github.com/spf13/pflag"
@@ -81,7 +80,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		if f.asJSON {
 			writeJSON(stdout, r)
 		} else {
-			fmt.Fprintf(stdout, "%s: %s\n", r.State, r.Reason)
+			printf(stdout, "%s: %s\n", r.State, r.Reason)
 		}
 	}
 	return worst
