@@ -60,7 +60,7 @@ type runner struct {
 	mainFrom string   // what made it the main process, for logs
 	cmdCode  int      // the command's exit status, once it has exited
 	mainCode *int     // the last main process's exit status, if it was not the command
-	badMain  string   // the last --main-pid-file content refused, to warn once
+	badMain  string   // why --main-pid-file was last refused, to warn once for each reason
 
 	ready     bool
 	stopping  bool             // the record says stopping (we, or the server itself, began to stop)
