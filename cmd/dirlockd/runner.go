@@ -67,6 +67,7 @@ type runner struct {
 	stopAsked bool             // a stop has begun: the first stop timer stands
 	kill      <-chan time.Time // armed by the first stop request: SIGKILL when it fires
 	stalled   bool             // the current stall of the storage has been reported
+	rejects   rejectLog        // notifications from outside the server's tree
 }
 
 func (r *runner) run() int {
@@ -258,6 +259,7 @@ func childEnv(env []string) []string {
 // the server's tree is gone, so the record's "stopped" proves that nobody is
 // left.
 func (r *runner) finish(code int) int {
+	r.rejects.stop()
 	if r.rec != nil {
 		r.rec.Stop()
 	}
