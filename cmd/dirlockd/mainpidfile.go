@@ -120,10 +120,9 @@ func openMainPIDFile(path string) (*os.File, error) {
 			unix.Close(fd)
 			return nil, fmt.Errorf("open %s: %w", path, &os.PathError{Op: "stat", Path: join(at, name), Err: err})
 		}
-		if curStat.Uid != 0 && curStat.Uid != st.Uid {
+		if err := safeStep(path, at, &curStat, join(at, name), &st); err != nil {
 			unix.Close(fd)
-			return nil, fmt.Errorf("%s: refused: %s (owned by uid %d) is reached from %s (owned by uid %d), who could have linked it there; a PID file is read only along a path that never passes from one user's directory to another user's file (as systemd's PIDFile=)",
-				path, join(at, name), st.Uid, at, curStat.Uid)
+			return nil, err
 		}
 		if st.Mode&unix.S_IFMT == unix.S_IFLNK {
 			links++
@@ -137,7 +136,11 @@ func openMainPIDFile(path string) (*os.File, error) {
 			}
 			if strings.HasPrefix(target, "/") {
 				root, rootStat, err := openRoot()
+				if err == nil {
+					err = safeStep(path, join(at, name), &st, "/", &rootStat)
+				}
 				if err != nil {
+					unix.Close(root)
 					return nil, err
 				}
 				unix.Close(cur)
@@ -166,6 +169,18 @@ func openMainPIDFile(path string) (*os.File, error) {
 		return nil, fmt.Errorf("%s: refused: not a regular file", path)
 	}
 	return os.NewFile(uintptr(fd), path), nil
+}
+
+// safeStep refuses the step of the walk of path from one file to the next,
+// if the first is not root's and the second is another user's: the first
+// one's owner could have put the second there by a link (systemd's
+// CHASE_SAFE rule).
+func safeStep(path, from string, fromStat *unix.Stat_t, to string, toStat *unix.Stat_t) error {
+	if fromStat.Uid == 0 || fromStat.Uid == toStat.Uid {
+		return nil
+	}
+	return fmt.Errorf("%s: refused: its path passes from %s (owned by uid %d) to %s (owned by uid %d), which the first one's owner could have linked there; a PID file is read only along a path that never passes from a user's file to another user's (as systemd's PIDFile=)",
+		path, from, fromStat.Uid, to, toStat.Uid)
 }
 
 func openRoot() (int, unix.Stat_t, error) {
