@@ -78,7 +78,7 @@ func (l *rejectLog) add(log *slog.Logger, m notify.Message) {
 	defer l.mu.Unlock()
 	if l.log == nil {
 		l.log = log
-		log.Warn("ignored a notification from a process outside the server's tree; more are counted, not logged", "pid", m.PID, "uid", m.UID, "fields", fmt.Sprint(m.Fields))
+		log.Warn("ignored a notification from a process outside the server's tree; more are counted, not logged", "pid", m.PID, "uid", m.UID, "fields", fmt.Sprintf("%+v", m.Fields))
 		return
 	}
 	if l.n == 0 {

@@ -47,7 +47,17 @@ abstract socket: it leaves nothing on disk): READY=1 marks the pidfile status
 ready, STOPPING=1 stopping. Under systemd ($NOTIFY_SOCKET set) the notifications
 are forwarded with MAINPID=dirlockd, so Type=notify works. Readiness:
 --ready-notify waits for READY=1; --ready-tcp for the port; with neither, the
-server counts as ready once started.
+server counts as ready once started. Any process of the network namespace can
+reach the socket: a notification is heard only from dirlockd's user, root, or
+a process of the server's tree. The first one ignored is logged; the rest are
+counted, and the count logged at most once a minute.
+
+--main-pid-file is the server's word, and the server may run as another user:
+it is read as systemd reads PIDFile=. Its path is followed a name at a time and
+refused where it passes from a user's file to another user's (a symlink the
+server's user made to a file only root may read); it is opened without
+blocking and must be a regular file (not a FIFO, not /dev/zero); at most 4 KiB
+are read. A refused file is warned about, never with its content.
 
 SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed to the main process (to its
 process group too with --signal-group; to each of dirlockd's children when
@@ -106,6 +116,12 @@ storage, a takeover from a holder whose record names NAME under a token
 whose lease has ended skips the heartbeat watch. etcd's client is not in
 dirlockd: it runs in the etcd agent, dirlockd-etcd (beside dirlockd, or in
 ../libexec/dirlockd/; missing: 78), which renews only when dirlockd asks.
+
+Durations below their floor are usage errors (64): --recheck and
+--stop-timeout 100ms, --takeover-after 1s, --lease-stop-timeout and
+--etcd-dial-timeout 100ms (0 keeps its meaning where it has one). Paths,
+hostnames and command lines in text output and text logs are printed with
+their control characters escaped (\n, \x1b).
 
 Exit status when COMMAND cannot be started: 75 data directory held by a live
 instance (or --conflict-exit-code), or the lease held by another holder, 76
