@@ -277,4 +277,3 @@ func TestStatusHeldWithoutRecord(t *testing.T) {
 		t.Errorf("status: exit %d, %q; want %d, %q", code, out, exitcode.StatusRunning, want)
 	}
 }
-
