@@ -7,6 +7,7 @@ import (
 
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/printable"
 )
 
 var checkDoc = doc{
@@ -80,7 +81,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		if f.asJSON {
 			writeJSON(stdout, r)
 		} else {
-			printf(stdout, "%s: %s\n", r.State, r.Reason)
+			printable.Fprintf(stdout, "%s: %s\n", r.State, r.Reason)
 		}
 	}
 	return worst

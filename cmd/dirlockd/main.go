@@ -22,6 +22,7 @@ import (
 
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/printable"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
@@ -147,7 +148,7 @@ func (g *globals) parse(fs *pflag.FlagSet, args []string, stdout, stderr io.Writ
 // usageError says on stderr, in one line, what is wrong with a command line
 // of cmd, and returns exitcode.Usage.
 func usageError(stderr io.Writer, cmd, format string, a ...any) int {
-	fmt.Fprintf(stderr, "dirlockd %s: %s\nRun \"dirlockd %s --help\" for usage.\n", cmd, printable(fmt.Sprintf(format, a...)), cmd)
+	fmt.Fprintf(stderr, "dirlockd %s: %s\nRun \"dirlockd %s --help\" for usage.\n", cmd, printable.String(fmt.Sprintf(format, a...)), cmd)
 	return exitcode.Usage
 }
 
