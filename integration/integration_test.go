@@ -27,7 +27,8 @@ var bin, binFault string
 
 func TestMain(m *testing.M) {
 	helpers := map[string]testutil.Helper{"torture-worker": torture.WorkerMain,
-		"hostile-segments": hostileSegments, "hostile-exchange": hostileExchange}
+		"hostile-segments": hostileSegments, "hostile-exchange": hostileExchange,
+		"notify-flood": notifyFlood, "sethostname-exec": setHostnameExec}
 	testutil.Dispatch(helpers)
 	dir, err := os.MkdirTemp("", "dirlockd-bin")
 	if err != nil {

@@ -110,7 +110,7 @@ func writeReport(path string, s torture.Scale, table string) error {
   removed under a running holder.
 - **bad input**: every class of malformed pidfile, wrong file types, owners and modes, foreign segments at every
   probed key, a segment removed under a holder, shm_rmid_forced in an IPC namespace, bad command lines. The
-  fuzzers (` + "`FuzzParse`" + ` for the record, ` + "`FuzzArgs`" + ` for the command line) run after the table in
+  fuzzers (` + "`FuzzParse`" + ` for the record, ` + "`FuzzArgs`" + ` for the command line, ` + "`FuzzMainPID`" + ` for ` + "`--main-pid-file`" + `, ` + "`FuzzString`" + ` for the escaping of names) run after the table in
   ` + "`make torture`" + `.
 
 Replay a run with ` + "`make torture TORTURE_SEED=<seed>`" + ` (the seed is logged at the start).
@@ -129,6 +129,23 @@ run:
 | forged header in an unattached segment | 3 starts | 0 (segment left alone) | removed by root at the first start |
 | all 128 keys of the window filled | 3 starts (IPC_PRIVATE used) | 0 | every start 70 "no free SysV key" |
 | ` + "`renameat2(RENAME_EXCHANGE)`" + ` of the data directory and a link to the user's directory, looping | 50 starts in 25 concurrent pairs against ~20,000-30,000 exchanges (stopped after the last start; at most 10^8) | 0: all 50 refused with 78, 0 server intervals, 0 overlaps, no file of root's in the user's directory | 22 of 50 starts ran a server, 1 overlap (two servers at once), a root-owned pidfile in the user's directory |
+
+## Attacks by another local user: run's inputs (issue 17)
+
+From ` + "`" + `integration/attack_cli_test.go` + "`" + `, which ` + "`" + `make test` + "`" + ` runs; the figures are
+from ` + "`" + `go test -count=5` + "`" + ` of those tests on the project's machine (2 vCPU, loaded by other test runs),
+each attack made by a real unprivileged user that the test creates with ` + "`" + `useradd` + "`" + ` and removes with
+` + "`" + `userdel` + "`" + `. Before: the same tests against the ` + "`" + `main` + "`" + ` of 2026-12-07, before the change.
+
+| attack | attempts | succeeded before | succeeded now | now |
+|---|---:|---:|---:|---|
+| ` + "`" + `--main-pid-file` + "`" + ` a FIFO of the server's user | 5 | 5 (SIGTERM unanswered for 5 s, each) | 0 | refused as not a regular file; SIGTERM answered in 14 ms at worst |
+| ` + "`" + `--main-pid-file` + "`" + ` the user's symlink to ` + "`" + `/dev/zero` + "`" + ` | 5 | 5 (1.6 to 3.5 GB resident in 5 s; 4 died "fatal error: out of memory" under a 6 GB address-space limit, leaving an unclean record; 1 left SIGTERM unanswered) | 0 | refused (a user's symlink out to root's ` + "`" + `/` + "`" + `); resident memory under 64 MiB; SIGTERM answered in 16 ms at worst |
+| ` + "`" + `--main-pid-file` + "`" + ` the user's symlink to a root-only file | 5 | 5 (its first line in the log) | 0 | refused, its content in no output; SIGTERM answered in 17 ms at worst |
+| 20,000 ` + "`" + `READY=1` + "`" + ` datagrams from the user to the notify socket, per attempt | 5 × 20,000 | 5 (20,000 log lines each; no datagram heard) | 0 | 2 log lines each: the first, and the count (19,999) when run ends; the 20,000 sent in 2.4 to 3.4 s |
+| ` + "`" + `--recheck 1ns` + "`" + `, ` + "`" + `--stop-timeout 1µs` + "`" + `, ` + "`" + `--takeover-after 10ms` + "`" + ` | 5 × 3 | 15 (accepted; the recheck a busy loop) | 0 | exit 64 naming the floor, nothing created |
+| a newline and terminal escapes in ` + "`" + `-D` + "`" + ` (check, status, run's text log) and in a record's hostname (status, check) | 5 × 5 outputs | 25 (printed raw; in the text log the escape cut out silently) | 0 | printed escaped (` + "`" + `\n` + "`" + `, ` + "`" + `\x1b` + "`" + `), one line per line |
+| ` + "`" + `status` + "`" + ` of a lock held with no record | 5 | 5 ("pid 0 … host  … status ,") | 0 | "no record:" and the PID holding the lock |
 `)
 	return os.WriteFile(path, []byte(b.String()), 0o644)
 }

@@ -255,7 +255,7 @@ func TestMainPIDFileForeign(t *testing.T) {
 	os.WriteFile(mainFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
 	w := startRun(t, nil, dir, []string{"--main-pid-file", mainFile}, "sleep", "300")
 	eventually(t, 10*time.Second, "the refusal", func() bool {
-		return strings.Contains(w.Stderr(), "does not name a live process of the server's tree")
+		return strings.Contains(w.Stderr(), fmt.Sprintf("PID %d is not a live process of the server's tree", os.Getpid()))
 	})
 	// SIGTERM would end this test; SIGUSR2 would too (not handled).
 	w.Cmd.Process.Signal(syscall.SIGTERM)

@@ -1,13 +1,13 @@
 package main
 
 import (
-	"fmt"
 	"io"
 
 	"github.com/spf13/pflag"
 
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/printable"
 )
 
 var checkDoc = doc{
@@ -81,7 +81,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		if f.asJSON {
 			writeJSON(stdout, r)
 		} else {
-			fmt.Fprintf(stdout, "%s: %s\n", r.State, r.Reason)
+			printable.Fprintf(stdout, "%s: %s\n", r.State, r.Reason)
 		}
 	}
 	return worst

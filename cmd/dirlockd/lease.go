@@ -64,7 +64,7 @@ func addLeaseFlags(fs *pflag.FlagSet, f *leaseFlags, use leaseUse) {
 		fs.StringVar(&f.endpoints, "etcd", "", "comma-separated etcd endpoints (host:port or URLs; default $DIRLOCKD_ETCD): hold the data directory with a lease on etcd too (docs/lease.md)")
 		fs.StringVar(&f.key, "lease-key", "", "the etcd key that names the directory's holder (required with --etcd; the same on every host)")
 		fs.DurationVar(&f.ttl, "lease-ttl", f.ttl, "the lease's TTL, whole seconds: a dead host's lease ends after at most this")
-		fs.DurationVar(&f.stopTimeout, "lease-stop-timeout", 0, "how long before the lease's deadline (less a margin of TTL/10) the server gets SIGTERM; SIGKILL follows at the margin (0: TTL/5)")
+		fs.DurationVar(&f.stopTimeout, "lease-stop-timeout", 0, "how long before the lease's deadline (less a margin of TTL/10) the server gets SIGTERM; SIGKILL follows at the margin; at least 100ms (0: TTL/5)")
 	case leaseStress:
 		fs.StringVar(&f.endpoints, "etcd", "", "comma-separated etcd endpoints (host:port or URLs; default $DIRLOCKD_ETCD): each hold takes a lease on etcd too, as run --etcd does, and logs its fencing token (docs/lease.md)")
 		fs.StringVar(&f.key, "lease-key", "", "the etcd lock key every host's holds take (required with --etcd)")
@@ -73,7 +73,7 @@ func addLeaseFlags(fs *pflag.FlagSet, f *leaseFlags, use leaseUse) {
 		fs.StringVar(&f.endpoints, "etcd", "", "comma-separated etcd endpoints (host:port or URLs; default $DIRLOCKD_ETCD): ask etcd who holds --lease-key too (docs/lease.md)")
 		fs.StringVar(&f.key, "lease-key", "", "the etcd key that names the directory's holder, as given to run (required with --etcd)")
 	}
-	fs.DurationVar(&f.dialTimeout, "etcd-dial-timeout", 5*time.Second, "how long etcd may take to answer a request (while acquiring, for run)")
+	fs.DurationVar(&f.dialTimeout, "etcd-dial-timeout", 5*time.Second, "how long etcd may take to answer a request (while acquiring, for run), at least 100ms")
 	fs.StringVar(&f.cacert, "cacert", "", "verify etcd's TLS certificate with this CA bundle (PEM)")
 	completeFiles(fs, "cacert")
 	fs.StringVar(&f.cert, "cert", "", "TLS client certificate for etcd (PEM)")
@@ -102,12 +102,15 @@ func (f *leaseFlags) settle(fs *pflag.FlagSet) (bool, error) {
 		return false, fmt.Errorf("--etcd needs --lease-key NAME: the same key on every host that may mount the directory (no default: hosts may mount it at different paths)")
 	case f.ttl < time.Second || f.ttl%time.Second != 0:
 		return false, fmt.Errorf("--lease-ttl %v: want whole seconds, at least 1s", f.ttl)
-	case f.dialTimeout <= 0:
-		return false, fmt.Errorf("--etcd-dial-timeout %v: want more than 0", f.dialTimeout)
-	case f.stopTimeout < 0:
-		return false, fmt.Errorf("--lease-stop-timeout %v: must not be negative", f.stopTimeout)
 	case (f.cert == "") != (f.certKey == ""):
 		return false, fmt.Errorf("--cert and --key go together")
+	}
+	floors := []floor{{"etcd-dial-timeout", 100 * time.Millisecond, ""}}
+	if fs.Lookup("lease-stop-timeout") != nil {
+		floors = append(floors, floor{"lease-stop-timeout", 100 * time.Millisecond, "TTL/5"})
+	}
+	if err := checkFloors(fs, floors...); err != nil {
+		return false, err
 	}
 	if _, err := f.timing(); err != nil {
 		return false, err

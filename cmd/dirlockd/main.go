@@ -22,6 +22,7 @@ import (
 
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/printable"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
@@ -147,8 +148,39 @@ func (g *globals) parse(fs *pflag.FlagSet, args []string, stdout, stderr io.Writ
 // usageError says on stderr, in one line, what is wrong with a command line
 // of cmd, and returns exitcode.Usage.
 func usageError(stderr io.Writer, cmd, format string, a ...any) int {
-	fmt.Fprintf(stderr, "dirlockd %s: %s\nRun \"dirlockd %s --help\" for usage.\n", cmd, fmt.Sprintf(format, a...), cmd)
+	fmt.Fprintf(stderr, "dirlockd %s: %s\nRun \"dirlockd %s --help\" for usage.\n", cmd, printable.String(fmt.Sprintf(format, a...)), cmd)
 	return exitcode.Usage
+}
+
+// floor is the shortest value a duration flag takes. Below it an interval
+// makes a loop spin (--recheck 1ns burnt 2.5 s of CPU in 3 s) or a timeout
+// expires before what it bounds can happen: a mistyped unit, never a
+// setting anyone means. off says what 0 means for a flag that takes it
+// ("": 0 is below the floor too).
+type floor struct {
+	flag string
+	min  time.Duration
+	off  string
+}
+
+// checkFloors refuses a duration flag of fs set below its floor, naming the
+// floor.
+func checkFloors(fs *pflag.FlagSet, floors ...floor) error {
+	for _, f := range floors {
+		d, err := fs.GetDuration(f.flag)
+		switch {
+		case err != nil:
+			panic(err) // a floor for a flag the command lacks
+		case d == 0 && f.off != "":
+		case d < 0:
+			return fmt.Errorf("--%s %v: must not be negative", f.flag, d)
+		case d < f.min && f.off != "":
+			return fmt.Errorf("--%s %v: below the floor of %v (0: %s)", f.flag, d, f.min, f.off)
+		case d < f.min:
+			return fmt.Errorf("--%s %v: below the floor of %v", f.flag, d, f.min)
+		}
+	}
+	return nil
 }
 
 // invalidStorage reports whether err is the data directory's condition, not
@@ -180,7 +212,7 @@ func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
 	}
 	switch format {
 	case "text":
-		return slog.New(tint.NewTextHandler(w, &tint.Options{Level: lv, TimeFormat: time.TimeOnly, NoColor: !isTerminal(w)})), nil
+		return slog.New(escapingHandler{tint.NewTextHandler(w, &tint.Options{Level: lv, TimeFormat: time.TimeOnly, NoColor: !isTerminal(w)})}), nil
 	case "logfmt":
 		return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv})), nil
 	case "json":

@@ -3,9 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -45,32 +45,31 @@ func (r *runner) setMain(m member, from string) {
 
 // readMainPIDFile makes the process named by --main-pid-file the main one,
 // if it is a live process of the server's tree, and reports whether it did.
-// A PID of any other process is refused: it is not ours to signal.
+// A PID of any other process is refused: it is not ours to signal. A file
+// that is missing or empty is not there yet; one refused (mainpidfile.go)
+// is warned about once for each reason, never with its content.
 func (r *runner) readMainPIDFile() bool {
-	b, err := os.ReadFile(r.flags.mainPIDFile)
-	if err != nil {
-		return false
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	line = strings.TrimSpace(line)
-	if line == "" {
+	pid, err := readMainPID(r.flags.mainPIDFile)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) || errors.Is(err, errMainPIDEmpty):
 		return false // still being written
-	}
-	pid, err := strconv.Atoi(line)
-	if r.isHelper(pid) {
-		err = errors.New("the fence process or the etcd agent")
-	}
-	if err == nil && r.main != nil && r.main.pid == pid {
+	case err == nil && r.isHelper(pid):
+		err = fmt.Errorf("%s: PID %d is dirlockd's fence process or etcd agent", r.flags.mainPIDFile, pid)
+	case err == nil && r.main != nil && r.main.pid == pid:
 		return true
+	case errors.Is(err, errMainPIDNotPID) || errors.Is(err, errMainPIDTooLong):
+		err = fmt.Errorf("%s: %w", r.flags.mainPIDFile, err)
 	}
 	m, ok := member{}, false
-	if err == nil && pid > 0 {
-		m, ok = pinMain(pid)
+	if err == nil {
+		if m, ok = pinMain(pid); !ok {
+			err = fmt.Errorf("%s: PID %d is not a live process of the server's tree", r.flags.mainPIDFile, pid)
+		}
 	}
 	if !ok {
-		if line != r.badMain {
-			r.badMain = line
-			r.log.Warn("--main-pid-file does not name a live process of the server's tree: ignored", "file", r.flags.mainPIDFile, "content", line)
+		if msg := err.Error(); msg != r.badMain {
+			r.badMain = msg
+			r.log.Warn("--main-pid-file ignored", "err", err)
 		}
 		return false
 	}

@@ -5,9 +5,11 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/dirlockd/dirlockd/internal/notify"
@@ -37,7 +39,7 @@ func (r *runner) setStatus(s pidfile.Status) {
 // process of the server's tree is heard.
 func (r *runner) notified(m notify.Message) {
 	if m.PID <= 0 || m.UID != os.Geteuid() && m.UID != 0 && !proc.DescendsFrom(m.PID, os.Getpid()) {
-		r.log.Warn("ignored a notification from a process outside the server's tree", "pid", m.PID, "uid", m.UID, "fields", m.Fields)
+		r.rejects.add(r.log, m)
 		return
 	}
 	r.log.Debug("notification from the server", "pid", m.PID, "fields", m.Fields)
@@ -50,6 +52,70 @@ func (r *runner) notified(m notify.Message) {
 	case m.Stopping() && !r.stopping:
 		r.setStatus(pidfile.Stopping)
 	}
+}
+
+// rejectLog reports notifications from outside the server's tree without
+// letting their senders flood the log (20,000 forged datagrams once made
+// 18,000 lines in 2 s): the first is logged, the rest are counted, and the
+// count is logged at most once an interval, and once more at the end.
+type rejectLog struct {
+	every time.Duration // 0: rejectSummaryEvery; tests set less
+
+	mu       sync.Mutex
+	log      *slog.Logger
+	n        int       // rejected since the last line
+	since    time.Time // when the first of them came
+	pid, uid int       // the last sender, for the summary
+	timer    *time.Timer
+}
+
+// rejectSummaryEvery is how often at most rejected notifications are
+// summarised.
+const rejectSummaryEvery = time.Minute
+
+func (l *rejectLog) add(log *slog.Logger, m notify.Message) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.log == nil {
+		l.log = log
+		log.Warn("ignored a notification from a process outside the server's tree; more are counted, not logged", "pid", m.PID, "uid", m.UID, "fields", fmt.Sprintf("%+v", m.Fields))
+		return
+	}
+	if l.n == 0 {
+		l.since = time.Now()
+	}
+	l.n++
+	l.pid, l.uid = m.PID, m.UID
+	if l.timer == nil {
+		every := l.every
+		if every == 0 {
+			every = rejectSummaryEvery
+		}
+		l.timer = time.AfterFunc(every, l.summarise)
+	}
+}
+
+// summarise logs the count of notifications ignored since the last line.
+func (l *rejectLog) summarise() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.timer = nil
+	if l.n == 0 {
+		return
+	}
+	l.log.Warn(fmt.Sprintf("ignored %d more notifications from processes outside the server's tree since %s", l.n, l.since.Format(time.TimeOnly)),
+		"count", l.n, "last_pid", l.pid, "last_uid", l.uid)
+	l.n = 0
+}
+
+// stop logs what is still counted and stops the timer.
+func (l *rejectLog) stop() {
+	l.mu.Lock()
+	if l.timer != nil {
+		l.timer.Stop()
+	}
+	l.mu.Unlock()
+	l.summarise()
 }
 
 func (r *runner) upstreamSend(fields ...notify.Field) {

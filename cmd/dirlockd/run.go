@@ -47,7 +47,17 @@ abstract socket: it leaves nothing on disk): READY=1 marks the pidfile status
 ready, STOPPING=1 stopping. Under systemd ($NOTIFY_SOCKET set) the notifications
 are forwarded with MAINPID=dirlockd, so Type=notify works. Readiness:
 --ready-notify waits for READY=1; --ready-tcp for the port; with neither, the
-server counts as ready once started.
+server counts as ready once started. Any process of the network namespace can
+reach the socket: a notification is heard only from dirlockd's user, root, or
+a process of the server's tree. The first one ignored is logged; the rest are
+counted, and the count logged at most once a minute.
+
+--main-pid-file is the server's word, and the server may run as another user:
+it is read as systemd reads PIDFile=. Its path is followed a name at a time and
+refused where it passes from a user's file to another user's (a symlink the
+server's user made to a file only root may read); it is opened without
+blocking and must be a regular file (not a FIFO, not /dev/zero); at most 4 KiB
+are read. A refused file is warned about, never with its content.
 
 SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed to the main process (to its
 process group too with --signal-group; to each of dirlockd's children when
@@ -107,6 +117,12 @@ whose lease has ended skips the heartbeat watch. etcd's client is not in
 dirlockd: it runs in the etcd agent, dirlockd-etcd (beside dirlockd, or in
 ../libexec/dirlockd/; missing: 78), which renews only when dirlockd asks.
 
+Durations below their floor are usage errors (64): --recheck and
+--stop-timeout 100ms, --takeover-after 1s, --lease-stop-timeout and
+--etcd-dial-timeout 100ms (0 keeps its meaning where it has one). Paths,
+hostnames and command lines in text output and text logs are printed with
+their control characters escaped (\n, \x1b).
+
 Exit status when COMMAND cannot be started: 75 data directory held by a live
 instance (or --conflict-exit-code), or the lease held by another holder, 76
 orphaned processes of a dead holder survive, 78 invalid data directory,
@@ -136,17 +152,28 @@ func runFlagSet(g *globals, f *runFlags, stderr io.Writer) *pflag.FlagSet {
 	fs.DurationVar(&g.opts.Wait, "wait", 0, "how long to wait for a held data directory (0: fail at once)")
 	fs.IntVar(&f.conflictExit, "conflict-exit-code", exitcode.Held, "exit status when the directory is held by a live instance")
 	fs.BoolVar(&f.signalGroup, "signal-group", false, "pass signals to the main process's whole process group too")
-	fs.DurationVar(&f.stopTimeout, "stop-timeout", 60*time.Second, "after SIGTERM/SIGINT, how long the server's tree may take to exit before SIGKILL")
+	fs.DurationVar(&f.stopTimeout, "stop-timeout", 60*time.Second, "after SIGTERM/SIGINT, how long the server's tree may take to exit before SIGKILL, at least 100ms")
 	fs.StringVar(&f.mainPIDFile, "main-pid-file", "", "file in which a forking server writes its main process's PID (as systemd's PIDFile=; first line)")
 	completeFiles(fs, "main-pid-file")
 	fs.BoolVar(&f.readyNotify, "ready-notify", false, "COMMAND sends READY=1 (sd_notify): ready only then")
 	fs.StringVar(&f.readyTCP, "ready-tcp", "", "ready when HOST:PORT accepts a TCP connection")
-	fs.DurationVar(&g.opts.Recheck, "recheck", 10*time.Second, "how often to recheck the interlock and write a heartbeat (0: never)")
+	fs.DurationVar(&g.opts.Recheck, "recheck", 10*time.Second, "how often to recheck the interlock and write a heartbeat, at least 100ms (0: never)")
 	fs.StringVar(&f.onLost, "on-lost", "shutdown", "when the recheck finds the interlock lost: shutdown (stop COMMAND) or log")
 	completeValues(fs, "on-lost", "shutdown", "log")
-	fs.DurationVar(&g.opts.TakeoverAfter, "takeover-after", 0, "on shared storage, how long to watch the heartbeat of a holder on another host before taking over (0: 3 x the longer of --recheck and its interval)")
+	fs.DurationVar(&g.opts.TakeoverAfter, "takeover-after", 0, "on shared storage, how long to watch the heartbeat of a holder on another host before taking over, at least 1s (0: 3 x the longer of --recheck and its interval)")
 	addLeaseFlags(fs, &f.lease, leaseRun)
 	return fs
+}
+
+// runFloors are the floors of run's durations (checkFloors): a recheck
+// writes to the storage, more often than 10 times a second is a load with
+// no gain; a stop needs time to deliver its signal; a takeover watch
+// shorter than a second cannot see another host's heartbeat move.
+var runFloors = []floor{
+	{"wait", 0, "fail at once"},
+	{"recheck", 100 * time.Millisecond, "never recheck"},
+	{"stop-timeout", 100 * time.Millisecond, ""},
+	{"takeover-after", time.Second, "the default"},
 }
 
 func cmdRun(args []string, stdout, stderr io.Writer) int {
@@ -171,8 +198,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		return usageErr("--conflict-exit-code %d: want 1 to 255", f.conflictExit)
 	case f.onLost != "shutdown" && f.onLost != "log":
 		return usageErr("--on-lost %q: want shutdown or log", f.onLost)
-	case f.stopTimeout < 0 || g.opts.Recheck < 0 || g.opts.Wait < 0 || g.opts.TakeoverAfter < 0:
-		return usageErr("durations must not be negative")
+	}
+	if err := checkFloors(fs, runFloors...); err != nil {
+		return usageErr("%v", err)
 	}
 	if f.readyTCP != "" {
 		if _, _, err := net.SplitHostPort(f.readyTCP); err != nil {

@@ -60,13 +60,14 @@ type runner struct {
 	mainFrom string   // what made it the main process, for logs
 	cmdCode  int      // the command's exit status, once it has exited
 	mainCode *int     // the last main process's exit status, if it was not the command
-	badMain  string   // the last --main-pid-file content refused, to warn once
+	badMain  string   // why --main-pid-file was last refused, to warn once for each reason
 
 	ready     bool
 	stopping  bool             // the record says stopping (we, or the server itself, began to stop)
 	stopAsked bool             // a stop has begun: the first stop timer stands
 	kill      <-chan time.Time // armed by the first stop request: SIGKILL when it fires
 	stalled   bool             // the current stall of the storage has been reported
+	rejects   rejectLog        // notifications from outside the server's tree
 }
 
 func (r *runner) run() int {
@@ -258,6 +259,7 @@ func childEnv(env []string) []string {
 // the server's tree is gone, so the record's "stopped" proves that nobody is
 // left.
 func (r *runner) finish(code int) int {
+	r.rejects.stop()
 	if r.rec != nil {
 		r.rec.Stop()
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/printable"
 )
 
 var statusDoc = doc{
@@ -77,20 +78,26 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	if r.State != "held" {
-		fmt.Fprintf(stdout, "%s: %s\n", r.State, r.Reason)
+		printable.Fprintf(stdout, "%s: %s\n", r.State, r.Reason)
 		return code
 	}
 	if r.rep == nil || r.rep.State != interlock.Held {
 		// Held through the lease alone: by a holder on another host.
 		l := r.Lease
-		fmt.Fprintf(stdout, "running: %s\n  held through the lease key %s by PID %d on host %s\n  since %s, fencing token %d\n",
+		printable.Fprintf(stdout, "running: %s\n  held through the lease key %s by PID %d on host %s\n  since %s, fencing token %d\n",
 			r.Datadir, l.Key, l.PID, l.Host, l.Since, l.FencingToken)
 		return code
 	}
-	up := "?"
-	if r.rep.Record != nil {
-		up = time.Since(r.rep.Record.StartTime).Round(time.Second).String()
+	if r.rep.Record == nil {
+		// The lock is held, but its holder has written nothing: a
+		// start between its lock and its record, or a program that is
+		// not dirlockd holding the pidfile. There is no PID, host or
+		// status to print, only who holds the lock, which the reason
+		// says.
+		printable.Fprintf(stdout, "running: %s\n  no record: %s\n", r.Datadir, r.Reason)
+		return code
 	}
+	up := time.Since(r.rep.Record.StartTime).Round(time.Second).String()
 	main := "none (the command has exited, and no one process of its tree took over)"
 	switch {
 	case r.MainPID > 0 && r.MainPID == r.ChildPID:
@@ -100,10 +107,10 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	case r.ChildPID == 0:
 		main = "none yet"
 	}
-	fmt.Fprintf(stdout, "running: %s\n  pid %d, main pid %s, host %s\n  status %s, up %s (since %s)\n  lock %s, shm key %s id %d\n",
+	printable.Fprintf(stdout, "running: %s\n  pid %d, main pid %s, host %s\n  status %s, up %s (since %s)\n  lock %s, shm key %s id %d\n",
 		r.Datadir, r.PID, main, r.Host, r.Status, up, r.Started, r.Method, r.ShmKey, derefInt(r.ShmID))
 	if l := r.Lease; l != nil {
-		fmt.Fprintf(stdout, "  lease key %s: %s by PID %d on host %s, fencing token %d\n", l.Key, l.State, l.PID, l.Host, l.FencingToken)
+		printable.Fprintf(stdout, "  lease key %s: %s by PID %d on host %s, fencing token %d\n", l.Key, l.State, l.PID, l.Host, l.FencingToken)
 	}
 	return code
 }

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/dirlockd/dirlockd/internal/printable"
 )
 
 // The verdicts.
@@ -112,10 +114,11 @@ func (p Percentiles) String() string {
 	return fmt.Sprintf("p50 %s, p99 %s, max %s", Dur(p.P50), Dur(p.P99), Dur(p.Max))
 }
 
-// WriteText writes the report for people.
+// WriteText writes the report for people. Host names and paths come from
+// other hosts' lines in the shared log: they are written escaped.
 func (r *Report) WriteText(w io.Writer) {
 	if run := r.Run; run != nil {
-		fmt.Fprintf(w, "this run on host %s: %s, %v, hold %v, kill rate %g\n", run.Host, plural(run.Workers, "worker"), run.Duration, run.Hold, run.KillRate)
+		printable.Fprintf(w, "this run on host %s: %s, %v, hold %v, kill rate %g\n", run.Host, plural(run.Workers, "worker"), run.Duration, run.Hold, run.KillRate)
 		fmt.Fprintf(w, "  acquisitions  %d in %.2fs, %.1f/s", run.Acquisitions, run.Elapsed.Seconds(), run.Rate)
 		if run.Killed > 0 {
 			fmt.Fprintf(w, "; %d holders SIGKILLed inside", run.Killed)
@@ -123,13 +126,13 @@ func (r *Report) WriteText(w io.Writer) {
 		fmt.Fprintf(w, "\n  acquire wait  %s\n", run.Wait)
 	}
 	res := r.Log
-	fmt.Fprintf(w, "combined log of %s: %d holds on %s (%d completed, %d killed inside, %d unfinished)\n",
+	printable.Fprintf(w, "combined log of %s: %d holds on %s (%d completed, %d killed inside, %d unfinished)\n",
 		r.Datadir, res.Entered, plural(len(res.Hosts), "host"), res.Completed, res.Killed, res.Unfinished)
 	if len(res.Hosts) > 0 {
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "  host\tholds\tcompleted\tkilled\tunfinished\twait p50\tp99\tmax")
 		for _, h := range res.Hosts {
-			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", h.Host, h.Entered, h.Completed, h.Killed, h.Unfinished,
+			printable.Fprintf(tw, "  %s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", h.Host, h.Entered, h.Completed, h.Killed, h.Unfinished,
 				Dur(h.Wait.P50), Dur(h.Wait.P99), Dur(h.Wait.Max))
 		}
 		tw.Flush()
@@ -151,14 +154,14 @@ func (r *Report) WriteText(w io.Writer) {
 			if i == ShownViolations {
 				break
 			}
-			fmt.Fprintf(w, "  %s\n", v)
+			printable.Fprintf(w, "  %s\n", v)
 		}
 		if res.ViolationCount > ShownViolations {
 			fmt.Fprintf(w, "  and %d more\n", res.ViolationCount-ShownViolations)
 		}
 	}
 	for _, n := range res.Notes {
-		fmt.Fprintf(w, "note: %s\n", n)
+		printable.Fprintf(w, "note: %s\n", n)
 	}
-	fmt.Fprintln(w, r.Summary)
+	printable.Fprintf(w, "%s\n", r.Summary)
 }
