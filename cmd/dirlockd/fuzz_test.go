@@ -45,6 +45,10 @@ func fuzzArgs(data []byte, dir string) (cmd string, args []string) {
 		if i := slices.Index(in, "--"); i >= 0 {
 			in = in[:i]
 		}
+		// run's flags end at the first word that is not one, COMMAND:
+		// no word that names a program by its path may stand there.
+		// Any other word is looked up in $PATH, which holds only true.
+		in = slices.DeleteFunc(in, func(a string) bool { return !strings.HasPrefix(a, "-") && strings.ContainsRune(a, '/') })
 	}
 	args = []string{"-D", dir}
 	for _, a := range in {
@@ -75,8 +79,8 @@ func fuzzArgs(data []byte, dir string) (cmd string, args []string) {
 	case "run":
 		// If the last argument is a flag still missing its value, the
 		// harmless --log-format=logfmt becomes that value, so the "--"
-		// always ends the flags. Any stray argument then stands before
-		// it, a usage error, and true is the only command that can run.
+		// ends the flags unless a stray word came first: that word is
+		// then COMMAND, found in $PATH (true) or not (127).
 		args = append(args, "--log-format=logfmt", "--", "true")
 	}
 	return c.name, args
@@ -148,6 +152,9 @@ func FuzzArgs(f *testing.F) {
 		fuzzSeed(run, "--lock-method", "posix", "--log-level", "debug", "--", "true"),
 		fuzzSeed(run, "stray", "--", "true"),
 		fuzzSeed(run, "rm", "--pidfile"),
+		fuzzSeed(run, "true", "-D", "elsewhere", "--wait", "soon"),
+		fuzzSeed(run, "--port", "6399", "true"),
+		fuzzSeed(run, "/bin/rm", "-rf", "."),
 		fuzzSeed(run),
 		[]byte("\x04--wait 1s --recheck 0 -- true"),
 		[]byte("\x00--json -D a -D b"),

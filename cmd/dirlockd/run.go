@@ -27,7 +27,9 @@ const runAbout = `Run COMMAND as the one server of the data directory: acquire t
 start COMMAND with the locked pidfile descriptor inherited (so the lock lives as
 long as any process of the server's tree keeps it, even if dirlockd dies), pass
 signals on, track readiness, recheck the interlock, and release it in order once
-the last process of the server's tree has exited.
+the last process of the server's tree has exited. dirlockd's flags end at
+COMMAND, the first word that is not one of them (or at --): every word after it
+is COMMAND's.
 
 The server's tree is every process descended from dirlockd: dirlockd is a child
 subreaper, so a server that forks and exits (pg_ctl start, redis-server
@@ -133,6 +135,11 @@ var runDoc = doc{
 
 func runFlagSet(g *globals, f *runFlags, stderr io.Writer) *pflag.FlagSet {
 	fs := command(&runDoc, g, stderr)
+	// As flock(1), env(1), sudo and systemd-run do, dirlockd's flags end at
+	// COMMAND, the first word that is not one: what follows is COMMAND's,
+	// "-D" and all.
+	fs.SetInterspersed(false)
+	g.command = true
 	fs.DurationVar(&g.opts.Wait, "wait", 0, "how long to wait for a held data directory (0: fail at once)")
 	fs.IntVar(&f.conflictExit, "conflict-exit-code", exitcode.Held, "exit status when the directory is held by a live instance")
 	fs.BoolVar(&f.signalGroup, "signal-group", false, "pass signals to the main process's whole process group too")
@@ -165,8 +172,6 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case len(rest) == 0:
 		return usageErr("no command: dirlockd run -D DIR [flags] -- COMMAND [ARGS...]")
-	case fs.ArgsLenAtDash() > 0:
-		return usageErr("unexpected argument %q before --", rest[0])
 	case f.conflictExit < 1 || f.conflictExit > 255:
 		return usageErr("--conflict-exit-code %d: want 1 to 255", f.conflictExit)
 	case f.onLost != "shutdown" && f.onLost != "log":
