@@ -35,6 +35,12 @@ type Report struct {
 	// tested (zero when there is none): the lock that PinHolder proves a
 	// holder holds.
 	PidfileDev, PidfileIno uint64
+	// DirOwner is the uid owning the data directory. HolderUID is the uid
+	// the pidfile's holders run as (its owner: a holder writes only a
+	// pidfile of its own), nil when there is no pidfile. Who may signal a
+	// holder is root or this uid (see MaySignal).
+	DirOwner  uint32
+	HolderUID *uint32
 	// Holders are the processes holding the pidfile lock, as far as the
 	// kernel shows them here: only the recorded holder when it proves
 	// itself, unless Options.ListHolders.
@@ -152,7 +158,7 @@ type inspecting struct {
 }
 
 func prepare(dir string, opts Options) (*inspecting, error) {
-	abs, err := pidfile.CheckDir(dir)
+	abs, _, err := pidfile.CheckDir(dir, pidfile.ForLook)
 	if err != nil {
 		return nil, err
 	}
@@ -197,7 +203,10 @@ func (in *inspecting) look(opts Options, me self, q *proc.Query) error {
 func (in *inspecting) judge(found *proc.Found, opts Options, me self) (rep *Report, final bool, err error) {
 	r := in.r
 	rep = &Report{Dir: in.abs, Pidfile: r.Path, PidfileDev: r.Dev, PidfileIno: r.Ino,
-		Record: r.Record, RecordErr: r.Err, Filesystem: in.fs}
+		Record: r.Record, RecordErr: r.Err, Filesystem: in.fs, DirOwner: r.DirOwner}
+	if r.Outcome != pidfile.NotExist {
+		rep.HolderUID = &r.Owner
+	}
 	if r.Outcome == pidfile.Held {
 		rep.Holders = found.Holders[proc.FileID{Dev: r.Dev, Ino: r.Ino}]
 		if in.proven && !opts.ListHolders {
@@ -236,6 +245,15 @@ func (in *inspecting) judge(found *proc.Found, opts Options, me self) (rep *Repo
 		rep.TakeoverWatch = opts.takeoverWatch(in.fs, r.Record, me, time.Now())
 	}
 	return rep, true, nil
+}
+
+// MaySignal reports whether uid may signal the holder or survivors of the
+// directory (dirlockd stop): root, or the uid the holder runs as. The
+// directory's owner alone is not enough when a holder runs as another user
+// (root holding a directory it owns for a server that drops privileges is
+// stopped by root).
+func (r *Report) MaySignal(uid uint32) bool {
+	return uid == 0 || r.HolderUID != nil && *r.HolderUID == uid
 }
 
 // Message explains the report in one sentence, as a boot script should log

@@ -10,6 +10,7 @@ import (
 
 	"github.com/dirlockd/dirlockd/internal/eintr"
 	"github.com/dirlockd/dirlockd/internal/proc"
+	"github.com/dirlockd/dirlockd/internal/users"
 )
 
 // File is an open pidfile, locked or not.
@@ -18,6 +19,8 @@ type File struct {
 	path     string
 	dir      string
 	dev, ino uint64
+	uid      uint32 // the file's owner
+	dirOwner uint32 // the data directory's owner
 	created  bool   // Open created the file: it held no record before this process
 	dirDirty bool   // created, and the directory entry not yet fsynced (the first durable write does it)
 	method   Method // method holding the lock; valid while locked
@@ -37,7 +40,7 @@ type File struct {
 // File) is not opened again: Open fails with a *LockedHereError, as a second
 // descriptor's close would drop a POSIX lock.
 func Open(dir string, opts Options) (*File, error) {
-	abs, path, err := pidfilePath(dir, opts)
+	abs, path, owner, err := pidfilePath(dir, ForStart, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -59,7 +62,7 @@ func Open(dir string, opts Options) (*File, error) {
 	if err != nil {
 		return nil, openError(path, "pidfile", err)
 	}
-	f, err := newFile(fd, flags, path, abs, "pidfile")
+	f, err := newFile(fd, flags, path, abs, "pidfile", owner, ForStart)
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +76,7 @@ func Open(dir string, opts Options) (*File, error) {
 // symbolic link, and only a file that is provably ours to write (see
 // newFile). Anything else is an *InvalidError.
 func OpenInDir(dir, name string, flag int) (*os.File, error) {
-	abs, err := CheckDir(dir)
+	abs, owner, err := CheckDir(dir, ForStart)
 	if err != nil {
 		return nil, err
 	}
@@ -86,7 +89,7 @@ func OpenInDir(dir, name string, flag int) (*os.File, error) {
 	if err != nil {
 		return nil, openError(path, "file", err)
 	}
-	f, err := newFile(fd, flag, path, abs, "file")
+	f, err := newFile(fd, flag, path, abs, "file", owner, ForStart)
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +122,11 @@ func openError(path, what string, err error) error {
 }
 
 // newFile checks an opened descriptor and wraps it. It takes ownership of fd,
-// opened with flags. what names the file in errors ("pidfile").
+// opened with flags. what names the file in errors ("pidfile"); dirOwner
+// owns the data directory dir, and use says what the caller will do with the
+// file: a file to write must be the caller's own, one only read may also
+// belong to the directory's owner or to root (the holder's uid when root
+// inspects a service user's directory).
 //
 // The checks refuse every file that is not provably ours alone to write: not
 // a regular file, another owner, writable by others, or an inode that is
@@ -127,7 +134,7 @@ func openError(path, what string, err error) error {
 // or a bind mount over the name. Writing a record into such a file would
 // change a file that is not dirlockd's. They run on the descriptor right
 // after the open, before anything locks, reads or writes it.
-func newFile(fd, flags int, path, dir, what string) (*File, error) {
+func newFile(fd, flags int, path, dir, what string, dirOwner uint32, use Use) (*File, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
@@ -138,10 +145,10 @@ func newFile(fd, flags int, path, dir, what string) (*File, error) {
 	case bad != nil:
 	case st.Mode&unix.S_IFMT != unix.S_IFREG:
 		bad = &InvalidError{Path: path, Problem: what + " is not a regular file", Fix: "remove it: it is not dirlockd's"}
-	case int(st.Uid) != os.Geteuid():
+	case !mayOwn(st.Uid, dirOwner, use):
 		bad = &InvalidError{Path: path,
-			Problem: fmt.Sprintf("%s is owned by uid %d, not by the effective uid %d", what, st.Uid, os.Geteuid()),
-			Fix:     "run as its owner, or remove it if no instance of that user runs here"}
+			Problem: fmt.Sprintf("%s is owned by %s, not by %s, who runs dirlockd", what, users.Name(st.Uid), users.Name(uint32(os.Geteuid()))),
+			Fix:     fmt.Sprintf("run as %s, or remove it if no instance of that user runs here", users.Login(st.Uid))}
 	case st.Mode&0o022 != 0:
 		bad = &InvalidError{Path: path,
 			Problem: fmt.Sprintf("%s is group- or world-writable (mode %04o)", what, st.Mode&0o7777),
@@ -154,7 +161,15 @@ func newFile(fd, flags int, path, dir, what string) (*File, error) {
 		return nil, bad
 	}
 	clearNonblock(fd, flags)
-	return &File{f: os.NewFile(uintptr(fd), path), path: path, dir: dir, dev: st.Dev, ino: st.Ino}, nil
+	return &File{f: os.NewFile(uintptr(fd), path), path: path, dir: dir, dev: st.Dev, ino: st.Ino, uid: st.Uid, dirOwner: dirOwner}, nil
+}
+
+// mayOwn says whether uid may own a file of a data directory owned by
+// dirOwner that the caller uses for use: the caller's own, or for a look
+// also the directory owner's or root's.
+func mayOwn(uid, dirOwner uint32, use Use) bool {
+	euid := uint32(os.Geteuid())
+	return uid == euid || use == ForLook && (uid == dirOwner || uid == 0)
 }
 
 // clearNonblock clears O_NONBLOCK, which only guarded the open against a
@@ -216,6 +231,13 @@ func (f *File) Dir() string { return f.dir }
 
 // ID returns the pidfile's device and inode numbers.
 func (f *File) ID() (dev, ino uint64) { return f.dev, f.ino }
+
+// Owner returns the uid that owns the file; DirOwner the uid that owns the
+// data directory.
+func (f *File) Owner() uint32 { return f.uid }
+
+// DirOwner returns the uid that owns the data directory.
+func (f *File) DirOwner() uint32 { return f.dirOwner }
 
 // Method returns the lock method that holds the lock, if it is held.
 func (f *File) Method() Method { return f.method }

@@ -25,6 +25,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dirlockd/dirlockd/internal/users"
 )
 
 // DefaultName is the pidfile's name inside the data directory.
@@ -75,13 +77,30 @@ func (o Options) name() string {
 	return o.Name
 }
 
-// CheckDir verifies that dir can carry the interlock: an existing directory,
-// owned by the effective uid, not writable by group or others (anyone who can
-// write there can replace the pidfile). It returns the cleaned absolute path.
-func CheckDir(dir string) (string, error) {
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return "", &InvalidError{Path: dir, Problem: "cannot resolve path", Err: err}
+// Use says what a caller means to do with a data directory, which decides
+// who may.
+type Use int
+
+const (
+	// ForStart: the caller will hold the directory and write its pidfile,
+	// so it must own the directory: a holder of somebody else's
+	// directory would write files there that its owner cannot replace.
+	ForStart Use = iota
+	// ForLook: the caller only reads the pidfile and tests its lock
+	// (check, status, wait). Root and the directory's owner may look at
+	// any directory they can read: root is who runs boot scripts and
+	// monitoring.
+	ForLook
+)
+
+// CheckDir verifies that dir can carry the interlock for use: an existing
+// directory, not writable by group or others (anyone who can write there can
+// replace the pidfile), owned by the effective uid (ForStart) or by the
+// effective uid or looked at by root (ForLook). It returns the cleaned
+// absolute path and the directory's owner.
+func CheckDir(dir string, use Use) (abs string, owner uint32, err error) {
+	if abs, err = filepath.Abs(dir); err != nil {
+		return "", 0, &InvalidError{Path: dir, Problem: "cannot resolve path", Err: err}
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(abs, &st); err != nil {
@@ -89,35 +108,58 @@ func CheckDir(dir string) (string, error) {
 		if err == unix.ENOENT {
 			fix = "create it with: install -d -m 0700 " + abs
 		}
-		return "", &InvalidError{Path: abs, Problem: "data directory not accessible", Fix: fix, Err: err}
+		return "", 0, &InvalidError{Path: abs, Problem: "data directory not accessible", Fix: fix, Err: err}
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		return "", &InvalidError{Path: abs, Problem: "data directory is not a directory"}
+		return "", 0, &InvalidError{Path: abs, Problem: "data directory is not a directory"}
 	}
-	euid := os.Geteuid()
-	if int(st.Uid) != euid {
-		return "", &InvalidError{Path: abs,
-			Problem: fmt.Sprintf("data directory is owned by uid %d, not by the effective uid %d", st.Uid, euid),
-			Fix:     fmt.Sprintf("run as uid %d, or chown %d %s", st.Uid, euid, abs)}
+	if err := checkOwner(abs, st.Uid, use); err != nil {
+		return "", 0, err
 	}
 	if st.Mode&0o022 != 0 {
-		return "", &InvalidError{Path: abs,
+		return "", 0, &InvalidError{Path: abs,
 			Problem: fmt.Sprintf("data directory is group- or world-writable (mode %04o)", st.Mode&0o7777),
 			Fix:     "chmod go-w " + abs}
 	}
-	return abs, nil
+	return abs, st.Uid, nil
 }
 
-// pidfilePath checks the data directory dir and the pidfile's name, and
-// returns the directory's absolute path and the pidfile's.
-func pidfilePath(dir string, opts Options) (abs, path string, err error) {
-	if abs, err = CheckDir(dir); err != nil {
-		return "", "", err
+// checkOwner applies use's ownership rule to a data directory owned by
+// owner. Its advice never suggests giving the directory to the caller: a
+// server's data directory belongs to the server's user (PostgreSQL refuses
+// to start in one it does not own), so the fix is to run as that user.
+func checkOwner(abs string, owner uint32, use Use) error {
+	euid := uint32(os.Geteuid())
+	if owner == euid || use == ForLook && euid == 0 {
+		return nil
+	}
+	if use == ForLook {
+		fix := "run as root"
+		if owner != 0 {
+			fix += " or as " + users.Login(owner)
+		}
+		return &InvalidError{Path: abs,
+			Problem: fmt.Sprintf("data directory is owned by %s; only its owner and root may inspect it, and dirlockd runs as %s",
+				users.Name(owner), users.Name(euid)),
+			Fix: fix}
+	}
+	return &InvalidError{Path: abs,
+		Problem: fmt.Sprintf("data directory is owned by %s; only its owner may hold it, and dirlockd runs as %s",
+			users.Name(owner), users.Name(euid)),
+		Fix: fmt.Sprintf("run dirlockd as %s, for example: runuser -u %s -- dirlockd ...", users.Login(owner), users.Login(owner))}
+}
+
+// pidfilePath checks the data directory dir for use and the pidfile's name,
+// and returns the directory's absolute path, the pidfile's, and the
+// directory's owner.
+func pidfilePath(dir string, use Use, opts Options) (abs, path string, owner uint32, err error) {
+	if abs, owner, err = CheckDir(dir, use); err != nil {
+		return "", "", 0, err
 	}
 	if err := checkName(abs, opts.name()); err != nil {
-		return "", "", err
+		return "", "", 0, err
 	}
-	return abs, filepath.Join(abs, opts.name()), nil
+	return abs, filepath.Join(abs, opts.name()), owner, nil
 }
 
 // checkName refuses a pidfile name that is not a plain name inside the data

@@ -17,6 +17,7 @@ import (
 
 	"github.com/dirlockd/dirlockd/internal/proc"
 	"github.com/dirlockd/dirlockd/internal/testutil"
+	"github.com/dirlockd/dirlockd/internal/users"
 )
 
 // nobody is a uid and gid that is not ours.
@@ -294,4 +295,37 @@ func copyFile(t *testing.T, src, dst string, mode fs.FileMode) {
 	if err := os.Chmod(dst, mode); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestRootLooks: root may look at a directory owned by a service user
+// (issue 18: boot scripts and monitoring run as root), and learns who owns
+// the directory and the pidfile; it may not hold it, and the refusal names
+// the owner and never advises a chown to root.
+func TestRootLooks(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test needs root, as CI runs it")
+	}
+	dir := testutil.DataDir(t)
+	writeFile(t, pidPath(dir), string(testRecord(1234, "tok-nobody").Marshal()), 0o600)
+	for _, p := range []string{pidPath(dir), dir} {
+		if err := os.Chown(p, nobody, nobody); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := Read(dir, Options{})
+	if err != nil {
+		t.Fatalf("Read as root of a directory owned by uid %d: %v", nobody, err)
+	}
+	if r.Outcome != NotHeld || r.Record == nil || r.Owner != nobody || r.DirOwner != nobody {
+		t.Fatalf("Read = outcome %v record %v owner %d dir owner %d; want not held, the record, owners %d", r.Outcome, r.Record, r.Owner, r.DirOwner, nobody)
+	}
+	_, err = Open(dir, Options{})
+	var ie *InvalidError
+	if !errors.As(err, &ie) {
+		t.Fatalf("Open as root of a directory owned by uid %d: %v; want an *InvalidError", nobody, err)
+	}
+	if !strings.Contains(err.Error(), users.Name(nobody)) || strings.Contains(err.Error(), "chown") {
+		t.Fatalf("Open: %q; want the owner named (%s) and no chown advice", err, users.Name(nobody))
+	}
+
 }

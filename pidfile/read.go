@@ -39,9 +39,13 @@ type Reading struct {
 	Path    string
 	Dev     uint64 // the pidfile's device and inode, when it exists
 	Ino     uint64
-	Record  *Record // parsed record, if the content is one
-	Raw     []byte  // content as read
-	Err     error   // why Record is nil although Raw is not empty
+	// Owner is the pidfile's owner: the uid its holders run as (a
+	// holder writes only a pidfile of its own). DirOwner is the data
+	// directory's owner.
+	Owner, DirOwner uint32
+	Record          *Record // parsed record, if the content is one
+	Raw             []byte  // content as read
+	Err             error   // why Record is nil although Raw is not empty
 	// Changed is the pidfile's ctime, read after the record (see
 	// File.Changed).
 	Changed time.Time
@@ -80,20 +84,20 @@ func Read(dir string, opts Options) (*Reading, error) {
 // (milliseconds on an idle machine). A pidfile this process holds is not
 // opened, as for Read.
 func Look(dir string, opts Options) (*Reading, error) {
-	abs, path, err := pidfilePath(dir, opts)
+	abs, path, owner, err := pidfilePath(dir, ForLook, opts)
 	if err != nil {
 		return nil, err
 	}
-	r := &Reading{Path: path}
+	r := &Reading{Path: path, DirOwner: owner}
 	if h := heldAt(path); h != nil {
-		r.Dev, r.Ino = h.dev, h.ino
+		r.Dev, r.Ino, r.Owner, r.DirOwner = h.dev, h.ino, h.uid, owner
 		r.Record, r.Raw, r.Err = h.readShared()
 		if !errors.Is(r.Err, os.ErrClosed) {
 			r.Outcome = Held
 			return r, nil
 		}
 		// Released meanwhile: look as at any other pidfile.
-		r = &Reading{Path: path}
+		r = &Reading{Path: path, DirOwner: owner}
 	}
 	const flags = unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK
 	// Read-write where we may: NFS refuses an exclusive lock, even a probe,
@@ -109,12 +113,12 @@ func Look(dir string, opts Options) (*Reading, error) {
 	if err != nil {
 		return nil, openError(path, "pidfile", err)
 	}
-	f, err := newFile(fd, flags, path, abs, "pidfile")
+	f, err := newFile(fd, flags, path, abs, "pidfile", owner, ForLook)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	r.Dev, r.Ino = f.dev, f.ino
+	r.Dev, r.Ino, r.Owner, r.DirOwner = f.dev, f.ino, f.uid, owner
 	r.Record, r.Raw, r.Err = f.ReadRecord()
 	if r.Changed, err = f.Changed(); err != nil {
 		return nil, err

@@ -167,7 +167,7 @@ func cmdStress(args []string, stdout, stderr io.Writer) int {
 			return exitcode.Internal
 		}
 	}
-	dir, err := pidfile.CheckDir(g.dirs[0])
+	dir, _, err := pidfile.CheckDir(g.dirs[0], pidfile.ForStart)
 	if err != nil {
 		g.log.Error("cannot stress the data directory: "+err.Error(), "datadir", g.dirs[0])
 		return exitcode.Invalid
