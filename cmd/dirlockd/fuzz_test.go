@@ -19,7 +19,7 @@ var fuzzCommands = []struct {
 	exits []int
 }{
 	{"check", []int{exitcode.CheckFree, exitcode.CheckHeld, exitcode.CheckOrphans, exitcode.CheckInvalid, exitcode.Usage}},
-	{"status", []int{exitcode.StatusRunning, exitcode.StatusDead, exitcode.StatusNotRunning, exitcode.StatusUnknown}},
+	{"status", []int{exitcode.StatusRunning, exitcode.StatusDead, exitcode.StatusNotRunning, exitcode.StatusUnknown, exitcode.StatusStopping, exitcode.StatusUnsupervised}},
 	{"wait", []int{0, 1, 3, exitcode.Usage}},
 	{"stop", []int{0, 1, 3, exitcode.Usage}},
 	{"run", []int{0, exitcode.Usage, exitcode.Internal, exitcode.Held, exitcode.Orphans, exitcode.Invalid, exitcode.NoExec, exitcode.NotFound}},

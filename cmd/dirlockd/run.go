@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -20,7 +21,15 @@ type runFlags struct {
 	readyTCP     string
 	onLost       string
 	mainPIDFile  string
+	user         string // --user USER[:GROUP]
+	killModeArg  string
+	stopSigArg   string
+	reloadSigArg string
 	lease        leaseFlags // --etcd and the flags that go with it
+
+	// Settled from the arguments above.
+	killMode           killMode
+	stopSig, reloadSig syscall.Signal
 }
 
 const runAbout = `Run COMMAND as the one server of the data directory: acquire the interlock,
@@ -143,7 +152,14 @@ func runFlagSet(g *globals, f *runFlags, stderr io.Writer) *pflag.FlagSet {
 	fs.DurationVar(&g.opts.Wait, "wait", 0, "how long to wait for a held data directory (0: fail at once)")
 	fs.IntVar(&f.conflictExit, "conflict-exit-code", exitcode.Held, "exit status when the directory is held by a live instance")
 	fs.BoolVar(&f.signalGroup, "signal-group", false, "pass signals to the main process's whole process group too")
-	fs.DurationVar(&f.stopTimeout, "stop-timeout", 60*time.Second, "after SIGTERM/SIGINT, how long the server's tree may take to exit before SIGKILL")
+	fs.StringVar(&f.user, "user", "", "run as USER[:GROUP] (name or number; root only): dirlockd and COMMAND, as setpriv/start-stop-daemon --chuid do")
+	fs.StringVar(&f.stopSigArg, "stop-signal", "TERM", "signal that stops the server (systemd's KillSignal=; recorded for dirlockd stop)")
+	completeValues(fs, "stop-signal", signalNames...)
+	fs.StringVar(&f.killModeArg, "kill-mode", string(killControlGroup), "who gets the stop signal: control-group (all), mixed or process (main only), as systemd's KillMode=")
+	completeValues(fs, "kill-mode", killModes...)
+	fs.StringVar(&f.reloadSigArg, "reload-signal", "HUP", "signal that dirlockd reload (or SIGHUP to dirlockd) sends the main process")
+	completeValues(fs, "reload-signal", signalNames...)
+	fs.DurationVar(&f.stopTimeout, "stop-timeout", 60*time.Second, "after a stop begins, how long the server's tree may take to exit before SIGKILL")
 	fs.StringVar(&f.mainPIDFile, "main-pid-file", "", "file in which a forking server writes its main process's PID (as systemd's PIDFile=; first line)")
 	completeFiles(fs, "main-pid-file")
 	fs.BoolVar(&f.readyNotify, "ready-notify", false, "COMMAND sends READY=1 (sd_notify): ready only then")
@@ -179,6 +195,15 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	case f.stopTimeout < 0 || g.opts.Recheck < 0 || g.opts.Wait < 0 || g.opts.TakeoverAfter < 0:
 		return usageErr("durations must not be negative")
 	}
+	if f.killMode, err = parseKillMode(f.killModeArg); err != nil {
+		return usageErr("--kill-mode %v", err)
+	}
+	if f.stopSig, err = parseSignal(f.stopSigArg); err != nil {
+		return usageErr("--stop-signal: %v", err)
+	}
+	if f.reloadSig, err = parseSignal(f.reloadSigArg); err != nil {
+		return usageErr("--reload-signal: %v", err)
+	}
 	if f.readyTCP != "" {
 		if _, _, err := net.SplitHostPort(f.readyTCP); err != nil {
 			return usageErr("--ready-tcp %q: %v", f.readyTCP, err)
@@ -190,6 +215,12 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			return usageErr("--main-pid-file %q: %v", f.mainPIDFile, err)
 		}
 		f.mainPIDFile = abs
+	}
+	if f.user != "" {
+		if err := becomeUser(f.user); err != nil {
+			g.log.Error("cannot run as --user "+f.user, "err", err)
+			return exitcode.Invalid
+		}
 	}
 	r := &runner{flags: f, opts: g.opts, dir: g.dirs[0], argv: rest, log: g.log, upstream: os.Getenv("NOTIFY_SOCKET")}
 	if withLease {
