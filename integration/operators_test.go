@@ -264,7 +264,7 @@ func TestPostgresAsOperator(t *testing.T) {
 }
 
 // TestMariaDBSafe runs MariaDB the way its own script starts it: under
-// mysqld_safe, which ignores SIGTERM (trap '' 15) and stays mariadbd's
+// mysqld_safe, which ignores SIGTERM (trap ” 15) and stays mariadbd's
 // parent. With the default --kill-mode control-group, dirlockd stop gets
 // mariadbd itself SIGTERM, and MariaDB shuts down cleanly well within
 // --stop-timeout: its error log ends with its own "Shutdown complete", and
@@ -361,5 +361,110 @@ func TestRedisWithoutDashes(t *testing.T) {
 	}
 	if out := w.Output(); !strings.Contains(out, "ready to exit, bye bye") {
 		t.Errorf("redis did not shut down on its own:\n%s", out)
+	}
+}
+
+// TestStatusStates walks a server through the states status tells a
+// monitoring system apart, with their exit codes: running (0), stopping
+// (150: the stop has begun and a helper ignores SIGTERM), unsupervised
+// (151: dirlockd run SIGKILLed, the main process lives on), survivors (1:
+// the main process gone too, a child holds the lock), which a plain stop
+// refuses with the advice --survivors, and stop --survivors --kill-after
+// ends (SIGTERM ignored, so SIGKILL), then dead (1) and, after a clean run,
+// stopped (3).
+func TestStatusStates(t *testing.T) {
+	dir := testutil.DataDir(t)
+	state := func(wantCode int, want string) {
+		t.Helper()
+		var code int
+		var r testutil.Report
+		eventually(t, 10*time.Second, "status "+want, func() bool {
+			code, r = statusOf(t, bin, dir)
+			return code == wantCode && r.Service == want
+		})
+	}
+	w := startRun(t, nil, dir, []string{"--stop-timeout", "60s"}, "sh", "-c", `trap "" TERM; sleep 300 & wait`)
+	r := waitHeld(t, dir, "ready", 10*time.Second)
+	state(exitcode.StatusRunning, "running")
+	var child int
+	eventually(t, 10*time.Second, "the server's child", func() bool {
+		d := testutil.Descendants(r.MainPID)
+		if len(d) > 0 {
+			child = d[0]
+		}
+		return child > 0
+	})
+	if code, _, stderr := dirlockd(t, "stop", "-D", dir, "--timeout", "300ms"); code != 1 {
+		t.Fatalf("stop of a server that ignores SIGTERM, --timeout 300ms: exit %d, want 1\n%s", code, stderr)
+	}
+	state(exitcode.StatusStopping, "stopping")
+	killWait(t, w.PID())
+	state(exitcode.StatusUnsupervised, "unsupervised")
+	killWait(t, r.MainPID)
+	state(exitcode.StatusDead, "survivors")
+	code, _, stderr := dirlockd(t, "stop", "-D", dir, "--timeout", "2s")
+	if code != 1 || !strings.Contains(stderr, "--survivors") {
+		t.Errorf("plain stop of survivors without their main process: exit %d, want 1 and the advice --survivors\n%s", code, stderr)
+	}
+	if !testutil.Alive(child) {
+		t.Fatalf("the plain stop signalled survivor %d", child)
+	}
+	code, _, stderr = dirlockd(t, "stop", "-D", dir, "--survivors", "--kill-after", "500ms", "--timeout", "20s")
+	if code != 0 || !strings.Contains(stderr, "sending SIGKILL") {
+		t.Errorf("stop --survivors --kill-after 500ms: exit %d, want 0 after SIGKILL\n%s", code, stderr)
+	}
+	eventually(t, 10*time.Second, "the survivor gone", func() bool { return !testutil.Alive(child) })
+	state(exitcode.StatusDead, "dead")
+	if code, _, stderr := dirlockd(t, "run", "-D", dir, "true"); code != 0 {
+		t.Fatalf("run after the survivors' stop: exit %d\n%s", code, stderr)
+	}
+	state(exitcode.StatusNotRunning, "stopped")
+}
+
+// TestRunUser: root starts a server as a test user with run --user; the
+// directory must be that user's (the start rule applies to the user); the
+// pidfile, dirlockd and the server are the user's; another user may neither
+// stop nor reload it, the user itself may; and only root may change users.
+func TestRunUser(t *testing.T) {
+	u, other := testUser(t), testUser(t)
+	root, dl := userScratch(t, u)
+	mine := filepath.Join(root, "mine")
+	if code, out := runAs(t, u, "/bin/mkdir", "-m", "0755", mine); code != 0 {
+		t.Fatalf("mkdir as %s: %s", u.Username, out)
+	}
+	rootOwned := filepath.Join(root, "root-owned")
+	if err := os.Mkdir(rootOwned, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	code, out := runAs(t, nil, dl, "run", "-D", rootOwned, "--user", u.Username, "true")
+	if code != exitcode.Invalid || !strings.Contains(out, "root") || !strings.Contains(out, u.Username) {
+		t.Errorf("run --user %s on root's directory: exit %d, want %d naming both users\n%s", u.Username, code, exitcode.Invalid, out)
+	}
+	w := startWrapper(t, nil, []string{dl, "run", "-D", mine, "--user", u.Username + ":" + u.Gid, "sleep", "300"})
+	r := waitHeld(t, mine, "ready", 10*time.Second)
+	for what, got := range map[string]string{"dirlockd": procUID(t, r.PID), "the server": procUID(t, r.MainPID),
+		"the pidfile": fileOwner(t, filepath.Join(mine, "dirlockd.pid"))} {
+		if got != u.Uid {
+			t.Errorf("%s is uid %s's, want %s's (%s)", what, got, u.Username, u.Uid)
+		}
+	}
+	// Another user may not even look (the ownership rule of inspection);
+	// the answer names who may.
+	for _, cmd := range []string{"stop", "reload"} {
+		if code, out := runAs(t, other, dl, cmd, "-D", mine); code == 0 || !strings.Contains(out, "run as root or as "+u.Username) {
+			t.Errorf("%s by another user: exit %d, want a refusal naming %s\n%s", cmd, code, u.Username, out)
+		}
+	}
+	if !w.Alive() {
+		t.Fatalf("the server died:\n%s", w.Stderr())
+	}
+	if code, out := runAs(t, other, dl, "run", "-D", mine, "--user", u.Username, "true"); code != exitcode.Invalid || !strings.Contains(out, "only root") {
+		t.Errorf("run --user by another user: exit %d, want %d: only root\n%s", code, exitcode.Invalid, out)
+	}
+	if code, out := runAs(t, u, dl, "stop", "-D", mine); code != 0 {
+		t.Errorf("stop by %s: exit %d\n%s", u.Username, code, out)
+	}
+	if code := w.WaitExit(t, 10*time.Second); code != 128+int(syscall.SIGTERM) {
+		t.Errorf("run exit %d, want 143 (sleep killed by SIGTERM)", code)
 	}
 }
