@@ -60,13 +60,19 @@ are forwarded with MAINPID=dirlockd, so Type=notify works. Readiness:
 --ready-notify waits for READY=1; --ready-tcp for the port; with neither, the
 server counts as ready once started.
 
-SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed to the main process (to its
-process group too with --signal-group; to each of dirlockd's children when
-there is no main process). SIGTERM and SIGINT stop the server: the main process
-gets the signal, and so does every process of the tree outside the main
-process's own subtree (with no main process, every process of the tree); the
-processes left when the main process exits get SIGTERM; after --stop-timeout,
-every process still in the tree gets SIGKILL. Signals reach processes through
+SIGHUP sends the main process --reload-signal (dirlockd reload sends dirlockd
+SIGHUP); SIGQUIT, SIGUSR1 and SIGUSR2 are passed to it (to its process group
+too with --signal-group; to each of dirlockd's children when there is no main
+process). SIGTERM stops the server with --stop-signal (SIGINT with SIGINT), as
+--kill-mode says, with systemd's meaning: control-group (the default) signals
+every process of the tree, so that a database under a start script that
+ignores SIGTERM (mysqld_safe) gets it itself; mixed the main process only, and
+SIGTERM to the rest once it has exited; process the main process only, the
+rest left to exit. After --stop-timeout, SIGKILL to every process still in the
+tree (process: to the main process). Stop signal, reload signal and kill mode
+are recorded in the pidfile, for dirlockd stop and reload to use if dirlockd
+dies. --user runs dirlockd and COMMAND as the server's user (root only; the
+data directory must be that user's). Signals reach processes through
 pidfds, never by a PID that may have been reused. A signal that arrives while
 dirlockd is still acquiring is not lost: SIGTERM and SIGINT give up (exit 143
 or 130), the others are passed to the server once it is ready by --ready-notify
@@ -126,6 +132,8 @@ locks on shared storage), 69 etcd unavailable (--etcd), 64 usage, 70 internal
 error, 127 command not found, 126 command not executable.`
 
 const runExamples = `  dirlockd run -D /var/lib/redis -- redis-server --supervised systemd --dir /var/lib/redis
+  dirlockd run -D /srv/pg --user postgres --ready-notify --stop-signal INT -- postgres -D /srv/pg
+  dirlockd run -D /srv/mysql --user mysql --ready-tcp 127.0.0.1:3306 -- mysqld_safe --datadir=/srv/mysql
   dirlockd run -D /var/lib/etcd --wait 30s -- etcd --data-dir /var/lib/etcd
   dirlockd run -D /srv/app --ready-tcp 127.0.0.1:8080 --signal-group -- ./server
   dirlockd run -D /var/lib/redis -- redis-server --daemonize yes --dir /var/lib/redis
@@ -152,12 +160,12 @@ func runFlagSet(g *globals, f *runFlags, stderr io.Writer) *pflag.FlagSet {
 	fs.DurationVar(&g.opts.Wait, "wait", 0, "how long to wait for a held data directory (0: fail at once)")
 	fs.IntVar(&f.conflictExit, "conflict-exit-code", exitcode.Held, "exit status when the directory is held by a live instance")
 	fs.BoolVar(&f.signalGroup, "signal-group", false, "pass signals to the main process's whole process group too")
-	fs.StringVar(&f.user, "user", "", "run as USER[:GROUP] (name or number; root only): dirlockd and COMMAND, as setpriv/start-stop-daemon --chuid do")
-	fs.StringVar(&f.stopSigArg, "stop-signal", "TERM", "signal that stops the server (systemd's KillSignal=; recorded for dirlockd stop)")
+	fs.StringVar(&f.user, "user", "", "run dirlockd and COMMAND as USER[:GROUP], with USER's groups (root only)")
+	fs.StringVar(&f.stopSigArg, "stop-signal", "TERM", "signal that stops the server, as systemd's KillSignal= (recorded)")
 	completeValues(fs, "stop-signal", signalNames...)
-	fs.StringVar(&f.killModeArg, "kill-mode", string(killControlGroup), "who gets the stop signal: control-group (all), mixed or process (main only), as systemd's KillMode=")
+	fs.StringVar(&f.killModeArg, "kill-mode", string(killControlGroup), "who gets the stop signal: control-group, mixed or process, as systemd's KillMode=")
 	completeValues(fs, "kill-mode", killModes...)
-	fs.StringVar(&f.reloadSigArg, "reload-signal", "HUP", "signal that dirlockd reload (or SIGHUP to dirlockd) sends the main process")
+	fs.StringVar(&f.reloadSigArg, "reload-signal", "HUP", "signal a reload (dirlockd reload, SIGHUP) sends the main process")
 	completeValues(fs, "reload-signal", signalNames...)
 	fs.DurationVar(&f.stopTimeout, "stop-timeout", 60*time.Second, "after a stop begins, how long the server's tree may take to exit before SIGKILL")
 	fs.StringVar(&f.mainPIDFile, "main-pid-file", "", "file in which a forking server writes its main process's PID (as systemd's PIDFile=; first line)")

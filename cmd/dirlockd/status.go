@@ -16,7 +16,7 @@ import (
 var statusDoc = doc{
 	name:     "status",
 	line:     "status -D DIR [--json]",
-	summary:  "LSB status: 0 running, 1 dead, 3 stopped, 4 unknown, 150 stopping, 151 unsupervised",
+	summary:  "the server's state, LSB codes: 0 running, 1 dead, 3 stopped, 150 stopping, 151 unsupervised",
 	synopsis: []string{"status -D DIR [--json]"},
 	about: `Report the state of the server of the data directory, with LSB status codes
 (as pg_ctl status and start-stop-daemon --status) and two of LSB's
