@@ -162,6 +162,7 @@ var installed = []string{
 	"share/man/man1/dirlockd-check.1",
 	"share/man/man1/dirlockd-status.1",
 	"share/man/man1/dirlockd-stop.1",
+	"share/man/man1/dirlockd-reload.1",
 	"share/man/man1/dirlockd-wait.1",
 	"share/man/man1/dirlockd-stress.1",
 	"share/man/man1/dirlockd-completion.1",

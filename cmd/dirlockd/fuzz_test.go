@@ -23,6 +23,7 @@ var fuzzCommands = []struct {
 	{"wait", []int{0, 1, 3, exitcode.Usage}},
 	{"stop", []int{0, 1, 3, exitcode.Usage}},
 	{"run", []int{0, exitcode.Usage, exitcode.Internal, exitcode.Held, exitcode.Orphans, exitcode.Invalid, exitcode.NoExec, exitcode.NotFound}},
+	{"reload", []int{0, 1, 3, reloadNotRunning, exitcode.Usage}},
 }
 
 // fuzzSplit splits the fuzzer's text into arguments: on NUL bytes when it
@@ -57,6 +58,10 @@ func fuzzArgs(data []byte, dir string) (cmd string, args []string) {
 		// that could end in D.
 		case strings.HasPrefix(a, "-D"), strings.HasPrefix(a, "--datadir"),
 			strings.HasPrefix(a, "-") && !strings.HasPrefix(a, "--") && strings.ContainsRune(a, 'D'):
+			continue
+		// run --user changes the user of the whole test process: never.
+		// Its value then stands as COMMAND, not found in $PATH.
+		case c.name == "run" && strings.HasPrefix(a, "--user"):
 			continue
 		// run dials --ready-tcp's address: only loopback, or an address
 		// that fails validation before any dial. The bare flag goes; its
@@ -108,7 +113,7 @@ func FuzzArgs(f *testing.F) {
 	f.Setenv("DIRLOCKD_DATADIR", "")
 	f.Setenv("NOTIFY_SOCKET", "")
 
-	const check, status, wait, stop, run = 0, 1, 2, 3, 4
+	const check, status, wait, stop, run, reload = 0, 1, 2, 3, 4, 5
 	for _, s := range [][]byte{
 		fuzzSeed(check),
 		fuzzSeed(check, "--json"),
@@ -155,6 +160,13 @@ func FuzzArgs(f *testing.F) {
 		fuzzSeed(run, "true", "-D", "elsewhere", "--wait", "soon"),
 		fuzzSeed(run, "--port", "6399", "true"),
 		fuzzSeed(run, "/bin/rm", "-rf", "."),
+		fuzzSeed(run, "--user", "nobody", "--", "true"),
+		fuzzSeed(run, "--kill-mode", "mixed", "--stop-signal", "INT", "--reload-signal", "USR1", "--", "true"),
+		fuzzSeed(run, "--kill-mode", "cgroup", "--", "true"),
+		fuzzSeed(run, "--stop-signal", "BOGUS", "--", "true"),
+		fuzzSeed(stop, "--survivors", "--kill-after", "1s"),
+		fuzzSeed(reload),
+		fuzzSeed(reload, "--bogus"),
 		fuzzSeed(run),
 		[]byte("\x04--wait 1s --recheck 0 -- true"),
 		[]byte("\x00--json -D a -D b"),
