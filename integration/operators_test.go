@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -373,7 +374,7 @@ func TestRedisWithoutDashes(t *testing.T) {
 // ends (SIGTERM ignored, so SIGKILL), then dead (1) and, after a clean run,
 // stopped (3).
 func TestStatusStates(t *testing.T) {
-	dir := testutil.DataDir(t)
+	dir := cliDataDir(t) // reclaimed if the test fails
 	state := func(wantCode int, want string) {
 		t.Helper()
 		var code int
@@ -466,5 +467,49 @@ func TestRunUser(t *testing.T) {
 	}
 	if code := w.WaitExit(t, 10*time.Second); code != 128+int(syscall.SIGTERM) {
 		t.Errorf("run exit %d, want 143 (sleep killed by SIGTERM)", code)
+	}
+}
+
+// TestStopSurvivorsSparesOtherUsers: another local user starts a process
+// that carries the dead holder's token and pidfile in its environment (an
+// environment is what a process says of itself), so the survivor search
+// lists it. stop --survivors --kill-after stops the real server, and never
+// signals the other user's process: it is not proven (it holds no lock, and
+// runs as neither the pidfile's owner nor root). The real server is proven
+// by its environment too, being root's, the pidfile's owner.
+func TestStopSurvivorsSparesOtherUsers(t *testing.T) {
+	u := testUser(t)
+	dir := cliDataDir(t) // reclaimed if the test fails
+	// The server closes the locked descriptor: once the wrapper is dead,
+	// only the witnesses of the environment find it, as they find the
+	// impostor.
+	w := startRun(t, nil, dir, nil, "sh", "-c", `exec 3>&-; trap "" TERM; exec sleep 300`)
+	r := waitHeld(t, dir, "ready", 10*time.Second)
+	rec := recordOf(t, dir)
+	impostor := exec.Command("sleep", "301")
+	impostor.Env = []string{"DIRLOCKD_TOKEN=" + rec.Token, "DIRLOCKD_PIDFILE=" + filepath.Join(dir, "dirlockd.pid")}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	impostor.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	imp := testutil.StartLogged(t, impostor)
+	killWait(t, w.PID())
+	eventually(t, 10*time.Second, "the survivor search to list the impostor", func() bool {
+		_, s := statusOf(t, bin, dir)
+		return slices.Contains(s.Orphans, imp.PID())
+	})
+	code, _, stderr := dirlockd(t, "stop", "-D", dir, "--survivors", "--kill-after", "1s", "--timeout", "4s")
+	if !imp.Alive() {
+		t.Fatalf("stop --survivors killed another user's process %d that only claimed to be a survivor\n%s", imp.PID(), stderr)
+	}
+	if !strings.Contains(stderr, fmt.Sprintf("not proven one now: not signalled\" datadir=%s pid=%d", dir, imp.PID())) {
+		t.Errorf("stop --survivors did not say it spared PID %d:\n%s", imp.PID(), stderr)
+	}
+	eventually(t, 10*time.Second, "the real server gone", func() bool { return !testutil.Alive(r.MainPID) })
+	if code != 1 {
+		t.Errorf("stop --survivors with the impostor left: exit %d, want 1 (survivors left)", code)
+	}
+	imp.Kill()
+	if code, _, stderr := dirlockd(t, "run", "-D", dir, "true"); code != 0 {
+		t.Errorf("run after the stop: exit %d\n%s", code, stderr)
 	}
 }
