@@ -449,6 +449,23 @@ func TestRunUser(t *testing.T) {
 			t.Errorf("%s is uid %s's, want %s's (%s)", what, got, u.Username, u.Uid)
 		}
 	}
+	// root's supplementary groups are gone: only the user's own (initgroups).
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", r.MainPID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "Groups:"); ok {
+			if g := strings.Fields(rest); !slices.Equal(g, []string{u.Gid}) {
+				t.Errorf("the server's supplementary groups are %q, want only %s's group %s", g, u.Username, u.Gid)
+			}
+		}
+		if rest, ok := strings.CutPrefix(line, "Gid:"); ok {
+			if g := strings.Fields(rest); len(g) < 2 || g[0] != u.Gid || g[1] != u.Gid {
+				t.Errorf("the server's gids are %q, want %s", g, u.Gid)
+			}
+		}
+	}
 	// Another user may not even look (the ownership rule of inspection);
 	// the answer names who may.
 	for _, cmd := range []string{"stop", "reload"} {
