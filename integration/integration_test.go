@@ -26,7 +26,8 @@ import (
 var bin, binFault string
 
 func TestMain(m *testing.M) {
-	helpers := map[string]testutil.Helper{"torture-worker": torture.WorkerMain}
+	helpers := map[string]testutil.Helper{"torture-worker": torture.WorkerMain,
+		"hostile-segments": hostileSegments, "hostile-exchange": hostileExchange}
 	testutil.Dispatch(helpers)
 	dir, err := os.MkdirTemp("", "dirlockd-bin")
 	if err != nil {

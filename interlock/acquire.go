@@ -42,6 +42,7 @@ func Acquire(ctx context.Context, dir string, opts Options) (*Lock, error) {
 		}
 		opts.step(StepOpened)
 		if err := checkStorage(f, opts); err != nil {
+			leaveFailed(f, opts, me, err)
 			f.Close()
 			return nil, err
 		}
@@ -59,10 +60,51 @@ func Acquire(ctx context.Context, dir string, opts Options) (*Lock, error) {
 	opts.step(StepLocked)
 	l, err := claimLocked(ctx, f, opts, me)
 	if err != nil {
+		leaveFailed(f, opts, me, err)
 		f.Close()
 		return nil, err
 	}
 	return l, nil
+}
+
+// startFailedKey is the record key in which a start that created the
+// pidfile and then failed says why.
+const startFailedKey = "start_failed"
+
+// leaveFailed leaves a pidfile that this start created, and found nothing
+// in, with a record that says the start failed and why, instead of empty:
+// an empty pidfile tells the next start that a start died before writing
+// its record, which is not what happened. The record is a stop without
+// stopped_at, which never skips the next start's survivor search (see
+// cleanStop), and nothing is written unless this process holds the lock
+// and the file is still empty.
+func leaveFailed(f *pidfile.File, opts Options, me self, cause error) {
+	if !f.Created() || f.TryLock(opts.LockMethod) != nil {
+		return
+	}
+	if _, raw, err := f.ReadRecord(); err != nil && !errors.Is(err, pidfile.ErrMalformed) || len(raw) > 0 {
+		return
+	}
+	why := strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, cause.Error())
+	f.Write(&pidfile.Record{
+		PID:        me.pid,
+		DataDir:    f.Dir(),
+		StartTime:  time.Now().UTC(),
+		BootID:     me.bootID,
+		Hostname:   me.host,
+		PIDNS:      me.pidNS,
+		PIDStart:   me.start,
+		ShmID:      -1,
+		LockMethod: f.Method(),
+		Status:     pidfile.Stopped,
+		Version:    pidfile.Version,
+		Extra:      map[string]string{startFailedKey: why},
+	})
 }
 
 // checkStorage refuses a shared filesystem whose mount options keep the lock
@@ -129,16 +171,15 @@ func claimLocked(ctx context.Context, f *pidfile.File, opts Options, me self) (*
 		}
 	}
 
-	dirID, err := shm.DirIdentity(f.Dir())
-	if err != nil {
-		return nil, err
-	}
+	var dirID shm.Identity
+	dirID.Dev, dirID.Ino = f.DirID()
 	changed, err := f.Changed()
 	if err != nil {
 		return nil, err
 	}
+	p := newPlace(f.Dir(), f.Path(), dirID, f.DirOwner(), f.Owner())
 	if !cleanStop(rec, changed, me) {
-		if _, err := witness(f.Dir(), f.Path(), dirID, rec, me, true, nil); err != nil {
+		if _, err := witness(p, rec, me, true, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -153,7 +194,7 @@ func claimLocked(ctx context.Context, f *pidfile.File, opts Options, me self) (*
 	if b, err := hex.DecodeString(strings.ReplaceAll(me.bootID, "-", "")); err == nil {
 		copy(hdr.BootID[:], b)
 	}
-	seg, err := shm.Create(dirID, hdr)
+	seg, err := shm.Create(dirID, p.owners, hdr)
 	if err != nil {
 		var ae *shm.AttachedError
 		if errors.As(err, &ae) {
@@ -163,7 +204,7 @@ func claimLocked(ctx context.Context, f *pidfile.File, opts Options, me self) (*
 	}
 	opts.step(StepSegmentCreated)
 
-	l := &Lock{file: f, seg: seg, dirID: dirID, hdr: hdr, prev: prev, takeover: takeover, opts: opts}
+	l := &Lock{file: f, seg: seg, dirID: dirID, owners: p.owners, hdr: hdr, prev: prev, takeover: takeover, opts: opts}
 	l.rec = pidfile.Record{
 		PID:        me.pid,
 		DataDir:    f.Dir(),

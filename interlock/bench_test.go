@@ -141,7 +141,7 @@ func BenchmarkSegment(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		seg, err := shm.Create(id, shm.Header{CreatorPID: 1})
+		seg, err := shm.Create(id, shm.Owners{0}, shm.Header{CreatorPID: 1})
 		if err != nil {
 			b.Fatal(err)
 		}

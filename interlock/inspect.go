@@ -3,6 +3,7 @@ package interlock
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -158,32 +159,26 @@ type inspecting struct {
 }
 
 func prepare(dir string, opts Options) (*inspecting, error) {
-	abs, _, err := pidfile.CheckDir(dir, pidfile.ForLook)
+	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return nil, err
+		return nil, &pidfile.InvalidError{Path: dir, Problem: "cannot resolve path", Err: err}
 	}
-	dirID, err := shm.DirIdentity(abs)
-	if err != nil {
-		return nil, err
-	}
-	fs, err := pidfile.StatFS(abs)
-	if err != nil {
-		return nil, err
-	}
-	if why := fs.LocalOnly(opts.LockMethod); why != "" && !opts.AllowLocalLocks {
-		return nil, &LocalLocksError{Dir: abs, Filesystem: fs, Reason: why}
-	}
-	return &inspecting{abs: abs, dirID: dirID, fs: fs}, nil
+	return &inspecting{abs: abs}, nil
 }
 
 // look reads the pidfile and tests its lock, and adds to q what the pass
 // over /proc must find for this directory.
 func (in *inspecting) look(opts Options, me self, q *proc.Query) error {
+	// Look opens the directory once and tells everything from that
+	// descriptor: the directory's identity, its filesystem, the pidfile.
 	r, err := pidfile.Look(in.abs, opts.pidfileOptions())
 	if err != nil {
 		return err
 	}
-	in.r = r
+	if why := r.Filesystem.LocalOnly(opts.LockMethod); why != "" && !opts.AllowLocalLocks {
+		return &LocalLocksError{Dir: in.abs, Filesystem: r.Filesystem, Reason: why}
+	}
+	in.r, in.fs, in.dirID = r, r.Filesystem, shm.Identity{Dev: r.DirDev, Ino: r.DirIno}
 	switch {
 	case r.Outcome == pidfile.Held:
 		in.proven = recordedHolder(r.Record, me, func(pid int) bool { return proc.HoldsLock(pid, r.Dev, r.Ino) })
@@ -229,7 +224,7 @@ func (in *inspecting) judge(found *proc.Found, opts Options, me self) (rep *Repo
 		rep.State = Free
 		return rep, true, nil
 	}
-	rep.Segments, err = witness(in.abs, r.Path, in.dirID, r.Record, me, false, found)
+	rep.Segments, err = witness(newPlace(in.abs, r.Path, in.dirID, r.DirOwner, r.Owner), r.Record, me, false, found)
 	switch {
 	case errors.As(err, new(*OrphansError)):
 		rep.State, rep.Err = Orphaned, err

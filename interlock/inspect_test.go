@@ -96,7 +96,7 @@ func TestInspectStates(t *testing.T) {
 	}
 	// Inspect must not have removed the dead holder's segment: it takes nothing.
 	if id, _ := shm.DirIdentity(dir); true {
-		segs, err := shm.Scan(id, false)
+		segs, err := shm.Scan(id, shm.Owners{0, uint32(os.Geteuid())}, false)
 		if err != nil || len(segs) != 1 || segs[0].State != shm.Unattached {
 			t.Errorf("segments after Inspect: %+v, %v; want the dead holder's, unattached", segs, err)
 		}

@@ -22,6 +22,7 @@ type Lock struct {
 	file     *pidfile.File
 	seg      *shm.Segment
 	dirID    shm.Identity // the data directory, as segment headers name it
+	owners   shm.Owners   // whose segments may witness it
 	hdr      shm.Header   // the header of this acquisition's segments
 	rec      pidfile.Record
 	prev     *Previous
@@ -163,7 +164,7 @@ func (l *Lock) RenewSegment() error {
 	}
 	hdr := l.hdr
 	hdr.Created = time.Now()
-	seg, err := shm.Create(l.dirID, hdr)
+	seg, err := shm.Create(l.dirID, l.owners, hdr)
 	if err != nil {
 		return fmt.Errorf("renew the segment of %s: create shared memory segment: %w", l.rec.DataDir, err)
 	}

@@ -25,6 +25,9 @@ func (p *Previous) Clean() bool {
 
 func (p *Previous) String() string {
 	switch {
+	case p.Record != nil && p.Record.Extra[startFailedKey] != "":
+		return fmt.Sprintf("the previous start (PID %d, %s) failed before it started anything: %s",
+			p.Record.PID, p.Record.StartTime.Local().Format(time.RFC3339), p.Record.Extra[startFailedKey])
 	case p.Record == nil:
 		return fmt.Sprintf("the pidfile held no readable record (%v); its previous holder is unknown and left no survivors", p.Err)
 	case p.Clean():

@@ -127,7 +127,15 @@ func TestOrphanAttachedToSegment(t *testing.T) {
 			if !errors.As(err, &oe) || !slices.Equal(oe.PIDs(), []int{child}) || oe.Orphans[0].Witness != interlock.WitnessSegment {
 				t.Fatalf("Acquire: %v, want orphans [%d] attached to the segment", err, child)
 			}
-			if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
+			after, _ := os.ReadFile(path)
+			switch {
+			case damage == "pidfile deleted":
+				// The refused start created the pidfile: it says why
+				// it failed, not nothing (issue 17).
+				if !bytes.Contains(after, []byte("\nstatus=stopped\n")) || !bytes.Contains(after, []byte("\nstart_failed=")) {
+					t.Errorf("pidfile created by a refused Acquire: %q; want a stopped record saying the start failed", after)
+				}
+			case !bytes.Equal(before, after):
 				t.Errorf("refused Acquire changed the pidfile from %q to %q", before, after)
 			}
 			if d, err := shm.Stat(shmid); err != nil || d.Nattch != 1 {
@@ -246,5 +254,32 @@ func TestOrphanStartedForThisDirectory(t *testing.T) {
 	l = acquire(t, dir, interlock.Options{})
 	if p := l.Previous(); p == nil || !errors.Is(p.Err, pidfile.ErrMalformed) || !strings.Contains(p.String(), "empty") {
 		t.Errorf("Previous after an empty pidfile = %v, want it reported", p)
+	}
+}
+
+// TestFailedStartLeavesRecord: a start that creates the pidfile and is then
+// refused (here by a survivor of the directory's own user carrying
+// DIRLOCKD_PIDFILE) leaves a record that says so, not an empty file that
+// the next start would take for a start that died before writing (issue 17
+// item 6). The record never skips the next start's survivor search.
+func TestFailedStartLeavesRecord(t *testing.T) {
+	dir := testutil.DataDir(t)
+	path := filepath.Join(dir, pidfile.DefaultName)
+	survivor := startWithEnv(t, interlock.PidfileEnv+"="+path)
+	_, err := interlock.Acquire(t.Context(), dir, fast)
+	wantOrphans(t, "Acquire", err, survivor, interlock.WitnessStarted)
+	rec := readRecord(t, dir)
+	if rec.Status != pidfile.Stopped || !strings.Contains(rec.Extra["start_failed"], "still in use") || rec.Extra["stopped_at"] != "" {
+		t.Fatalf("record after the failed start: %+v; want stopped, start_failed naming the survivors, no stopped_at", rec)
+	}
+	rep, err := interlock.Inspect(dir, fast)
+	if err != nil || rep.State != interlock.Orphaned {
+		t.Fatalf("Inspect with the survivor alive: %+v, %v; want orphans (the record skips no search)", rep, err)
+	}
+	killWait(t, survivor)
+	l := acquire(t, dir, fast)
+	defer l.Release()
+	if p := l.Previous(); p == nil || !strings.Contains(p.String(), "failed before it started anything") {
+		t.Errorf("Previous = %v; want the failed start", p)
 	}
 }

@@ -21,12 +21,15 @@ type File struct {
 	dev, ino uint64
 	uid      uint32 // the file's owner
 	dirOwner uint32 // the data directory's owner
-	created  bool   // Open created the file: it held no record before this process
-	dirDirty bool   // created, and the directory entry not yet fsynced (the first durable write does it)
-	method   Method // method holding the lock; valid while locked
-	locked   bool
-	noSync   bool
-	fs       *Filesystem // looked up on first use
+	// dirDev and dirIno identify the data directory, from the descriptor
+	// the pidfile was opened through.
+	dirDev, dirIno uint64
+	created        bool   // Open created the file: it held no record before this process
+	dirDirty       bool   // created, and the directory entry not yet fsynced (the first durable write does it)
+	method         Method // method holding the lock; valid while locked
+	locked         bool
+	noSync         bool
+	fs             *Filesystem // looked up on first use
 	// listed says that the kernel listed the lock in the descriptor's
 	// fdinfo when it was taken, so that CheckLock can ask it again. A
 	// filesystem that keeps its locks on the server (FUSE with lock
@@ -40,10 +43,11 @@ type File struct {
 // File) is not opened again: Open fails with a *LockedHereError, as a second
 // descriptor's close would drop a POSIX lock.
 func Open(dir string, opts Options) (*File, error) {
-	abs, path, owner, err := pidfilePath(dir, ForStart, opts)
+	d, path, err := openPidfileDir(dir, ForStart, opts)
 	if err != nil {
 		return nil, err
 	}
+	defer d.close()
 	if h := heldAt(path); h != nil {
 		return nil, h.lockedHere(path)
 	}
@@ -51,18 +55,19 @@ func Open(dir string, opts Options) (*File, error) {
 	// The pidfile is nearly always there already (it is never unlinked):
 	// open it, and create it only when it is not.
 	created := false
-	fd, err := openRetry(path, flags)
+	name := opts.name()
+	fd, err := openIn(d, name, flags)
 	if err == unix.ENOENT {
 		created = true
-		if fd, err = openRetry(path, flags|unix.O_CREAT|unix.O_EXCL); err == unix.EEXIST {
+		if fd, err = openIn(d, name, flags|unix.O_CREAT|unix.O_EXCL); err == unix.EEXIST {
 			created = false
-			fd, err = openRetry(path, flags) // another starter created it first
+			fd, err = openIn(d, name, flags) // another starter created it first
 		}
 	}
 	if err != nil {
 		return nil, openError(path, "pidfile", err)
 	}
-	f, err := newFile(fd, flags, path, abs, "pidfile", owner, ForStart)
+	f, err := newFile(fd, flags, path, d, "pidfile", ForStart)
 	if err != nil {
 		return nil, err
 	}
@@ -76,24 +81,31 @@ func Open(dir string, opts Options) (*File, error) {
 // symbolic link, and only a file that is provably ours to write (see
 // newFile). Anything else is an *InvalidError.
 func OpenInDir(dir, name string, flag int) (*os.File, error) {
-	abs, owner, err := CheckDir(dir, ForStart)
+	d, err := openDir(dir, ForStart)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkName(abs, name); err != nil {
+	defer d.close()
+	if err := checkName(d.abs, name); err != nil {
 		return nil, err
 	}
-	path := filepath.Join(abs, name)
+	path := filepath.Join(d.abs, name)
 	flag |= unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK
-	fd, err := openRetry(path, flag)
+	fd, err := openIn(d, name, flag)
 	if err != nil {
 		return nil, openError(path, "file", err)
 	}
-	f, err := newFile(fd, flag, path, abs, "file", owner, ForStart)
+	f, err := newFile(fd, flag, path, d, "file", ForStart)
 	if err != nil {
 		return nil, err
 	}
 	return f.f, nil
+}
+
+// openIn opens the file name of the open data directory d: relative to its
+// descriptor, never through its path again.
+func openIn(d *dataDir, name string, flags int) (int, error) {
+	return eintr.Openat(d.fd, name, flags, 0o600)
 }
 
 func openRetry(path string, flags int) (int, error) {
@@ -134,7 +146,8 @@ func openError(path, what string, err error) error {
 // or a bind mount over the name. Writing a record into such a file would
 // change a file that is not dirlockd's. They run on the descriptor right
 // after the open, before anything locks, reads or writes it.
-func newFile(fd, flags int, path, dir, what string, dirOwner uint32, use Use) (*File, error) {
+func newFile(fd, flags int, path string, d *dataDir, what string, use Use) (*File, error) {
+	dir, dirOwner := d.abs, d.owner()
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
@@ -154,14 +167,15 @@ func newFile(fd, flags int, path, dir, what string, dirOwner uint32, use Use) (*
 			Problem: fmt.Sprintf("%s is group- or world-writable (mode %04o)", what, st.Mode&0o7777),
 			Fix:     "chmod 0600 " + path}
 	default:
-		bad = checkMount(fd, path, dir, what)
+		bad = checkMount(fd, path, d.fd, what)
 	}
 	if bad != nil {
 		closeFile(os.NewFile(uintptr(fd), path), st.Dev, st.Ino, nil)
 		return nil, bad
 	}
 	clearNonblock(fd, flags)
-	return &File{f: os.NewFile(uintptr(fd), path), path: path, dir: dir, dev: st.Dev, ino: st.Ino, uid: st.Uid, dirOwner: dirOwner}, nil
+	return &File{f: os.NewFile(uintptr(fd), path), path: path, dir: dir, dev: st.Dev, ino: st.Ino, uid: st.Uid, dirOwner: dirOwner,
+		dirDev: d.st.Dev, dirIno: d.st.Ino}, nil
 }
 
 // mayOwn says whether uid may own a file of a data directory owned by
@@ -205,10 +219,10 @@ func checkLinks(path, what string, st *unix.Stat_t) *InvalidError {
 // of a file of the same filesystem, and does not misfire on overlayfs,
 // whose files may report another device than their directory. A kernel
 // without STATX_MNT_ID (before 5.8) cannot tell, and is let through.
-func checkMount(fd int, path, dir, what string) *InvalidError {
+func checkMount(fd int, path string, dirfd int, what string) *InvalidError {
 	var fx, dx unix.Statx_t
 	if unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &fx) != nil ||
-		unix.Statx(unix.AT_FDCWD, dir, 0, unix.STATX_MNT_ID, &dx) != nil ||
+		unix.Statx(dirfd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &dx) != nil ||
 		fx.Mask&dx.Mask&unix.STATX_MNT_ID == 0 || fx.Mnt_id == dx.Mnt_id {
 		return nil
 	}
@@ -236,6 +250,10 @@ func (f *File) ID() (dev, ino uint64) { return f.dev, f.ino }
 // data directory.
 func (f *File) Owner() uint32 { return f.uid }
 
+// DirID returns the data directory's device and inode numbers, from the
+// descriptor the pidfile was opened through.
+func (f *File) DirID() (dev, ino uint64) { return f.dirDev, f.dirIno }
+
 // DirOwner returns the uid that owns the data directory.
 func (f *File) DirOwner() uint32 { return f.dirOwner }
 
@@ -246,7 +264,7 @@ func (f *File) Method() Method { return f.method }
 // once and remembered.
 func (f *File) Filesystem() (Filesystem, error) {
 	if f.fs == nil {
-		fs, err := StatFS(f.path)
+		fs, err := statFD(int(f.f.Fd()), f.path)
 		if err != nil {
 			return fs, err
 		}

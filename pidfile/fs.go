@@ -5,12 +5,13 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dirlockd/dirlockd/internal/eintr"
 )
 
 // Filesystem describes the filesystem under a data directory as far as its
@@ -54,23 +55,35 @@ var kinds = map[int64]string{
 // /proc/self/mountinfo only for shared filesystems: a local one's options say
 // nothing about locks, and StatFS runs on every acquisition.
 func StatFS(path string) (Filesystem, error) {
+	fd, err := eintr.Openat(unix.AT_FDCWD, path, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return Filesystem{}, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	return statFD(fd, path)
+}
+
+// statFD is StatFS of the file open as fd (named path in errors): the
+// filesystem of that very file, whatever its name leads to now.
+func statFD(fd int, path string) (Filesystem, error) {
 	var sfs unix.Statfs_t
-	if err := unix.Statfs(path, &sfs); err != nil {
-		return Filesystem{}, &os.PathError{Op: "statfs", Path: path, Err: err}
+	if err := unix.Fstatfs(fd, &sfs); err != nil {
+		return Filesystem{}, &os.PathError{Op: "fstatfs", Path: path, Err: err}
 	}
 	fs := Filesystem{Magic: int64(uint32(sfs.Type))}
 	if !fs.Shared() {
 		return fs, nil
 	}
 	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return fs, &os.PathError{Op: "stat", Path: path, Err: err}
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fs, &os.PathError{Op: "fstat", Path: path, Err: err}
 	}
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return fs, fmt.Errorf("read mount options of %s: %w", path, err)
 	}
-	real, err := filepath.EvalSymlinks(path)
+	// Where the descriptor's file is, as the kernel names it.
+	real, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
 	if err != nil {
 		real = path
 	}

@@ -24,8 +24,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/dirlockd/dirlockd/internal/users"
 )
 
@@ -96,32 +94,16 @@ const (
 // CheckDir verifies that dir can carry the interlock for use: an existing
 // directory, not writable by group or others (anyone who can write there can
 // replace the pidfile), owned by the effective uid (ForStart) or by the
-// effective uid or looked at by root (ForLook). It returns the cleaned
-// absolute path and the directory's owner.
+// effective uid or looked at by root (ForLook), on a filesystem that keeps
+// files, and reached through no directory that others may change. It
+// returns the cleaned absolute path and the directory's owner.
 func CheckDir(dir string, use Use) (abs string, owner uint32, err error) {
-	if abs, err = filepath.Abs(dir); err != nil {
-		return "", 0, &InvalidError{Path: dir, Problem: "cannot resolve path", Err: err}
-	}
-	var st unix.Stat_t
-	if err := unix.Stat(abs, &st); err != nil {
-		fix := ""
-		if err == unix.ENOENT {
-			fix = "create it with: install -d -m 0700 " + abs
-		}
-		return "", 0, &InvalidError{Path: abs, Problem: "data directory not accessible", Fix: fix, Err: err}
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		return "", 0, &InvalidError{Path: abs, Problem: "data directory is not a directory"}
-	}
-	if err := checkOwner(abs, st.Uid, use); err != nil {
+	d, err := openDir(dir, use)
+	if err != nil {
 		return "", 0, err
 	}
-	if st.Mode&0o022 != 0 {
-		return "", 0, &InvalidError{Path: abs,
-			Problem: fmt.Sprintf("data directory is group- or world-writable (mode %04o)", st.Mode&0o7777),
-			Fix:     "chmod go-w " + abs}
-	}
-	return abs, st.Uid, nil
+	d.close()
+	return d.abs, d.owner(), nil
 }
 
 // checkOwner applies use's ownership rule to a data directory owned by
@@ -149,17 +131,19 @@ func checkOwner(abs string, owner uint32, use Use) error {
 		Fix: fmt.Sprintf("run dirlockd as %s, for example: runuser -u %s -- dirlockd ...", users.Login(owner), users.Login(owner))}
 }
 
-// pidfilePath checks the data directory dir for use and the pidfile's name,
-// and returns the directory's absolute path, the pidfile's, and the
-// directory's owner.
-func pidfilePath(dir string, use Use, opts Options) (abs, path string, owner uint32, err error) {
-	if abs, owner, err = CheckDir(dir, use); err != nil {
-		return "", "", 0, err
+// openPidfileDir opens and checks the data directory dir for use, and
+// checks the pidfile's name. It returns the directory, open, and the
+// pidfile's path.
+func openPidfileDir(dir string, use Use, opts Options) (*dataDir, string, error) {
+	d, err := openDir(dir, use)
+	if err != nil {
+		return nil, "", err
 	}
-	if err := checkName(abs, opts.name()); err != nil {
-		return "", "", 0, err
+	if err := checkName(d.abs, opts.name()); err != nil {
+		d.close()
+		return nil, "", err
 	}
-	return abs, filepath.Join(abs, opts.name()), owner, nil
+	return d, filepath.Join(d.abs, opts.name()), nil
 }
 
 // checkName refuses a pidfile name that is not a plain name inside the data

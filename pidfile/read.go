@@ -39,6 +39,10 @@ type Reading struct {
 	Path    string
 	Dev     uint64 // the pidfile's device and inode, when it exists
 	Ino     uint64
+	// DirDev and DirIno identify the data directory, and Filesystem is
+	// the filesystem it is on, all from the descriptor Look opened it as.
+	DirDev, DirIno uint64
+	Filesystem     Filesystem
 	// Owner is the pidfile's owner: the uid its holders run as (a
 	// holder writes only a pidfile of its own). DirOwner is the data
 	// directory's owner.
@@ -84,11 +88,17 @@ func Read(dir string, opts Options) (*Reading, error) {
 // (milliseconds on an idle machine). A pidfile this process holds is not
 // opened, as for Read.
 func Look(dir string, opts Options) (*Reading, error) {
-	abs, path, owner, err := pidfilePath(dir, ForLook, opts)
+	d, path, err := openPidfileDir(dir, ForLook, opts)
 	if err != nil {
 		return nil, err
 	}
-	r := &Reading{Path: path, DirOwner: owner}
+	defer d.close()
+	owner := d.owner()
+	fs, err := statFD(d.fd, d.abs)
+	if err != nil {
+		return nil, err
+	}
+	r := &Reading{Path: path, DirOwner: owner, DirDev: d.st.Dev, DirIno: d.st.Ino, Filesystem: fs}
 	if h := heldAt(path); h != nil {
 		r.Dev, r.Ino, r.Owner, r.DirOwner = h.dev, h.ino, h.uid, owner
 		r.Record, r.Raw, r.Err = h.readShared()
@@ -97,14 +107,14 @@ func Look(dir string, opts Options) (*Reading, error) {
 			return r, nil
 		}
 		// Released meanwhile: look as at any other pidfile.
-		r = &Reading{Path: path, DirOwner: owner}
+		r = &Reading{Path: path, DirOwner: owner, DirDev: d.st.Dev, DirIno: d.st.Ino, Filesystem: fs}
 	}
 	const flags = unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK
 	// Read-write where we may: NFS refuses an exclusive lock, even a probe,
 	// on a read-only descriptor.
-	fd, err := openRetry(path, flags|unix.O_RDWR)
+	fd, err := openIn(d, opts.name(), flags|unix.O_RDWR)
 	if err == unix.EACCES || err == unix.EROFS {
-		fd, err = openRetry(path, flags|unix.O_RDONLY)
+		fd, err = openIn(d, opts.name(), flags|unix.O_RDONLY)
 	}
 	if err == unix.ENOENT {
 		r.Outcome = NotExist
@@ -113,7 +123,7 @@ func Look(dir string, opts Options) (*Reading, error) {
 	if err != nil {
 		return nil, openError(path, "pidfile", err)
 	}
-	f, err := newFile(fd, flags, path, abs, "pidfile", owner, ForLook)
+	f, err := newFile(fd, flags, path, d, "pidfile", ForLook)
 	if err != nil {
 		return nil, err
 	}

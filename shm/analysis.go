@@ -51,16 +51,19 @@ func (s State) String() string {
 
 // Analysis is what Scan found of one segment.
 type Analysis struct {
-	ID     int
-	Key    int
-	State  State
-	Why    string // for Foreign: what did not match
-	Nattch int    // attach count before we looked
-	PIDs   []int  // for Attached: processes in our IPC namespace with it mapped
-	Header Header // for Unattached and Attached
+	ID    int
+	Key   int
+	State State
+	Why   string // for Foreign: what did not match
+	// Owner and Creator are the segment's owner and creator uids, as
+	// the kernel records them (when it could be read).
+	Owner, Creator uint32
+	Nattch         int    // attach count before we looked
+	PIDs           []int  // for Attached: processes in our IPC namespace with it mapped
+	Header         Header // for Unattached and Attached
 }
 
-func analyzeKey(key int, dir Identity, remove bool) (Analysis, error) {
+func analyzeKey(key int, dir Identity, owners Owners, remove bool) (Analysis, error) {
 	id, err := unix.SysvShmGet(key, 0, 0)
 	switch {
 	case err == unix.ENOENT || err == unix.EIDRM:
@@ -70,10 +73,13 @@ func analyzeKey(key int, dir Identity, remove bool) (Analysis, error) {
 	case err != nil:
 		return Analysis{}, fmt.Errorf("shmget(0x%08x): %w", uint32(key), err)
 	}
-	return analyze(id, dir, remove)
+	return analyze(id, dir, owners, remove)
 }
 
-func analyze(id int, dir Identity, remove bool) (Analysis, error) {
+// analyze says whether segment id is one of dir's, and who is attached.
+// A segment not made by owners is Foreign before anything else is read of
+// it: whatever its header says, it is neither counted nor removed.
+func analyze(id int, dir Identity, owners Owners, remove bool) (Analysis, error) {
 	a := Analysis{ID: id, Key: -1}
 	var d unix.SysvShmDesc
 	if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, &d); err != nil {
@@ -83,6 +89,11 @@ func analyze(id int, dir Identity, remove bool) (Analysis, error) {
 		return a, fmt.Errorf("shmctl(%d, IPC_STAT): %w", id, err)
 	}
 	a.Key, a.Nattch = int(d.Perm.Key), int(d.Nattch)
+	a.Owner, a.Creator = d.Perm.Uid, d.Perm.Cuid
+	if why := owners.foreignOwner(d.Perm.Uid, d.Perm.Cuid); why != "" {
+		a.State, a.Why = Foreign, why
+		return a, nil
+	}
 	if d.Segsz < headerSize {
 		a.State, a.Why = Foreign, fmt.Sprintf("size %d", d.Segsz)
 		return a, nil
@@ -171,37 +182,42 @@ func (a *Analysis) count(id, first int, d *unix.SysvShmDesc) error {
 	return nil
 }
 
-// Scan looks for segments of dir: at every key Create could have used, and
-// at the given ids (those an old record names). It returns the analyses of
-// segments that are dir's; with remove set, the unattached ones are removed.
-// Any analysis failure stops it with an error.
-func Scan(dir Identity, remove bool, ids ...int) ([]Analysis, error) {
+// Scan looks for segments of dir made by owners: every segment of our IPC
+// namespace that the kernel lists (/proc/sysvipc/shm) as created and owned
+// by owners and big enough for a header, at any key, and the given ids
+// (those an old record names). It returns the analyses of segments that
+// are dir's; with remove set, the unattached ones are removed. Any analysis
+// failure stops it with an error.
+func Scan(dir Identity, owners Owners, remove bool, ids ...int) ([]Analysis, error) {
 	var out []Analysis
 	seen := map[int]bool{}
-	add := func(a Analysis) {
-		if (a.State == Attached || a.State == Unattached) && !seen[a.ID] {
-			seen[a.ID] = true
+	look := func(id int) error {
+		if id < 0 || seen[id] {
+			return nil
+		}
+		seen[id] = true
+		a, err := analyze(id, dir, owners, remove)
+		if err == nil && (a.State == Attached || a.State == Unattached) {
 			out = append(out, a)
 		}
+		return err
 	}
 	for _, id := range ids {
-		if id < 0 {
+		if err := look(id); err != nil {
+			return out, err
+		}
+	}
+	segs, err := list()
+	if err != nil {
+		return out, err
+	}
+	for _, l := range segs {
+		if l.size < headerSize || !owners.Trusts(l.uid, l.cuid) {
 			continue
 		}
-		a, err := analyze(id, dir, remove)
-		if err != nil {
+		if err := look(l.id); err != nil {
 			return out, err
 		}
-		add(a)
-	}
-	key := BaseKey(dir)
-	for range ProbeLimit {
-		a, err := analyzeKey(key, dir, remove)
-		if err != nil {
-			return out, err
-		}
-		add(a)
-		key = nextKey(key)
 	}
 	return out, nil
 }

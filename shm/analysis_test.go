@@ -177,7 +177,7 @@ func TestAnalyzeGone(t *testing.T) {
 			}
 		}
 	}
-	if got, err := Scan(dir, true, id); err != nil || len(got) != 0 {
+	if got, err := Scan(dir, testOwners, true, id); err != nil || len(got) != 0 {
 		t.Errorf("Scan with a missing id = %+v, %v; want nothing", got, err)
 	}
 	if _, err := Stat(id); err == nil {
@@ -209,23 +209,25 @@ func TestScanWindow(t *testing.T) {
 			t.Fatalf("Scan = %+v; want exactly segment %d at %#x, Unattached", got, s.ID, s.Key)
 		}
 	}
-	check(Scan(dir, false))
+	check(Scan(dir, testOwners, false))
 	mustStat(t, s.ID)
 	// Listed once though found both by id and by key; foreign ids and -1
 	// are ignored.
-	check(Scan(dir, false, s.ID, -1, foreignID, s.ID))
+	check(Scan(dir, testOwners, false, s.ID, -1, foreignID, s.ID))
 	mustStat(t, s.ID)
 
-	if got, err := Scan(otherDir(dir), false); err != nil || len(got) != 0 {
-		t.Errorf("Scan for another directory = %+v, %v; want nothing", got, err)
+	// The segments are listed, not probed by key: another directory's
+	// segment is found wherever it is, and only it.
+	if got, err := Scan(otherDir(dir), testOwners, false); err != nil || len(got) != 1 || got[0].ID != foreignID {
+		t.Errorf("Scan for another directory = %+v, %v; want its segment %d alone", got, err, foreignID)
 	}
 
-	check(Scan(dir, true))
+	check(Scan(dir, testOwners, true))
 	assertGone(t, s.ID)
 	if d := mustStat(t, foreignID); int(d.Perm.Key) != base || !bytes.Equal(contents(t, foreignID), ourHeader(otherDir(dir), 5)) {
 		t.Errorf("foreign segment touched by Scan")
 	}
-	if got, err := Scan(dir, false); err != nil || len(got) != 0 {
+	if got, err := Scan(dir, testOwners, false); err != nil || len(got) != 0 {
 		t.Errorf("Scan after removal = %+v, %v; want nothing", got, err)
 	}
 }
@@ -244,12 +246,14 @@ func TestScanByIDAfterKeyDestroyed(t *testing.T) {
 		t.Fatalf("after IPC_RMID: key %#x mode %#o nattch %d; want private, SHM_DEST, 1", d.Perm.Key, d.Perm.Mode, d.Nattch)
 	}
 
-	// Its key is gone: the window does not find it.
-	if got, err := Scan(dir, true); err != nil || len(got) != 0 {
-		t.Fatalf("Scan without ids = %+v, %v; want nothing", got, err)
-	}
-	for _, remove := range []bool{false, true} {
-		got, err := Scan(dir, remove, s.ID)
+	// Its key is gone, but the kernel's list still shows it: found with
+	// or without its id.
+	for i, remove := range []bool{false, true, false, true} {
+		var ids []int
+		if i < 2 {
+			ids = []int{s.ID}
+		}
+		got, err := Scan(dir, testOwners, remove, ids...)
 		if err != nil {
 			t.Fatal(err)
 		}

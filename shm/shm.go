@@ -12,18 +12,32 @@
 // across IPC namespaces: the segment is one witness of several, never the
 // only one.
 //
-// Keys are derived from the directory's identity, so a new holder finds the
-// old segment without the pidfile; they differ from PostgreSQL's (which start
-// at st_ino) so that wrapping a PostgreSQL server does not shift its keys.
-// Nothing is ever removed unless its header proves it ours and nobody is
-// attached.
+// Segments are found through the kernel's list of the IPC namespace's
+// segments (/proc/sysvipc/shm), so a new holder finds the old segment
+// without the pidfile, at any key. Only a segment that root, the
+// directory's owner or the holder's uid created and owns (Owners) may be a
+// witness: anybody can make a segment at any key and copy a header into
+// it. Keys are derived from the directory's identity only so that ipcs
+// shows one stable key per directory; they differ from PostgreSQL's (which
+// start at st_ino) so that wrapping a PostgreSQL server does not shift its
+// keys, and a window full of others' segments makes Create use
+// IPC_PRIVATE. Nothing is ever removed unless its maker is trusted, its
+// header proves it ours and nobody is attached.
 package shm
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dirlockd/dirlockd/internal/users"
 )
 
 // Size is the size of a segment: one page, of which the header uses a
@@ -119,29 +133,76 @@ func (e *AttachedError) Error() string {
 
 func (e *AttachedError) Is(target error) bool { return target == ErrAttached }
 
+// ErrLimit is wrapped by the error of a Create that the system's limits on
+// SysV segments refused.
+var ErrLimit = errors.New("system limit on SysV shared memory reached")
+
+// LimitError says that the kernel refused a new segment because a
+// system-wide limit is reached: kernel.shmmni (the number of segments) or
+// kernel.shmall (their total size). It names the sysctl and its value, so
+// that nobody mistakes it for a full filesystem (both are ENOSPC), and the
+// users whose segments there are, most first: another user may have made
+// them all.
+type LimitError struct {
+	Segments int   // segments listed in our IPC namespace
+	Shmmni   int64 // kernel.shmmni, -1 if unreadable
+	// Owners counts the segments by owner uid.
+	Owners map[uint32]int
+}
+
+func (e *LimitError) Error() string {
+	var by []string
+	for _, uid := range slices.SortedFunc(maps.Keys(e.Owners), func(a, b uint32) int {
+		return cmp.Or(cmp.Compare(e.Owners[b], e.Owners[a]), cmp.Compare(a, b))
+	}) {
+		if len(by) == 3 {
+			by = append(by, "...")
+			break
+		}
+		by = append(by, fmt.Sprintf("%d of %s", e.Owners[uid], users.Name(uid)))
+	}
+	owners := ""
+	if len(by) > 0 {
+		owners = " (" + strings.Join(by, ", ") + ")"
+	}
+	return fmt.Sprintf("the kernel refused a new SysV shared memory segment (ENOSPC): %d segments exist%s and sysctl kernel.shmmni is %d (or kernel.shmall, their total size, is reached); "+
+		"remove unused segments (ipcs -m; ipcrm -m ID) or raise the limit (sysctl -w kernel.shmmni=N)", e.Segments, owners, e.Shmmni)
+}
+
+func (e *LimitError) Is(target error) bool { return target == ErrLimit }
+
+func limitError() error {
+	e := &LimitError{Shmmni: -1, Owners: map[uint32]int{}}
+	if b, err := os.ReadFile("/proc/sys/kernel/shmmni"); err == nil {
+		e.Shmmni, _ = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	}
+	if segs, err := list(); err == nil {
+		e.Segments = len(segs)
+		for _, l := range segs {
+			e.Owners[l.uid]++
+		}
+	}
+	return e
+}
+
 // Create makes a new segment for dir, attached, with header h (whose Magic,
-// Version and Dir it fills in). It probes keys from BaseKey upward: a foreign
-// segment makes it move on; an unattached segment of ours, left by a holder
-// that crashed, is removed and its key reused; an attached one of ours stops
-// it with an *AttachedError.
-func Create(dir Identity, h Header) (*Segment, error) {
+// Version and Dir it fills in). It probes keys from BaseKey upward: a
+// segment made by others than owners, or one that is not dir's, makes it
+// move on; an unattached segment of ours, left by a holder that crashed, is
+// removed and its key reused; an attached one of ours stops it with an
+// *AttachedError. When every key of the window is taken by others (another
+// user may fill it on purpose: the keys are no secret), it creates the
+// segment with IPC_PRIVATE: the key only makes the segment easy to find
+// with ipcs; Scan finds it without one.
+func Create(dir Identity, owners Owners, h Header) (*Segment, error) {
 	h.Magic, h.Version, h.Dir = Magic, LayoutVersion, dir
 	key := BaseKey(dir)
 	for tries, same := 0, 0; tries < ProbeLimit; {
-		id, err := unix.SysvShmGet(key, Size, unix.IPC_CREAT|unix.IPC_EXCL|0o600)
-		if err == nil {
-			mem, err := unix.SysvShmAttach(id, 0, 0)
-			if err != nil {
-				unix.SysvShmCtl(id, unix.IPC_RMID, nil)
-				return nil, fmt.Errorf("shmat(%d) of new segment: %w", id, err)
-			}
-			h.encode(mem)
-			return &Segment{ID: id, Key: key, mem: mem}, nil
-		}
+		seg, err := createAt(key, h)
 		if err != unix.EEXIST {
-			return nil, fmt.Errorf("shmget(0x%08x, IPC_CREAT|IPC_EXCL): %w", uint32(key), err)
+			return seg, err
 		}
-		a, err := analyzeKey(key, dir, true)
+		a, err := analyzeKey(key, dir, owners, true)
 		if err != nil {
 			return nil, err
 		}
@@ -158,5 +219,26 @@ func Create(dir Identity, h Header) (*Segment, error) {
 			return nil, &AttachedError{a}
 		}
 	}
-	return nil, fmt.Errorf("no free SysV key among %d from 0x%08x: too many foreign segments", ProbeLimit, uint32(BaseKey(dir)))
+	return createAt(unix.IPC_PRIVATE, h)
+}
+
+// createAt makes and attaches a segment at key and writes h into it. It
+// returns unix.EEXIST itself when the key is taken.
+func createAt(key int, h Header) (*Segment, error) {
+	id, err := unix.SysvShmGet(key, Size, unix.IPC_CREAT|unix.IPC_EXCL|0o600)
+	switch {
+	case err == unix.EEXIST:
+		return nil, err
+	case err == unix.ENOSPC:
+		return nil, limitError()
+	case err != nil:
+		return nil, fmt.Errorf("shmget(0x%08x, IPC_CREAT|IPC_EXCL): %w", uint32(key), err)
+	}
+	mem, err := unix.SysvShmAttach(id, 0, 0)
+	if err != nil {
+		unix.SysvShmCtl(id, unix.IPC_RMID, nil)
+		return nil, fmt.Errorf("shmat(%d) of new segment: %w", id, err)
+	}
+	h.encode(mem)
+	return &Segment{ID: id, Key: key, mem: mem}, nil
 }

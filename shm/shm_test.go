@@ -118,7 +118,7 @@ func assertGone(t *testing.T, id int) {
 // ends.
 func create(t *testing.T, dir Identity, h Header) *Segment {
 	t.Helper()
-	s, err := Create(dir, h)
+	s, err := Create(dir, testOwners, h)
 	if err != nil {
 		t.Fatalf("Create: %v", err)
 	}
@@ -360,7 +360,7 @@ func TestCreateStopsAtOursAttached(t *testing.T) {
 	before := contents(t, planted)
 	segs := segmentSet(t)
 
-	s, err := Create(dir, header(0x70))
+	s, err := Create(dir, testOwners, header(0x70))
 	if err == nil {
 		s.Detach()
 		s.Remove()

@@ -96,8 +96,8 @@ func intact(s plantedSeg) string {
 	return ""
 }
 
-// badForeignSegments: foreign segments at every key dirlockd may use, then
-// at all but the last.
+// badForeignSegments: foreign segments at every key dirlockd may use (it
+// falls back to an IPC_PRIVATE segment), then at all but the last.
 func badForeignSegments(e *Env) Result {
 	var r Result
 	w := e.NewWitness()
@@ -134,14 +134,11 @@ func badForeignSegments(e *Env) Result {
 				code, out := e.Dirlockd([]string{e.WorkerEnv()}, workArgs(e, dir, w)...)
 				if all {
 					codes[code]++
-					if why := failedCleanly(code, out, "no free SysV key"); why != "" {
-						r.fail("%s: %s: %s", what, why, out)
-					}
-					if b, err := os.ReadFile(pidfilePath(dir)); err == nil && len(b) > 0 {
-						r.fail("%s: a failed start wrote a record: %q", what, b)
-					}
-				} else if code != 0 {
-					r.fail("%s: exit %d, want 0 with the last key: %s", what, code, out)
+				}
+				// With every key taken the segment is made with
+				// IPC_PRIVATE: anybody can fill the window (issue 17).
+				if code != 0 {
+					r.fail("%s: exit %d, want 0: %s", what, code, out)
 				} else {
 					want++
 				}
@@ -155,7 +152,7 @@ func badForeignSegments(e *Env) Result {
 			}()
 		}
 	}
-	return verify(w, r, want, fmt.Sprintf("; all %d keys taken: exit %s \"no free SysV key\"; %d taken: the last used; every foreign segment intact",
+	return verify(w, r, want, fmt.Sprintf("; all %d keys taken: exit %s, a private segment used; %d taken: the last used; every foreign segment intact",
 		shm.ProbeLimit, codeCounts(codes), shm.ProbeLimit-1))
 }
 

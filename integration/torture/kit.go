@@ -94,7 +94,7 @@ func readPidfile(dir string) (rec *pidfile.Record, b []byte, err error) {
 // noSegments checks that no SysV segment names the directory with identity
 // id (which outlives the directory itself).
 func noSegments(r *Result, what string, id shm.Identity) {
-	segs, err := shm.Scan(id, false)
+	segs, err := shm.Scan(id, shm.Owners{0}, false)
 	if err != nil {
 		r.fail("%s: segment scan: %v", what, err)
 	}

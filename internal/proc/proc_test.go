@@ -7,7 +7,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -200,5 +202,42 @@ func TestSearchOnePass(t *testing.T) {
 	slices.Sort(holders)
 	if !slices.Equal(got.Holders[id], holders) {
 		t.Errorf("Holders = %v, want %v (ours and the child's descriptor 0)", got.Holders[id], holders)
+	}
+}
+
+func TestParseCreds(t *testing.T) {
+	status := []byte("Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t42\nUid:\t1001\t0\t0\t0\nGid:\t1001\t1001\t1001\t1001\n")
+	if c, ok := parseCreds(status); !ok || c != (Creds{Real: 1001, Effective: 0}) {
+		t.Errorf("parseCreds = %+v, %v; want real 1001, effective 0", c, ok)
+	}
+	if _, ok := parseCreds([]byte("Name:\tx\n")); ok {
+		t.Error("parseCreds of a status without Uid: ok")
+	}
+}
+
+// TestSearchCreds: a pass that finds a process by its environment also
+// says who it runs as, as the kernel records it.
+func TestSearchCreds(t *testing.T) {
+	entry := "DLTEST_CREDS=" + strconv.Itoa(os.Getpid())
+	cmd := exec.Command("/bin/sleep", "30")
+	cmd.Env = []string{entry}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	var f *Found
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		var err error
+		if f, err = Search(Query{Env: []string{entry}}); err != nil {
+			t.Fatal(err)
+		}
+		if len(f.Env[entry]) > 0 {
+			break
+		}
+	}
+	pid := cmd.Process.Pid
+	if !slices.Equal(f.Env[entry], []int{pid}) || f.Creds[pid] != (Creds{Real: 65534, Effective: 65534}) {
+		t.Errorf("Search: env %v creds %+v; want [%d] running as 65534", f.Env[entry], f.Creds, pid)
 	}
 }

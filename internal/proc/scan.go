@@ -3,6 +3,7 @@ package proc
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"os"
 	"runtime"
 	"slices"
@@ -46,13 +47,21 @@ type Found struct {
 	Env      map[string][]int // entry → processes carrying it
 	Holders  map[FileID][]int // file → processes holding a lock on it
 	Attached map[int][]Attachment
+	// Creds are the real and effective uids of the processes in Env, read
+	// in the same pass: who made a process decides whether its
+	// environment is evidence (anybody can put anything in an
+	// environment).
+	Creds map[int]Creds
 }
+
+// Creds are the uids of a process, from the Uid line of /proc/PID/status.
+type Creds struct{ Real, Effective uint32 }
 
 // Search makes one pass over the processes visible in our PID namespace
 // and answers every part of q. A process that exits or hides its entries
 // while it is read is skipped; failing to list /proc is an error.
 func Search(q Query) (*Found, error) {
-	f := &Found{Env: map[string][]int{}, Holders: map[FileID][]int{}, Attached: map[int][]Attachment{}}
+	f := newFound()
 	if q.empty() {
 		return f, nil
 	}
@@ -99,8 +108,33 @@ func Search(q Query) (*Found, error) {
 		for k, v := range part.Attached {
 			f.Attached[k] = append(f.Attached[k], v...)
 		}
+		maps.Copy(f.Creds, part.Creds)
 	}
 	return f, nil
+}
+
+func newFound() *Found {
+	return &Found{Env: map[string][]int{}, Holders: map[FileID][]int{}, Attached: map[int][]Attachment{}, Creds: map[int]Creds{}}
+}
+
+// parseCreds reads the real and effective uids from the Uid line of
+// /proc/PID/status ("Uid:\t1000\t1000\t1000\t1000").
+func parseCreds(status []byte) (Creds, bool) {
+	i := bytes.Index(status, []byte("\nUid:"))
+	if i < 0 {
+		return Creds{}, false
+	}
+	line := status[i+len("\nUid:"):]
+	if j := bytes.IndexByte(line, '\n'); j >= 0 {
+		line = line[:j]
+	}
+	f := strings.Fields(string(line))
+	if len(f) < 2 {
+		return Creds{}, false
+	}
+	r, err1 := strconv.ParseUint(f[0], 10, 32)
+	e, err2 := strconv.ParseUint(f[1], 10, 32)
+	return Creds{Real: uint32(r), Effective: uint32(e)}, err1 == nil && err2 == nil
 }
 
 // A pass over at least parallelFrom processes is split into up to maxParts
@@ -113,11 +147,19 @@ const (
 
 // search answers a Query's witnesses for pids, in order.
 func (s *scanner) search(pids []int, env *envMatcher, locked map[FileID]bool, segments []int) *Found {
-	f := &Found{Env: map[string][]int{}, Holders: map[FileID][]int{}, Attached: map[int][]Attachment{}}
+	f := newFound()
 	for _, pid := range pids {
 		if env != nil {
+			matched := false
 			if b, ok := s.read(pid, "environ"); ok {
-				env.match(b, func(e string) { f.Env[e] = append(f.Env[e], pid) })
+				env.match(b, func(e string) { f.Env[e], matched = append(f.Env[e], pid), true })
+			}
+			if matched {
+				if b, ok := s.read(pid, "status"); ok {
+					if c, ok := parseCreds(b); ok {
+						f.Creds[pid] = c
+					}
+				}
 			}
 		}
 		if len(locked) > 0 {
