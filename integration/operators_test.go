@@ -530,3 +530,53 @@ func TestStopSurvivorsSparesOtherUsers(t *testing.T) {
 		t.Errorf("run after the stop: exit %d\n%s", code, stderr)
 	}
 }
+
+// TestKillModes: a server whose main process has a child (sh running sleep
+// in the background), stopped with SIGTERM under each --kill-mode.
+// control-group signals both at once; mixed only the main process, then
+// SIGTERM to the child once the main process has exited; process only the
+// main process, and dirlockd holds the directory (status stopping) until
+// the child exits on its own (here, once the test kills it).
+func TestKillModes(t *testing.T) {
+	for _, mode := range []string{"control-group", "mixed", "process"} {
+		t.Run(mode, func(t *testing.T) {
+			dir := cliDataDir(t)
+			w := startRun(t, nil, dir, []string{"--kill-mode", mode, "--log-level", "debug", "--stop-timeout", "60s"}, "sh", "-c", "sleep 300 & wait")
+			r := waitHeld(t, dir, "ready", 10*time.Second)
+			var child int
+			eventually(t, 10*time.Second, "the main process's child", func() bool {
+				if d := testutil.Descendants(r.MainPID); len(d) > 0 {
+					child = d[0]
+				}
+				return child > 0
+			})
+			if err := syscall.Kill(w.PID(), syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			want := fmt.Sprintf("pids=[%d]", r.MainPID)
+			if mode == "control-group" {
+				want = fmt.Sprintf("pids=\"[%d %d]\"", r.MainPID, child)
+			}
+			eventually(t, 10*time.Second, "the stop signal sent", func() bool { return strings.Contains(w.Stderr(), "sending the stop signal") })
+			if !strings.Contains(w.Stderr(), "kill_mode="+mode+" "+want) {
+				t.Errorf("--kill-mode %s: the stop signal went elsewhere than %s:\n%s", mode, want, w.Stderr())
+			}
+			if mode == "process" {
+				eventually(t, 10*time.Second, "the main process gone", func() bool { return !testutil.Alive(r.MainPID) })
+				if code, s := statusOf(t, bin, dir); code != exitcode.StatusStopping || !testutil.Alive(child) {
+					t.Errorf("--kill-mode process, main process gone, child alive %v: status %d %q, want %d stopping", testutil.Alive(child), code, s.Service, exitcode.StatusStopping)
+				}
+				killWait(t, child)
+			}
+			if code := w.WaitExit(t, 20*time.Second); code != 128+int(syscall.SIGTERM) {
+				t.Errorf("run exit %d, want 143", code)
+			}
+			if strings.Contains(w.Stderr(), "did not exit in time") {
+				t.Errorf("--kill-mode %s: dirlockd sent SIGKILL:\n%s", mode, w.Stderr())
+			}
+			if mode == "mixed" && !strings.Contains(w.Stderr(), "stopping the processes left in its tree") {
+				t.Errorf("--kill-mode mixed: the child did not get SIGTERM once the main process had exited:\n%s", w.Stderr())
+			}
+		})
+	}
+}
