@@ -144,7 +144,6 @@ func TestCheckStatusStopOrphans(t *testing.T) {
 		[]string{"check", "--json", "-D", dir},
 		[]string{"check", "-D", dir},
 		[]string{"status", "-D", dir},
-		[]string{"stop", "-D", dir, "--timeout", "5s"},
 		[]string{"wait", "-D", dir, "--for", "free", "--timeout", "1s"})
 
 	var r testutil.Report
@@ -159,21 +158,25 @@ func TestCheckStatusStopOrphans(t *testing.T) {
 		!strings.Contains(out, fmt.Sprintf("kill %d", child.pid)) {
 		t.Errorf("check: exit %d, %q; want 2 naming orphan PID %d", code, out, child.pid)
 	}
-	if code, out := res[2].code, res[2].out; code != 1 || !strings.HasPrefix(out, "orphans: ") || !strings.Contains(out, fmt.Sprintf("PID %d", child.pid)) {
-		t.Errorf("status: exit %d, %q; want LSB 1", code, out)
+	// The orphan is the record's main process: the server runs on
+	// without its wrapper.
+	if code, out := res[2].code, res[2].out; code != exitcode.StatusUnsupervised || !strings.HasPrefix(out, "running unsupervised: ") ||
+		!strings.Contains(out, fmt.Sprintf("main process %d runs on", child.pid)) {
+		t.Errorf("status: exit %d, %q; want %d, running unsupervised", code, out, exitcode.StatusUnsupervised)
 	}
-	if code, stderr := res[3].code, res[3].stderr; code != 1 || !strings.Contains(stderr, "refusing to signal processes it did not record") ||
-		!strings.Contains(stderr, fmt.Sprintf("PID %d", child.pid)) {
-		t.Errorf("stop against orphans: exit %d, stderr %q; want 1, refusing", code, stderr)
-	}
-	if code, stderr := res[4].code, res[4].stderr; code != 1 || !strings.Contains(stderr, "timed out") || !strings.Contains(stderr, "state=orphans") {
+	if code, stderr := res[3].code, res[3].stderr; code != 1 || !strings.Contains(stderr, "timed out") || !strings.Contains(stderr, "state=orphans") {
 		t.Errorf("wait --for free against orphans: exit %d, stderr %q; want 1, timed out in state orphans", code, stderr)
 	}
 	if !child.alive() {
 		t.Errorf("the orphan %d died: something signalled it", child.pid)
 	}
-	child.kill(t)
-	stderr := cliReclaim(t, dir)
+	// stop stops it: the record names it as the main process.
+	code, _, stderr := dirlockd(t, "stop", "-D", dir, "--timeout", "5s")
+	if code != 0 || !strings.Contains(stderr, fmt.Sprintf("main_pid=%d", child.pid)) {
+		t.Errorf("stop of the unsupervised server: exit %d, stderr %q; want 0", code, stderr)
+	}
+	eventually(t, 10*time.Second, "the unsupervised server gone", func() bool { return !child.alive() })
+	stderr = cliReclaim(t, dir)
 	if !strings.Contains(stderr, "did not shut down cleanly") {
 		t.Errorf("reclaiming run after the orphan died:\n%s", stderr)
 	}

@@ -39,7 +39,7 @@ func TestBashCompletion(t *testing.T) {
 		line string // the words typed, the last the one completed; _ an empty word
 		want []string
 	}{
-		{"_", []string{"help", "run", "check", "status", "stop", "wait", "stress", "completion", "version"}},
+		{"_", []string{"help", "run", "check", "status", "stop", "reload", "wait", "stress", "completion", "version"}},
 		{"st", []string{"status", "stop", "stress"}},
 		{"help w", []string{"wait"}},
 		{"completion _", []string{"bash", "fish", "zsh"}},
@@ -59,6 +59,10 @@ func TestBashCompletion(t *testing.T) {
 		{"run --wait _", nil}, // a duration: nothing to offer, not the files
 		{"run -D data-a -- data-", nil},
 		{"run -D data-a -- sleep data-", []string{"data-a", "data-b", "data-file"}},
+		{"run -D data-a sleep data-", []string{"data-a", "data-b", "data-file"}}, // COMMAND ends run's flags
+		{"run -D data-a sleep --w", nil},                                         // COMMAND's flag, not run's --wait
+		{"run --kill-mode _", []string{"control-group", "mixed", "process"}},
+		{"stop --surv", []string{"--survivors"}},
 	}
 	var prog strings.Builder
 	prog.WriteString("source " + script + "\n")
@@ -162,6 +166,7 @@ var installed = []string{
 	"share/man/man1/dirlockd-check.1",
 	"share/man/man1/dirlockd-status.1",
 	"share/man/man1/dirlockd-stop.1",
+	"share/man/man1/dirlockd-reload.1",
 	"share/man/man1/dirlockd-wait.1",
 	"share/man/man1/dirlockd-stress.1",
 	"share/man/man1/dirlockd-completion.1",

@@ -190,10 +190,10 @@ func TestLeaseRefused(t *testing.T) {
 			code            int
 		}{
 			{"/dirlockd/other", "app:apppw", "etcdctl role grant-permission ROLE readwrite /dirlockd/other", 78},
-			{"/dirlockd/ok", "app:wrong", "check --user", 78},
+			{"/dirlockd/ok", "app:wrong", "check --etcd-user", 78},
 			{"/dirlockd/ok", "app:apppw", "revoked the lease", 0},
 		} {
-			code, _, stderr := dirlockd(t, "run", "-D", dir, "--etcd", e.Endpoints(), "--lease-key", c.key, "--user", c.user, "--", "touch", ran)
+			code, _, stderr := dirlockd(t, "run", "-D", dir, "--etcd", e.Endpoints(), "--lease-key", c.key, "--etcd-user", c.user, "--", "touch", ran)
 			_, statErr := os.Stat(ran)
 			if code != c.code || !strings.Contains(stderr, c.want) || (statErr == nil) != (c.code == 0) {
 				t.Fatalf("round %d: key %s user %s: exit %d, want %d with %q (ran: %v):\n%s", round, c.key, c.user, code, c.code, c.want, statErr == nil, stderr)

@@ -44,23 +44,7 @@ func TestPostgresPgCtl(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no postgres user: %v", err)
 	}
-	// A scratch the postgres user can reach: the tests' own temporary
-	// directories are private to root.
-	root, err := os.MkdirTemp("/tmp", "dirlockd-pg-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(root) })
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	os.Chmod(root, 0o755)
-	os.Chown(root, uid, gid)
-	dl := filepath.Join(root, "dirlockd")
-	b, err := os.ReadFile(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(dl, b, 0o755)
+	root, dl := userScratch(t, u)
 	data := filepath.Join(root, "data")
 	if out, err := asPostgres(t, u, filepath.Join(pgBin, "initdb"), "-D", data, "-A", "trust", "--no-sync").CombinedOutput(); err != nil {
 		t.Fatalf("initdb: %v\n%s", err, out)

@@ -56,6 +56,7 @@ func commands() []*subcommand {
 		{&checkDoc, func() *pflag.FlagSet { return checkFlagSet(new(globals), new(inspectFlags), io.Discard) }, cmdCheck},
 		{&statusDoc, func() *pflag.FlagSet { return statusFlagSet(new(globals), new(inspectFlags), io.Discard) }, cmdStatus},
 		{&stopDoc, func() *pflag.FlagSet { return stopFlagSet(new(globals), new(stopFlags), io.Discard) }, cmdStop},
+		{&reloadDoc, func() *pflag.FlagSet { return reloadFlagSet(new(globals), io.Discard) }, cmdReload},
 		{&waitDoc, func() *pflag.FlagSet { return waitFlagSet(new(globals), new(waitFlags), io.Discard) }, cmdWait},
 		{&stressDoc, func() *pflag.FlagSet { return stressFlagSet(new(globals), new(stressFlags), io.Discard) }, cmdStress},
 		{&completionDoc, noFlags("completion"), cmdCompletion},

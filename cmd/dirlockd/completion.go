@@ -104,6 +104,8 @@ func complete(cmds []*subcommand, words []string) ([]string, string) {
 	fs := c.flags()
 	// Walk the words before the cursor: a flag that takes a value consumes
 	// the next word; after "--" come the command and its arguments.
+	// run's flags end at COMMAND, the first word that is not one.
+	takesCommand := c.name == runDoc.name
 	var pending *pflag.Flag
 	for i, w := range words[1 : len(words)-1] {
 		switch {
@@ -114,6 +116,8 @@ func complete(cmds []*subcommand, words []string) ([]string, string) {
 				return nil, "commands"
 			}
 			return nil, "files"
+		case takesCommand && !strings.HasPrefix(w, "-"):
+			return nil, "files" // COMMAND's arguments
 		case strings.HasPrefix(w, "--") && !strings.Contains(w, "="):
 			pending = takesValue(fs.Lookup(w[2:]))
 		case len(w) == 2 && w[0] == '-':
@@ -141,6 +145,8 @@ func complete(cmds []*subcommand, words []string) ([]string, string) {
 			}
 		})
 		return withPrefix(cur, append(names, "--help", "-h")), "words"
+	case takesCommand:
+		return nil, "commands"
 	}
 	return nil, "words"
 }

@@ -57,7 +57,12 @@ func (r *runner) acquireFailed(err error) int {
 			"hint", "stop the surviving processes of the old server, then start again")
 		return exitcode.Orphans
 	case invalidStorage(err):
-		r.log.Error("cannot start: "+err.Error(), "datadir", r.dir)
+		attrs := []any{"datadir", r.dir}
+		if r.flags.user != "" {
+			// The start rule applies to the user dirlockd became.
+			attrs = append(attrs, "hint", "with --user "+r.flags.user+", the data directory must belong to that user (the server's), as the server itself needs")
+		}
+		r.log.Error("cannot start: "+err.Error(), attrs...)
 		return exitcode.Invalid
 	}
 	r.log.Error("cannot start: "+err.Error(), "datadir", r.dir)

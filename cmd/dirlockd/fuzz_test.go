@@ -19,10 +19,11 @@ var fuzzCommands = []struct {
 	exits []int
 }{
 	{"check", []int{exitcode.CheckFree, exitcode.CheckHeld, exitcode.CheckOrphans, exitcode.CheckInvalid, exitcode.Usage}},
-	{"status", []int{exitcode.StatusRunning, exitcode.StatusDead, exitcode.StatusNotRunning, exitcode.StatusUnknown}},
+	{"status", []int{exitcode.StatusRunning, exitcode.StatusDead, exitcode.StatusNotRunning, exitcode.StatusUnknown, exitcode.StatusStopping, exitcode.StatusUnsupervised}},
 	{"wait", []int{0, 1, 3, exitcode.Usage}},
 	{"stop", []int{0, 1, 3, exitcode.Usage}},
 	{"run", []int{0, exitcode.Usage, exitcode.Internal, exitcode.Held, exitcode.Orphans, exitcode.Invalid, exitcode.NoExec, exitcode.NotFound}},
+	{"reload", []int{0, 1, 3, reloadNotRunning, exitcode.Usage}},
 }
 
 // fuzzSplit splits the fuzzer's text into arguments: on NUL bytes when it
@@ -45,6 +46,10 @@ func fuzzArgs(data []byte, dir string) (cmd string, args []string) {
 		if i := slices.Index(in, "--"); i >= 0 {
 			in = in[:i]
 		}
+		// run's flags end at the first word that is not one, COMMAND:
+		// no word that names a program by its path may stand there.
+		// Any other word is looked up in $PATH, which holds only true.
+		in = slices.DeleteFunc(in, func(a string) bool { return !strings.HasPrefix(a, "-") && strings.ContainsRune(a, '/') })
 	}
 	args = []string{"-D", dir}
 	for _, a := range in {
@@ -53,6 +58,10 @@ func fuzzArgs(data []byte, dir string) (cmd string, args []string) {
 		// that could end in D.
 		case strings.HasPrefix(a, "-D"), strings.HasPrefix(a, "--datadir"),
 			strings.HasPrefix(a, "-") && !strings.HasPrefix(a, "--") && strings.ContainsRune(a, 'D'):
+			continue
+		// run --user changes the user of the whole test process: never.
+		// Its value then stands as COMMAND, not found in $PATH.
+		case c.name == "run" && strings.HasPrefix(a, "--user"):
 			continue
 		// run dials --ready-tcp's address: only loopback, or an address
 		// that fails validation before any dial. The bare flag goes; its
@@ -75,8 +84,8 @@ func fuzzArgs(data []byte, dir string) (cmd string, args []string) {
 	case "run":
 		// If the last argument is a flag still missing its value, the
 		// harmless --log-format=logfmt becomes that value, so the "--"
-		// always ends the flags. Any stray argument then stands before
-		// it, a usage error, and true is the only command that can run.
+		// ends the flags unless a stray word came first: that word is
+		// then COMMAND, found in $PATH (true) or not (127).
 		args = append(args, "--log-format=logfmt", "--", "true")
 	}
 	return c.name, args
@@ -104,7 +113,7 @@ func FuzzArgs(f *testing.F) {
 	f.Setenv("DIRLOCKD_DATADIR", "")
 	f.Setenv("NOTIFY_SOCKET", "")
 
-	const check, status, wait, stop, run = 0, 1, 2, 3, 4
+	const check, status, wait, stop, run, reload = 0, 1, 2, 3, 4, 5
 	for _, s := range [][]byte{
 		fuzzSeed(check),
 		fuzzSeed(check, "--json"),
@@ -148,6 +157,16 @@ func FuzzArgs(f *testing.F) {
 		fuzzSeed(run, "--lock-method", "posix", "--log-level", "debug", "--", "true"),
 		fuzzSeed(run, "stray", "--", "true"),
 		fuzzSeed(run, "rm", "--pidfile"),
+		fuzzSeed(run, "true", "-D", "elsewhere", "--wait", "soon"),
+		fuzzSeed(run, "--port", "6399", "true"),
+		fuzzSeed(run, "/bin/rm", "-rf", "."),
+		fuzzSeed(run, "--user", "nobody", "--", "true"),
+		fuzzSeed(run, "--kill-mode", "mixed", "--stop-signal", "INT", "--reload-signal", "USR1", "--", "true"),
+		fuzzSeed(run, "--kill-mode", "cgroup", "--", "true"),
+		fuzzSeed(run, "--stop-signal", "BOGUS", "--", "true"),
+		fuzzSeed(stop, "--survivors", "--kill-after", "1s"),
+		fuzzSeed(reload),
+		fuzzSeed(reload, "--bogus"),
 		fuzzSeed(run),
 		[]byte("\x04--wait 1s --recheck 0 -- true"),
 		[]byte("\x00--json -D a -D b"),

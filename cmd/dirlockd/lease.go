@@ -80,7 +80,7 @@ func addLeaseFlags(fs *pflag.FlagSet, f *leaseFlags, use leaseUse) {
 	completeFiles(fs, "cert")
 	fs.StringVar(&f.certKey, "key", "", "TLS client key for etcd (PEM)")
 	completeFiles(fs, "key")
-	fs.StringVar(&f.user, "user", "", "etcd user as NAME:PASSWORD, or NAME with the password in $DIRLOCKD_ETCD_PASSWORD")
+	fs.StringVar(&f.user, "etcd-user", "", "etcd user as NAME:PASSWORD, or NAME with the password in $DIRLOCKD_ETCD_PASSWORD")
 }
 
 // settle fills in $DIRLOCKD_ETCD and checks the flags; it returns whether a
@@ -90,7 +90,7 @@ func (f *leaseFlags) settle(fs *pflag.FlagSet) (bool, error) {
 		f.endpoints = os.Getenv("DIRLOCKD_ETCD")
 	}
 	if f.endpoints == "" {
-		for _, n := range []string{"lease-key", "lease-ttl", "lease-stop-timeout", "etcd-dial-timeout", "cacert", "cert", "key", "user"} {
+		for _, n := range []string{"lease-key", "lease-ttl", "lease-stop-timeout", "etcd-dial-timeout", "cacert", "cert", "key", "etcd-user"} {
 			if fs.Changed(n) {
 				return false, fmt.Errorf("--%s without --etcd (or $DIRLOCKD_ETCD)", n)
 			}

@@ -71,6 +71,7 @@ type globals struct {
 	method    string
 	logFormat string
 	logLevel  string
+	command   bool // a COMMAND follows the flags (run)
 
 	opts  interlock.Options
 	log   *slog.Logger
@@ -121,6 +122,10 @@ func (g *globals) parse(fs *pflag.FlagSet, args []string, stdout, stderr io.Writ
 			g.usage(stdout)
 			return nil, err
 		}
+		if flag, ok := unknownFlag(err); ok && g.command {
+			// Most likely the server's flag, before a COMMAND with no "--".
+			return fail("%v: if it is COMMAND's, did you mean \"-- COMMAND %s ...\"? dirlockd's flags go before COMMAND, COMMAND's after it", err, flag)
+		}
 		return fail("%v", err)
 	}
 	g.dirs = slices.DeleteFunc(g.dirs, func(d string) bool { return d == "" })
@@ -143,6 +148,21 @@ func (g *globals) parse(fs *pflag.FlagSet, args []string, stdout, stderr io.Writ
 		return fail("%v", err)
 	}
 	return fs.Args(), nil
+}
+
+// unknownFlag reports the flag of a pflag error about a flag it does not
+// know ("unknown flag: --port", "unknown shorthand flag: 'p' in -p").
+func unknownFlag(err error) (string, bool) {
+	msg := err.Error()
+	if f, ok := strings.CutPrefix(msg, "unknown flag: "); ok {
+		return f, true
+	}
+	if _, f, ok := strings.Cut(msg, "unknown shorthand flag: "); ok {
+		if _, arg, ok := strings.Cut(f, " in "); ok {
+			return arg, true
+		}
+	}
+	return "", false
 }
 
 // usageError says on stderr, in one line, what is wrong with a command line

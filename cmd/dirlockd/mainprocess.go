@@ -125,6 +125,8 @@ func (r *runner) mainExited(ws *unix.WaitStatus) {
 	}
 	pids := rest.PIDs()
 	switch {
+	case r.stopAsked && r.flags.killMode == killProcess:
+		r.log.Info("the main process exited; --kill-mode process: holding the data directory until the processes left in its tree exit", "pids", pids)
 	case r.stopAsked:
 		r.log.Info("the main process exited; stopping the processes left in its tree", "pids", pids)
 		rest.Signal(unix.SIGTERM)

@@ -41,7 +41,7 @@ var exitStatuses = []struct {
 // manEnvironment is dirlockd(1)'s ENVIRONMENT.
 var manEnvironment = []struct{ name, meaning string }{
 	{"DIRLOCKD_DATADIR", "the data directory when no -D is given. run sets it for COMMAND, with DIRLOCKD_PIDFILE, DIRLOCKD_LOCK_FD (the locked pidfile's descriptor, 3), DIRLOCKD_SHM_ID and DIRLOCKD_TOKEN."},
-	{"DIRLOCKD_ETCD", "the etcd endpoints when no --etcd is given (docs/lease.md); DIRLOCKD_ETCD_PASSWORD the password for an --user without one. run --etcd sets DIRLOCKD_FENCING_TOKEN, DIRLOCKD_LEASE_KEY and DIRLOCKD_LEASE_TTL for COMMAND."},
+	{"DIRLOCKD_ETCD", "the etcd endpoints when no --etcd is given (docs/lease.md); DIRLOCKD_ETCD_PASSWORD the password for an --etcd-user without one. run --etcd sets DIRLOCKD_FENCING_TOKEN, DIRLOCKD_LEASE_KEY and DIRLOCKD_LEASE_TTL for COMMAND."},
 	{"NOTIFY_SOCKET", "systemd's notification socket: run tells systemd READY=1 and STOPPING=1 through it (Type=notify), and gives COMMAND a socket of its own in its place."},
 }
 

@@ -5,18 +5,23 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"time"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
 // report is what check and status say about one data directory, as a line
 // and as JSON.
 type report struct {
-	Datadir  string `json:"datadir"`
-	State    string `json:"state"` // free, stale, held, orphans, invalid
+	Datadir string `json:"datadir"`
+	State   string `json:"state"` // free, stale, held, orphans, invalid
+	// Service is what status says of the server, for monitoring: running,
+	// stopping, unsupervised, survivors, dead, stopped or unknown.
+	Service  string `json:"service"`
 	PID      int    `json:"pid,omitempty"`
 	ChildPID int    `json:"child_pid,omitempty"` // the command run started
 	MainPID  int    `json:"main_pid,omitempty"`  // the server's main process, while there is one
@@ -68,7 +73,47 @@ func newReport(dir string, rep *interlock.Report, err error) *report {
 	if errors.As(rep.Err, &oe) {
 		r.Orphans = oe.PIDs()
 	}
+	r.Service = r.service()
 	return r
+}
+
+// The states of the server that status reports (docs/cli.md), each with
+// its exit code.
+const (
+	serviceRunning      = "running"      // held by a live dirlockd run (or holder)
+	serviceStopping     = "stopping"     // held, and the holder is stopping the server
+	serviceUnsupervised = "unsupervised" // the holder is dead, the recorded main process lives on
+	serviceSurvivors    = "survivors"    // the holder is dead, other processes of it survive
+	serviceDead         = "dead"         // nobody is left, but the holder did not shut down cleanly
+	serviceStopped      = "stopped"      // nobody is left, and the last holder shut down cleanly (or none ever ran)
+	serviceUnknown      = "unknown"      // the directory cannot be inspected
+)
+
+var serviceExit = map[string]int{
+	serviceRunning: exitcode.StatusRunning, serviceStopping: exitcode.StatusStopping,
+	serviceUnsupervised: exitcode.StatusUnsupervised, serviceSurvivors: exitcode.StatusDead,
+	serviceDead: exitcode.StatusDead, serviceStopped: exitcode.StatusNotRunning, serviceUnknown: exitcode.StatusUnknown,
+}
+
+// service is the server's state as status reports it.
+func (r *report) service() string {
+	switch r.State {
+	case "held":
+		if r.Status == string(pidfile.Stopping) {
+			return serviceStopping
+		}
+		return serviceRunning
+	case "orphans":
+		if r.MainPID > 0 && slices.Contains(r.Orphans, r.MainPID) {
+			return serviceUnsupervised
+		}
+		return serviceSurvivors
+	case "stale":
+		return serviceDead
+	case "free":
+		return serviceStopped
+	}
+	return serviceUnknown
 }
 
 func writeJSON(w io.Writer, v any) {

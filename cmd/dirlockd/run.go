@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -20,14 +21,24 @@ type runFlags struct {
 	readyTCP     string
 	onLost       string
 	mainPIDFile  string
+	user         string // --user USER[:GROUP]
+	killModeArg  string
+	stopSigArg   string
+	reloadSigArg string
 	lease        leaseFlags // --etcd and the flags that go with it
+
+	// Settled from the arguments above.
+	killMode           killMode
+	stopSig, reloadSig syscall.Signal
 }
 
 const runAbout = `Run COMMAND as the one server of the data directory: acquire the interlock,
 start COMMAND with the locked pidfile descriptor inherited (so the lock lives as
 long as any process of the server's tree keeps it, even if dirlockd dies), pass
 signals on, track readiness, recheck the interlock, and release it in order once
-the last process of the server's tree has exited.
+the last process of the server's tree has exited. dirlockd's flags end at
+COMMAND, the first word that is not one of them (or at --): every word after it
+is COMMAND's.
 
 The server's tree is every process descended from dirlockd: dirlockd is a child
 subreaper, so a server that forks and exits (pg_ctl start, redis-server
@@ -59,13 +70,19 @@ server's user made to a file only root may read); it is opened without
 blocking and must be a regular file (not a FIFO, not /dev/zero); at most 4 KiB
 are read. A refused file is warned about, never with its content.
 
-SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed to the main process (to its
-process group too with --signal-group; to each of dirlockd's children when
-there is no main process). SIGTERM and SIGINT stop the server: the main process
-gets the signal, and so does every process of the tree outside the main
-process's own subtree (with no main process, every process of the tree); the
-processes left when the main process exits get SIGTERM; after --stop-timeout,
-every process still in the tree gets SIGKILL. Signals reach processes through
+SIGHUP sends the main process --reload-signal (dirlockd reload sends dirlockd
+SIGHUP); SIGQUIT, SIGUSR1 and SIGUSR2 are passed to it (to its process group
+too with --signal-group; to each of dirlockd's children when there is no main
+process). SIGTERM stops the server with --stop-signal (SIGINT with SIGINT), as
+--kill-mode says, with systemd's meaning: control-group (the default) signals
+every process of the tree, so that a database under a start script that
+ignores SIGTERM (mysqld_safe) gets it itself; mixed the main process only, and
+SIGTERM to the rest once it has exited; process the main process only, the
+rest left to exit. After --stop-timeout, SIGKILL to every process still in the
+tree (process: to the main process). Stop signal, reload signal and kill mode
+are recorded in the pidfile, for dirlockd stop and reload to use if dirlockd
+dies. --user runs dirlockd and COMMAND as the server's user (root only; the
+data directory must be that user's). Signals reach processes through
 pidfds, never by a PID that may have been reused. A signal that arrives while
 dirlockd is still acquiring is not lost: SIGTERM and SIGINT give up (exit 143
 or 130), the others are passed to the server once it is ready by --ready-notify
@@ -131,6 +148,8 @@ locks on shared storage), 69 etcd unavailable (--etcd), 64 usage, 70 internal
 error, 127 command not found, 126 command not executable.`
 
 const runExamples = `  dirlockd run -D /var/lib/redis -- redis-server --supervised systemd --dir /var/lib/redis
+  dirlockd run -D /srv/pg --user postgres --ready-notify --stop-signal INT -- postgres -D /srv/pg
+  dirlockd run -D /srv/mysql --user mysql --ready-tcp 127.0.0.1:3306 -- mysqld_safe --datadir=/srv/mysql
   dirlockd run -D /var/lib/etcd --wait 30s -- etcd --data-dir /var/lib/etcd
   dirlockd run -D /srv/app --ready-tcp 127.0.0.1:8080 --signal-group -- ./server
   dirlockd run -D /var/lib/redis -- redis-server --daemonize yes --dir /var/lib/redis
@@ -149,10 +168,22 @@ var runDoc = doc{
 
 func runFlagSet(g *globals, f *runFlags, stderr io.Writer) *pflag.FlagSet {
 	fs := command(&runDoc, g, stderr)
+	// As flock(1), env(1), sudo and systemd-run do, dirlockd's flags end at
+	// COMMAND, the first word that is not one: what follows is COMMAND's,
+	// "-D" and all.
+	fs.SetInterspersed(false)
+	g.command = true
 	fs.DurationVar(&g.opts.Wait, "wait", 0, "how long to wait for a held data directory (0: fail at once)")
 	fs.IntVar(&f.conflictExit, "conflict-exit-code", exitcode.Held, "exit status when the directory is held by a live instance")
 	fs.BoolVar(&f.signalGroup, "signal-group", false, "pass signals to the main process's whole process group too")
-	fs.DurationVar(&f.stopTimeout, "stop-timeout", 60*time.Second, "after SIGTERM/SIGINT, how long the server's tree may take to exit before SIGKILL, at least 100ms")
+	fs.StringVar(&f.user, "user", "", "run dirlockd and COMMAND as USER[:GROUP], with USER's groups (root only)")
+	fs.StringVar(&f.stopSigArg, "stop-signal", "TERM", "signal that stops the server, as systemd's KillSignal= (recorded)")
+	completeValues(fs, "stop-signal", signalNames...)
+	fs.StringVar(&f.killModeArg, "kill-mode", string(killControlGroup), "who gets the stop signal: control-group, mixed or process, as systemd's KillMode=")
+	completeValues(fs, "kill-mode", killModes...)
+	fs.StringVar(&f.reloadSigArg, "reload-signal", "HUP", "signal a reload (dirlockd reload, SIGHUP) sends the main process")
+	completeValues(fs, "reload-signal", signalNames...)
+	fs.DurationVar(&f.stopTimeout, "stop-timeout", 60*time.Second, "after a stop begins, how long the server's tree may take to exit before SIGKILL, at least 100ms")
 	fs.StringVar(&f.mainPIDFile, "main-pid-file", "", "file in which a forking server writes its main process's PID (as systemd's PIDFile=; first line)")
 	completeFiles(fs, "main-pid-file")
 	fs.BoolVar(&f.readyNotify, "ready-notify", false, "COMMAND sends READY=1 (sd_notify): ready only then")
@@ -192,8 +223,6 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case len(rest) == 0:
 		return usageErr("no command: dirlockd run -D DIR [flags] -- COMMAND [ARGS...]")
-	case fs.ArgsLenAtDash() > 0:
-		return usageErr("unexpected argument %q before --", rest[0])
 	case f.conflictExit < 1 || f.conflictExit > 255:
 		return usageErr("--conflict-exit-code %d: want 1 to 255", f.conflictExit)
 	case f.onLost != "shutdown" && f.onLost != "log":
@@ -201,6 +230,15 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	if err := checkFloors(fs, runFloors...); err != nil {
 		return usageErr("%v", err)
+	}
+	if f.killMode, err = parseKillMode(f.killModeArg); err != nil {
+		return usageErr("--kill-mode %v", err)
+	}
+	if f.stopSig, err = parseSignal(f.stopSigArg); err != nil {
+		return usageErr("--stop-signal: %v", err)
+	}
+	if f.reloadSig, err = parseSignal(f.reloadSigArg); err != nil {
+		return usageErr("--reload-signal: %v", err)
 	}
 	if f.readyTCP != "" {
 		if _, _, err := net.SplitHostPort(f.readyTCP); err != nil {
@@ -213,6 +251,12 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			return usageErr("--main-pid-file %q: %v", f.mainPIDFile, err)
 		}
 		f.mainPIDFile = abs
+	}
+	if f.user != "" {
+		if err := becomeUser(f.user); err != nil {
+			g.log.Error("cannot run as --user "+f.user, "err", err)
+			return exitcode.Invalid
+		}
 	}
 	r := &runner{flags: f, opts: g.opts, dir: g.dirs[0], argv: rest, log: g.log, upstream: os.Getenv("NOTIFY_SOCKET")}
 	if withLease {

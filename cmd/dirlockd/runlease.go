@@ -226,7 +226,7 @@ func (r *runner) leaseTerm() {
 	dl, _ := ls.l.Deadline()
 	r.log.Error("the lease was not renewed in time: stopping the server before it can end", "lease_key", ls.l.Key(),
 		"deadline_in", (dl - agent.Now()).Round(time.Millisecond), "last_error", ls.l.LastError())
-	r.stop(syscall.SIGTERM, "lease deadline")
+	r.stop(r.flags.stopSig, "lease deadline")
 }
 
 // leaseKill fires at deadline - margin, or at a loss: every process of the
@@ -322,7 +322,7 @@ func (r *runner) helperExited(pid int, ws unix.WaitStatus) bool {
 		// lease is still ours; the kill timer stands.
 		r.log.Error("the etcd agent exited: stopping the server before the lease can end", "pid", pid, "status", describe(ws))
 		if !r.stopAsked {
-			r.stop(syscall.SIGTERM, "the etcd agent exited")
+			r.stop(r.flags.stopSig, "the etcd agent exited")
 		}
 	default:
 		return false

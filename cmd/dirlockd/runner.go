@@ -135,6 +135,11 @@ func (r *runner) run() int {
 		}
 	}
 	r.rec = newRecorder(r.lock, r.log, r.opts.Recheck)
+	// How the server is stopped and reloaded, for dirlockd stop and
+	// reload when dirlockd itself is gone.
+	r.rec.SetExtra(stopSignalKey, signalName(r.flags.stopSig))
+	r.rec.SetExtra(reloadSignalKey, signalName(r.flags.reloadSig))
+	r.rec.SetExtra(killModeKey, string(r.flags.killMode))
 	if r.lease != nil {
 		r.rec.SetExtra(leaseKeyField, r.lease.l.Key())
 		r.rec.SetExtra(fencingTokenField, strconv.FormatInt(r.lease.l.Token(), 10))

@@ -19,6 +19,7 @@ func (r *runner) stop(sig syscall.Signal, why string) {
 	t := pinTree(r.helpers()...)
 	defer t.Close()
 	targets := r.targets(t, true)
+	r.log.Debug("sending the stop signal", "signal", signalName(sig), "kill_mode", r.flags.killMode, "pids", targets.PIDs())
 	targets.Signal(unix.Signal(sig))
 	targets.Signal(unix.SIGCONT)
 	r.beginStop(why)
@@ -44,7 +45,7 @@ func (r *runner) beginStop(why string) {
 func (r *runner) lost(reason string) {
 	r.log.Error("the data directory interlock is lost: "+reason, "on_lost", r.flags.onLost)
 	if r.flags.onLost == "shutdown" && !r.stopAsked {
-		r.stop(syscall.SIGTERM, "interlock lost")
+		r.stop(r.flags.stopSig, "interlock lost")
 	}
 }
 
@@ -52,6 +53,13 @@ func (r *runner) lost(reason string) {
 // stop request, every process still in the server's tree gets SIGKILL.
 func (r *runner) killTree() {
 	r.kill = nil
+	if r.flags.killMode == killProcess && r.main != nil {
+		// The rest of the tree is left alone: dirlockd holds the
+		// directory until it has exited on its own.
+		r.log.Warn("the main process did not exit in time: sending it SIGKILL (--kill-mode process: the rest of its tree is left to exit)", "stop_timeout", r.flags.stopTimeout, "pid", r.main.pid)
+		pinned{*r.main}.Signal(unix.SIGKILL)
+		return
+	}
 	t := pinTree(r.helpers()...)
 	r.log.Warn("the server did not exit in time: sending SIGKILL to its tree", "stop_timeout", r.flags.stopTimeout, "pids", t.PIDs())
 	t.Signal(unix.SIGKILL)

@@ -49,10 +49,11 @@ func (r *runner) forward(sig syscall.Signal) {
 	}
 }
 
-// targets picks from the tree t who gets a signal. With a main process: the
-// main process, with --signal-group the rest of its process group, and when
-// stopping, every process outside its subtree. With none: dirlockd's own
-// children, or when stopping, everyone.
+// targets picks from the tree t who gets a signal. Passed on (stopping
+// false): the main process, with --signal-group the rest of its process
+// group; with no main process, dirlockd's own children. Stopping: as
+// --kill-mode says, every process of the tree (control-group) or the main
+// process alone (mixed, process); with no main process, everyone.
 func (r *runner) targets(t pinned, stopping bool) pinned {
 	if r.main == nil {
 		if stopping {
@@ -61,13 +62,12 @@ func (r *runner) targets(t pinned, stopping bool) pinned {
 		return slices.DeleteFunc(slices.Clone(t), func(m member) bool { return m.parent != os.Getpid() })
 	}
 	main := *r.main
-	var outside []int
-	if stopping {
-		outside = t.Without(main.pid).PIDs()
+	if stopping && r.flags.killMode == killControlGroup {
+		return t
 	}
 	out := pinned{main}
 	for _, m := range t {
-		if m.pid != main.pid && (r.flags.signalGroup && m.pgid == main.pgid || slices.Contains(outside, m.pid)) {
+		if m.pid != main.pid && r.flags.signalGroup && m.pgid == main.pgid {
 			out = append(out, m)
 		}
 	}

@@ -17,16 +17,24 @@ import (
 var statusDoc = doc{
 	name:     "status",
 	line:     "status -D DIR [--json]",
-	summary:  "LSB status: 0 running, 1 dead with pidfile, 3 stopped, 4 unknown",
+	summary:  "the server's state, LSB codes: 0 running, 1 dead, 3 stopped, 150 stopping, 151 unsupervised",
 	synopsis: []string{"status -D DIR [--json]"},
-	about: `Report whether a server holds the data directory, with LSB status codes (as
-pg_ctl status and start-stop-daemon --status):
-  0  running: held by a live instance (PID, main PID, status, uptime, lock method, segment)
-  1  not running, but the pidfile's record says it did not shut down cleanly,
-     or the pidfile is empty or unreadable (stale), or orphaned processes of a
-     dead holder survive
-  3  not running
-  4  unknown: the data directory or pidfile cannot be inspected
+	about: `Report the state of the server of the data directory, with LSB status codes
+(as pg_ctl status and start-stop-daemon --status) and two of LSB's
+application codes for what LSB has no code for:
+  0    running: held by a live instance (PID, main PID, status, uptime, lock
+       method, segment)
+  150  stopping: held, and the holder is stopping the server
+  151  unsupervised: dirlockd run is dead, but the server's recorded main
+       process runs on (and holds the directory): "dirlockd stop" stops it
+  1    dead: not running, but the holder did not shut down cleanly (the
+       pidfile's record says so, or is empty or unreadable), or processes of
+       the dead holder survive without its main process ("survivors":
+       "dirlockd stop --survivors" stops them)
+  3    stopped: not running
+  4    unknown: the data directory or pidfile cannot be inspected
+--json carries the state as "service": running, stopping, unsupervised,
+survivors, dead, stopped or unknown.
 
 With --etcd and --lease-key (docs/lease.md), the lease key held by another
 holder is running (0), with its host, PID and fencing token, even when the
@@ -71,10 +79,18 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	if withLease {
 		r.addLease(f.lease.inspectLease())
 	}
-	code := map[string]int{"held": exitcode.StatusRunning, "stale": exitcode.StatusDead, "orphans": exitcode.StatusDead,
-		"free": exitcode.StatusNotRunning, "invalid": exitcode.StatusUnknown}[r.State]
+	r.Service = r.service() // the lease may have changed the state
+	code := serviceExit[r.Service]
 	if f.asJSON {
 		writeJSON(stdout, r)
+		return code
+	}
+	switch r.Service {
+	case serviceUnsupervised:
+		printable.Fprintf(stdout, "running unsupervised: %s\n  dirlockd run (PID %d) is dead; the server's main process %d runs on\n  stop it with: dirlockd stop -D %s\n", r.Datadir, r.PID, r.MainPID, r.Datadir)
+		return code
+	case serviceSurvivors:
+		printable.Fprintf(stdout, "dead with survivors: %s\n  %s\n  stop them with: dirlockd stop -D %s --survivors\n", r.Datadir, r.Reason, r.Datadir)
 		return code
 	}
 	if r.State != "held" {
@@ -107,8 +123,8 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	case r.ChildPID == 0:
 		main = "none yet"
 	}
-	printable.Fprintf(stdout, "running: %s\n  pid %d, main pid %s, host %s\n  status %s, up %s (since %s)\n  lock %s, shm key %s id %d\n",
-		r.Datadir, r.PID, main, r.Host, r.Status, up, r.Started, r.Method, r.ShmKey, derefInt(r.ShmID))
+	printable.Fprintf(stdout, "%s: %s\n  pid %d, main pid %s, host %s\n  status %s, up %s (since %s)\n  lock %s, shm key %s id %d\n",
+		r.Service, r.Datadir, r.PID, main, r.Host, r.Status, up, r.Started, r.Method, r.ShmKey, derefInt(r.ShmID))
 	if l := r.Lease; l != nil {
 		printable.Fprintf(stdout, "  lease key %s: %s by PID %d on host %s, fencing token %d\n", l.Key, l.State, l.PID, l.Host, l.FencingToken)
 	}

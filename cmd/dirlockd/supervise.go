@@ -68,11 +68,19 @@ func (r *runner) supervise(sigs chan os.Signal, nl *notify.Listener) int {
 			r.helpersIfAlone()
 		case s := <-sigs:
 			sig := s.(syscall.Signal)
-			if sig == syscall.SIGTERM || sig == syscall.SIGINT {
-				r.stop(sig, "signal "+unix.SignalName(sig))
-				continue
+			switch sig {
+			case syscall.SIGTERM:
+				// systemd, kill and dirlockd stop ask with SIGTERM;
+				// the server gets its own --stop-signal.
+				r.stop(r.flags.stopSig, "signal SIGTERM")
+			case syscall.SIGINT:
+				r.stop(sig, "signal SIGINT")
+			case syscall.SIGHUP:
+				// A reload: the server gets its own --reload-signal.
+				r.forward(r.flags.reloadSig)
+			default:
+				r.forward(sig)
 			}
-			r.forward(sig)
 		case <-r.kill:
 			r.killTree()
 		case m, ok := <-msgs:

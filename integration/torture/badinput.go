@@ -313,7 +313,13 @@ func badCommandLines(e *Env) Result {
 		{exitcode.Usage, []string{"run", "-D", dir, "--log-format", "yaml", "--", "true"}},
 		{exitcode.Usage, []string{"run", "-D", dir}},
 		{exitcode.Usage, []string{"run", "-D", dir, "--"}},
-		{exitcode.Usage, []string{"run", "-D", dir, "stray", "--", "true"}},
+		// run's flags end at COMMAND: a flag of the server's before it is
+		// the usage error ("did you mean -- COMMAND ..."), a stray word
+		// is COMMAND.
+		{exitcode.Usage, []string{"run", "-D", dir, "--port", "6399", "true"}},
+		{exitcode.Usage, []string{"run", "-D", dir, "--kill-mode", "cgroup", "--", "true"}},
+		{exitcode.Usage, []string{"run", "-D", dir, "--stop-signal", "BOGUS", "--", "true"}},
+		{exitcode.Usage, []string{"reload", "-D", dir, "stray"}},
 		{exitcode.Usage, []string{"run", "-D", dir, "--pidfile", "a/b", "--", "true"}},
 		{exitcode.Usage, []string{"run", "-D", dir, "--pidfile", "", "--", "true"}},
 		{exitcode.Usage, []string{"run", "--", "true"}},

@@ -27,9 +27,14 @@ const (
 )
 
 // status: the LSB codes of an init script's status action.
+// LSB has no code for a server being stopped or one that runs on without
+// its dirlockd; they take codes from the range LSB leaves to applications
+// (150-199).
 const (
-	StatusRunning    = 0
-	StatusDead       = 1 // a stale record, or orphans
-	StatusNotRunning = 3
-	StatusUnknown    = 4
+	StatusRunning      = 0
+	StatusDead         = 1 // a stale record, or survivors of a dead holder without its main process
+	StatusNotRunning   = 3
+	StatusUnknown      = 4
+	StatusStopping     = 150 // held, and the holder is stopping the server
+	StatusUnsupervised = 151 // dirlockd run is dead, its server's main process alive
 )

@@ -31,7 +31,7 @@ func (c *Client) failed(what string, err error) error {
 				Fix: "grant the etcd user readwrite on the key: etcdctl role grant-permission ROLE readwrite " + c.cfg.Key}
 		case codes.Unauthenticated, codes.InvalidArgument, codes.FailedPrecondition:
 			return &RefusedError{Key: c.cfg.Key, Problem: "cannot " + what, Err: err,
-				Fix: "check --user and the etcd user's password and roles"}
+				Fix: "check --etcd-user and the etcd user's password and roles"}
 		}
 	}
 	if errors.Is(err, context.Canceled) {

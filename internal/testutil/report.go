@@ -13,6 +13,7 @@ import (
 type Report struct {
 	Datadir  string `json:"datadir"`
 	State    string `json:"state"`
+	Service  string `json:"service"`
 	PID      int    `json:"pid"`
 	ChildPID int    `json:"child_pid"`
 	MainPID  int    `json:"main_pid"`
