@@ -15,9 +15,11 @@ import (
 
 var statusDoc = doc{
 	name:     "status",
-	line:     "status -D DIR [--json]",
 	summary:  "LSB status: 0 running, 1 dead with pidfile, 3 stopped, 4 unknown",
 	synopsis: []string{"status -D DIR [--json]"},
+	brief: `Report whether a server holds the data directory, with LSB status codes:
+  0 running   1 not running, but stale or orphans survive   3 not running
+  4 unknown: the data directory or pidfile cannot be inspected`,
 	about: `Report whether a server holds the data directory, with LSB status codes (as
 pg_ctl status and start-stop-daemon --status):
   0  running: held by a live instance (PID, main PID, status, uptime, lock method, segment)
