@@ -83,7 +83,8 @@ func command(d *doc, g *globals, stderr io.Writer) *pflag.FlagSet {
 	fs.SetOutput(stderr)
 	fs.SortFlags = false
 	if d.multiDir {
-		fs.StringArrayVarP(&g.dirs, "datadir", "D", nil, "data directory, repeatable (default $DIRLOCKD_DATADIR)")
+		fs.StringArrayVarP(&g.dirs, "datadir", "D", nil, "data directories (default $DIRLOCKD_DATADIR)")
+		detail(fs, "datadir", "Repeat -D for several.")
 	} else {
 		g.dirs = make([]string, 1)
 		fs.StringVarP(&g.dirs[0], "datadir", "D", "", "data directory (default $DIRLOCKD_DATADIR)")

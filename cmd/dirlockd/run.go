@@ -126,9 +126,8 @@ var runDoc = doc{
 	summary:  "run a server under the interlock",
 	synopsis: []string{"run -D DIR [flags] -- COMMAND [ARGS...]"},
 	brief: `Run COMMAND as the one server of data directory DIR: take the interlock, start
-COMMAND holding it, pass signals on, recheck, and release it once the last
-process of COMMAND's tree has exited. Exit: COMMAND's status (128+N if killed
-by signal N), or 75 held, 76 orphans of a dead holder, 78 invalid, 69 no etcd.`,
+COMMAND holding it, pass signals on, release it once its whole tree has exited.
+Exit: COMMAND's (128+N: signal N); 75 held, 76 orphans, 78 invalid, 69 no etcd`,
 	about:    runAbout,
 	examples: runExamples,
 }
@@ -147,7 +146,7 @@ func runFlagSet(g *globals, f *runFlags, stderr io.Writer) *pflag.FlagSet {
 	fs.BoolVar(&f.readyNotify, "ready-notify", false, "ready when COMMAND sends READY=1 (sd_notify)")
 	fs.StringVar(&f.readyTCP, "ready-tcp", "", "ready when HOST:PORT accepts a connection")
 	fs.DurationVar(&g.opts.Recheck, "recheck", 10*time.Second, "recheck interval (0: never)")
-	fs.StringVar(&f.onLost, "on-lost", "shutdown", "`shutdown|log` on a lost interlock")
+	fs.StringVar(&f.onLost, "on-lost", "shutdown", "shutdown or log if lost")
 	detail(fs, "on-lost", "When a recheck finds the interlock lost, shutdown stops COMMAND as SIGTERM does; log only logs it.")
 	completeValues(fs, "on-lost", "shutdown", "log")
 	fs.DurationVar(&g.opts.TakeoverAfter, "takeover-after", 0, "watch a remote holder's heartbeat this long")
