@@ -15,6 +15,9 @@ func TestHelpFits(t *testing.T) {
 	cmds := commands()
 	pages := map[string]string{"": usage(cmds)}
 	for _, c := range cmds {
+		if c.brief == "" || c.about == "" || c.examples == "" {
+			t.Errorf("dirlockd %s: its doc lacks a brief (for --help), an about (for the man page) or examples", c.name)
+		}
 		var out, stderr bytes.Buffer
 		if code := c.main([]string{"--help"}, &out, &stderr); code != 0 || stderr.Len() != 0 {
 			t.Fatalf("dirlockd %s --help: exit %d, stderr %q", c.name, code, stderr.String())
