@@ -52,7 +52,9 @@ func (d *doc) help(w io.Writer, fs *pflag.FlagSet) {
 // flagGroups places flags in the groups --help and the man pages list
 // them in, in this order. A flag is looked up as "COMMAND/FLAG", then as
 // "FLAG"; one in no group is listed under "Other flags", and
-// TestFlagGroups fails: each new flag gets its place here.
+// TestFlagGroups fails: each new flag gets its place here. (A name means
+// one thing in every command but where "COMMAND/FLAG" says otherwise:
+// --user is etcd's user, of the lease.)
 var flagGroups = []struct {
 	title string
 	flags []string

@@ -78,7 +78,7 @@ func TestDidYouMean(t *testing.T) {
 	cmds := commands()
 	for typed, want := range map[string]string{
 		"chek": "check", "stauts": "status", "stp": "stop", "rnu": "run", "versoin": "version",
-		"hlep": "help", "xyzzy": "", "s": "", "statistics": "",
+		"hlep": "help", "--verison": "--version", "--hlep": "--help", "xyzzy": "", "s": "", "statistics": "",
 	} {
 		got := ""
 		if s := didYouMean(typed, cmds); s != "" {

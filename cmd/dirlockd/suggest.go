@@ -53,7 +53,7 @@ func editDistance(a, b string) int {
 // didYouMean is what "unknown command" adds for a mistyped command name:
 // `; did you mean "check"?`, or "".
 func didYouMean(typed string, cmds []*subcommand) string {
-	names := []string{"help"}
+	names := []string{"help", "--help", "--version"}
 	for _, c := range cmds {
 		names = append(names, c.name)
 	}
