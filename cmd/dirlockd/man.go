@@ -187,7 +187,7 @@ func manFiles(cmd string) []manItem {
 			manItem{"/usr/share/zsh/site-functions/_dirlockd", "zsh's"},
 			manItem{"/usr/share/fish/vendor_completions.d/dirlockd.fish", "fish's"})
 	}
-	return append(files, manItem{manDocDir, "the guides: README.md, cli.md (every command), design.md, lease.md (run --etcd), nfs.md (shared storage), format.md (the pidfile)."})
+	return append(files, manItem{manDocDir, "the guides: README.md, cli.md (every command), design.md, lease.md (run --etcd), nfs.md (shared storage), format.md (the pidfile); PREFIX/share/doc/dirlockd/ after make install. Compressed (.md.gz) in the Debian package."})
 }
 
 // manEnvironmentOf is the ENVIRONMENT of command c's page: what of
