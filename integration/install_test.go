@@ -339,6 +339,17 @@ func TestDeb(t *testing.T) {
 		t.Errorf("dpkg -s: %v\n%s", err, out)
 	}
 	bin := filepath.Join(root, "usr/bin/dirlockd")
+	// No build path in the binaries (-trimpath): the source tree's is the
+	// same in both builds above, so only this shows it.
+	src, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []string{bin, filepath.Join(root, "usr/libexec/dirlockd/dirlockd-etcd")} {
+		if data, err := os.ReadFile(b); err != nil || bytes.Contains(data, []byte(src)) {
+			t.Errorf("%s holds the build path %s (%v)", b, src, err)
+		}
+	}
 	out, err := exec.Command(bin, "version").Output()
 	if err != nil || !strings.HasPrefix(string(out), "dirlockd ") || !strings.Contains(string(out), runtime.Version()) {
 		t.Errorf("packaged dirlockd version: %q, %v", out, err)
