@@ -105,8 +105,9 @@ var stressDoc = doc{
 DIR in a loop, every hold reports to witness files in DIR, and a report ends
 with PASS, FAIL (two holders overlapped or writes were lost) or INCONCLUSIVE.
 Use a scratch directory, never a live server's. For shared storage, run it at
-once on several clients, then --verify on one. Exit status: 0 PASS; 1 FAIL or
-INCONCLUSIVE; 64 usage; 69 etcd unavailable; 76 orphans; 78 unfit directory.`,
+once on several clients, then --verify on one. To start afresh, delete both
+witness files (never one alone) while no run is going on. Exit status: 0 PASS;
+1 FAIL or INCONCLUSIVE; 64 usage; 69 etcd unavailable; 76 orphans; 78 unfit.`,
 	about:    stressAbout,
 	examples: stressExamples,
 }
