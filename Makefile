@@ -11,15 +11,28 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # What dirlockd version prints: the tag, or the commit, +-dirty for a
 # modified tree; devel outside a git checkout (a release tarball may set it).
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
-LDFLAGS     := -X main.version=$(VERSION)
+# STRIP=-s -w leaves out the symbol table and DWARF (make deb: Debian
+# ships stripped binaries; a Go panic's trace needs neither).
+STRIP       ?=
+LDFLAGS     := -X main.version=$(VERSION) $(STRIP)
+# Reproducible: no build paths (-trimpath), no VCS stamp beyond VERSION
+# (-buildvcs=false): two builds of one commit with one toolchain are the
+# same bytes (TestDeb checks).
+GOBUILD     := CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags "$(LDFLAGS)"
 
-.PHONY: build man install uninstall deb test unit integration bench fuzz torture lint lint-vet run clean
+.PHONY: build man install uninstall deb deps test unit integration bench fuzz torture lint lint-vet run clean
 
 # Static (CGO_ENABLED=0): the net package would otherwise link libc and
 # runtime/cgo, which adds about a millisecond to every start and check.
 build:
-	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/dirlockd
-	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(AGENT) ./cmd/dirlockd-etcd
+	$(GOBUILD) -o $(BIN) ./cmd/dirlockd
+	$(GOBUILD) -o $(AGENT) ./cmd/dirlockd-etcd
+
+# What the tests need beyond Go (.ci/deps lists it, for .ci/run too): as
+# root, installed when missing; otherwise make stops at once with the
+# apt-get line to run. Nothing is run when all is present.
+deps:
+	@if [ "$$(id -u)" = 0 ]; then .ci/deps install; else .ci/deps check; fi
 
 # The man pages, from the help texts and flag sets of the commands (the
 # generator is built only with -tags manpages). They are committed, so that
@@ -29,7 +42,8 @@ man:
 	$(GO) run -tags manpages ./cmd/dirlockd __man man
 
 # make install [PREFIX=/usr/local] [DESTDIR=]: the binary, its etcd agent
-# in libexec, the man pages,
+# in libexec, the man pages, README.md and docs/*.md in DOCDIR (--help
+# points there),
 # the completions where bash-completion, zsh and fish look for them, the
 # systemd unit template (ExecStart names the installed binary) and its
 # drop-in examples. Completions come from the binary just built.
@@ -48,6 +62,7 @@ ZSHCOMPDIR  ?= $(SHAREDIR)/zsh/site-functions
 FISHCOMPDIR ?= $(SHAREDIR)/fish/vendor_completions.d
 MANPAGES    := $(wildcard man/*.1)
 EXAMPLES    := $(wildcard systemd/examples/*.conf)
+DOCS        := README.md $(wildcard docs/*.md)
 
 install: build
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR)/systemd \
@@ -60,57 +75,77 @@ install: build
 	$(BIN) completion fish > $(DESTDIR)$(FISHCOMPDIR)/dirlockd.fish
 	sed 's|@bindir@|$(BINDIR)|g; s|@docdir@|$(DOCDIR)|g' systemd/dirlockd@.service.in > $(DESTDIR)$(UNITDIR)/dirlockd@.service
 	install -m 0644 $(EXAMPLES) $(DESTDIR)$(DOCDIR)/systemd/
+	install -m 0644 $(DOCS) $(DESTDIR)$(DOCDIR)/
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/dirlockd $(DESTDIR)$(LIBEXECDIR)/dirlockd-etcd $(addprefix $(DESTDIR)$(MANDIR)/man1/,$(notdir $(MANPAGES))) \
 		$(DESTDIR)$(BASHCOMPDIR)/dirlockd $(DESTDIR)$(ZSHCOMPDIR)/_dirlockd $(DESTDIR)$(FISHCOMPDIR)/dirlockd.fish \
-		$(DESTDIR)$(UNITDIR)/dirlockd@.service $(addprefix $(DESTDIR)$(DOCDIR)/systemd/,$(notdir $(EXAMPLES)))
+		$(DESTDIR)$(UNITDIR)/dirlockd@.service $(addprefix $(DESTDIR)$(DOCDIR)/systemd/,$(notdir $(EXAMPLES))) \
+		$(addprefix $(DESTDIR)$(DOCDIR)/,$(notdir $(DOCS)))
 	rmdir $(DESTDIR)$(DOCDIR)/systemd $(DESTDIR)$(DOCDIR) $(DESTDIR)$(LIBEXECDIR) 2>/dev/null || true
 
-# make deb: bin/dirlockd_VERSION_ARCH.deb (DEBDIR=), what make install puts
-# under /usr, man pages compressed as Debian does; dpkg-deb, no network. The
-# binary is static: no Depends. Without a tag, the version is 0~COMMIT, so
-# that the first tagged release sorts above it.
+# make deb: two packages in DEBDIR, built with dpkg-deb (no network, no
+# debhelper): dirlockd (what make install puts under /usr, but the agent)
+# and dirlockd-etcd (the etcd agent, 2/3 of the bytes, which only run --etcd
+# needs; dirlockd Suggests it). Each carries what Debian policy asks: the
+# DEP-5 copyright, changelog.Debian.gz, man pages and docs over 4 kB
+# compressed with gzip -9n, files root-owned 0644/0755, and its lintian
+# overrides (debian/*.lintian-overrides say why). The binaries are static:
+# no Depends but dirlockd-etcd's on dirlockd. Reproducible: file times and
+# the changelog's date are the commit's (SOURCE_DATE_EPOCH). Without a tag,
+# the version is 0~COMMIT, so that the first tagged release sorts above it;
+# -1 is the Debian revision (the packaging is not native: debian/ may
+# change without a new dirlockd).
 DEBDIR      ?= bin
-DEB_VERSION ?= $(shell v='$(VERSION)'; case $$v in (v[0-9]*.*) v=$${v#v};; ([0-9]*.*) ;; (*) v=0~$$v;; esac; echo "$$v" | tr - +)
+DEB_VERSION ?= $(shell v='$(VERSION)'; case $$v in (v[0-9]*.*) v=$${v#v};; ([0-9]*.*) ;; (*) v=0~$$v;; esac; echo "$$v" | tr - +)-1
 DEB_ARCH    ?= $(shell dpkg --print-architecture)
-DEB         := $(DEBDIR)/dirlockd_$(DEB_VERSION)_$(DEB_ARCH).deb
 DEB_ROOT    := $(DEBDIR)/deb-root
+DEB_EPOCH   ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+DEB_MAINT   := dirlockd developers <dirlockd@users.noreply.github.com>
 
 deb:
 	rm -rf $(DEB_ROOT)
-	$(MAKE) install DESTDIR=$(abspath $(DEB_ROOT)) PREFIX=/usr
-	gzip -9n $(DEB_ROOT)/usr/share/man/man1/*.1
-	install -d $(DEB_ROOT)/DEBIAN
-	{ echo "Package: dirlockd"; \
-	  echo "Version: $(DEB_VERSION)"; \
-	  echo "Architecture: $(DEB_ARCH)"; \
-	  echo "Maintainer: dirlockd developers <dirlockd@users.noreply.github.com>"; \
-	  echo "Installed-Size: $$(du -sk --exclude=DEBIAN $(DEB_ROOT) | cut -f1)"; \
-	  echo "Section: admin"; \
-	  echo "Priority: optional"; \
-	  echo "Homepage: https://github.com/dirlockd/dirlockd"; \
-	  echo "Description: one server process tree per data directory"; \
-	  echo " dirlockd wraps a server (a database, a queue) so that exactly one"; \
-	  echo " process tree ever works in its data directory: a kernel lock on a"; \
-	  echo " pidfile plus a System V shared-memory witness of orphaned children."; \
-	  echo " With --etcd, an etcd lease guards the directory across hosts too"; \
-	  echo " (the etcd client is a separate program, /usr/libexec/dirlockd/dirlockd-etcd)."; \
-	  echo " Man pages, shell completions and a systemd unit template included."; \
-	} > $(DEB_ROOT)/DEBIAN/control
-	dpkg-deb --root-owner-group --build $(DEB_ROOT) $(DEB)
+	$(MAKE) install DESTDIR=$(abspath $(DEB_ROOT))/dirlockd PREFIX=/usr STRIP="-s -w"
+	install -d $(DEB_ROOT)/dirlockd-etcd/usr
+	mv $(DEB_ROOT)/dirlockd/usr/libexec $(DEB_ROOT)/dirlockd-etcd/usr/
+	gzip -9n $(DEB_ROOT)/dirlockd/usr/share/man/man1/*.1
+	find $(DEB_ROOT)/dirlockd/usr/share/doc/dirlockd -name '*.md' -size +4k -exec gzip -9n {} +
+	{ echo "dirlockd ($(DEB_VERSION)) unstable; urgency=medium"; echo; \
+	  echo "  * Built from dirlockd $(VERSION) by make deb; the project's history is"; \
+	  echo "    its git log."; echo; \
+	  echo " -- $(DEB_MAINT)  $$(LC_ALL=C date -u -R -d @$(DEB_EPOCH))"; \
+	} > $(DEB_ROOT)/changelog.Debian
+	set -e; for p in dirlockd dirlockd-etcd; do \
+	  r=$(DEB_ROOT)/$$p; \
+	  install -d $$r/DEBIAN $$r/usr/share/doc/$$p $$r/usr/share/lintian/overrides; \
+	  install -m 0644 debian/copyright $$r/usr/share/doc/$$p/copyright; \
+	  gzip -9nc $(DEB_ROOT)/changelog.Debian > $$r/usr/share/doc/$$p/changelog.Debian.gz; \
+	  sed '/^#/d' debian/$$p.lintian-overrides > $$r/usr/share/lintian/overrides/$$p; \
+	  chmod 0644 $$r/usr/share/doc/$$p/changelog.Debian.gz $$r/usr/share/lintian/overrides/$$p; \
+	  { echo "Package: $$p"; \
+	    echo "Version: $(DEB_VERSION)"; \
+	    echo "Architecture: $(DEB_ARCH)"; \
+	    echo "Maintainer: $(DEB_MAINT)"; \
+	    echo "Installed-Size: $$(du -sk --exclude=DEBIAN $$r | cut -f1)"; \
+	    sed -n "/^Package: $$p$$/,/^$$/{/^Package:/d;/^$$/d;s/@VERSION@/$(DEB_VERSION)/;p}" debian/control; \
+	  } > $$r/DEBIAN/control; \
+	  (cd $$r && find usr -type f -exec md5sum {} + | LC_ALL=C sort -k 2) > $$r/DEBIAN/md5sums; \
+	  chmod 0644 $$r/DEBIAN/md5sums $$r/DEBIAN/control; \
+	  find $$r -exec touch -h -d @$(DEB_EPOCH) {} +; \
+	  SOURCE_DATE_EPOCH=$(DEB_EPOCH) dpkg-deb --root-owner-group -Zxz --build $$r $(DEBDIR)/$${p}_$(DEB_VERSION)_$(DEB_ARCH).deb; \
+	done
 	rm -rf $(DEB_ROOT)
 
 # Packages run one at a time (-p 1): each checks in TestMain that the set of
 # SysV segments on the machine is the same after its tests as before, which
 # only holds when no other package's tests run beside it.
-test: lint-vet
+test: deps lint-vet
 	$(GO) test -p 1 -count=1 -timeout 25m ./...
 
 unit: lint-vet
 	$(GO) test -p 1 -count=1 ./pidfile/ ./shm/ ./interlock/ ./internal/...
 
-integration: lint-vet
+integration: deps lint-vet
 	$(GO) test -p 1 -count=1 -timeout 25m ./integration/
 
 # In-process benchmarks, then the CLI benchmark: whole dirlockd processes
@@ -118,9 +153,8 @@ integration: lint-vet
 # warm, cold and with BENCH_PROCS more idle processes, then the hand-off
 # rate of dirlockd stress beside a bare flock loop. Not run by .ci/run.
 BENCH_PROCS ?= 3000
-bench: build
+bench: deps build
 	$(GO) test -p 1 -run '^$$' -bench . -benchmem -count 5 ./interlock/
-	@command -v flock >/dev/null || { echo "make bench needs flock(1): apt-get install util-linux"; exit 1; }
 	-$(GO) run ./integration/clibench -bin $(BIN) -procs $(BENCH_PROCS)
 	$(GO) run ./integration/clibench -bin $(BIN) -handoff 10s
 
@@ -137,7 +171,7 @@ TORTURE_ITER ?= 200
 TORTURE_CONC ?= 64
 TORTURE_HOLD ?= 1ms
 TORTURE_SEED ?=
-torture:
+torture: deps
 	DIRLOCKD_TORTURE_ITER=$(TORTURE_ITER) DIRLOCKD_TORTURE_CONC=$(TORTURE_CONC) \
 	DIRLOCKD_TORTURE_HOLD=$(TORTURE_HOLD) DIRLOCKD_TORTURE_SEED=$(TORTURE_SEED) \
 	DIRLOCKD_TORTURE_REPORT=$(CURDIR)/docs/reliability.md \

@@ -177,6 +177,14 @@ var installed = []string{
 	"lib/systemd/system/dirlockd@.service",
 	"share/doc/dirlockd/systemd/redis.conf",
 	"share/doc/dirlockd/systemd/postgresql.conf",
+	"share/doc/dirlockd/README.md",
+	"share/doc/dirlockd/benchmarks.md",
+	"share/doc/dirlockd/cli.md",
+	"share/doc/dirlockd/design.md",
+	"share/doc/dirlockd/format.md",
+	"share/doc/dirlockd/lease.md",
+	"share/doc/dirlockd/nfs.md",
+	"share/doc/dirlockd/reliability.md",
 }
 
 // zshCompletion types each line and a TAB into an interactive zsh (on a

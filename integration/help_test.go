@@ -16,24 +16,28 @@ func TestHelp(t *testing.T) {
 		stdout, stderr   []string // must contain each
 		noStdout, noErrs bool     // must be empty
 	}
-	summary := []string{"Usage:\n  dirlockd run -D DIR", "dirlockd completion bash|zsh|fish", "dirlockd version", "Global flags"}
+	summary := []string{"Usage:\n  dirlockd run -D DIR", "\n  completion  ", "\n  version  ", "Global flags", "\nExamples:\n  dirlockd run"}
 	cases := map[string]want{
-		"":                {code: exitcode.Usage, stderr: summary, noStdout: true},
-		"bogus":           {code: exitcode.Usage, stderr: append([]string{`unknown command "bogus"`}, summary...), noStdout: true},
-		"help":            {stdout: summary, noErrs: true},
-		"-h":              {stdout: summary, noErrs: true},
-		"--help":          {stdout: summary, noErrs: true},
-		"version -h":      {stdout: []string{"Usage:\n  dirlockd version\n"}, noErrs: true},
-		"help version":    {stdout: []string{"Usage:\n  dirlockd version\n"}, noErrs: true},
-		"version x":       {code: exitcode.Usage, stderr: []string{`dirlockd version: unexpected argument "x"`}, noStdout: true},
-		"completion -h":   {stdout: []string{"Usage:\n  dirlockd completion bash|zsh|fish\n"}, noErrs: true},
-		"help completion": {stdout: []string{"Usage:\n  dirlockd completion bash|zsh|fish\n"}, noErrs: true},
-		"completion":      {code: exitcode.Usage, stderr: []string{"dirlockd completion: want one of bash, zsh or fish"}, noStdout: true},
-		"completion tcsh": {code: exitcode.Usage, stderr: []string{"dirlockd completion: want one of bash, zsh or fish"}, noStdout: true},
-		"__man /tmp":      {code: exitcode.Usage, stderr: []string{`unknown command "__man"`}, noStdout: true}, // only with -tags manpages
+		"":                                  {code: exitcode.Usage, stderr: summary, noStdout: true},
+		"bogus":                             {code: exitcode.Usage, stderr: append([]string{"unknown command \"bogus\"\n"}, summary...), noStdout: true},
+		"chek":                              {code: exitcode.Usage, stderr: append([]string{`unknown command "chek"; did you mean "check"?`}, summary...), noStdout: true},
+		"-V":                                {stdout: []string{"dirlockd "}, noErrs: true},
+		"--version":                         {stdout: []string{"dirlockd "}, noErrs: true},
+		"run -D /tmp --ready-notfy -- true": {code: exitcode.Usage, stderr: []string{"unknown flag: --ready-notfy (did you mean --ready-notify?)"}, noStdout: true},
+		"help":                              {stdout: summary, noErrs: true},
+		"-h":                                {stdout: summary, noErrs: true},
+		"--help":                            {stdout: summary, noErrs: true},
+		"version -h":                        {stdout: []string{"Usage:\n  dirlockd version\n"}, noErrs: true},
+		"help version":                      {stdout: []string{"Usage:\n  dirlockd version\n"}, noErrs: true},
+		"version x":                         {code: exitcode.Usage, stderr: []string{`dirlockd version: unexpected argument "x"`}, noStdout: true},
+		"completion -h":                     {stdout: []string{"Usage:\n  dirlockd completion bash|zsh|fish\n"}, noErrs: true},
+		"help completion":                   {stdout: []string{"Usage:\n  dirlockd completion bash|zsh|fish\n"}, noErrs: true},
+		"completion":                        {code: exitcode.Usage, stderr: []string{"dirlockd completion: want one of bash, zsh or fish"}, noStdout: true},
+		"completion tcsh":                   {code: exitcode.Usage, stderr: []string{"dirlockd completion: want one of bash, zsh or fish"}, noStdout: true},
+		"__man /tmp":                        {code: exitcode.Usage, stderr: []string{`unknown command "__man"`}, noStdout: true}, // only with -tags manpages
 	}
 	for _, c := range []string{"run", "check", "status", "stop", "wait", "stress"} {
-		w := want{stdout: []string{"\nUsage:\n  dirlockd " + c + " -D DIR", "\nFlags:\n  -D, --datadir", "--log-format", "\nExamples:\n  "}, noErrs: true}
+		w := want{stdout: []string{"Usage:\n  dirlockd " + c + " -D DIR", "\nInterlock:\n  -D, --datadir", "\nOutput and logging:\n", "--log-format", "\nExamples:\n  ", "man dirlockd-" + c}, noErrs: true}
 		cases[c+" --help"], cases[c+" -h"], cases["help "+c] = w, w, w
 		// --help wins over a bad data directory and stray arguments, not
 		// over an unknown flag before it.

@@ -6,6 +6,7 @@ package integration
 // completion_test.go.
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -103,6 +104,11 @@ func TestInstall(t *testing.T) {
 		t.Errorf("installed dirlockd version: %q, %v", out, err)
 	}
 	agentFound(t, filepath.Join(prefix, "bin/dirlockd"))
+	// --help points at the guides where they are installed.
+	if out, err := exec.Command(filepath.Join(prefix, "bin/dirlockd"), "run", "--help").Output(); err != nil ||
+		!strings.Contains(string(out), "man dirlockd-run; guides in "+filepath.Join(prefix, "share/doc/dirlockd")+"/\n") {
+		t.Errorf("installed dirlockd run --help does not point at the installed guides (%v):\n%s", err, out)
+	}
 	// The unit names the binary where it runs from: PREFIX, without DESTDIR.
 	unit, err := os.ReadFile(filepath.Join(prefix, "lib/systemd/system/dirlockd@.service"))
 	if err != nil || !strings.Contains(string(unit), "\nExecStart=/opt/dl/bin/dirlockd run ") || regexp.MustCompile(`@[a-z]+@`).Match(unit) {
@@ -191,39 +197,174 @@ func TestSystemdUnit(t *testing.T) {
 	}
 }
 
-// TestDeb: make deb builds a package with dpkg-deb; unpacked with dpkg -x
-// into a scratch root, its binary runs and its man page renders.
+// TestDeb: make deb builds two packages, the same bytes when built twice;
+// lintian finds no error or warning in them (but for what
+// debian/*.lintian-overrides explain, and it does report those once the
+// overrides are gone); dpkg --root installs them into a scratch root with
+// its own database, refusing dirlockd-etcd without dirlockd; the installed
+// dirlockd runs, renders its man page and finds the agent for run --etcd,
+// and, once dirlockd-etcd is removed, says to install it.
 func TestDeb(t *testing.T) {
 	tmp := t.TempDir()
-	makeTarget(t, "deb", "DEBDIR="+tmp, "BIN="+filepath.Join(tmp, "dirlockd"), "AGENT="+filepath.Join(tmp, "dirlockd-etcd"))
-	debs, _ := filepath.Glob(filepath.Join(tmp, "dirlockd_*.deb"))
-	if len(debs) != 1 {
-		t.Fatalf("make deb DEBDIR=%s made %q, want one dirlockd_*.deb", tmp, debs)
-	}
-	info, err := exec.Command("dpkg-deb", "--field", debs[0], "Package", "Version", "Architecture").Output()
-	if err != nil || !strings.Contains(string(info), "Package: dirlockd\n") {
-		t.Errorf("dpkg-deb --field %s: %v\n%s", debs[0], err, info)
-	}
-	root := filepath.Join(tmp, "x")
-	if out, err := exec.Command("dpkg", "-x", debs[0], root).CombinedOutput(); err != nil {
-		t.Fatalf("dpkg -x: %v\n%s", err, out)
-	}
-	var want []string
-	for _, f := range installed {
-		if strings.HasPrefix(f, "share/man/") {
-			f += ".gz"
+	build := func(dir string) (main, etcd string) {
+		t.Helper()
+		makeTarget(t, "deb", "DEBDIR="+dir, "BIN="+filepath.Join(dir, "dirlockd"), "AGENT="+filepath.Join(dir, "dirlockd-etcd"))
+		debs, _ := filepath.Glob(filepath.Join(dir, "*.deb"))
+		for _, d := range debs {
+			switch {
+			case strings.HasPrefix(filepath.Base(d), "dirlockd_"):
+				main = d
+			case strings.HasPrefix(filepath.Base(d), "dirlockd-etcd_"):
+				etcd = d
+			}
 		}
-		want = append(want, filepath.Join("usr", f))
+		if len(debs) != 2 || main == "" || etcd == "" {
+			t.Fatalf("make deb DEBDIR=%s made %q, want dirlockd_*.deb and dirlockd-etcd_*.deb", dir, debs)
+		}
+		return main, etcd
 	}
-	slices.Sort(want)
-	if got := files(t, root); !slices.Equal(got, want) {
-		t.Errorf("the package holds %q, want %q", got, want)
+	mainDeb, etcdDeb := build(filepath.Join(tmp, "a"))
+	// Reproducible: another build, in other directories, is the same bytes.
+	again := filepath.Join(tmp, "b", "deeper")
+	if err := os.MkdirAll(again, 0o755); err != nil {
+		t.Fatal(err)
 	}
-	out, err := exec.Command(filepath.Join(root, "usr/bin/dirlockd"), "version").Output()
+	mainAgain, etcdAgain := build(again)
+	for _, pair := range [][2]string{{mainDeb, mainAgain}, {etcdDeb, etcdAgain}} {
+		a, errA := os.ReadFile(pair[0])
+		b, errB := os.ReadFile(pair[1])
+		if errA != nil || errB != nil || !bytes.Equal(a, b) {
+			t.Errorf("make deb is not reproducible: %s and %s differ (%v, %v)", pair[0], pair[1], errA, errB)
+		}
+	}
+
+	field := func(deb, name string) string {
+		out, err := exec.Command("dpkg-deb", "--field", deb, name).Output()
+		if err != nil {
+			t.Fatalf("dpkg-deb --field %s %s: %v", deb, name, err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	version := field(mainDeb, "Version")
+	for deb, want := range map[string]map[string]string{
+		mainDeb: {"Package": "dirlockd", "Suggests": "dirlockd-etcd", "Depends": ""},
+		etcdDeb: {"Package": "dirlockd-etcd", "Depends": "dirlockd (= " + version + ")", "Version": version},
+	} {
+		for name, v := range want {
+			if got := field(deb, name); got != v {
+				t.Errorf("%s %s: %q, want %q", filepath.Base(deb), name, got, v)
+			}
+		}
+	}
+
+	// lintian: nothing but what the overrides explain. Without them, it
+	// reports what they override: the verdict is real.
+	lintian := func(debs ...string) string {
+		out, _ := exec.Command("lintian", append([]string{"--pedantic", "--display-info"}, debs...)...).CombinedOutput()
+		var tags []string
+		for _, l := range strings.Split(string(out), "\n") {
+			if l != "" && !strings.Contains(l, "running with root privileges") {
+				tags = append(tags, l)
+			}
+		}
+		return strings.Join(tags, "\n")
+	}
+	if tags := lintian(mainDeb, etcdDeb); tags != "" {
+		t.Errorf("lintian %s %s:\n%s", filepath.Base(mainDeb), filepath.Base(etcdDeb), tags)
+	}
+	bare := filepath.Join(tmp, "bare")
+	if out, err := exec.Command("dpkg-deb", "-R", mainDeb, bare).CombinedOutput(); err != nil {
+		t.Fatalf("dpkg-deb -R: %v\n%s", err, out)
+	}
+	if err := os.Remove(filepath.Join(bare, "usr/share/lintian/overrides/dirlockd")); err != nil {
+		t.Fatal(err)
+	}
+	bareDeb := filepath.Join(tmp, "bare.deb")
+	if out, err := exec.Command("dpkg-deb", "--root-owner-group", "--build", bare, bareDeb).CombinedOutput(); err != nil {
+		t.Fatalf("dpkg-deb --build: %v\n%s", err, out)
+	}
+	if tags := lintian(bareDeb); !strings.Contains(tags, "E: dirlockd: statically-linked-binary") {
+		t.Errorf("lintian of the package without its overrides does not report the overridden tag:\n%s", tags)
+	}
+
+	// What each package holds.
+	contents := func(deb string) []string {
+		x := filepath.Join(tmp, "x-"+filepath.Base(deb))
+		if out, err := exec.Command("dpkg-deb", "-x", deb, x).CombinedOutput(); err != nil {
+			t.Fatalf("dpkg-deb -x %s: %v\n%s", deb, err, out)
+		}
+		return files(t, x)
+	}
+	var wantMain []string
+	for _, f := range installed {
+		switch {
+		case strings.HasPrefix(f, "libexec/"):
+			continue
+		case strings.HasPrefix(f, "share/man/"):
+			f += ".gz"
+		case strings.HasSuffix(f, ".md"):
+			f += ".gz" // every guide is over 4 kB
+		}
+		wantMain = append(wantMain, filepath.Join("usr", f))
+	}
+	wantMain = append(wantMain, "usr/share/doc/dirlockd/copyright", "usr/share/doc/dirlockd/changelog.Debian.gz", "usr/share/lintian/overrides/dirlockd")
+	slices.Sort(wantMain)
+	if got := contents(mainDeb); !slices.Equal(got, wantMain) {
+		t.Errorf("dirlockd's package holds %q, want %q", got, wantMain)
+	}
+	wantEtcd := []string{"usr/libexec/dirlockd/dirlockd-etcd", "usr/share/doc/dirlockd-etcd/changelog.Debian.gz", "usr/share/doc/dirlockd-etcd/copyright", "usr/share/lintian/overrides/dirlockd-etcd"}
+	if got := contents(etcdDeb); !slices.Equal(got, wantEtcd) {
+		t.Errorf("dirlockd-etcd's package holds %q, want %q", got, wantEtcd)
+	}
+
+	// Install into a scratch root with dpkg's own database there.
+	root := filepath.Join(tmp, "root")
+	for _, d := range []string{"var/lib/dpkg/info", "var/lib/dpkg/updates"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "var/lib/dpkg/status"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dpkg := func(args ...string) (string, error) {
+		out, err := exec.Command("dpkg", append([]string{"--root=" + root}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := dpkg("-i", etcdDeb); err == nil || !strings.Contains(out, "dirlockd-etcd depends on dirlockd") {
+		t.Errorf("dpkg -i dirlockd-etcd alone: %v, want a dependency problem:\n%s", err, out)
+	}
+	if out, err := dpkg("-i", mainDeb, etcdDeb); err != nil {
+		t.Fatalf("dpkg --root -i both: %v\n%s", err, out)
+	}
+	if out, err := dpkg("-s", "dirlockd", "dirlockd-etcd"); err != nil || strings.Count(out, "Status: install ok installed") != 2 {
+		t.Errorf("dpkg -s: %v\n%s", err, out)
+	}
+	bin := filepath.Join(root, "usr/bin/dirlockd")
+	// No build path in the binaries (-trimpath): the source tree's is the
+	// same in both builds above, so only this shows it.
+	src, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []string{bin, filepath.Join(root, "usr/libexec/dirlockd/dirlockd-etcd")} {
+		if data, err := os.ReadFile(b); err != nil || bytes.Contains(data, []byte(src)) {
+			t.Errorf("%s holds the build path %s (%v)", b, src, err)
+		}
+	}
+	out, err := exec.Command(bin, "version").Output()
 	if err != nil || !strings.HasPrefix(string(out), "dirlockd ") || !strings.Contains(string(out), runtime.Version()) {
 		t.Errorf("packaged dirlockd version: %q, %v", out, err)
 	}
-	agentFound(t, filepath.Join(root, "usr/bin/dirlockd"))
+	agentFound(t, bin)
+	runEtcd := func() (int, string) {
+		cmd := exec.Command(bin, "run", "-D", testutil.DataDir(t), "--etcd", "127.0.0.1:1", "--lease-key", "/k", "--etcd-dial-timeout", "1s", "--", "true")
+		out, _ := cmd.CombinedOutput()
+		return cmd.ProcessState.ExitCode(), string(out)
+	}
+	if code, out := runEtcd(); code != 69 || !strings.Contains(out, "etcd at 127.0.0.1:1 is unavailable") {
+		t.Errorf("installed dirlockd run --etcd: exit %d, want 69 (the agent found, etcd down):\n%s", code, out)
+	}
 	text, warnings := renderMan(t, filepath.Join(root, "usr/share/man/man1/dirlockd.1.gz"))
 	if warnings != "" || !strings.Contains(text, "dirlockd - one server process tree per data directory") {
 		t.Errorf("man -l the packaged dirlockd.1.gz: warnings %q\n%s", warnings, text)
@@ -231,5 +372,20 @@ func TestDeb(t *testing.T) {
 	unit, _ := os.ReadFile(filepath.Join(root, "usr/lib/systemd/system/dirlockd@.service"))
 	if !strings.Contains(string(unit), "\nExecStart=/usr/bin/dirlockd run ") {
 		t.Errorf("packaged unit does not start /usr/bin/dirlockd:\n%s", unit)
+	}
+	if help, _ := exec.Command(bin, "run", "--help").Output(); !strings.Contains(string(help), "guides in "+filepath.Join(root, "usr/share/doc/dirlockd")+"/") {
+		t.Errorf("packaged dirlockd run --help does not point at the installed guides:\n%s", help)
+	}
+	if out, err := dpkg("-r", "dirlockd-etcd"); err != nil {
+		t.Fatalf("dpkg --root -r dirlockd-etcd: %v\n%s", err, out)
+	}
+	if code, out := runEtcd(); code != 78 || !strings.Contains(out, "install the package dirlockd-etcd") {
+		t.Errorf("run --etcd without dirlockd-etcd: exit %d, want 78 saying to install it:\n%s", code, out)
+	}
+	if out, err := dpkg("-r", "dirlockd"); err != nil {
+		t.Fatalf("dpkg --root -r dirlockd: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(root, "usr")); !os.IsNotExist(err) {
+		t.Errorf("dpkg -r left %q (%v)", files(t, filepath.Join(root, "usr")), err)
 	}
 }

@@ -33,6 +33,19 @@ func renderMan(t *testing.T, page string) (string, string) {
 	return string(text), stderr.String()
 }
 
+// manSection returns the text of a man page's section, subsections and
+// all, up to the next section heading: a line of capitals.
+func manSection(text, heading string) string {
+	_, rest, ok := strings.Cut(text, "\n"+heading+"\n")
+	if !ok {
+		return ""
+	}
+	if i := regexp.MustCompile(`\n[A-Z][A-Z ]*\n`).FindStringIndex(rest); i != nil {
+		rest = rest[:i[0]]
+	}
+	return rest
+}
+
 var longFlag = regexp.MustCompile(`--[a-z][a-z-]*`)
 
 // section returns the text of a man page's section (or of --help's), up to
@@ -116,10 +129,12 @@ func TestManPages(t *testing.T) {
 	// What man shows agrees with --help, flag for flag.
 	_, top, _ := dirlockd(t, "--help")
 	pages := map[string]string{"dirlockd.1": section(top, "Global flags (every command but completion and version):")}
-	for _, line := range strings.Split(section(top, "Usage:"), "\n") {
-		if f := strings.Fields(line); len(f) > 1 {
-			_, help, _ := dirlockd(t, f[1], "--help")
-			pages["dirlockd-"+f[1]+".1"] = section(help, "Flags:")
+	for _, line := range strings.Split(section(top, "Commands:"), "\n") {
+		if f := strings.Fields(line); len(f) > 0 {
+			_, help, _ := dirlockd(t, f[0], "--help")
+			// The flags, by group, follow the examples.
+			_, flags, _ := strings.Cut(help, "\nExamples:\n")
+			pages["dirlockd-"+f[0]+".1"] = flags
 		}
 	}
 	if len(pages) != len(committed) {
@@ -135,11 +150,34 @@ func TestManPages(t *testing.T) {
 		if name == "dirlockd.1" {
 			heading = "GLOBAL FLAGS"
 		}
-		if got, want := flagNames(section(text, heading)), flagNames(help); !slices.Equal(got, want) {
+		if got, want := flagNames(manSection(text, heading)), flagNames(help); !slices.Equal(got, want) {
 			t.Errorf("%s %s lists %v; --help lists %v", p, heading, got, want)
 		}
 		if name != "dirlockd.1" && !strings.Contains(text, "NAME\n       "+strings.TrimSuffix(name, ".1")+" - ") {
 			t.Errorf("%s: no NAME line for whatis:\n%s", p, text)
+		}
+		// Every page has the sections a reader looks for (man-pages(7)),
+		// and SEE ALSO names its siblings.
+		for _, h := range []string{"SYNOPSIS", "DESCRIPTION", "EXIT STATUS", "ENVIRONMENT", "FILES", "EXAMPLES", "SEE ALSO"} {
+			if strings.TrimSpace(manSection(text, h)) == "" {
+				t.Errorf("%s: no %s section, or an empty one", p, h)
+			}
+		}
+		see := manSection(text, "SEE ALSO")
+		for other := range pages {
+			if other != name && !strings.Contains(see, strings.TrimSuffix(other, ".1")+"(1)") {
+				t.Errorf("%s: SEE ALSO does not name %s:\n%s", p, other, see)
+			}
+		}
+		if name == "dirlockd-run.1" {
+			for _, ext := range []string{"flock(1)", "systemd.kill(5)", "sd_notify(3)", "start-stop-daemon(8)"} {
+				if !strings.Contains(see, ext) {
+					t.Errorf("%s: SEE ALSO does not name %s:\n%s", p, ext, see)
+				}
+			}
+		}
+		if !strings.Contains(manSection(text, "FILES"), "/usr/share/doc/dirlockd/") {
+			t.Errorf("%s: FILES does not name the installed guides", p)
 		}
 	}
 	lint := exec.Command("mandoc", append([]string{"-T", "lint", "-W", "warning"}, committed...)...)

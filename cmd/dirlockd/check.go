@@ -12,9 +12,12 @@ import (
 
 var checkDoc = doc{
 	name:     "check",
-	line:     "check -D DIR [-D DIR...] [--json]",
 	summary:  "is it safe to start here now? (for boot scripts)",
 	synopsis: []string{"check -D DIR [-D DIR...] [--json]"},
+	brief: `Say whether it is safe to start a server in each data directory now, without
+ever making a concurrent start fail. Exit status, the worst over all DIRs:
+  0 free or stale   1 held by a live instance   2 orphans of a dead holder
+  3 invalid or inaccessible (or host-local locks on shared storage)   64 usage`,
 	about: `Say whether it is safe to start a server in each data directory now. It never
 takes the lock in a way that could make a concurrent start fail.
 

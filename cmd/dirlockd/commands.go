@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -13,27 +14,106 @@ import (
 // set, so that none of them can say something the others do not.
 type doc struct {
 	name     string
-	line     string   // its line in dirlockd --help, after "dirlockd "
 	summary  string   // what it is for, in a phrase
 	synopsis []string // its usage lines, after "dirlockd "
-	about    string
-	examples string // indented command lines
-	multiDir bool   // -D repeats
+	brief    string   // what --help says of it: a few short lines
+	about    string   // what its man page says of it, in full
+	examples string   // indented command lines, the most common first
+	multiDir bool     // -D repeats
 }
 
-// help writes the command's --help: fs is the flag set it parses, nil for
-// a command without flags.
+// helpWidth is the widest line --help writes: a terminal's. Help fits a
+// screen (helpLines); what does not fit is in the man page.
+const (
+	helpWidth = 80
+	helpLines = 60
+)
+
+// help writes the command's --help: usage, what it does, examples, then
+// the flags by group, and where the rest is told. fs is the flag set it
+// parses, nil for a command without flags.
 func (d *doc) help(w io.Writer, fs *pflag.FlagSet) {
-	fmt.Fprintf(w, "%s\n\nUsage:\n", d.about)
+	fmt.Fprint(w, "Usage:\n")
 	for _, s := range d.synopsis {
 		fmt.Fprintf(w, "  dirlockd %s\n", s)
 	}
-	if fs != nil && fs.HasAvailableFlags() {
-		fmt.Fprintf(w, "\nFlags:\n%s", fs.FlagUsages())
-	}
+	fmt.Fprintf(w, "\n%s\n", d.brief)
 	if d.examples != "" {
 		fmt.Fprintf(w, "\nExamples:\n%s", d.examples)
 	}
+	if fs != nil {
+		for _, g := range groupFlags(d.name, fs) {
+			fmt.Fprintf(w, "\n%s:\n%s", g.title, g.flags.FlagUsagesWrapped(helpWidth))
+		}
+	}
+	fmt.Fprintf(w, "\nMore: man dirlockd-%s; guides in %s\n", d.name, docsPointer())
+}
+
+// flagGroups places flags in the groups --help and the man pages list
+// them in, in this order. A flag is looked up as "COMMAND/FLAG", then as
+// "FLAG"; one in no group is listed under "Other flags", and
+// TestFlagGroups fails: each new flag gets its place here. (A name means
+// one thing in every command but where "COMMAND/FLAG" says otherwise:
+// --user is the server's user.)
+var flagGroups = []struct {
+	title string
+	flags []string
+}{
+	{"Interlock", []string{"datadir", "pidfile", "lock-method", "wait", "conflict-exit-code"}},
+	{"Server and signals", []string{"user", "main-pid-file", "signal-group", "stop-timeout", "kill-mode", "stop-signal", "reload-signal"}},
+	{"Stopping", []string{"signal", "stop/timeout", "kill-after", "survivors"}},
+	{"Waiting", []string{"for", "wait/timeout"}},
+	{"Readiness", []string{"ready-notify", "ready-tcp"}},
+	{"Rechecks and storage", []string{"recheck", "on-lost", "takeover-after", "allow-local-locks"}},
+	{"Workers", []string{"workers", "duration", "hold", "kill-rate", "host-label", "verify"}},
+	{"Lease (etcd)", []string{"etcd", "lease-key", "lease-ttl", "lease-stop-timeout", "etcd-dial-timeout", "cacert", "cert", "key", "etcd-user"}},
+	{"Output and logging", []string{"json", "log-format", "log-level"}},
+}
+
+// otherFlags is the group of flags flagGroups does not place.
+const otherFlags = "Other flags"
+
+// A flagGroup is one group of a command's visible flags.
+type flagGroup struct {
+	title string
+	flags *pflag.FlagSet
+}
+
+// groupFlags sorts cmd's visible flags into flagGroups' groups, leaving
+// out empty ones.
+func groupFlags(cmd string, fs *pflag.FlagSet) []flagGroup {
+	place := func(name string) string {
+		for _, key := range []string{cmd + "/" + name, name} {
+			for _, g := range flagGroups {
+				if slices.Contains(g.flags, key) {
+					return g.title
+				}
+			}
+		}
+		return otherFlags
+	}
+	sets := map[string]*pflag.FlagSet{}
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Hidden {
+			return
+		}
+		t := place(f.Name)
+		if sets[t] == nil {
+			sets[t] = pflag.NewFlagSet(t, pflag.ContinueOnError)
+			sets[t].SortFlags = false
+		}
+		sets[t].AddFlag(f)
+	})
+	var groups []flagGroup
+	for _, g := range flagGroups {
+		if s := sets[g.title]; s != nil {
+			groups = append(groups, flagGroup{g.title, s})
+		}
+	}
+	if s := sets[otherFlags]; s != nil {
+		groups = append(groups, flagGroup{otherFlags, s})
+	}
+	return groups
 }
 
 // A subcommand is one of dirlockd's commands.
@@ -86,21 +166,36 @@ func globalFlags() *pflag.FlagSet {
 // usage is dirlockd --help.
 func usage(cmds []*subcommand) string {
 	var b strings.Builder
-	b.WriteString("dirlockd guarantees that exactly one server process tree works in a data directory.\n\nUsage:\n")
-	width := 0
+	b.WriteString(`dirlockd: exactly one server process tree per data directory.
+
+Usage:
+  dirlockd run -D DIR [flags] -- COMMAND [ARGS...]
+  dirlockd COMMAND -D DIR [flags]
+
+Commands:
+`)
 	for _, c := range cmds {
-		width = max(width, len(c.line))
-	}
-	for _, c := range cmds {
-		fmt.Fprintf(&b, "  dirlockd %-*s  %s\n", width, c.line, c.summary)
+		fmt.Fprintf(&b, "  %-10s  %s\n", c.name, c.summary)
 	}
 	fmt.Fprintf(&b, `
+Examples:
+  dirlockd run -D /var/lib/redis -- redis-server --dir /var/lib/redis
+  dirlockd check -D /var/lib/redis && echo "safe to start"
+  dirlockd stop -D /var/lib/redis
+
 Global flags (every command but completion and version):
 %s
-Run "dirlockd COMMAND --help" or "dirlockd help COMMAND" for a command's flags
-and examples; "man dirlockd" once installed.
-Documentation: docs/cli.md, docs/design.md, docs/nfs.md (shared storage),
-docs/lease.md (several hosts: run --etcd).
-`, globalFlags().FlagUsages())
+Run "dirlockd help COMMAND" for a command's flags and examples.
+More: man dirlockd; guides in %s
+`, globalFlags().FlagUsagesWrapped(helpWidth), docsPointer())
 	return b.String()
+}
+
+// annotationDetail is a flag's annotation with what its man page says of
+// it beyond the line --help gives it.
+const annotationDetail = "dirlockd/detail"
+
+// detail sets what the man page says of flag name after its --help line.
+func detail(fs *pflag.FlagSet, name, text string) {
+	fs.SetAnnotation(name, annotationDetail, []string{text})
 }

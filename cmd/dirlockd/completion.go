@@ -184,9 +184,14 @@ func withPrefix(prefix string, words []string) []string {
 
 var completionDoc = doc{
 	name:     "completion",
-	line:     "completion bash|zsh|fish",
 	summary:  "print the shell completion script",
 	synopsis: []string{"completion bash|zsh|fish"},
+	brief: `Print the script that makes the shell complete dirlockd's commands, flags and
+flag values. make install puts it where bash-completion, zsh and fish look;
+to load one into the running shell instead:
+  bash: source <(dirlockd completion bash)
+  zsh:  source <(dirlockd completion zsh)    (after compinit)
+  fish: dirlockd completion fish | source`,
 	about: `Print the script that makes the shell complete dirlockd's commands, flags and
 flag values (-D completes directories). The script calls dirlockd to compute
 the candidates, so it completes what the installed dirlockd accepts.

@@ -61,26 +61,37 @@ func addLeaseFlags(fs *pflag.FlagSet, f *leaseFlags, use leaseUse) {
 	f.ttl = 10 * time.Second
 	switch use {
 	case leaseRun:
-		fs.StringVar(&f.endpoints, "etcd", "", "comma-separated etcd endpoints (host:port or URLs; default $DIRLOCKD_ETCD): hold the data directory with a lease on etcd too (docs/lease.md)")
-		fs.StringVar(&f.key, "lease-key", "", "the etcd key that names the directory's holder (required with --etcd; the same on every host)")
-		fs.DurationVar(&f.ttl, "lease-ttl", f.ttl, "the lease's TTL, whole seconds: a dead host's lease ends after at most this")
-		fs.DurationVar(&f.stopTimeout, "lease-stop-timeout", 0, "how long before the lease's deadline (less a margin of TTL/10) the server gets SIGTERM; SIGKILL follows at the margin; at least 100ms (0: TTL/5)")
+		fs.StringVar(&f.endpoints, "etcd", "", "etcd endpoints: hold a lease on etcd too")
+		detail(fs, "etcd", "Comma-separated host:port or URLs, default $DIRLOCKD_ETCD: the data directory is held with a lease on etcd too (docs/lease.md).")
+		fs.StringVar(&f.key, "lease-key", "", "the key naming the holder, on all hosts")
+		detail(fs, "lease-key", "Required with --etcd; the same on every host that runs the server.")
+		fs.DurationVar(&f.ttl, "lease-ttl", f.ttl, "lease TTL, whole seconds")
+		detail(fs, "lease-ttl", "A dead host's lease ends after at most this.")
+		fs.DurationVar(&f.stopTimeout, "lease-stop-timeout", 0, "SIGTERM this long before the lease ends")
+		detail(fs, "lease-stop-timeout", "How long before the lease's deadline, less a margin of TTL/10, the server gets SIGTERM when renewals fail; SIGKILL follows at the margin. 0 is TTL/5; otherwise at least 100ms.")
 	case leaseStress:
-		fs.StringVar(&f.endpoints, "etcd", "", "comma-separated etcd endpoints (host:port or URLs; default $DIRLOCKD_ETCD): each hold takes a lease on etcd too, as run --etcd does, and logs its fencing token (docs/lease.md)")
-		fs.StringVar(&f.key, "lease-key", "", "the etcd lock key every host's holds take (required with --etcd)")
-		fs.DurationVar(&f.ttl, "lease-ttl", f.ttl, "the lease's TTL, whole seconds: a killed worker's lease ends after it")
+		fs.StringVar(&f.endpoints, "etcd", "", "etcd endpoints: holds take a lease too")
+		detail(fs, "etcd", "Comma-separated host:port or URLs, default $DIRLOCKD_ETCD: each hold takes a lease on etcd too, as run --etcd does, and logs its fencing token (docs/lease.md).")
+		fs.StringVar(&f.key, "lease-key", "", "the key every host's holds take")
+		detail(fs, "lease-key", "Required with --etcd.")
+		fs.DurationVar(&f.ttl, "lease-ttl", f.ttl, "lease TTL, whole seconds")
+		detail(fs, "lease-ttl", "A killed worker's lease ends after it.")
 	default:
-		fs.StringVar(&f.endpoints, "etcd", "", "comma-separated etcd endpoints (host:port or URLs; default $DIRLOCKD_ETCD): ask etcd who holds --lease-key too (docs/lease.md)")
-		fs.StringVar(&f.key, "lease-key", "", "the etcd key that names the directory's holder, as given to run (required with --etcd)")
+		fs.StringVar(&f.endpoints, "etcd", "", "etcd endpoints: ask etcd too")
+		detail(fs, "etcd", "Comma-separated host:port or URLs, default $DIRLOCKD_ETCD: etcd is asked who holds --lease-key too (docs/lease.md).")
+		fs.StringVar(&f.key, "lease-key", "", "the key naming the holder, as given to run")
+		detail(fs, "lease-key", "Required with --etcd.")
 	}
-	fs.DurationVar(&f.dialTimeout, "etcd-dial-timeout", 5*time.Second, "how long etcd may take to answer a request (while acquiring, for run), at least 100ms")
-	fs.StringVar(&f.cacert, "cacert", "", "verify etcd's TLS certificate with this CA bundle (PEM)")
+	fs.DurationVar(&f.dialTimeout, "etcd-dial-timeout", 5*time.Second, "timeout of a request to etcd")
+	detail(fs, "etcd-dial-timeout", "How long etcd may take to answer a request (for run, while acquiring); at least 100ms.")
+	fs.StringVar(&f.cacert, "cacert", "", "CA bundle for etcd's TLS (PEM)")
 	completeFiles(fs, "cacert")
-	fs.StringVar(&f.cert, "cert", "", "TLS client certificate for etcd (PEM)")
+	fs.StringVar(&f.cert, "cert", "", "TLS client certificate (PEM)")
 	completeFiles(fs, "cert")
-	fs.StringVar(&f.certKey, "key", "", "TLS client key for etcd (PEM)")
+	fs.StringVar(&f.certKey, "key", "", "TLS client key (PEM)")
 	completeFiles(fs, "key")
-	fs.StringVar(&f.user, "etcd-user", "", "etcd user as NAME:PASSWORD, or NAME with the password in $DIRLOCKD_ETCD_PASSWORD")
+	fs.StringVar(&f.user, "etcd-user", "", "etcd user, NAME[:PASSWORD]")
+	detail(fs, "etcd-user", "Without :PASSWORD, the password is read from $DIRLOCKD_ETCD_PASSWORD.")
 }
 
 // settle fills in $DIRLOCKD_ETCD and checks the flags; it returns whether a

@@ -46,7 +46,7 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprint(stdout, usage(cmds))
 		return 0
-	case "--version":
+	case "-V", "--version":
 		return cmdVersion(args[1:], stdout, stderr)
 	case completeCommand:
 		return cmdComplete(cmds, args[1:], stdout)
@@ -60,7 +60,7 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 	if c := lookup(cmds, args[0]); c != nil {
 		return c.main(args[1:], stdout, stderr)
 	}
-	fmt.Fprintf(stderr, "dirlockd: unknown command %q\n\n%s", args[0], usage(cmds))
+	fmt.Fprintf(stderr, "dirlockd: unknown command %q%s\n\n%s", args[0], didYouMean(args[0], cmds), usage(cmds))
 	return exitcode.Usage
 }
 
@@ -85,19 +85,24 @@ func command(d *doc, g *globals, stderr io.Writer) *pflag.FlagSet {
 	fs.SetOutput(stderr)
 	fs.SortFlags = false
 	if d.multiDir {
-		fs.StringArrayVarP(&g.dirs, "datadir", "D", nil, "data directory; repeat for several (default $DIRLOCKD_DATADIR)")
+		fs.StringArrayVarP(&g.dirs, "datadir", "D", nil, "data directories (default $DIRLOCKD_DATADIR)")
+		detail(fs, "datadir", "Repeat -D for several.")
 	} else {
 		g.dirs = make([]string, 1)
 		fs.StringVarP(&g.dirs[0], "datadir", "D", "", "data directory (default $DIRLOCKD_DATADIR)")
 	}
 	completeDirs(fs, "datadir")
-	fs.StringVar(&g.pidfile, "pidfile", pidfile.DefaultName, "pidfile name inside the data directory")
-	fs.StringVar(&g.method, "lock-method", "auto", "lock method: auto, flock, ofd or posix (all holders of a directory must agree)")
+	fs.StringVar(&g.pidfile, "pidfile", pidfile.DefaultName, "file name in DIR")
+	detail(fs, "pidfile", "A file name, without /: every holder of the directory must use the same.")
+	fs.StringVar(&g.method, "lock-method", "auto", "auto, flock, ofd or posix")
+	detail(fs, "lock-method", "auto takes flock where the filesystem keeps it, else OFD locks (fcntl); every holder of a directory, on every host, must use the same method.")
 	completeValues(fs, "lock-method", "auto", "flock", "ofd", "posix")
-	fs.BoolVar(&g.opts.AllowLocalLocks, "allow-local-locks", false, "accept a shared filesystem whose locks stay on this host (NFS nolock or local_lock=, CIFS nobrl): only if no other host mounts it")
-	fs.StringVar(&g.logFormat, "log-format", "auto", "log format: auto (text on a terminal, else logfmt), text, logfmt or json")
+	fs.BoolVar(&g.opts.AllowLocalLocks, "allow-local-locks", false, "accept host-local locks on shared storage")
+	detail(fs, "allow-local-locks", "Such are NFS mounted nolock or local_lock=, CIFS nobrl: use it only if no other host mounts the filesystem.")
+	fs.StringVar(&g.logFormat, "log-format", "auto", "auto, text, logfmt or json")
+	detail(fs, "log-format", "auto is text on a terminal, else logfmt.")
 	completeValues(fs, "log-format", "auto", "text", "logfmt", "json")
-	fs.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&g.logLevel, "log-level", "info", "debug, info, warn or error")
 	completeValues(fs, "log-level", "debug", "info", "warn", "error")
 	// Help goes to stdout when asked for (parse prints it); a bad command
 	// line gets one line on stderr saying what is wrong, not the whole help.
@@ -121,6 +126,9 @@ func (g *globals) parse(fs *pflag.FlagSet, args []string, stdout, stderr io.Writ
 		if errors.Is(err, pflag.ErrHelp) {
 			g.usage(stdout)
 			return nil, err
+		}
+		if hint := flagDidYouMean(fs, err); hint != "" {
+			return fail("%v%s", err, hint)
 		}
 		if flag, ok := unknownFlag(err); ok && g.command {
 			// Most likely the server's flag, before a COMMAND with no "--".

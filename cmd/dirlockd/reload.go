@@ -14,9 +14,12 @@ import (
 
 var reloadDoc = doc{
 	name:     "reload",
-	line:     "reload -D DIR",
 	summary:  "ask the server to reload its configuration",
 	synopsis: []string{"reload -D DIR"},
+	brief: `Ask the server holding the data directory to reload its configuration: the
+proven holder, dirlockd run, gets SIGHUP and sends the main process its
+--reload-signal. Does not wait. Exit status: 0 sent; 1 not provable, not
+allowed or failed; 3 invalid; 7 not running; 64 usage.`,
 	about: `Ask the server holding the data directory to reload its configuration, as
 systemd's ExecReload= and an init script's reload action do: the proven
 holder, dirlockd run, gets SIGHUP and sends the server's main process the

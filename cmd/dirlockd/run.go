@@ -147,21 +147,21 @@ pidfile or configuration (or a full or read-only filesystem, or host-local
 locks on shared storage), 69 etcd unavailable (--etcd), 64 usage, 70 internal
 error, 127 command not found, 126 command not executable.`
 
-const runExamples = `  dirlockd run -D /var/lib/redis -- redis-server --supervised systemd --dir /var/lib/redis
-  dirlockd run -D /srv/pg --user postgres --ready-notify --stop-signal INT -- postgres -D /srv/pg
-  dirlockd run -D /srv/mysql --user mysql --ready-tcp 127.0.0.1:3306 -- mysqld_safe --datadir=/srv/mysql
-  dirlockd run -D /var/lib/etcd --wait 30s -- etcd --data-dir /var/lib/etcd
-  dirlockd run -D /srv/app --ready-tcp 127.0.0.1:8080 --signal-group -- ./server
-  dirlockd run -D /var/lib/redis -- redis-server --daemonize yes --dir /var/lib/redis
-  dirlockd run -D /srv/pg --main-pid-file /srv/pg/postmaster.pid -- pg_ctl start -D /srv/pg
-  dirlockd run -D /mnt/shared/app --etcd etcd1:2379,etcd2:2379,etcd3:2379 --lease-key /dirlockd/app --wait 1m -- ./server
+const runExamples = `  dirlockd run -D /var/lib/redis -- redis-server --dir /var/lib/redis
+  dirlockd run -D /srv/pg --user postgres --stop-signal INT -- postgres -D /srv/pg
+  dirlockd run -D /srv/my --user mysql -- mysqld_safe --datadir=/srv/my
+  dirlockd run -D /srv/app --ready-tcp 127.0.0.1:8080 --wait 30s -- ./server
+  dirlockd run -D $PGDATA --main-pid-file $PGDATA/postmaster.pid -- pg_ctl start
+  dirlockd run -D /mnt/nfs/app --etcd etcd1:2379 --lease-key /app -- ./server
 `
 
 var runDoc = doc{
 	name:     "run",
-	line:     "run -D DIR [flags] -- COMMAND [ARGS...]",
 	summary:  "run a server under the interlock",
 	synopsis: []string{"run -D DIR [flags] -- COMMAND [ARGS...]"},
+	brief: `Run COMMAND as the one server of data directory DIR: take the interlock, start
+COMMAND holding it, pass signals on, release it once its whole tree has exited.
+Exit: COMMAND's (128+N: signal N); 75 held, 76 orphans, 78 invalid, 69 no etcd`,
 	about:    runAbout,
 	examples: runExamples,
 }
@@ -173,25 +173,35 @@ func runFlagSet(g *globals, f *runFlags, stderr io.Writer) *pflag.FlagSet {
 	// "-D" and all.
 	fs.SetInterspersed(false)
 	g.command = true
-	fs.DurationVar(&g.opts.Wait, "wait", 0, "how long to wait for a held data directory (0: fail at once)")
-	fs.IntVar(&f.conflictExit, "conflict-exit-code", exitcode.Held, "exit status when the directory is held by a live instance")
-	fs.BoolVar(&f.signalGroup, "signal-group", false, "pass signals to the main process's whole process group too")
-	fs.StringVar(&f.user, "user", "", "run dirlockd and COMMAND as USER[:GROUP], with USER's groups (root only)")
-	fs.StringVar(&f.stopSigArg, "stop-signal", "TERM", "signal that stops the server, as systemd's KillSignal= (recorded)")
+	fs.DurationVar(&g.opts.Wait, "wait", 0, "wait this long for a held directory (0: fail)")
+	fs.IntVar(&f.conflictExit, "conflict-exit-code", exitcode.Held, "exit status if held")
+	detail(fs, "conflict-exit-code", "When the data directory is held by a live instance; 1 to 255.")
+	fs.StringVar(&f.user, "user", "", "run as USER[:GROUP] (root only)")
+	detail(fs, "user", "dirlockd and COMMAND run as USER, with USER's supplementary groups and USER's primary group or GROUP, as setpriv --init-groups and start-stop-daemon --chuid do; the data directory must be USER's.")
+	fs.StringVar(&f.stopSigArg, "stop-signal", "TERM", "signal that stops the server")
+	detail(fs, "stop-signal", "As systemd's KillSignal=: INT for PostgreSQL's fast shutdown. Recorded in the pidfile, for dirlockd stop when dirlockd itself is dead.")
 	completeValues(fs, "stop-signal", signalNames...)
-	fs.StringVar(&f.killModeArg, "kill-mode", string(killControlGroup), "who gets the stop signal: control-group, mixed or process, as systemd's KillMode=")
+	fs.StringVar(&f.killModeArg, "kill-mode", string(killControlGroup), "as systemd's KillMode=")
+	detail(fs, "kill-mode", "As systemd's KillMode=: control-group every process of the tree, mixed the main process (SIGTERM to the rest once it has exited), process the main process only. Recorded.")
 	completeValues(fs, "kill-mode", killModes...)
-	fs.StringVar(&f.reloadSigArg, "reload-signal", "HUP", "signal a reload (dirlockd reload, SIGHUP) sends the main process")
+	fs.StringVar(&f.reloadSigArg, "reload-signal", "HUP", "signal for dirlockd reload")
+	detail(fs, "reload-signal", "Sent to the main process by dirlockd reload, or when dirlockd gets SIGHUP.")
 	completeValues(fs, "reload-signal", signalNames...)
-	fs.DurationVar(&f.stopTimeout, "stop-timeout", 60*time.Second, "after a stop begins, how long the server's tree may take to exit before SIGKILL, at least 100ms")
-	fs.StringVar(&f.mainPIDFile, "main-pid-file", "", "file in which a forking server writes its main process's PID (as systemd's PIDFile=; first line)")
+	fs.BoolVar(&f.signalGroup, "signal-group", false, "signal the main process's process group too")
+	fs.DurationVar(&f.stopTimeout, "stop-timeout", 60*time.Second, "stop signal to SIGKILL")
+	detail(fs, "stop-timeout", "After a stop begins, how long the server's tree may take to exit before every process left in it (with --kill-mode process, the main process) gets SIGKILL; at least 100ms.")
+	fs.StringVar(&f.mainPIDFile, "main-pid-file", "", "where a forking server writes its main PID")
+	detail(fs, "main-pid-file", "As systemd's PIDFile=: the first line of the file names the main process, which signals go to and whose exit status dirlockd reports. Read as systemd reads it: a regular file, 4 KiB at most, never through another user's symlink; a refused file's content is never logged.")
 	completeFiles(fs, "main-pid-file")
-	fs.BoolVar(&f.readyNotify, "ready-notify", false, "COMMAND sends READY=1 (sd_notify): ready only then")
-	fs.StringVar(&f.readyTCP, "ready-tcp", "", "ready when HOST:PORT accepts a TCP connection")
-	fs.DurationVar(&g.opts.Recheck, "recheck", 10*time.Second, "how often to recheck the interlock and write a heartbeat, at least 100ms (0: never)")
-	fs.StringVar(&f.onLost, "on-lost", "shutdown", "when the recheck finds the interlock lost: shutdown (stop COMMAND) or log")
+	fs.BoolVar(&f.readyNotify, "ready-notify", false, "ready when COMMAND sends READY=1 (sd_notify)")
+	fs.StringVar(&f.readyTCP, "ready-tcp", "", "ready when HOST:PORT accepts a connection")
+	fs.DurationVar(&g.opts.Recheck, "recheck", 10*time.Second, "recheck interval (0: never)")
+	detail(fs, "recheck", "How often to recheck the interlock and write a heartbeat; at least 100ms.")
+	fs.StringVar(&f.onLost, "on-lost", "shutdown", "shutdown or log if lost")
+	detail(fs, "on-lost", "When a recheck finds the interlock lost, shutdown stops COMMAND as SIGTERM does; log only logs it.")
 	completeValues(fs, "on-lost", "shutdown", "log")
-	fs.DurationVar(&g.opts.TakeoverAfter, "takeover-after", 0, "on shared storage, how long to watch the heartbeat of a holder on another host before taking over, at least 1s (0: 3 x the longer of --recheck and its interval)")
+	fs.DurationVar(&g.opts.TakeoverAfter, "takeover-after", 0, "watch a remote holder's heartbeat this long")
+	detail(fs, "takeover-after", "On shared storage, how long to watch the heartbeat of a holder on another host that did not stop cleanly before taking over; 0 is 3 times the longer of --recheck and that holder's interval, otherwise at least 1s.")
 	addLeaseFlags(fs, &f.lease, leaseRun)
 	return fs
 }

@@ -16,9 +16,12 @@ import (
 
 var statusDoc = doc{
 	name:     "status",
-	line:     "status -D DIR [--json]",
-	summary:  "the server's state, LSB codes: 0 running, 1 dead, 3 stopped, 150 stopping, 151 unsupervised",
+	summary:  "the server's state as an LSB status code (0 running, 3 stopped)",
 	synopsis: []string{"status -D DIR [--json]"},
+	brief: `Report the state of the server of the data directory, with LSB status codes:
+  0 running   150 stopping   151 unsupervised (dirlockd dead, server runs on)
+  1 dead: not shut down cleanly, or survivors   3 stopped   4 unknown
+--json carries the state as "service".`,
 	about: `Report the state of the server of the data directory, with LSB status codes
 (as pg_ctl status and start-stop-daemon --status) and two of LSB's
 application codes for what LSB has no code for:

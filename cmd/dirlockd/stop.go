@@ -21,9 +21,13 @@ import (
 
 var stopDoc = doc{
 	name:     "stop",
-	line:     "stop -D DIR [--timeout D]",
 	summary:  "stop the holder, proven by the kernel, and wait",
 	synopsis: []string{"stop -D DIR [--signal SIG] [--timeout D] [--kill-after D]", "stop -D DIR --survivors [--kill-after D]"},
+	brief: `Stop the server holding the data directory and wait until the lock is free.
+Only a holder the kernel proves is signalled, through a pidfd: dirlockd run
+gets SIGTERM and stops its server as it was told (--stop-signal, --kill-mode).
+--survivors stops what a dead holder left. Exit status: 0 free; 1 still held
+after --timeout, not provable or not allowed; 3 invalid; 64 usage.`,
 	about: `Stop the server holding the data directory and wait until the lock is free.
 
 The signal goes only to a holder proven by the kernel: the lock is held, the
@@ -68,10 +72,13 @@ var signalNames = []string{"TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2"}
 
 func stopFlagSet(g *globals, f *stopFlags, stderr io.Writer) *pflag.FlagSet {
 	fs := command(&stopDoc, g, stderr)
-	fs.StringVar(&f.signal, "signal", "TERM", "signal to send the holder (survivors: default the recorded --stop-signal)")
-	fs.BoolVar(&f.survivors, "survivors", false, "the holder is dead: stop the survivors the witnesses prove to be its own")
-	fs.DurationVar(&f.timeout, "timeout", 60*time.Second, "how long to wait for the lock to be released; must be positive")
-	fs.DurationVar(&f.killAfter, "kill-after", 0, "if still held this long after the signal, SIGKILL every process proven to hold the lock (0: never); must be shorter than --timeout")
+	fs.StringVar(&f.signal, "signal", "TERM", "signal name or number")
+	detail(fs, "signal", "TERM, INT, QUIT, HUP, KILL, USR1, USR2 or a number. For a dead holder's server or survivors, the default is the --stop-signal run recorded.")
+	fs.BoolVar(&f.survivors, "survivors", false, "stop the proven survivors of a dead holder")
+	detail(fs, "survivors", "The holder is dead: signal the processes the witnesses prove to be its own survivors (pinned through pidfds), --kill-after escalating to SIGKILL.")
+	fs.DurationVar(&f.timeout, "timeout", 60*time.Second, "how long to wait for the release")
+	fs.DurationVar(&f.killAfter, "kill-after", 0, "then SIGKILL the proven holders (0: never)")
+	detail(fs, "kill-after", "If the directory is still held this long after the signal, every process proven to hold the lock gets SIGKILL; must be shorter than --timeout.")
 	completeValues(fs, "signal", signalNames...)
 	return fs
 }

@@ -74,11 +74,11 @@ accepted by the filesystem, a full or read-only filesystem, witness files it
 may not write).`
 
 const stressExamples = `  install -d -m 0700 /mnt/nfs/scratch
-  dirlockd stress -D /mnt/nfs/scratch                   # this host alone, 10s
-  dirlockd stress -D /mnt/nfs/scratch --duration 2m     # on clients A and B at the same time
-  dirlockd stress -D /mnt/nfs/scratch --verify          # once A and B have finished
+  dirlockd stress -D /mnt/nfs/scratch                # this host alone, 10s
+  dirlockd stress -D /mnt/nfs/scratch --duration 2m  # on hosts A and B at once
+  dirlockd stress -D /mnt/nfs/scratch --verify       # once A and B are done
   dirlockd stress -D /mnt/nfs/scratch --kill-rate 0.1 --json | jq -r .summary
-  dirlockd stress -D /mnt/shared/scratch --etcd etcd1:2379 --lease-key /dirlockd/stress --lease-ttl 2s
+  dirlockd stress -D /mnt/nfs/scratch --etcd etcd1:2379 --lease-key /stress/a
 `
 
 type stressFlags struct {
@@ -96,12 +96,18 @@ type stressFlags struct {
 
 var stressDoc = doc{
 	name:    "stress",
-	line:    "stress -D DIR [--workers N] [--duration D]",
-	summary: "does this storage keep the interlock? (run on several clients at once)",
+	summary: "does this storage keep the interlock? (on several clients at once)",
 	synopsis: []string{
-		"stress -D DIR [--workers N] [--duration D] [--hold D] [--kill-rate R] [--host-label L] [--json]",
+		"stress -D DIR [--workers N] [--duration D] [--kill-rate R] [flags]",
 		"stress -D DIR --verify [--json]",
 	},
+	brief: `Test whether a storage keeps dirlockd's interlock: workers acquire and release
+DIR in a loop, every hold reports to witness files in DIR, and a report ends
+with PASS, FAIL (two holders overlapped or writes were lost) or INCONCLUSIVE.
+Use a scratch directory, never a live server's. For shared storage, run it at
+once on several clients, then --verify on one. To start afresh, delete both
+witness files (never one alone) while no run is going on. Exit status: 0 PASS;
+1 FAIL or INCONCLUSIVE; 64 usage; 69 etcd unavailable; 76 orphans; 78 unfit.`,
 	about:    stressAbout,
 	examples: stressExamples,
 }
@@ -111,9 +117,11 @@ func stressFlagSet(g *globals, f *stressFlags, stderr io.Writer) *pflag.FlagSet 
 	fs.IntVar(&f.workers, "workers", 4, "worker processes on this host")
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "how long the workers run")
 	fs.DurationVar(&f.hold, "hold", 5*time.Millisecond, "how long each hold lasts")
-	fs.Float64Var(&f.killRate, "kill-rate", 0, "fraction of holds, 0 to 1, whose worker is SIGKILLed inside, to exercise takeover")
-	fs.StringVar(&f.host, "host-label", "", "this host's name in the log (default: the hostname); distinct on every client")
-	fs.BoolVar(&f.verify, "verify", false, "run no worker: check the witness files left by every run against DIR")
+	fs.Float64Var(&f.killRate, "kill-rate", 0, "fraction of holds whose worker is SIGKILLed")
+	detail(fs, "kill-rate", "From 0 to 1: those workers are killed inside their hold, to exercise the takeover of a dead holder's directory.")
+	fs.StringVar(&f.host, "host-label", "", "this host's name in the log (default hostname)")
+	detail(fs, "host-label", "Distinct on every client of the storage.")
+	fs.BoolVar(&f.verify, "verify", false, "check the witness files of every run; no worker")
 	fs.BoolVar(&f.json, "json", false, "print the report as one JSON object")
 	fs.StringVar(&f.worker, "worker", "", "run as a worker with this writer id (internal)")
 	fs.StringVar(&f.run, "run", "", "the run a worker belongs to (internal)")

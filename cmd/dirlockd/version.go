@@ -14,9 +14,9 @@ var version string
 
 var versionDoc = doc{
 	name:     "version",
-	line:     "version",
-	summary:  "print the version",
-	synopsis: []string{"version", "--version"},
+	summary:  "print the version (also -V, --version)",
+	synopsis: []string{"version", "--version", "-V"},
+	brief:    `Print dirlockd's version and the Go toolchain that built it, and exit 0.`,
 	about: `Print dirlockd's version and the Go toolchain that built it, and exit 0.
 
 The version is the one make build records (git describe --tags --always

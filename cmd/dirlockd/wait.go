@@ -12,9 +12,11 @@ import (
 
 var waitDoc = doc{
 	name:     "wait",
-	line:     "wait -D DIR [--for free|ready]",
 	summary:  "block until the directory is free or its server ready",
 	synopsis: []string{"wait -D DIR [--for free|ready] [--timeout D]"},
+	brief: `Block until the data directory is free (a stale record counts as free), or
+until its holder reports status "ready". Exit status: 0 reached; 1 timed out;
+3 invalid data directory or pidfile; 64 usage.`,
 	about: `Block until the data directory is free (no holder; a stale record counts as
 free), or until its holder reports status "ready".
 
@@ -25,7 +27,8 @@ the whole wait, through the etcd agent dirlockd-etcd), then looks at the
 directory again.
 
 Exit status: 0 reached; 1 timed out; 3 invalid data directory or pidfile; 64 usage.`,
-	examples: `  dirlockd run -D /srv/redis -- redis-server --supervised systemd & dirlockd wait -D /srv/redis --for ready --timeout 30s
+	examples: `  dirlockd run -D /srv/redis -- redis-server --supervised systemd &
+  dirlockd wait -D /srv/redis --for ready --timeout 30s
   dirlockd stop -D /srv/redis; dirlockd wait -D /srv/redis --for free
 `,
 }

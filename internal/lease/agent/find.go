@@ -16,7 +16,7 @@ type NotFoundError struct {
 }
 
 func (e *NotFoundError) Error() string {
-	return fmt.Sprintf("the etcd agent %s is not installed: tried %s and %s (make install puts it in PREFIX/libexec/dirlockd; make build in bin/)",
+	return fmt.Sprintf("the etcd agent %s is not installed: tried %s and %s (install the package dirlockd-etcd; make install puts it in PREFIX/libexec/dirlockd, make build in bin/)",
 		Name, e.Tried[0], e.Tried[1])
 }
 
