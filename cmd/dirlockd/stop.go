@@ -266,7 +266,11 @@ func stopSurvivors(log *slog.Logger, rep *interlock.Report, opts interlock.Optio
 			}
 		}
 		if time.Since(start) >= f.timeout {
-			log.Error("survivors left after the timeout", "reason", r.Message(), "timeout", f.timeout)
+			hint := "they ignore " + signalName(sig) + ": dirlockd stop -D " + rep.Dir + " --survivors --kill-after 10s sends SIGKILL after 10s"
+			if f.killAfter > 0 {
+				hint = "SIGKILL did not end them: look for survivors in uninterruptible sleep (ps -o pid,stat,wchan) or of another user"
+			}
+			log.Error("survivors left after the timeout", "reason", r.Message(), "timeout", f.timeout, "hint", hint)
 			return 1
 		}
 		time.Sleep(100 * time.Millisecond)
