@@ -148,7 +148,7 @@ locks on shared storage), 69 etcd unavailable (--etcd), 64 usage, 70 internal
 error, 127 command not found, 126 command not executable.`
 
 const runExamples = `  dirlockd run -D /var/lib/redis -- redis-server --dir /var/lib/redis
-  dirlockd run -D /srv/pg --user postgres --stop-signal INT -- postgres -D /srv/pg
+  dirlockd run -D /db --user postgres --stop-signal INT -- postgres -D /db
   dirlockd run -D /srv/my --user mysql -- mysqld_safe --datadir=/srv/my
   dirlockd run -D /srv/app --ready-tcp 127.0.0.1:8080 --wait 30s -- ./server
   dirlockd run -D $PGDATA --main-pid-file $PGDATA/postmaster.pid -- pg_ctl start
