@@ -435,10 +435,52 @@ func (p *partLab) round(t *testing.T, round int, f partFault) partResult {
 	if b.started() && b.token <= a.token {
 		t.Fatalf("%s: B's token %d after A's %d", what, b.token, a.token)
 	}
-	t.Logf("%s: %d events; A's server dead %v after the fault, B's started %v after it, a holder %v after the heal",
-		what, r.events, o.death.Round(time.Millisecond), o.takeover.Round(time.Millisecond), r.healToHolder.Round(time.Millisecond))
+	t.Logf("%s: %d events; A's server dead %s after the fault, B's started %s after it, a holder %s after the heal",
+		what, r.events, seen(o.death), seen(o.takeover), seen(r.healToHolder))
 	p.healthy(t)
 	a.end(t)
 	b.end(t)
 	return r
+}
+
+// soakSection marks the lease soak's part of docs/reliability.md, which
+// make torture rewrites around it.
+const soakSection = "soak-lease"
+
+// writeSection puts body between the markers of section name in the file
+// at path, replacing what was there, or at its end.
+func writeSection(path, name, body string) error {
+	old, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	begin, end := "<!-- "+name+" -->\n", "<!-- /"+name+" -->\n"
+	s := string(old)
+	block := begin + body + end
+	if i, j := strings.Index(s, begin), strings.Index(s, end); i >= 0 && j > i {
+		s = s[:i] + block + s[j+len(end):]
+	} else {
+		s = strings.TrimRight(s, "\n") + "\n\n" + block
+	}
+	return os.WriteFile(path, []byte(s), 0o644)
+}
+
+// sectionOf returns what is between the markers of section name in the file
+// at path, markers included, or "".
+func sectionOf(path, name string) string {
+	b, _ := os.ReadFile(path)
+	s := string(b)
+	begin, end := "<!-- "+name+" -->\n", "<!-- /"+name+" -->\n"
+	if i, j := strings.Index(s, begin), strings.Index(s, end); i >= 0 && j > i {
+		return s[i : j+len(end)]
+	}
+	return ""
+}
+
+// seen formats a measured time, "never" for -1.
+func seen(d time.Duration) string {
+	if d < 0 {
+		return "never"
+	}
+	return d.Round(time.Millisecond).String()
 }

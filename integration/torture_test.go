@@ -115,5 +115,8 @@ func writeReport(path string, s torture.Scale, table string) error {
 
 Replay a run with ` + "`make torture TORTURE_SEED=<seed>`" + ` (the seed is logged at the start).
 `)
+	if keep := sectionOf(path, soakSection); keep != "" {
+		b.WriteString("\n" + keep) // make soak-lease's figures
+	}
 	return os.WriteFile(path, []byte(b.String()), 0o644)
 }
