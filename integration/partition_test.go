@@ -340,13 +340,13 @@ var (
 type partResult struct {
 	events                        int
 	death, takeover, healToHolder time.Duration
-	lost                          bool // A's server died
+	release                       time.Duration // from A's server's death to its wrapper's exit
 }
 
 // partStats gathers the results of rounds.
 type partStats struct {
-	rounds, events                  int
-	deaths, takeovers, healToHolder []time.Duration
+	rounds, events                            int
+	deaths, takeovers, healToHolder, releases []time.Duration
 }
 
 func (s *partStats) add(r partResult) {
@@ -360,6 +360,9 @@ func (s *partStats) add(r partResult) {
 	}
 	if r.healToHolder >= 0 {
 		s.healToHolder = append(s.healToHolder, r.healToHolder)
+	}
+	if r.death >= 0 {
+		s.releases = append(s.releases, r.release)
 	}
 }
 
@@ -375,9 +378,9 @@ func quantile(ds []time.Duration, q float64) time.Duration {
 }
 
 func (s partStats) String() string {
-	return fmt.Sprintf("%d rounds, %d fault events; fault to A's death max %v (%d deaths); fault to B's server p50 %v p99 %v max %v (%d takeovers); heal to a holder max %v",
+	return fmt.Sprintf("%d rounds, %d fault events; fault to A's death max %v (%d deaths); fault to B's server p50 %v p99 %v max %v (%d takeovers); heal to a holder max %v; A's death to its wrapper's exit max %v",
 		s.rounds, s.events, quantile(s.deaths, 1), len(s.deaths), quantile(s.takeovers, 0.5), quantile(s.takeovers, 0.99), quantile(s.takeovers, 1), len(s.takeovers),
-		quantile(s.healToHolder, 1))
+		quantile(s.healToHolder, 1), quantile(s.releases, 1))
 }
 
 // round runs one round of fault f: A holds, B waits (--wait, on every
@@ -397,7 +400,7 @@ func (p *partLab) round(t *testing.T, round int, f partFault) partResult {
 	if b.started() {
 		t.Fatalf("%s: B started while A held:\n%s", what, b.w.Stderr())
 	}
-	r := partResult{healToHolder: -1}
+	r := partResult{healToHolder: -1, release: -1}
 	from := time.Now()
 	r.events = f.apply(t, p)
 	var o outcome
@@ -432,11 +435,31 @@ func (p *partLab) round(t *testing.T, round int, f partFault) partResult {
 	} else {
 		r.healToHolder = 0
 	}
+	if o.death >= 0 {
+		// Cut off or not, the wrapper lets go of the directory soon after
+		// its server died: the revoke may take until the lease's
+		// deadline, one renewal interval past it, never more than the
+		// dial timeout (2 s here).
+		select {
+		case <-a.w.Done():
+			r.release = time.Since(from) - o.death
+		case <-time.After(partBound):
+			t.Fatalf("%s: A's wrapper still runs %v after its server died:\n%s", what, partBound, a.w.Stderr())
+		}
+		if r.release > 3*time.Second {
+			t.Errorf("%s: A's wrapper exited %v after its server died, want within the dial timeout (2s) + 1s:\n%s", what, r.release, a.w.Stderr())
+		}
+		for _, bad := range []string{"pids=[]", "deadline_in=-", "last_error=<nil>"} {
+			if strings.Contains(a.w.Stderr(), bad) {
+				t.Errorf("%s: A's log says %q:\n%s", what, bad, a.w.Stderr())
+			}
+		}
+	}
 	if b.started() && b.token <= a.token {
 		t.Fatalf("%s: B's token %d after A's %d", what, b.token, a.token)
 	}
-	t.Logf("%s: %d events; A's server dead %s after the fault, B's started %s after it, a holder %s after the heal",
-		what, r.events, seen(o.death), seen(o.takeover), seen(r.healToHolder))
+	t.Logf("%s: %d events; A's server dead %s after the fault, its wrapper exited %s after that, B's server started %s after the fault, a holder %s after the heal",
+		what, r.events, seen(o.death), seen(r.release), seen(o.takeover), seen(r.healToHolder))
 	p.healthy(t)
 	a.end(t)
 	b.end(t)
