@@ -99,3 +99,21 @@ func faultNames() string {
 	}
 	return strings.Join(s, "; ")
 }
+
+// writeSection puts body between the markers of section name in the file
+// at path, replacing what was there, or at its end.
+func writeSection(path, name, body string) error {
+	old, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	begin, end := "<!-- "+name+" -->\n", "<!-- /"+name+" -->\n"
+	s := string(old)
+	block := begin + body + end
+	if i, j := strings.Index(s, begin), strings.Index(s, end); i >= 0 && j > i {
+		s = s[:i] + block + s[j+len(end):]
+	} else {
+		s = strings.TrimRight(s, "\n") + "\n\n" + block
+	}
+	return os.WriteFile(path, []byte(s), 0o644)
+}
