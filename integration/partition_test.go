@@ -144,6 +144,7 @@ func (p *partLab) healthy(t *testing.T) {
 // outcome is what a round measured.
 type outcome struct {
 	death, takeover time.Duration // from the fault; -1: did not happen
+	exit            time.Duration // A's wrapper's exit, from the fault
 }
 
 // watch polls, every 20 ms for up to limit, the holder a and the waiter b:
@@ -151,9 +152,16 @@ type outcome struct {
 // server has started (and a's is dead).
 func watchTakeover(t *testing.T, what string, a, b *holder, from time.Time, limit time.Duration) outcome {
 	t.Helper()
-	o := outcome{death: -1, takeover: -1}
+	o := outcome{death: -1, takeover: -1, exit: -1}
 	for time.Since(from) < limit {
 		aAlive := a.alive()
+		select {
+		case <-a.w.Done():
+			if o.exit < 0 {
+				o.exit = time.Since(from)
+			}
+		default:
+		}
 		if o.death < 0 && !aAlive {
 			o.death = time.Since(from)
 		}
@@ -442,7 +450,10 @@ func (p *partLab) round(t *testing.T, round int, f partFault) partResult {
 		// dial timeout (2 s here).
 		select {
 		case <-a.w.Done():
-			r.release = time.Since(from) - o.death
+			if o.exit < 0 {
+				o.exit = time.Since(from)
+			}
+			r.release = o.exit - o.death
 		case <-time.After(partBound):
 			t.Fatalf("%s: A's wrapper still runs %v after its server died:\n%s", what, partBound, a.w.Stderr())
 		}
