@@ -149,9 +149,12 @@ torture:
 # etcd 3.5 and 3.6 built from the module proxy, until SOAK_EVENTS fault
 # events; the verdict and figures go to docs/reliability.md. Needs root,
 # ip(8) and nft(8); about 20 s a round.
+# SOAK_FOR=1h stops it after that long, short of SOAK_EVENTS (the report
+# says so).
 SOAK_EVENTS ?= 1000
+SOAK_FOR    ?=
 soak-lease: build
-	DIRLOCKD_SOAK_EVENTS=$(SOAK_EVENTS) DIRLOCKD_SOAK_REPORT=$(CURDIR)/docs/reliability.md \
+	DIRLOCKD_SOAK_EVENTS=$(SOAK_EVENTS) DIRLOCKD_SOAK_FOR=$(SOAK_FOR) DIRLOCKD_SOAK_REPORT=$(CURDIR)/docs/reliability.md \
 	unshare --ipc -- $(GO) test -tags soak -count=1 -timeout 24h -run '^TestLeaseSoak$$' -v ./integration/
 
 lint-vet:
