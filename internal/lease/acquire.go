@@ -187,7 +187,7 @@ func (c *Client) revoke(cli *clientv3.Client, id clientv3.LeaseID) error {
 // waitDeleted blocks until the key is deleted after revision rev: etcd's
 // own way of waiting, a watch through cli, not polling. clean says whether
 // its holder marked it released first. With probe, the member watched is
-// asked every renewal interval whether it still has a leader: a member cut
+// asked every second (or renewal interval) whether it still has a leader: a member cut
 // off from the majority keeps a watch open and silent, and etcd cancels
 // the watches of a member without a leader only after about three
 // election timeouts.
@@ -229,16 +229,19 @@ func (c *Client) waitDeleted(ctx context.Context, cli *clientv3.Client, rev int6
 	return false, errors.New("the watch on the lock key ended") // the client was closed
 }
 
-// probe reads the key through cli every renewal interval, with ctx's
-// leader requirement, and ends ctx with the cause once a read fails: the
-// member has no leader (it says so at once), or believes it leads but
-// cannot reach a majority (no answer within the interval).
+// probe reads the key through cli every renewal interval, at most every
+// second, with ctx's leader requirement, and ends ctx with the cause once a
+// read fails: the member has no leader (it says so at once), believes it
+// leads but cannot reach a majority, or is stopped (no answer within the
+// interval). A read that fails on a healthy but slow member costs nothing
+// but a move: the watch starts again on the next member from the same
+// revision. The cost of a probe is one read a second a waiter.
 func (c *Client) probe(ctx context.Context, cli *clientv3.Client, fail context.CancelCauseFunc) {
 	every := c.cfg.Renew
 	if every <= 0 {
 		every = c.cfg.TTL / 3
 	}
-	every = max(every, 500*time.Millisecond)
+	every = min(max(every, 500*time.Millisecond), time.Second)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
