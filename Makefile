@@ -20,7 +20,7 @@ LDFLAGS     := -X main.version=$(VERSION) $(STRIP)
 # same bytes (TestDeb checks).
 GOBUILD     := CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags "$(LDFLAGS)"
 
-.PHONY: build man install uninstall deb deps test unit integration bench fuzz torture lint lint-vet run clean
+.PHONY: build man install uninstall deb deps test unit integration bench fuzz torture soak-lease lint lint-vet run clean
 
 # Static (CGO_ENABLED=0): the net package would otherwise link libc and
 # runtime/cgo, which adds about a millisecond to every start and check.
@@ -179,14 +179,30 @@ torture: deps
 	$(GO) test -count=1 -timeout 6h -run '^TestTorture$$' -v ./integration/
 	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
 
+# The etcd lease under network partitions at soak scale (make test runs the
+# missed-takeover case on every etcd version and the other faults once):
+# every fault of integration/partition_test.go on Debian's etcd 3.4 and
+# etcd 3.5 and 3.6 built from the module proxy, until SOAK_EVENTS fault
+# events; the verdict and figures go to docs/reliability.md. Needs root,
+# ip(8) and nft(8); about 20 s a round.
+# SOAK_FOR=1h stops it after that long, short of SOAK_EVENTS (the report
+# says so).
+SOAK_EVENTS ?= 1000
+SOAK_FOR    ?=
+soak-lease: build
+	DIRLOCKD_SOAK_EVENTS=$(SOAK_EVENTS) DIRLOCKD_SOAK_FOR=$(SOAK_FOR) DIRLOCKD_SOAK_REPORT=$(CURDIR)/docs/reliability.md \
+	unshare --ipc -- $(GO) test -tags soak -count=1 -timeout 24h -run '^TestLeaseSoak$$' -v ./integration/
+
 lint-vet:
 	$(GO) vet ./...
+	$(GO) vet -tags soak ./integration
 	$(GO) vet -tags manpages ./cmd/dirlockd
 
 lint: lint-vet
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) run $(STATICCHECK) ./...
 	$(GO) run $(STATICCHECK) -tags manpages ./cmd/dirlockd
+	$(GO) run $(STATICCHECK) -tags soak ./integration
 
 # Run a demo server (sleep) under the interlock of ./demo-data until Ctrl-C.
 # From another terminal: bin/dirlockd status -D demo-data

@@ -147,5 +147,8 @@ each attack made by a real unprivileged user that the test creates with ` + "`" 
 | a newline and terminal escapes in ` + "`" + `-D` + "`" + ` (check, status, run's text log) and in a record's hostname (status, check) | 5 × 5 outputs | 25 (printed raw; in the text log the escape cut out silently) | 0 | printed escaped (` + "`" + `\n` + "`" + `, ` + "`" + `\x1b` + "`" + `), one line per line |
 | ` + "`" + `status` + "`" + ` of a lock held with no record | 5 | 5 ("pid 0 … host  … status ,") | 0 | "no record:" and the PID holding the lock |
 `)
+	if keep := sectionOf(path, soakSection); keep != "" {
+		b.WriteString("\n" + keep) // make soak-lease's figures
+	}
 	return os.WriteFile(path, []byte(b.String()), 0o644)
 }

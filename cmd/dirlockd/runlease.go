@@ -225,7 +225,7 @@ func (r *runner) leaseTerm() {
 	ls := r.lease
 	dl, _ := ls.l.Deadline()
 	r.log.Error("the lease was not renewed in time: stopping the server before it can end", "lease_key", ls.l.Key(),
-		"deadline_in", (dl - agent.Now()).Round(time.Millisecond), "last_error", ls.l.LastError())
+		"deadline_in", max(dl-agent.Now(), 0).Round(time.Millisecond), "renewals", ls.l.LastError())
 	r.stop(r.flags.stopSig, "lease deadline")
 }
 
@@ -235,8 +235,15 @@ func (r *runner) leaseKill() {
 	r.beginStop("lease deadline")
 	t := pinTree(r.helpers()...)
 	defer t.Close()
+	if len(t) == 0 {
+		return // the tree is gone already
+	}
 	dl, _ := r.lease.l.Deadline()
-	r.log.Warn("sending SIGKILL to the server's tree before the lease can end", "deadline_in", (dl - agent.Now()).Round(time.Millisecond), "pids", t.PIDs())
+	if left := dl - agent.Now(); left > 0 {
+		r.log.Warn("sending SIGKILL to the server's tree before the lease can end", "deadline_in", left.Round(time.Millisecond), "pids", t.PIDs())
+	} else {
+		r.log.Warn("sending SIGKILL to the server's tree: the lease's deadline has passed", "pids", t.PIDs())
+	}
 	t.Signal(unix.SIGKILL)
 }
 

@@ -61,7 +61,10 @@ func (r *runner) killTree() {
 		return
 	}
 	t := pinTree(r.helpers()...)
+	defer t.Close()
+	if len(t) == 0 {
+		return // gone already; dirlockd is only finishing its release
+	}
 	r.log.Warn("the server did not exit in time: sending SIGKILL to its tree", "stop_timeout", r.flags.stopTimeout, "pids", t.PIDs())
 	t.Signal(unix.SIGKILL)
-	t.Close()
 }

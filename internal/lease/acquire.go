@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/dirlockd/dirlockd/internal/lease/agent"
@@ -32,26 +33,49 @@ func (c *Client) Acquire(ctx context.Context, id Identity, wait bool) (*Lease, e
 	}
 	for {
 		l, held, err := c.try(ctx, val)
-		if wait && c.retry(ctx, err) {
-			continue
+		if err != nil {
+			if wait && c.retry(ctx, err) {
+				continue
+			}
+			return nil, err
 		}
-		if err != nil || held == nil {
-			return l, err
+		if held == nil {
+			return l, nil
 		}
 		if !wait {
 			return nil, &HeldError{Key: c.cfg.Key, Holder: held.Holder}
 		}
-		clean, err := c.waitDeleted(ctx, held.rev)
-		if err == nil && !clean && !held.Released {
-			err = c.distrust(ctx)
-		}
-		if err != nil {
+		if err := c.awaitEnd(ctx, held); err != nil {
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("waiting for lease key %q: %w (%w)", c.cfg.Key, ctx.Err(), &HeldError{Key: c.cfg.Key, Holder: held.Holder})
 			}
-			if !c.retry(ctx, err) {
-				return nil, err
+			return nil, err
+		}
+	}
+}
+
+// awaitEnd blocks until the key that held was read from is deleted, and a
+// TTL more if its holder did not mark it released (distrust). etcd
+// unavailable meanwhile does not end the wait: the watch starts again on
+// the next endpoint, from the same revision, so that a delete it missed is
+// replayed with whatever release mark came before it.
+func (c *Client) awaitEnd(ctx context.Context, held *found) error {
+	for {
+		m, i, err := c.member()
+		if err == nil {
+			var clean bool
+			clean, err = c.waitDeleted(ctx, m, held.rev, true)
+			switch {
+			case err == nil && (clean || held.Released):
+				return nil
+			case err == nil, errors.Is(err, rpctypes.ErrCompacted):
+				// An unclean end, or one whose history is compacted away.
+				return c.distrust(ctx)
 			}
+		}
+		c.rotate(i)
+		if !c.retry(ctx, err) {
+			return err
 		}
 	}
 }
@@ -96,17 +120,29 @@ type found struct {
 	rev int64
 }
 
-// try makes one attempt: a new lease, and the transaction.
+// try makes one attempt, on one endpoint (member): a new lease, and the
+// transaction. Spread over the endpoints by the balancer, an attempt's
+// requests would each go to another member, and with as many requests to
+// an attempt as endpoints, every transaction to the same one: a member cut
+// off from the majority ("etcdserver: no leader") then fails every attempt
+// however long the wait (issue 19). Pinned, an attempt that fails moves
+// the next one to the next endpoint (rotate).
 func (c *Client) try(ctx context.Context, val []byte) (*Lease, *found, error) {
+	m, i, err := c.member()
+	if err != nil {
+		c.rotate(i)
+		return nil, nil, err
+	}
 	rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), dialTimeout(&c.cfg))
 	defer cancel()
 	sent := agent.Now()
-	g, err := c.cli.Grant(rctx, int64(c.cfg.TTL/time.Second))
+	g, err := m.Grant(rctx, int64(c.cfg.TTL/time.Second))
 	if err != nil {
+		c.rotate(i)
 		return nil, nil, c.failed("grant a lease", err)
 	}
 	key := c.cfg.Key
-	resp, err := c.cli.Txn(rctx).
+	resp, err := m.Txn(rctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, string(val), clientv3.WithLease(g.ID))).
 		Else(clientv3.OpGet(key)).
@@ -115,10 +151,17 @@ func (c *Client) try(ctx context.Context, val []byte) (*Lease, *found, error) {
 		l := &Lease{c: c, id: g.ID, token: resp.Header.Revision, ttl: time.Duration(g.TTL) * time.Second, sent: sent, val: val}
 		return l, nil, nil
 	}
-	c.revoke(g.ID)
 	if err != nil {
+		// No answer may still have been committed: revoke the lease, in
+		// case it holds the key, but behind the next attempt rather than
+		// before it, on whichever endpoint answers. A member without a
+		// leader refused the transaction outright; the lease, never used,
+		// expires after its TTL if the revoke does not reach etcd either.
+		c.rotate(i)
+		go c.revoke(c.cli, g.ID)
 		return nil, nil, c.failed("put the lock key", err)
 	}
+	c.revoke(m, g.ID) // the member just answered
 	kvs := resp.Responses[0].GetResponseRange().Kvs
 	if len(kvs) == 0 {
 		// Deleted between the compare and the get: a transaction is
@@ -132,23 +175,39 @@ func (c *Client) try(ctx context.Context, val []byte) (*Lease, *found, error) {
 	return nil, &found{Holder: *h, rev: resp.Header.Revision}, nil
 }
 
-// revoke ends a lease, best effort: a lease that is not revoked expires
-// after its TTL anyway.
-func (c *Client) revoke(id clientv3.LeaseID) error {
+// revoke ends a lease through cli, best effort: a lease that is not
+// revoked expires after its TTL anyway.
+func (c *Client) revoke(cli *clientv3.Client, id clientv3.LeaseID) error {
 	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout(&c.cfg))
 	defer cancel()
-	_, err := c.cli.Revoke(ctx, id)
+	_, err := cli.Revoke(ctx, id)
 	return err
 }
 
 // waitDeleted blocks until the key is deleted after revision rev: etcd's
-// own way of waiting, a watch, not polling. clean says whether its holder
-// marked it released first.
-func (c *Client) waitDeleted(ctx context.Context, rev int64) (clean bool, err error) {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	for ev := range c.cli.Watch(wctx, c.cfg.Key, clientv3.WithRev(rev+1)) {
+// own way of waiting, a watch through cli, not polling. clean says whether
+// its holder marked it released first. With probe, the member watched is
+// asked every second (or renewal interval) whether it still has a leader: a member cut
+// off from the majority keeps a watch open and silent, and etcd cancels
+// the watches of a member without a leader only after about three
+// election timeouts.
+func (c *Client) waitDeleted(ctx context.Context, cli *clientv3.Client, rev int64, probe bool) (clean bool, err error) {
+	wctx, cancel := context.WithCancelCause(clientv3.WithRequireLeader(ctx))
+	defer cancel(nil)
+	if probe {
+		go c.probe(wctx, cli, cancel)
+	}
+	probed := func() error {
+		if err := context.Cause(wctx); ctx.Err() == nil && err != nil && !errors.Is(err, context.Canceled) {
+			return c.failed("watch the lock key", err)
+		}
+		return nil
+	}
+	for ev := range cli.Watch(wctx, c.cfg.Key, clientv3.WithRev(rev+1)) {
 		if err := ev.Err(); err != nil {
+			if perr := probed(); perr != nil {
+				return false, perr
+			}
 			return false, c.failed("watch the lock key", err)
 		}
 		for _, e := range ev.Events {
@@ -164,7 +223,41 @@ func (c *Client) waitDeleted(ctx context.Context, rev int64) (clean bool, err er
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
+	if err := probed(); err != nil {
+		return false, err
+	}
 	return false, errors.New("the watch on the lock key ended") // the client was closed
+}
+
+// probe reads the key through cli every renewal interval, at most every
+// second, with ctx's leader requirement, and ends ctx with the cause once a
+// read fails: the member has no leader (it says so at once), believes it
+// leads but cannot reach a majority, or is stopped (no answer within the
+// interval). A read that fails on a healthy but slow member costs nothing
+// but a move: the watch starts again on the next member from the same
+// revision. The cost of a probe is one read a second a waiter.
+func (c *Client) probe(ctx context.Context, cli *clientv3.Client, fail context.CancelCauseFunc) {
+	every := c.cfg.Renew
+	if every <= 0 {
+		every = c.cfg.TTL / 3
+	}
+	every = min(max(every, 500*time.Millisecond), time.Second)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, every)
+		_, err := cli.Get(pctx, c.cfg.Key)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			fail(fmt.Errorf("the member watched did not answer a read: %w", err))
+			return
+		}
+	}
 }
 
 // WaitFor blocks until the key is held (held true; it returns the holder)

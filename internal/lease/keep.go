@@ -65,21 +65,23 @@ func (l *Lease) Renew(ctx context.Context, until time.Duration) (agent.Renewal, 
 // another host starts at once rather than after the TTL: the key's value is
 // marked released first (while the key is still ours), which tells the
 // waiter that the end is clean. A lease etcd no longer knows is no error.
-func (l *Lease) Revoke() error {
+// Both requests together take at most the dial timeout, and end with ctx
+// (the holder's budget for its release, agent.Lease.Release).
+func (l *Lease) Revoke(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout(&l.c.cfg))
+	defer cancel()
 	var id Identity
 	if json.Unmarshal(l.val, &id) == nil {
 		id.Released = true
 		if val, err := json.Marshal(id); err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), dialTimeout(&l.c.cfg))
 			// Best effort: without the mark a waiter only waits longer.
 			l.c.cli.Txn(ctx).
 				If(clientv3.Compare(clientv3.CreateRevision(l.c.cfg.Key), "=", l.token)).
 				Then(clientv3.OpPut(l.c.cfg.Key, string(val), clientv3.WithLease(l.id))).
 				Commit()
-			cancel()
 		}
 	}
-	if err := l.c.revoke(l.id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+	if _, err := l.c.cli.Revoke(ctx, l.id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return l.c.failed("revoke the lease", err)
 	}
 	return nil
@@ -92,7 +94,7 @@ func (l *Lease) Revoke() error {
 func (l *Lease) Gone(ctx context.Context) error {
 	rev := l.token
 	for {
-		_, err := l.c.waitDeleted(ctx, rev)
+		_, err := l.c.waitDeleted(ctx, l.c.cli, rev, false)
 		if err == nil || ctx.Err() != nil {
 			return err
 		}

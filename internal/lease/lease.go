@@ -32,6 +32,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -62,9 +63,19 @@ func dialTimeout(c *Config) time.Duration {
 
 // Client is a connection to etcd. Nothing of etcd's client exists until
 // Dial: a program that never calls it runs none of its goroutines.
+//
+// Requests go through one client that etcd's balancer spreads round-robin
+// over every endpoint, one request to the next endpoint: fine for a read or
+// a renewal, each complete in itself, but not for an acquisition, whose
+// grant, transaction, revoke and watch must all reach a member that has a
+// leader. Acquire therefore pins each attempt to one endpoint (members).
 type Client struct {
 	cfg Config
 	cli *clientv3.Client
+
+	mu      sync.Mutex
+	members []*clientv3.Client // one per endpoint, dialed on first use; nil with one endpoint
+	next    int                // the endpoint acquisition attempts go to
 }
 
 // Dial connects to etcd. It does not wait for the connection: the first
@@ -83,25 +94,78 @@ func Dial(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, &RefusedError{Key: cfg.Key, Problem: "cannot use the TLS files", Fix: "check --cacert, --cert and --key", Err: err}
 	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   cfg.Endpoints,
-		DialTimeout: dialTimeout(&cfg),
-		TLS:         tc,
-		Username:    cfg.Username,
-		Password:    cfg.Password,
-		// Errors reach the caller, who logs them in dirlockd's format.
-		Logger: zap.NewNop(),
-	})
-	c := &Client{cfg: cfg, cli: cli}
+	c := &Client{cfg: cfg}
+	cli, err := c.dial(tc, cfg.Endpoints)
 	if err != nil {
 		// With a user, New authenticates at once.
 		return nil, c.failed("connect", err)
 	}
+	c.cli = cli
+	if len(cfg.Endpoints) > 1 {
+		c.members = make([]*clientv3.Client, len(cfg.Endpoints))
+	}
 	return c, nil
 }
 
-// Close closes the connection.
-func (c *Client) Close() error { return c.cli.Close() }
+func (c *Client) dial(tc *tls.Config, endpoints []string) (*clientv3.Client, error) {
+	return clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: dialTimeout(&c.cfg),
+		TLS:         tc,
+		Username:    c.cfg.Username,
+		Password:    c.cfg.Password,
+		// Errors reach the caller, who logs them in dirlockd's format.
+		Logger: zap.NewNop(),
+	})
+}
+
+// member returns the connection to the endpoint acquisition attempts go
+// to now, dialed on first use, and its index for rotate. With one
+// endpoint it is the client's own connection.
+func (c *Client) member() (*clientv3.Client, int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.members == nil {
+		return c.cli, 0, nil
+	}
+	i := c.next
+	if c.members[i] == nil {
+		tc, err := tlsConfig(c.cfg)
+		if err != nil {
+			return nil, i, err
+		}
+		m, err := c.dial(tc, c.cfg.Endpoints[i:i+1])
+		if err != nil {
+			return nil, i, c.failed("connect to "+c.cfg.Endpoints[i], err)
+		}
+		c.members[i] = m
+	}
+	return c.members[i], i, nil
+}
+
+// rotate moves acquisition attempts to the next endpoint after one on
+// endpoint i failed (unless another failure moved them already): a member
+// cut off from the majority answers "no leader", or nothing, and so will
+// every attempt that goes to it; the next endpoint may well have a leader.
+func (c *Client) rotate(i int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.members != nil && c.next == i {
+		c.next = (i + 1) % len(c.members)
+	}
+}
+
+// Close closes the connections.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range c.members {
+		if m != nil {
+			m.Close()
+		}
+	}
+	return c.cli.Close()
+}
 
 // Endpoints returns the endpoints, for messages.
 func (c *Client) Endpoints() string { return strings.Join(c.cfg.Endpoints, ",") }

@@ -148,7 +148,7 @@ func (s *server) handle(ctx context.Context, req agent.Request) agent.Reply {
 			s.l = nil
 		}
 		s.mu.Unlock()
-		err = l.Revoke()
+		err = l.Revoke(ctx)
 	default:
 		err = fmt.Errorf("unknown request %q", req.Op)
 	}

@@ -25,6 +25,9 @@ type EtcdMember struct {
 	DataDir    string
 	LogPath    string
 	cmd        *exec.Cmd
+	binary     string
+	prefix     []string     // the command line it runs under (a NetLab node's namespace)
+	http       *http.Client // for its /health and /v3 gateway
 	args       []string
 	t          testing.TB
 	stopped    bool
@@ -53,23 +56,60 @@ const EtcdBinary = "/usr/bin/etcd"
 // the test ends.
 func StartEtcd(t testing.TB, n int) *EtcdCluster {
 	t.Helper()
-	c := &EtcdCluster{}
-	var initial []string
 	base := t.TempDir()
-	for i := range n {
-		m := &EtcdMember{
-			Name:      fmt.Sprintf("m%d", i),
+	c := &EtcdCluster{}
+	for range n {
+		c.Members = append(c.Members, &EtcdMember{
 			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
 			PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
-			DataDir:   filepath.Join(base, fmt.Sprintf("m%d", i)),
-			LogPath:   filepath.Join(base, fmt.Sprintf("m%d.log", i)),
-			t:         t,
+			binary:    EtcdBinary,
+		})
+	}
+	c.start(t, base)
+	return c
+}
+
+// StartEtcdLab starts an etcd cluster of version (EtcdBinaryFor) with one
+// member in each of nodes' namespaces, on their addresses; ctl is the
+// node, never cut, from which the test reaches the members' /health and
+// /v3 gateways. --pre-vote is on, as etcd 3.5 and later have it by
+// default: without it, an etcd 3.4 member that rejoins after a partition
+// forces an election (11 s without a leader seen).
+func StartEtcdLab(t testing.TB, version string, ctl *NetNode, nodes ...*NetNode) *EtcdCluster {
+	t.Helper()
+	bin := EtcdBinaryFor(t, version)
+	c := &EtcdCluster{}
+	for _, nd := range nodes {
+		c.Members = append(c.Members, &EtcdMember{
+			ClientURL: "http://" + nd.IP + ":2379",
+			PeerURL:   "http://" + nd.IP + ":2380",
+			binary:    bin,
+			prefix:    nd.Prefix(),
+			http:      ctl.HTTPClient(2 * time.Second),
+		})
+	}
+	c.start(t, t.TempDir(), "--pre-vote=true")
+	return c
+}
+
+// start starts c's members, with data and logs under base, and waits until
+// each says it is healthy. They are killed and their data removed when
+// the test ends.
+func (c *EtcdCluster) start(t testing.TB, base string, extra ...string) {
+	t.Helper()
+	var initial []string
+	for i, m := range c.Members {
+		m.Name = fmt.Sprintf("m%d", i)
+		m.DataDir = filepath.Join(base, m.Name)
+		m.LogPath = filepath.Join(base, m.Name+".log")
+		m.t = t
+		if m.http == nil {
+			m.http = &http.Client{Timeout: 2 * time.Second}
 		}
 		initial = append(initial, m.Name+"="+m.PeerURL)
-		c.Members = append(c.Members, m)
 	}
 	for _, m := range c.Members {
-		m.args = []string{"--name", m.Name, "--data-dir", m.DataDir,
+		m.args = append([]string{"--name", m.Name, "--data-dir", m.DataDir,
 			"--listen-client-urls", m.ClientURL, "--advertise-client-urls", m.ClientURL,
 			"--listen-peer-urls", m.PeerURL, "--initial-advertise-peer-urls", m.PeerURL,
 			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
@@ -79,7 +119,7 @@ func StartEtcd(t testing.TB, n int) *EtcdCluster {
 			// and a member that misses heartbeats under load starts
 			// elections nobody asked for. The least TTL etcd grants is
 			// then 3 s (1.5 election timeouts).
-			"--heartbeat-interval", "200", "--election-timeout", "2000"}
+			"--heartbeat-interval", "200", "--election-timeout", "2000"}, extra...)
 		m.start()
 	}
 	t.Cleanup(func() {
@@ -97,12 +137,12 @@ func StartEtcd(t testing.TB, n int) *EtcdCluster {
 	for _, m := range c.Members {
 		m.WaitHealthy(60 * time.Second)
 	}
-	return c
 }
 
 func (m *EtcdMember) start() {
 	m.t.Helper()
-	m.cmd = exec.Command(EtcdBinary, m.args...)
+	argv := append(append(append([]string{}, m.prefix...), m.binary), m.args...)
+	m.cmd = exec.Command(argv[0], argv[1:]...)
 	m.cmd.Env = []string{"PATH=/usr/bin:/bin", "ETCD_UNSUPPORTED_ARCH=" + os.Getenv("ETCD_UNSUPPORTED_ARCH")}
 	if err := m.cmd.Start(); err != nil {
 		m.t.Fatalf("start etcd: %v", err)
@@ -116,10 +156,9 @@ func (m *EtcdMember) PID() int { return m.cmd.Process.Pid }
 // WaitHealthy polls the member's /health until it says true.
 func (m *EtcdMember) WaitHealthy(timeout time.Duration) {
 	m.t.Helper()
-	cl := &http.Client{Timeout: 2 * time.Second}
 	end := time.Now().Add(timeout)
 	for {
-		resp, err := cl.Get(m.ClientURL + "/health")
+		resp, err := m.http.Get(m.ClientURL + "/health")
 		if err == nil {
 			var b [256]byte
 			n, _ := resp.Body.Read(b[:])
@@ -167,10 +206,17 @@ func (m *EtcdMember) Restart() {
 // IsLeader asks the member, through its /v3 gateway, whether it is the
 // leader (the maintenance API's Status: leader == its own member id).
 func (m *EtcdMember) IsLeader() bool {
-	cl := &http.Client{Timeout: 2 * time.Second}
-	resp, err := cl.Post(m.ClientURL+"/v3/maintenance/status", "application/json", strings.NewReader("{}"))
+	id, leader, err := m.Status()
+	return err == nil && leader != "" && leader == id
+}
+
+// Status returns the member's ID and its leader's (the maintenance API's
+// Status, through the /v3 gateway), as decimal strings; leader is "" or
+// "0" without one.
+func (m *EtcdMember) Status() (id, leader string, err error) {
+	resp, err := m.http.Post(m.ClientURL+"/v3/maintenance/status", "application/json", strings.NewReader("{}"))
 	if err != nil {
-		return false
+		return "", "", err
 	}
 	defer resp.Body.Close()
 	var s struct {
@@ -179,10 +225,56 @@ func (m *EtcdMember) IsLeader() bool {
 		} `json:"header"`
 		Leader string `json:"leader"`
 	}
-	if json.NewDecoder(resp.Body).Decode(&s) != nil {
-		return false
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		return "", "", fmt.Errorf("etcd %s status: %w", m.Name, err)
 	}
-	return s.Leader != "" && s.Leader == s.Header.MemberID
+	return s.Header.MemberID, s.Leader, nil
+}
+
+// MoveLeader asks the leader ld to hand its leadership to m (etcdctl
+// move-leader), and waits until m leads.
+func (c *EtcdCluster) MoveLeader(t testing.TB, ld, m *EtcdMember) {
+	t.Helper()
+	id, _, err := m.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ld == m {
+		return
+	}
+	resp, err := ld.http.Post(ld.ClientURL+"/v3/maintenance/transfer-leadership", "application/json",
+		strings.NewReader(`{"targetID":"`+id+`"}`))
+	if err != nil {
+		t.Fatalf("etcd move-leader to %s: %v", m.Name, err)
+	}
+	msg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("etcd move-leader to %s: %s: %s", m.Name, resp.Status, msg)
+	}
+	for end := time.Now().Add(20 * time.Second); !m.IsLeader(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("etcd %s did not become the leader within 20s", m.Name)
+		}
+	}
+}
+
+// Leader returns the member that leads, waiting for one up to timeout;
+// among members (all of c's if none) only.
+func (c *EtcdCluster) Leader(t testing.TB, timeout time.Duration, among ...*EtcdMember) *EtcdMember {
+	t.Helper()
+	if len(among) == 0 {
+		among = c.Members
+	}
+	for end := time.Now().Add(timeout); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		for _, m := range among {
+			if m.IsLeader() {
+				return m
+			}
+		}
+	}
+	t.Fatalf("no leader among %d members within %v", len(among), timeout)
+	return nil
 }
 
 // EtcdGrant is a user EnableAuth creates: with password, a role of its own

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -124,5 +125,61 @@ func TestKeeperCompany(t *testing.T) {
 			t.Fatalf("round %d: %d renewals, err %v", round, calls.Load(), err)
 		}
 		k.Stop()
+	}
+}
+
+// TestKeeperNoAnswer: renewals that get no answer at all (a member cut
+// off) are reported as such, with the time since the last success, not as
+// no error; the loss at the deadline says so too. 3 rounds.
+func TestKeeperNoAnswer(t *testing.T) {
+	for round := range 3 {
+		var hang atomic.Bool
+		renew := func(ctx context.Context, until time.Duration) (Renewal, error) {
+			if hang.Load() {
+				<-ctx.Done()
+				return Renewal{}, ctx.Err()
+			}
+			return Renewal{Sent: Now(), TTL: 2 * time.Second}, nil
+		}
+		k := Keep(renew, Renewal{Sent: Now(), TTL: 2 * time.Second}, 200*time.Millisecond, nil)
+		time.Sleep(300 * time.Millisecond)
+		if err := k.LastError(); err != nil {
+			t.Fatalf("round %d: renewals answered, LastError %v", round, err)
+		}
+		hang.Store(true)
+		time.Sleep(time.Second)
+		if err := k.LastError(); err == nil || !strings.HasPrefix(err.Error(), "no answer in ") {
+			t.Fatalf("round %d: renewals unanswered for 1s: LastError %v, want \"no answer in D\"", round, err)
+		}
+		for {
+			_, err := k.Deadline()
+			if err != nil {
+				if !strings.Contains(err.Error(), "no answer in ") {
+					t.Fatalf("round %d: lost with %q, want it to say no answer came", round, err)
+				}
+				break
+			}
+			select {
+			case <-k.Changed():
+			case <-time.After(5 * time.Second):
+				t.Fatalf("round %d: not lost 5s after renewals hung", round)
+			}
+		}
+		k.Stop()
+	}
+}
+
+// TestReleaseBudget: a release takes until the lease's deadline, at least a
+// renewal interval (a lost lease), at most the dial timeout.
+func TestReleaseBudget(t *testing.T) {
+	for _, c := range []struct{ left, every, dial, want time.Duration }{
+		{2 * time.Second, time.Second, 5 * time.Second, 2 * time.Second},
+		{-9 * time.Second, time.Second, 5 * time.Second, time.Second},
+		{20 * time.Second, 3 * time.Second, 5 * time.Second, 5 * time.Second},
+		{20 * time.Second, 3 * time.Second, 0, 5 * time.Second},
+	} {
+		if got := releaseBudget(c.left, c.every, c.dial); got != c.want {
+			t.Errorf("releaseBudget(%v, %v, %v) = %v, want %v", c.left, c.every, c.dial, got, c.want)
+		}
 	}
 }

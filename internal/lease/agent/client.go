@@ -338,13 +338,30 @@ func (l *Lease) renew(ctx context.Context, until time.Duration) (Renewal, error)
 
 // Release stops renewing and revokes the lease, which deletes the lock key,
 // so that a waiter on another host starts at once rather than after the
-// TTL. A lost lease is revoked too, in case etcd still has it: it must
-// never serve again. Release returns the revoke's error, if any.
+// TTL. A lost lease is revoked too, in case etcd still has it. Release
+// returns the revoke's error, if any.
+//
+// The revoke only saves a waiter time: etcd ends the lease by itself once
+// its deadline passes. So it may take until that deadline, or one renewal
+// interval for a lease that is already past it (lost), and never more than
+// the dial timeout: a holder cut off from etcd releases its directory that
+// much after its server died, not a revoke's timeout or two later.
 func (l *Lease) Release() error {
+	dl, _ := l.Keeper.Deadline()
 	l.stopGone()
 	l.Keeper.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), l.a.cfg.DialTimeout+time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), releaseBudget(dl-Now(), l.a.cfg.renew(), l.a.cfg.DialTimeout))
 	defer cancel()
 	_, err := l.a.call(ctx, Request{Op: OpRevoke})
 	return err
+}
+
+// releaseBudget is how long Release may take with left until the lease's
+// deadline: left, but at least a renewal interval and at most the dial
+// timeout.
+func releaseBudget(left, every, dial time.Duration) time.Duration {
+	if dial <= 0 {
+		dial = 5 * time.Second
+	}
+	return min(max(left, every), dial)
 }

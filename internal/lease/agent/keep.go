@@ -26,6 +26,7 @@ type Keeper struct {
 
 	mu       sync.Mutex
 	deadline time.Duration // on Now's clock
+	newest   time.Duration // the send time of the last renewal that succeeded (or the grant)
 	err      error         // why the lease is lost; nil while held
 	lastErr  error         // the last renewal's failure, if the last one failed
 	changed  chan struct{}
@@ -37,7 +38,7 @@ type Keeper struct {
 // Keep starts renewing every interval, from a lease granted (or last
 // renewed) at first.
 func Keep(renew RenewFunc, first Renewal, every time.Duration, onRenew func(sent, received time.Duration)) *Keeper {
-	k := &Keeper{renew: renew, ttl: first.TTL, every: every, onRenew: onRenew, deadline: first.Sent + first.TTL,
+	k := &Keeper{renew: renew, ttl: first.TTL, every: every, onRenew: onRenew, deadline: first.Sent + first.TTL, newest: first.Sent,
 		changed: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go k.keep(first.Sent)
 	return k
@@ -51,11 +52,21 @@ func (k *Keeper) Deadline() (time.Duration, error) {
 	return k.deadline, k.err
 }
 
-// LastError returns why the last renewal failed, nil if it succeeded.
+// LastError says why renewals have not succeeded lately, nil if the last
+// one succeeded and the next is not overdue. Renewals that got no answer
+// at all (a member cut off, or stopped) are said so, with how long since
+// the last one that succeeded was sent: "no answer in 2.1s".
 func (k *Keeper) LastError() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return k.lastErr
+	since := Now() - k.newest
+	switch {
+	case since <= k.every:
+		return k.lastErr
+	case k.lastErr == nil:
+		return fmt.Errorf("no answer in %v", since.Round(time.Millisecond))
+	}
+	return fmt.Errorf("no renewal succeeded in %v: %w", since.Round(time.Millisecond), k.lastErr)
 }
 
 // Changed receives a value after each renewal that moved the deadline, and
@@ -114,7 +125,7 @@ func (k *Keeper) keep(newest time.Duration) {
 	for {
 		now := Now()
 		if now >= dl {
-			k.lose(fmt.Errorf("%w: no renewal succeeded before its deadline (last error: %v)", ErrLost, k.LastError()))
+			k.lose(fmt.Errorf("%w: no renewal succeeded before its deadline (%v)", ErrLost, k.LastError()))
 			return
 		}
 		if now >= nextAt && inFlight < maxInFlight {
@@ -137,6 +148,9 @@ func (k *Keeper) keep(newest time.Duration) {
 				if r.Sent > newest {
 					newest = r.Sent
 					nextAt = r.Sent + k.every
+					k.mu.Lock()
+					k.newest = newest
+					k.mu.Unlock()
 				}
 				if d := r.Sent + r.TTL; d > dl {
 					dl = d

@@ -1,0 +1,502 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dirlockd/dirlockd/internal/testutil"
+)
+
+// The partition tests run `dirlockd run --etcd` on two hosts, A and B, each
+// a network namespace of a testutil.NetLab, against a 3-member etcd cluster
+// whose members have namespaces of their own, and cut links with ip(8) and
+// nftables: what a TCP proxy on loopback cannot do (a member cut off from
+// the others but not from its clients; a host cut from every member).
+// Every round judges the servers by one clock (/proc/uptime, the same for
+// every namespace of the machine): the beats each server writes to a
+// witness file never interleave between hosts, and the tokens rise.
+
+const (
+	partTTL = 3 * time.Second
+	// partBound is the takeover bound docs/lease.md states for TTL 3 s and
+	// the tests' election timeout of 2 s: after the holder is cut off, a
+	// waiter connected to a majority holds within 2 × TTL + 3 election
+	// timeouts + a renewal interval + 1 s.
+	partBound = 2*partTTL + 3*2*time.Second + partTTL/3 + time.Second
+)
+
+// partLab is the lab of one etcd version: ctl (the test's way to the
+// members, never cut), members e[0..2], hosts a and b.
+type partLab struct {
+	lab     *testutil.NetLab
+	ctl     *testutil.NetNode
+	e       []*testutil.NetNode
+	a, b    *testutil.NetNode
+	etcd    *testutil.EtcdCluster
+	witness string
+	key     string
+	paused  *testutil.EtcdMember // a member a fault stopped
+}
+
+func newPartLab(t *testing.T, version string) *partLab {
+	p := &partLab{lab: testutil.NewNetLab(t, "dl19")}
+	p.ctl = p.lab.AddNode("ctl")
+	for i := range 3 {
+		p.e = append(p.e, p.lab.AddNode(fmt.Sprintf("e%d", i)))
+	}
+	p.a, p.b = p.lab.AddNode("A"), p.lab.AddNode("B")
+	p.etcd = testutil.StartEtcdLab(t, version, p.ctl, p.e...)
+	p.witness = filepath.Join(t.TempDir(), "witness")
+	p.key = "/dirlockd/partition"
+	return p
+}
+
+// endpoints are the client URLs of members i.
+func (p *partLab) endpoints(i ...int) string {
+	var eps []string
+	for _, k := range i {
+		eps = append(eps, p.etcd.Members[k].ClientURL)
+	}
+	return strings.Join(eps, ",")
+}
+
+// beatServer appends "beat TOKEN HOST UPTIME" to the witness file every
+// 20 ms while it runs, and prints the line leaseView reads.
+func beatServer(witness, host string) []string {
+	return []string{"sh", "-c", `w=` + witness + `; t=$DIRLOCKD_FENCING_TOKEN
+echo "pid=$$ token=$t key=$DIRLOCKD_LEASE_KEY ttl=$DIRLOCKD_LEASE_TTL"
+while :; do echo "beat $t ` + host + ` $(cut -d' ' -f1 /proc/uptime)" >> $w; sleep 0.02; done`}
+}
+
+// holder is a wrapper and its server.
+type holder struct {
+	w     *testutil.Proc
+	pid   int
+	token int64
+}
+
+// start starts a wrapper on host n with endpoints eps; with wait, it waits
+// for the lease (--wait) and start returns at once (pid 0).
+func (p *partLab) start(t *testing.T, n *testutil.NetNode, eps string, wait bool) *holder {
+	t.Helper()
+	flags := []string{"--etcd", eps, "--lease-key", p.key, "--lease-ttl", "3s", "--etcd-dial-timeout", "2s", "--stop-timeout", "1s"}
+	if wait {
+		flags = append(flags, "--wait", "5m")
+	}
+	h := &holder{w: startRun(t, n.Prefix(), testutil.DataDir(t), flags, beatServer(p.witness, n.Name)...)}
+	if !wait {
+		h.pid, h.token, _, _ = leaseView(t, h.w)
+	}
+	return h
+}
+
+// started reports whether h's server has started, and records it.
+func (h *holder) started() bool {
+	if h.pid != 0 {
+		return true
+	}
+	m := serverLine.FindStringSubmatch(h.w.Stdout())
+	if m == nil {
+		return false
+	}
+	h.pid, _ = strconv.Atoi(m[1])
+	h.token, _ = strconv.ParseInt(m[2], 10, 64)
+	return true
+}
+
+func (h *holder) alive() bool { return h.started() && testutil.Alive(h.pid) }
+
+// end stops h's wrapper (SIGTERM) and waits for its exit, whatever it is.
+func (h *holder) end(t *testing.T) {
+	t.Helper()
+	h.w.Cmd.Process.Signal(syscall.SIGTERM)
+	h.w.WaitExit(t, 30*time.Second)
+}
+
+// healthy waits until every member has the same leader: the lab is healed.
+func (p *partLab) healthy(t *testing.T) {
+	t.Helper()
+	for end := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		leaders := map[string]bool{}
+		for _, m := range p.etcd.Members {
+			_, ld, err := m.Status()
+			if err != nil || ld == "" || ld == "0" {
+				leaders["none"] = true
+			}
+			leaders[ld] = true
+		}
+		if len(leaders) == 1 {
+			return
+		}
+		if time.Now().After(end) {
+			t.Fatalf("the cluster did not heal within 60s: leaders %v", leaders)
+		}
+	}
+}
+
+// outcome is what a round measured.
+type outcome struct {
+	death, takeover time.Duration // from the fault; -1: did not happen
+	exit            time.Duration // A's wrapper's exit, from the fault
+}
+
+// watch polls, every 20 ms for up to limit, the holder a and the waiter b:
+// it fails the test if both servers run at once, and returns when b's
+// server has started (and a's is dead).
+func watchTakeover(t *testing.T, what string, a, b *holder, from time.Time, limit time.Duration) outcome {
+	t.Helper()
+	o := outcome{death: -1, takeover: -1, exit: -1}
+	for time.Since(from) < limit {
+		aAlive := a.alive()
+		select {
+		case <-a.w.Done():
+			if o.exit < 0 {
+				o.exit = time.Since(from)
+			}
+		default:
+		}
+		if o.death < 0 && !aAlive {
+			o.death = time.Since(from)
+		}
+		if b.started() {
+			if aAlive {
+				t.Fatalf("%s: two servers at once: B's (token %d) started while A's (token %d) ran:\n%s\n---\n%s", what, b.token, a.token, a.w.Stderr(), b.w.Stderr())
+			}
+			o.takeover = time.Since(from)
+			return o
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return o
+}
+
+// checkWitness judges the witness file: each token's beats come from one
+// host, tokens never interleave (a beat of an older token after a newer
+// one's first), and it returns the least gap between two tokens' beats.
+func (p *partLab) checkWitness(t *testing.T) (least float64, tokens int) {
+	t.Helper()
+	raw, err := os.ReadFile(p.witness)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type span struct {
+		host        string
+		first, last float64
+	}
+	spans := map[int64]*span{}
+	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 4 || f[0] != "beat" {
+			continue // a line cut short by a SIGKILL
+		}
+		tok, _ := strconv.ParseInt(f[1], 10, 64)
+		at, _ := strconv.ParseFloat(f[3], 64)
+		s := spans[tok]
+		if s == nil {
+			s = &span{host: f[2], first: at}
+			spans[tok] = s
+		}
+		if s.host != f[2] {
+			t.Errorf("token %d beat on %s and %s", tok, s.host, f[2])
+		}
+		s.last = at
+	}
+	var toks []int64
+	for k := range spans {
+		toks = append(toks, k)
+	}
+	slices.Sort(toks)
+	least = -1
+	for i := 1; i < len(toks); i++ {
+		prev, cur := spans[toks[i-1]], spans[toks[i]]
+		gap := cur.first - prev.last
+		if gap <= 0 {
+			t.Errorf("two servers at once: token %d (%s) beat until %.2f, token %d (%s) from %.2f", toks[i-1], prev.host, prev.last, toks[i], cur.host, cur.first)
+		}
+		if least < 0 || gap < least {
+			least = gap
+		}
+	}
+	return least, len(toks)
+}
+
+// TestLeasePartition runs, on each etcd version of the matrix (Debian's
+// 3.4, 3.5 and 3.6 built from the module proxy), the case issue 19 found
+// failing: the leader moved to e0, e0 cut off from e1 and e2 (nftables in
+// its namespace), holder A connected only to e0, waiter B connected to all
+// three with --wait. Before the fix B's attempts sent every transaction to
+// e0 ("etcdserver: no leader") and did not take over within 7 TTLs in 13
+// of 24 rounds. Each round: A's server must die before the lease can end,
+// B must hold within partBound of the cut, never while A's server runs;
+// then the cut heals. 3 rounds a version, every one must pass.
+func TestLeasePartition(t *testing.T) {
+	for _, v := range testutil.EtcdVersions {
+		t.Run(testutil.EtcdVersionName(v), func(t *testing.T) {
+			p := newPartLab(t, v)
+			var st partStats
+			for round := range 3 {
+				st.add(p.round(t, round, faultMinorityLeader))
+			}
+			least, tokens := p.checkWitness(t)
+			t.Logf("etcd %s: %s, 3 rounds: %s; %d tokens, least gap between hosts %.2fs",
+				testutil.EtcdVersionName(v), faultMinorityLeader.name, st, tokens, least)
+		})
+	}
+}
+
+// TestLeasePartitionFaults runs the other faults of the harness once each
+// on one version of the matrix (a different one each minute, so that CI
+// covers all three over its runs; the soak runs them all on every
+// version): the holder cut from every member, the waiter cut while the
+// holder must keep its lease, a flapping link to the holder, the leader's
+// process paused (SIGSTOP) for 2 TTLs. Healed between rounds.
+func TestLeasePartitionFaults(t *testing.T) {
+	v := testutil.EtcdVersions[time.Now().Minute()%len(testutil.EtcdVersions)]
+	t.Logf("etcd %s", testutil.EtcdVersionName(v))
+	p := newPartLab(t, v)
+	var st partStats
+	for round, f := range partFaults[1:] {
+		st.add(p.round(t, round, f))
+	}
+	least, tokens := p.checkWitness(t)
+	t.Logf("etcd %s: %d faults: %s; %d tokens, least gap between hosts %.2fs", testutil.EtcdVersionName(v), len(partFaults)-1, st, tokens, least)
+}
+
+// partFault is a fault of the harness: what it does to the lab, and what
+// must follow.
+type partFault struct {
+	name string
+	// aEndpoints are the members holder A talks to (B talks to all).
+	aEndpoints []int
+	// prepare runs before A and B start (etcdctl move-leader); apply
+	// makes the fault and returns how many fault events it made (a
+	// flapping link: each cut, applied before apply returns: the witness
+	// file judges that time); heal undoes it.
+	prepare func(t *testing.T, p *partLab)
+	apply   func(t *testing.T, p *partLab) int
+	heal    func(t *testing.T, p *partLab)
+	// takeover: A must die and B hold within partBound; otherwise A must
+	// keep its lease through the fault (keeps) or may lose it.
+	takeover, keeps bool
+}
+
+var (
+	faultMinorityLeader = partFault{
+		name: "minority leader e0 cut off, A on e0 alone", aEndpoints: []int{0}, takeover: true,
+		prepare: func(t *testing.T, p *partLab) {
+			p.etcd.MoveLeader(t, p.etcd.Leader(t, 30*time.Second), p.etcd.Members[0])
+		},
+		apply: func(t *testing.T, p *partLab) int {
+			p.e[0].Isolate(p.e[1], p.e[2])
+			return 1
+		},
+		heal: func(t *testing.T, p *partLab) { p.e[0].Rejoin() },
+	}
+	partFaults = []partFault{
+		faultMinorityLeader,
+		{
+			name: "holder cut from every member", aEndpoints: []int{0, 1, 2}, takeover: true,
+			apply: func(t *testing.T, p *partLab) int { p.a.Down(); return 1 },
+			heal:  func(t *testing.T, p *partLab) { p.a.Up() },
+		},
+		{
+			name: "waiter cut from every member", aEndpoints: []int{0, 1, 2}, keeps: true,
+			apply: func(t *testing.T, p *partLab) int { p.b.Down(); return 1 },
+			heal:  func(t *testing.T, p *partLab) { p.b.Up() },
+		},
+		{
+			name: "holder's link flapping (down 0.5 s, up 1 s)", aEndpoints: []int{0, 1, 2},
+			apply: func(t *testing.T, p *partLab) int {
+				n := 0
+				for end := time.Now().Add(4 * partTTL); time.Now().Before(end); n++ {
+					p.a.Down()
+					time.Sleep(500 * time.Millisecond)
+					p.a.Up()
+					time.Sleep(time.Second)
+				}
+				return n
+			},
+			heal: func(t *testing.T, p *partLab) {},
+		},
+		{
+			name: "leader's process paused for 2 TTLs", aEndpoints: []int{0, 1, 2},
+			apply: func(t *testing.T, p *partLab) int {
+				m := p.etcd.Leader(t, 30*time.Second)
+				p.paused = m
+				m.Stop()
+				return 1
+			},
+			heal: func(t *testing.T, p *partLab) {
+				if p.paused != nil {
+					p.paused.Cont()
+					p.paused = nil
+				}
+			},
+		},
+	}
+)
+
+// partResult is what a round measured, from the fault (or, for
+// healToHolder, from the heal); -1: did not happen.
+type partResult struct {
+	events                        int
+	death, takeover, healToHolder time.Duration
+	release                       time.Duration // from A's server's death to its wrapper's exit
+}
+
+// partStats gathers the results of rounds.
+type partStats struct {
+	rounds, events                            int
+	deaths, takeovers, healToHolder, releases []time.Duration
+}
+
+func (s *partStats) add(r partResult) {
+	s.rounds++
+	s.events += r.events
+	if r.death >= 0 {
+		s.deaths = append(s.deaths, r.death)
+	}
+	if r.takeover >= 0 {
+		s.takeovers = append(s.takeovers, r.takeover)
+	}
+	if r.healToHolder >= 0 {
+		s.healToHolder = append(s.healToHolder, r.healToHolder)
+	}
+	if r.death >= 0 {
+		s.releases = append(s.releases, r.release)
+	}
+}
+
+// quantile returns the q-quantile of ds (nearest rank), 0 if empty.
+func quantile(ds []time.Duration, q float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(float64(len(s))*q+0.999999) - 1
+	return s[min(max(i, 0), len(s)-1)].Round(time.Millisecond)
+}
+
+func (s partStats) String() string {
+	return fmt.Sprintf("%d rounds, %d fault events; fault to A's death max %v (%d deaths); fault to B's server p50 %v p99 %v max %v (%d takeovers); heal to a holder max %v; A's death to its wrapper's exit max %v",
+		s.rounds, s.events, quantile(s.deaths, 1), len(s.deaths), quantile(s.takeovers, 0.5), quantile(s.takeovers, 0.99), quantile(s.takeovers, 1), len(s.takeovers),
+		quantile(s.healToHolder, 1), quantile(s.releases, 1))
+}
+
+// round runs one round of fault f: A holds, B waits (--wait, on every
+// member), the fault, partBound of watching (never two servers at once;
+// A dead and B holding when f.takeover; A alive throughout when f.keeps),
+// the heal, a holder within partBound of it, and both wrappers ended.
+func (p *partLab) round(t *testing.T, round int, f partFault) partResult {
+	t.Helper()
+	what := fmt.Sprintf("round %d: %s", round, f.name)
+	p.healthy(t)
+	if f.prepare != nil {
+		f.prepare(t, p)
+	}
+	a := p.start(t, p.a, p.endpoints(f.aEndpoints...), false)
+	b := p.start(t, p.b, p.endpoints(0, 1, 2), true)
+	time.Sleep(time.Second) // B reaches its watch
+	if b.started() {
+		t.Fatalf("%s: B started while A held:\n%s", what, b.w.Stderr())
+	}
+	r := partResult{healToHolder: -1, release: -1}
+	from := time.Now()
+	r.events = f.apply(t, p)
+	var o outcome
+	if f.takeover {
+		o = watchTakeover(t, what, a, b, from, partBound)
+	} else {
+		o = watchTakeover(t, what, a, b, from, 4*partTTL+time.Second)
+	}
+	f.heal(t, p)
+	healed := time.Now()
+	r.death, r.takeover = o.death, o.takeover
+	switch {
+	case f.takeover && o.death < 0:
+		t.Fatalf("%s: A's server still ran %v after the fault:\n%s", what, partBound, a.w.Stderr())
+	case f.takeover && o.takeover < 0:
+		t.Fatalf("%s: B did not take over within %v of the fault (A's server died %v after it):\n%s", what, partBound, o.death, b.w.Stderr())
+	case f.keeps && o.death >= 0:
+		t.Fatalf("%s: A's server died %v after the fault, which did not touch A:\n%s", what, o.death, a.w.Stderr())
+	}
+	if o.takeover < 0 {
+		// A holds still, or the fault ended its lease: someone must
+		// hold within the bound of the heal.
+		o2 := watchTakeover(t, what+", after the heal", a, b, healed, partBound)
+		switch {
+		case a.alive():
+			r.healToHolder = 0
+		case o2.takeover >= 0:
+			r.healToHolder = o2.takeover
+		default:
+			t.Fatalf("%s: nobody holds %v after the heal:\n%s\n---\n%s", what, partBound, a.w.Stderr(), b.w.Stderr())
+		}
+	} else {
+		r.healToHolder = 0
+	}
+	if o.death >= 0 {
+		// Cut off or not, the wrapper lets go of the directory soon after
+		// its server died: the revoke may take until the lease's
+		// deadline, one renewal interval past it, never more than the
+		// dial timeout (2 s here).
+		select {
+		case <-a.w.Done():
+			if o.exit < 0 {
+				o.exit = time.Since(from)
+			}
+			r.release = o.exit - o.death
+		case <-time.After(partBound):
+			t.Fatalf("%s: A's wrapper still runs %v after its server died:\n%s", what, partBound, a.w.Stderr())
+		}
+		if r.release > 3*time.Second {
+			t.Errorf("%s: A's wrapper exited %v after its server died, want within the dial timeout (2s) + 1s:\n%s", what, r.release, a.w.Stderr())
+		}
+		for _, bad := range []string{"pids=[]", "deadline_in=-", "last_error=<nil>"} {
+			if strings.Contains(a.w.Stderr(), bad) {
+				t.Errorf("%s: A's log says %q:\n%s", what, bad, a.w.Stderr())
+			}
+		}
+	}
+	if b.started() && b.token <= a.token {
+		t.Fatalf("%s: B's token %d after A's %d", what, b.token, a.token)
+	}
+	t.Logf("%s: %d events; A's server dead %s after the fault, its wrapper exited %s after that, B's server started %s after the fault, a holder %s after the heal",
+		what, r.events, seen(o.death), seen(r.release), seen(o.takeover), seen(r.healToHolder))
+	p.healthy(t)
+	a.end(t)
+	b.end(t)
+	return r
+}
+
+// soakSection marks the lease soak's part of docs/reliability.md, which
+// make torture rewrites around it.
+const soakSection = "soak-lease"
+
+// sectionOf returns what is between the markers of section name in the file
+// at path, markers included, or "".
+func sectionOf(path, name string) string {
+	b, _ := os.ReadFile(path)
+	s := string(b)
+	begin, end := "<!-- "+name+" -->\n", "<!-- /"+name+" -->\n"
+	if i, j := strings.Index(s, begin), strings.Index(s, end); i >= 0 && j > i {
+		return s[i : j+len(end)]
+	}
+	return ""
+}
+
+// seen formats a measured time, "never" for -1.
+func seen(d time.Duration) string {
+	if d < 0 {
+		return "never"
+	}
+	return d.Round(time.Millisecond).String()
+}
