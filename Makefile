@@ -189,7 +189,7 @@ torture: deps
 # says so).
 SOAK_EVENTS ?= 1000
 SOAK_FOR    ?=
-soak-lease: build
+soak-lease: deps build
 	DIRLOCKD_SOAK_EVENTS=$(SOAK_EVENTS) DIRLOCKD_SOAK_FOR=$(SOAK_FOR) DIRLOCKD_SOAK_REPORT=$(CURDIR)/docs/reliability.md \
 	unshare --ipc -- $(GO) test -tags soak -count=1 -timeout 24h -run '^TestLeaseSoak$$' -v ./integration/
 
