@@ -29,7 +29,7 @@ func TestDeps(t *testing.T) {
 	if list == nil {
 		t.Fatal(".ci/deps has no packages=(...) list")
 	}
-	entries := regexp.MustCompile(`([a-z0-9-]+):([a-z0-9-]+)`).FindAllStringSubmatch(string(list[1]), -1)
+	entries := regexp.MustCompile(`([a-z0-9_-]+):([a-z0-9-]+)`).FindAllStringSubmatch(string(list[1]), -1)
 	if len(entries) < 15 {
 		t.Fatalf(".ci/deps lists %d COMMAND:PACKAGE entries; want the whole list", len(entries))
 	}
