@@ -11,11 +11,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"os/signal"
-	"os/user"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -48,36 +46,10 @@ func newHostile(t *testing.T) *hostile {
 	if os.Geteuid() != 0 {
 		t.Fatal("the hostile-user tests run as root, as CI does: they create a user")
 	}
-	h := &hostile{name: fmt.Sprintf("dl17a%06x", rand.IntN(1<<24))}
-	// useradd and userdel retry on a busy /etc/passwd lock (other tests
-	// may add users at the same time).
-	retry := func(what string, args ...string) error {
-		var out []byte
-		var err error
-		for range 20 {
-			if out, err = exec.Command(args[0], args[1:]...).CombinedOutput(); err == nil {
-				return nil
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		return fmt.Errorf("%s: %v: %s", what, err, out)
-	}
-	if err := retry("useradd", "useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", h.name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := retry("userdel", "userdel", h.name); err != nil {
-			t.Error(err)
-		}
-	})
-	u, err := user.Lookup(h.name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	h.uid, h.gid = uint32(uid), uint32(gid)
-	if h.scratch, err = os.MkdirTemp("/tmp", "dl17a-"); err != nil {
+	u := testutil.NewUser(t, "dlhostile")
+	h := &hostile{name: u.Name, uid: uint32(u.UID), gid: uint32(u.GID)}
+	var err error
+	if h.scratch, err = os.MkdirTemp("/tmp", "dlhostile-"); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(h.scratch) })

@@ -1,8 +1,6 @@
 package integration
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -58,34 +56,11 @@ func serviceUser(t *testing.T, name, pkg string) *user.User {
 	return u
 }
 
-// testUser creates an unprivileged user named dl18 and a random suffix,
-// removed when the test ends.
+// testUser creates an unprivileged user (testutil.NewUser), removed when
+// the test ends.
 func testUser(t *testing.T) *user.User {
 	t.Helper()
-	b := make([]byte, 4)
-	rand.Read(b)
-	name := "dl18" + hex.EncodeToString(b)
-	var err error
-	var out []byte
-	for range 10 { // /etc/passwd may be locked by another test's useradd
-		if out, err = exec.Command("useradd", "-M", "-N", "-s", "/usr/sbin/nologin", name).CombinedOutput(); err == nil {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatalf("useradd %s: %v: %s", name, err, out)
-	}
-	t.Cleanup(func() {
-		for range 10 {
-			if exec.Command("userdel", name).Run() == nil {
-				return
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-		t.Errorf("userdel %s failed", name)
-	})
-	u, err := user.Lookup(name)
+	u, err := user.Lookup(testutil.NewUser(t, "dloperator").Name)
 	if err != nil {
 		t.Fatal(err)
 	}
