@@ -150,8 +150,10 @@ func (n *NetNode) Rejoin() {
 
 // Dial connects from inside the node's namespace: a socket belongs to the
 // namespace of the thread that made it, so a locked thread moves into the
-// namespace, makes the connection, and ends with its goroutine (never
-// unlocked, it is not reused).
+// namespace, makes the connection, and moves back before it is unlocked.
+// Leaving it locked for Go to end with its goroutine is not enough: Go
+// cannot end the process's main thread and wedges it instead, and the main
+// thread's namespace is the one /proc/self/net shows the whole test.
 func (n *NetNode) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	type result struct {
 		c   net.Conn
@@ -160,18 +162,29 @@ func (n *NetNode) Dial(ctx context.Context, network, addr string) (net.Conn, err
 	ch := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
+		home, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			ch <- result{nil, err}
+			return // the thread ends locked, where it was
+		}
+		defer home.Close()
 		f, err := os.Open("/run/netns/" + n.NS)
 		if err != nil {
+			runtime.UnlockOSThread()
 			ch <- result{nil, err}
 			return
 		}
 		defer f.Close()
 		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			ch <- result{nil, fmt.Errorf("setns %s: %w", n.NS, err)}
 			return
 		}
 		c, err := (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr)
 		ch <- result{c, err}
+		if unix.Setns(int(home.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		} // else the thread stays locked and ends with the goroutine
 	}()
 	r := <-ch
 	return r.c, r.err
