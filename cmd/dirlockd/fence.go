@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/lease/agent"
+	"github.com/dirlockd/dirlockd/internal/proc"
 )
 
 // The fence keeps the lease's rule when dirlockd cannot: if dirlockd is
@@ -110,8 +112,8 @@ func (f *fence) Feed(killAt time.Duration, tree pinned) error {
 		fmt.Fprintf(&b, "kill %d %d", at, last)
 		var fds []int
 		for _, m := range part {
-			fmt.Fprintf(&b, " %d", m.pid)
-			fds = append(fds, m.pfd)
+			fmt.Fprintf(&b, " %d", m.PID)
+			fds = append(fds, m.FD())
 		}
 		var oob []byte
 		if len(fds) > 0 {
@@ -157,11 +159,15 @@ func cmdFence(args []string, stdout, stderr io.Writer) int {
 	// signals that stop a server.
 	signal.Ignore(syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGPIPE)
 	wrapper := os.Getppid()
-	wfd, err := unix.PidfdOpen(wrapper, 0)
-	if err != nil || os.Getppid() != wrapper {
-		wfd = -1
+	w, err := proc.Open(wrapper)
+	if err == nil && os.Getppid() != wrapper {
+		w.Close()
+		err = errors.New("reparented")
 	}
-	fz := &fenceState{killAt: time.Duration(at), wrapper: member{pid: wrapper, pfd: wfd}}
+	fz := &fenceState{killAt: time.Duration(at)}
+	if err == nil {
+		fz.wrapper = &w
+	}
 	msgs := make(chan fenceMsg)
 	go readFence(3, msgs)
 	var next pinned // a tree being received in parts
@@ -238,7 +244,7 @@ func readFence(sock int, msgs chan<- fenceMsg) {
 		m := fenceMsg{killAt: time.Duration(at), last: f[2] == "1"}
 		for i, s := range f[3:] {
 			pid, _ := strconv.Atoi(s)
-			m.members = append(m.members, member{pid: pid, pfd: fds[i]})
+			m.members = append(m.members, proc.Adopt(pid, fds[i]))
 		}
 		msgs <- m
 	}
@@ -247,7 +253,7 @@ func readFence(sock int, msgs chan<- fenceMsg) {
 // fenceState is what the fence knows.
 type fenceState struct {
 	killAt  time.Duration // CLOCK_BOOTTIME
-	wrapper member        // dirlockd; pfd -1 if it could not be pinned
+	wrapper *member       // dirlockd; nil if it could not be pinned
 	members pinned        // the tree when dirlockd last fed us
 }
 
@@ -261,22 +267,22 @@ func (fz *fenceState) kill() int {
 	for range 10 {
 		var t pinned
 		roots := append(pinned{}, fz.members...)
-		if fz.wrapper.pfd >= 0 && unix.PidfdSendSignal(fz.wrapper.pfd, 0, nil, 0) == nil {
-			roots = append(roots, fz.wrapper)
+		if fz.wrapper != nil && fz.wrapper.Alive() {
+			roots = append(roots, *fz.wrapper)
 		}
 		for _, m := range fz.members {
-			if unix.PidfdSendSignal(m.pfd, 0, nil, 0) == nil && !killed[m.pid] {
+			if m.Alive() && !killed[m.PID] {
 				t = append(t, m)
 			}
 		}
 		var below pinned
 		for _, r := range roots {
-			below = append(below, pinBelow(r, self)...)
+			below = append(below, proc.PinBelow(r, self)...)
 		}
 		fresh := 0
 		for _, m := range append(t, below...) {
-			if !killed[m.pid] && unix.PidfdSendSignal(m.pfd, unix.SIGKILL, nil, 0) == nil {
-				killed[m.pid] = true
+			if !killed[m.PID] && m.Signal(unix.SIGKILL) == nil {
+				killed[m.PID] = true
 				fresh++
 			}
 		}

@@ -23,7 +23,7 @@ func FuzzMainPID(f *testing.F) {
 	}
 	dir := f.TempDir()
 	f.Fuzz(func(t *testing.T, data []byte) {
-		path := filepath.Join(dir, "main.pid")
+		path := filepath.Join(dir, "main.PID")
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			t.Fatal(err)
 		}

@@ -17,30 +17,25 @@ import (
 // watched through its pidfd, since its exit reaches its parent, not us.
 func (r *runner) setMain(m member, from string) {
 	if r.main != nil {
-		unix.Close(r.main.pfd)
+		r.main.Close()
 	}
 	r.main, r.mainFrom = &m, from
-	r.rec.SetExtra(mainPIDKey, strconv.Itoa(m.pid))
-	if m.parent == os.Getpid() {
+	r.rec.SetExtra(mainPIDKey, strconv.Itoa(m.PID))
+	if m.Parent == os.Getpid() {
 		return
 	}
-	pfd, err := unix.Dup(m.pfd)
+	d, err := m.Dup()
 	if err != nil {
 		return
 	}
 	if r.mainGone == nil {
 		r.mainGone = make(chan int, 1)
 	}
-	go func(pid int) {
-		defer unix.Close(pfd)
-		fds := []unix.PollFd{{Fd: int32(pfd), Events: unix.POLLIN}}
-		for {
-			if _, err := unix.Poll(fds, -1); err != unix.EINTR {
-				break
-			}
-		}
-		r.mainGone <- pid
-	}(m.pid)
+	go func() {
+		defer d.Close()
+		d.WaitExit(-1)
+		r.mainGone <- d.PID
+	}()
 }
 
 // readMainPIDFile makes the process named by --main-pid-file the main one,
@@ -55,14 +50,14 @@ func (r *runner) readMainPIDFile() bool {
 		return false // still being written
 	case err == nil && r.isHelper(pid):
 		err = fmt.Errorf("%s: PID %d is dirlockd's fence process or etcd agent", r.flags.mainPIDFile, pid)
-	case err == nil && r.main != nil && r.main.pid == pid:
+	case err == nil && r.main != nil && r.main.PID == pid:
 		return true
 	case errors.Is(err, errMainPIDNotPID) || errors.Is(err, errMainPIDTooLong):
 		err = fmt.Errorf("%s: %w", r.flags.mainPIDFile, err)
 	}
 	m, ok := member{}, false
 	if err == nil {
-		if m, ok = pinMain(pid); !ok {
+		if m, ok = proc.PinDescendant(pid, os.Getpid()); !ok {
 			err = fmt.Errorf("%s: PID %d is not a live process of the server's tree", r.flags.mainPIDFile, pid)
 		}
 	}
@@ -85,11 +80,10 @@ const mainPIDFilePoll = 100 * time.Millisecond
 // mainGoneElsewhere handles the exit of a main process that was not our
 // child when it became the main one, so its parent, not we, reaps it.
 func (r *runner) mainGoneElsewhere(pid int) {
-	if r.main == nil || r.main.pid != pid {
+	if r.main == nil || r.main.PID != pid {
 		return
 	}
-	var info unix.Siginfo
-	if unix.Waitid(unix.P_PIDFD, r.main.pfd, &info, unix.WEXITED|unix.WNOWAIT|unix.WNOHANG, nil) == nil && info.Signo != 0 {
+	if r.main.Exited() {
 		return // reparented to us meanwhile: reapAll brings its status
 	}
 	r.mainExited(nil)
@@ -100,25 +94,25 @@ func (r *runner) mainGoneElsewhere(pid int) {
 func (r *runner) mainExited(ws *unix.WaitStatus) {
 	m := *r.main
 	r.main = nil
-	unix.Close(m.pfd)
+	m.Close()
 	r.rec.SetExtra(mainPIDKey, "")
 	var rest pinned
-	if hasChildren() {
+	if proc.HasChildren() {
 		rest = pinTree(r.helpers()...)
 		defer rest.Close()
 	}
-	wasCommand := m.pid == r.cmdPID
+	wasCommand := m.PID == r.cmdPID
 	switch {
 	case wasCommand && len(rest) == 0:
-		r.logExit("the server", m.pid, *ws) // the command was the whole server
+		r.logExit("the server", m.PID, *ws) // the command was the whole server
 	case wasCommand:
-		r.logExit("the command", m.pid, *ws)
+		r.logExit("the command", m.PID, *ws)
 	case ws != nil:
-		r.logExit("the server's main process", m.pid, *ws)
+		r.logExit("the server's main process", m.PID, *ws)
 		code := exitCode(*ws)
 		r.mainCode = &code
 	default:
-		r.log.Warn("the server's main process exited; its exit status is its parent's to know", "pid", m.pid)
+		r.log.Warn("the server's main process exited; its exit status is its parent's to know", "pid", m.PID)
 	}
 	if len(rest) == 0 {
 		return // the tree is gone: reapAll says so next
@@ -142,14 +136,14 @@ func (r *runner) mainExited(ws *unix.WaitStatus) {
 	case wasCommand:
 		var top []int
 		for _, t := range rest {
-			if t.parent == os.Getpid() {
-				top = append(top, t.pid)
+			if t.Parent == os.Getpid() {
+				top = append(top, t.PID)
 			}
 		}
 		if len(top) == 1 {
-			if m, ok := pin(top[0], os.Getpid()); ok {
+			if m, ok := proc.Pin(top[0], os.Getpid()); ok {
 				r.setMain(m, "the only process left")
-				r.log.Info("the command exited; the server's main process is now the only process left", "pid", m.pid, "command", proc.Cmdline(m.pid))
+				r.log.Info("the command exited; the server's main process is now the only process left", "pid", m.PID, "command", proc.Cmdline(m.PID))
 				return
 			}
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/notify"
+	"github.com/dirlockd/dirlockd/internal/proc"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
@@ -146,7 +147,7 @@ func (r *runner) run() int {
 		r.leaseChanged() // arm the timers before the server starts
 	}
 
-	if err := becomeSubreaper(); err != nil {
+	if err := proc.BecomeSubreaper(); err != nil {
 		r.log.Error("cannot become the reaper of the server's tree", "err", err)
 		return r.finish(exitcode.Internal)
 	}
@@ -238,7 +239,7 @@ func (r *runner) start(path, notifySocket string) int {
 		return r.execFailed(err)
 	}
 	r.cmdPID = pid
-	if m, ok := pinChild(r.cmdPID); ok {
+	if m, ok := proc.PinChild(r.cmdPID, r.cmdPID); ok {
 		r.setMain(m, "the command")
 	}
 	r.rec.SetExtra(childPIDKey, strconv.Itoa(r.cmdPID))

@@ -56,8 +56,8 @@ func (r *runner) killTree() {
 	if r.flags.killMode == killProcess && r.main != nil {
 		// The rest of the tree is left alone: dirlockd holds the
 		// directory until it has exited on its own.
-		r.log.Warn("the main process did not exit in time: sending it SIGKILL (--kill-mode process: the rest of its tree is left to exit)", "stop_timeout", r.flags.stopTimeout, "pid", r.main.pid)
-		pinned{*r.main}.Signal(unix.SIGKILL)
+		r.log.Warn("the main process did not exit in time: sending it SIGKILL (--kill-mode process: the rest of its tree is left to exit)", "stop_timeout", r.flags.stopTimeout, "pid", r.main.PID)
+		r.main.Signal(unix.SIGKILL)
 		return
 	}
 	t := pinTree(r.helpers()...)

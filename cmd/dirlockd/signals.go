@@ -59,7 +59,7 @@ func (r *runner) targets(t pinned, stopping bool) pinned {
 		if stopping {
 			return t
 		}
-		return slices.DeleteFunc(slices.Clone(t), func(m member) bool { return m.parent != os.Getpid() })
+		return slices.DeleteFunc(slices.Clone(t), func(m member) bool { return m.Parent != os.Getpid() })
 	}
 	main := *r.main
 	if stopping && r.flags.killMode == killControlGroup {
@@ -67,7 +67,7 @@ func (r *runner) targets(t pinned, stopping bool) pinned {
 	}
 	out := pinned{main}
 	for _, m := range t {
-		if m.pid != main.pid && r.flags.signalGroup && m.pgid == main.pgid {
+		if m.PID != main.PID && r.flags.signalGroup && m.PGID == main.PGID {
 			out = append(out, m)
 		}
 	}

@@ -120,7 +120,7 @@ func (r *runner) exited(pid int, ws *unix.WaitStatus) {
 	if r.helperExited(pid, *ws) {
 		return
 	}
-	isMain := r.main != nil && pid == r.main.pid
+	isMain := r.main != nil && pid == r.main.PID
 	if pid == r.cmdPID {
 		r.cmdCode = exitCode(*ws)
 		if !isMain {

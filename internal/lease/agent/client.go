@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dirlockd/dirlockd/internal/proc"
 )
 
 // Agent is the parent's handle on an agent: a dirlockd-etcd process
@@ -33,12 +35,7 @@ type Agent struct {
 	gone    error         // set once the agent's output ended
 	done    chan struct{} // closed then
 
-	proc *process // nil for Connect
-}
-
-// process is the agent's process.
-type process struct {
-	pid, pfd int
+	proc *proc.Pinned // the agent's process; nil for Connect
 }
 
 // Start starts the agent at path and connects it to etcd. The agent gets
@@ -74,12 +71,12 @@ func Start(path string, cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("start the etcd agent %s: %w", path, err)
 	}
 	// Our own unreaped child: its PID cannot be recycled yet.
-	pfd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		pfd = -1
+	p, ok := proc.PinChild(pid, pid)
+	if !ok {
+		p = proc.Adopt(pid, -1)
 	}
 	a := connect(outR, inW, cfg)
-	a.proc = &process{pid: pid, pfd: pfd}
+	a.proc = &p
 	if err := a.dial(); err != nil {
 		a.Close()
 		return nil, err
@@ -141,7 +138,7 @@ func (a *Agent) read(r io.Reader) {
 	a.mu.Lock()
 	a.gone = ErrAgentGone
 	if a.proc != nil {
-		a.gone = fmt.Errorf("%w (PID %d)", ErrAgentGone, a.proc.pid)
+		a.gone = fmt.Errorf("%w (PID %d)", ErrAgentGone, a.proc.PID)
 	}
 	a.mu.Unlock()
 	close(a.done)
@@ -217,7 +214,7 @@ func (a *Agent) PID() int {
 	if a.proc == nil {
 		return 0
 	}
-	return a.proc.pid
+	return a.proc.PID
 }
 
 // Endpoints returns the endpoints, for messages.
@@ -277,17 +274,14 @@ func (a *Agent) Close() error {
 	select {
 	case <-a.done:
 	case <-time.After(5 * time.Second):
-		if a.proc.pfd >= 0 {
-			unix.PidfdSendSignal(a.proc.pfd, unix.SIGKILL, nil, 0)
-		}
+		a.proc.Signal(unix.SIGKILL)
 	}
-	if a.proc.pfd >= 0 {
+	if a.proc.Valid() {
 		// Reap it, unless a reaper of all children (run's) did.
-		unix.Poll([]unix.PollFd{{Fd: int32(a.proc.pfd), Events: unix.POLLIN}}, 5000)
-		var info unix.Siginfo
-		unix.Waitid(unix.P_PIDFD, a.proc.pfd, &info, unix.WEXITED|unix.WNOHANG, nil)
-		unix.Close(a.proc.pfd)
-		a.proc.pfd = -1
+		a.proc.WaitExit(5 * time.Second)
+		a.proc.Reap()
+		a.proc.Close()
+		*a.proc = proc.Adopt(a.proc.PID, -1)
 	}
 	return nil
 }
