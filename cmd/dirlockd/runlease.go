@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dirlockd/dirlockd/internal/exitcode"
-	"github.com/dirlockd/dirlockd/internal/lease/agent"
+	"github.com/dirlockd/dirlockd/internal/lease"
 	"github.com/dirlockd/dirlockd/internal/proc"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
@@ -38,13 +38,13 @@ const (
 //
 // etcd's client is not in this binary: the agent, dirlockd-etcd, a child
 // of ours kept out of the server's tree like the fence, talks to etcd, and
-// this process drives every renewal through it (package agent).
+// this process drives every renewal through it (package lease).
 type runLease struct {
 	flags    leaseFlags
 	timing   leaseTiming
-	a        *agent.Agent
+	a        *lease.Agent
 	agentPID int // stays set once the agent is closed, to know its exit
-	l        *agent.Lease
+	l        *lease.Lease
 	released bool // the lease was revoked and the agent closed
 
 	term, kill *time.Timer // armed from the deadline; nil until the first arm
@@ -67,7 +67,7 @@ func (r *runner) leaseDial() int {
 		return r.leaseFailed(err)
 	}
 	if h != nil && r.opts.Wait == 0 {
-		return r.leaseFailed(&agent.HeldError{Key: a.Key(), Holder: *h})
+		return r.leaseFailed(&lease.HeldError{Key: a.Key(), Holder: *h})
 	}
 	r.opts.TakeoverProof = r.leaseProof
 	return 0
@@ -104,7 +104,7 @@ func (r *runner) leaseProof(rec *pidfile.Record) string {
 // acquireLease takes the lease once the local interlock is ours, waiting
 // for the rest of --wait if it is held. A SIGTERM or SIGINT gives up.
 func (r *runner) acquireLease(sigs <-chan os.Signal, began time.Time) (syscall.Signal, int) {
-	id, err := agent.Self(r.lock.Record().DataDir)
+	id, err := lease.Self(r.lock.Record().DataDir)
 	if err != nil {
 		r.log.Error("cannot start: "+err.Error(), "datadir", r.dir)
 		return 0, exitcode.Internal
@@ -137,10 +137,10 @@ func (r *runner) acquireLease(sigs <-chan os.Signal, began time.Time) (syscall.S
 
 // leaseFailed logs why the lease cannot be had and returns run's status.
 func (r *runner) leaseFailed(err error) int {
-	var he *agent.HeldError
-	var ue *agent.UnavailableError
-	var re *agent.RefusedError
-	var nf *agent.NotFoundError
+	var he *lease.HeldError
+	var ue *lease.UnavailableError
+	var re *lease.RefusedError
+	var nf *lease.NotFoundError
 	switch {
 	case errors.As(err, &nf):
 		r.log.Error("cannot start: "+err.Error(), "datadir", r.dir)
@@ -153,7 +153,7 @@ func (r *runner) leaseFailed(err error) int {
 		return r.flags.conflictExit
 	case errors.As(err, &ue):
 		r.log.Error("cannot start: "+err.Error(), "datadir", r.dir, "hint", "check --etcd and that a majority of etcd's members is up")
-		return exitUnavailable
+		return exitcode.Unavailable
 	case errors.As(err, &re):
 		r.log.Error("cannot start: "+err.Error(), "datadir", r.dir)
 		return exitcode.Invalid
@@ -199,7 +199,7 @@ func (r *runner) leaseChanged() {
 	// Go's timers run on CLOCK_MONOTONIC, the deadline on CLOCK_BOOTTIME:
 	// after a suspend they fire late, the fence (which reads the clock
 	// itself) does not.
-	now := agent.Now()
+	now := lease.Now()
 	ls.term = time.NewTimer(dl - ls.timing.stop - ls.timing.margin - now)
 	ls.kill = time.NewTimer(dl - ls.timing.margin - now)
 	r.feedFence()
@@ -225,7 +225,7 @@ func (r *runner) leaseTerm() {
 	ls := r.lease
 	dl, _ := ls.l.Deadline()
 	r.log.Error("the lease was not renewed in time: stopping the server before it can end", "lease_key", ls.l.Key(),
-		"deadline_in", max(dl-agent.Now(), 0).Round(time.Millisecond), "renewals", ls.l.LastError())
+		"deadline_in", max(dl-lease.Now(), 0).Round(time.Millisecond), "renewals", ls.l.LastError())
 	r.stop(r.flags.stopSig, "lease deadline")
 }
 
@@ -239,7 +239,7 @@ func (r *runner) leaseKill() {
 		return // the tree is gone already
 	}
 	dl, _ := r.lease.l.Deadline()
-	if left := dl - agent.Now(); left > 0 {
+	if left := dl - lease.Now(); left > 0 {
 		r.log.Warn("sending SIGKILL to the server's tree before the lease can end", "deadline_in", left.Round(time.Millisecond), "pids", t.PIDs())
 	} else {
 		r.log.Warn("sending SIGKILL to the server's tree: the lease's deadline has passed", "pids", t.PIDs())

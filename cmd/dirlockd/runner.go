@@ -17,6 +17,7 @@ import (
 
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/lease"
 	"github.com/dirlockd/dirlockd/internal/notify"
 	"github.com/dirlockd/dirlockd/internal/proc"
 	"github.com/dirlockd/dirlockd/pidfile"
@@ -42,10 +43,10 @@ type runner struct {
 	dir      string
 	argv     []string
 	log      *slog.Logger
-	upstream string    // our own NOTIFY_SOCKET, when systemd supervises us
-	lease    *runLease // the etcd lease (--etcd); nil without one
-	fence    *fence    // the fence process (--etcd, fence.go); nil without one
-	fenceBye bool      // the fence was told the tree is gone
+	upstream string          // our own NOTIFY_SOCKET, when systemd supervises us
+	lease    *runLease       // the etcd lease (--etcd); nil without one
+	fence    *lease.Watchdog // the lease's watchdog process, "the fence" in logs (--etcd); nil without one
+	fenceBye bool            // the fence was told the tree is gone
 
 	lock   *interlock.Lock
 	rec    *recorder
@@ -120,9 +121,9 @@ func (r *runner) run() int {
 		return r.finish(exitcode.SignalBase + int(stopSig))
 	}
 	if r.lease != nil {
-		name := fenceFileName(r.opts.Pidfile)
-		if err := advanceFence(rec.DataDir, name, r.lease.l.Token(), r.lease.l.Key()); err != nil {
-			var fb *FenceBackError
+		name := lease.TokenFileName(r.opts.Pidfile)
+		if err := lease.AdvanceTokenFile(rec.DataDir, name, r.lease.l.Token(), r.lease.l.Key()); err != nil {
+			var fb *lease.TokenBackError
 			if errors.As(err, &fb) {
 				r.log.Error("cannot start: "+err.Error(), "fence_file", fb.Path,
 					"hint", "find out why etcd went back; remove the fence file only if no server of the old history can still run")
@@ -168,7 +169,7 @@ func (r *runner) run() int {
 
 	if r.lease != nil {
 		dl, _ := r.lease.l.Deadline()
-		if r.fence, err = startFence(dl - r.lease.timing.margin/2); err != nil {
+		if r.fence, err = startWatchdog(dl - r.lease.timing.margin/2); err != nil {
 			r.log.Error("cannot start the fence process", "err", err)
 			return r.finish(exitcode.Internal)
 		}

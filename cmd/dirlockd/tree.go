@@ -12,7 +12,7 @@ import (
 // dirlockd has no child left, which is what wait4 reports with ECHILD, and
 // nothing else can join it once it is empty. The children of dirlockd that
 // are not of the tree are the helpers of run --etcd, the fence process
-// (fence.go) and the etcd agent (runlease.go): every listing of the tree
+// (lease.Watchdog) and the etcd agent (runlease.go): every listing of the tree
 // leaves them out, and they are told to exit once they are dirlockd's only
 // children, so that ECHILD still comes when the tree is gone.
 //

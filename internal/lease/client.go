@@ -1,4 +1,4 @@
-package agent
+package lease
 
 import (
 	"bufio"
@@ -97,7 +97,7 @@ func agentEnv(env []string) []string {
 }
 
 // Connect talks the protocol over r and w, with whatever serves it at the
-// other end (lease.Serve, in tests), and connects to etcd.
+// other end (agent.Serve, in tests), and connects to etcd.
 func Connect(r io.Reader, w io.WriteCloser, cfg Config) (*Agent, error) {
 	a := connect(r, w, cfg)
 	if err := a.dial(); err != nil {

@@ -1,4 +1,4 @@
-package main
+package lease
 
 import (
 	"errors"
@@ -13,15 +13,13 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/dirlockd/dirlockd/internal/exitcode"
-	"github.com/dirlockd/dirlockd/internal/lease/agent"
 	"github.com/dirlockd/dirlockd/internal/proc"
 )
 
-// The fence keeps the lease's rule when dirlockd cannot: if dirlockd is
+// The watchdog keeps the lease's rule when dirlockd cannot: if dirlockd is
 // stopped (SIGSTOP, a stuck wrapper) or killed, nobody renews the lease, and
-// the server's tree must still be dead before the lease can end. The fence
-// is a small process of its own ("dirlockd fence", started by run --etcd
+// the server's tree must still be dead before the lease can end. The
+// watchdog is a small process of its own ("dirlockd fence", started by run --etcd
 // before the server) that dirlockd feeds, over a socket, with each new kill
 // time and pidfds of every process of the tree. If no newer kill time comes
 // in time, it walks the tree from those pidfds (and from dirlockd, when
@@ -29,44 +27,36 @@ import (
 // once the tree is gone; a socket that closes without "bye" means dirlockd
 // died, and the fence kills at the last kill time it was told.
 //
-// The fence is dirlockd's child, so dirlockd, the subreaper, reaps it like a
-// process of the tree: run leaves it out of the tree (pinTree's except),
+// The watchdog is dirlockd's child, so dirlockd, the subreaper, reaps it like
+// a process of the tree: run leaves it out of the tree (pinTree's except),
 // counts the tree gone when the fence is its only child left, and then says
 // bye. It holds none of the interlock's witnesses: no pidfile descriptor, no
 // segment, no token in its environment.
 //
-// Kill times travel as CLOCK_BOOTTIME nanoseconds (agent.Now), which,
+// Kill times travel as CLOCK_BOOTTIME nanoseconds (Now), which,
 // unlike Go's monotonic clock, go on while the host is suspended, as etcd's
 // clock does.
 
-// fenceCommand is the hidden command of the fence process; it is not in
-// the command table: users never run it.
-const fenceCommand = "fence"
-
-// fenceMaxFDs bounds the pidfds of one message (the kernel's SCM_MAX_FD is
+// watchdogMaxFDs bounds the pidfds of one message (the kernel's SCM_MAX_FD is
 // 253).
-const fenceMaxFDs = 200
+const watchdogMaxFDs = 200
 
-// fence is run's side of the fence process.
-type fence struct {
+// A Watchdog is dirlockd's handle on its watchdog process.
+type Watchdog struct {
 	pid  int
-	sock int // our end, non-blocking: a stuck fence never blocks run
+	sock int // our end, non-blocking: a stuck watchdog never blocks run
 	warn bool
 }
 
-// startFence starts the fence with its first kill time (on agent.Now's
-// clock).
-func startFence(killAt time.Duration) (*fence, error) {
+// StartWatchdog starts the watchdog, the executable path with args and
+// then its first kill time (on Now's clock) as the last argument, the
+// socket on descriptor 3. The executable runs RunWatchdog.
+func StartWatchdog(killAt time.Duration, path string, args ...string) (*Watchdog, error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("fence socket: %w", err)
 	}
 	defer unix.Close(fds[1])
-	self, err := os.Executable()
-	if err != nil {
-		unix.Close(fds[0])
-		return nil, err
-	}
 	null, err := os.Open(os.DevNull)
 	if err != nil {
 		unix.Close(fds[0])
@@ -78,7 +68,7 @@ func startFence(killAt time.Duration) (*fence, error) {
 	// DIRLOCKD_* variable that could make it look like a process of the
 	// server, and a process group of its own, out of reach of a
 	// terminal's Ctrl-C.
-	pid, err := syscall.ForkExec(self, []string{"dirlockd", fenceCommand, strconv.FormatInt(int64(killAt), 10)}, &syscall.ProcAttr{
+	pid, err := syscall.ForkExec(path, append(args, strconv.FormatInt(int64(killAt), 10)), &syscall.ProcAttr{
 		Env:   []string{"PATH=/usr/bin:/bin"},
 		Files: []uintptr{null.Fd(), null.Fd(), os.Stderr.Fd(), uintptr(fds[1])},
 		Sys:   &syscall.SysProcAttr{Setpgid: true},
@@ -92,21 +82,21 @@ func startFence(killAt time.Duration) (*fence, error) {
 		unix.Kill(pid, unix.SIGKILL) // our unreaped child: the PID is still its
 		return nil, err
 	}
-	return &fence{pid: pid, sock: fds[0]}, nil
+	return &Watchdog{pid: pid, sock: fds[0]}, nil
 }
 
-// PID is the fence's PID.
-func (f *fence) PID() int { return f.pid }
+// PID is the watchdog's PID.
+func (f *Watchdog) PID() int { return f.pid }
 
-// Feed tells the fence the new kill time (on agent.Now's clock) and who is
+// Feed tells the watchdog the new kill time (on Now's clock) and who is
 // in the tree now. It reports a failure once; it never blocks.
-func (f *fence) Feed(killAt time.Duration, tree pinned) error {
+func (f *Watchdog) Feed(killAt time.Duration, tree proc.Tree) error {
 	at := int64(killAt)
-	for i := 0; ; i += fenceMaxFDs {
-		part := tree[min(i, len(tree)):min(i+fenceMaxFDs, len(tree))]
+	for i := 0; ; i += watchdogMaxFDs {
+		part := tree[min(i, len(tree)):min(i+watchdogMaxFDs, len(tree))]
 		var b strings.Builder
 		last := 0
-		if i+fenceMaxFDs >= len(tree) {
+		if i+watchdogMaxFDs >= len(tree) {
 			last = 1
 		}
 		fmt.Fprintf(&b, "kill %d %d", at, last)
@@ -132,29 +122,18 @@ func (f *fence) Feed(killAt time.Duration, tree pinned) error {
 	}
 }
 
-// Bye tells the fence the tree is gone: it exits.
-func (f *fence) Bye() {
+// Bye tells the watchdog the tree is gone: it exits.
+func (f *Watchdog) Bye() {
 	unix.Sendmsg(f.sock, []byte("bye"), nil, nil, 0)
 	unix.Close(f.sock)
 	f.sock = -1
 }
 
-// cmdFence is the fence process: "dirlockd fence KILLAT", the socket on
-// descriptor 3. It is not for users.
-func cmdFence(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 1 && (args[0] == "-h" || args[0] == "--help") {
-		fmt.Fprintln(stdout, "dirlockd fence is internal: dirlockd run --etcd starts it to kill the server's tree if dirlockd itself\nis stopped or killed before the lease can end (docs/lease.md). It is not run by hand.")
-		return 0
-	}
-	if len(args) != 1 {
-		fmt.Fprintln(stderr, "dirlockd fence is started by dirlockd run --etcd, not by hand")
-		return exitcode.Usage
-	}
-	at, err := strconv.ParseInt(args[0], 10, 64)
-	if err != nil {
-		fmt.Fprintln(stderr, "dirlockd fence: bad kill time:", err)
-		return exitcode.Usage
-	}
+// RunWatchdog is the watchdog process's work, from its first kill time (on
+// Now's clock) until dirlockd says bye (0) or it has killed the tree; sock
+// is its end of the socket StartWatchdog made. Lines for the log go to
+// stderr.
+func RunWatchdog(at int64, sock int, stderr io.Writer) int {
 	// It ends by what dirlockd says, or by its own kill: not by the
 	// signals that stop a server.
 	signal.Ignore(syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGPIPE)
@@ -164,15 +143,15 @@ func cmdFence(args []string, stdout, stderr io.Writer) int {
 		w.Close()
 		err = errors.New("reparented")
 	}
-	fz := &fenceState{killAt: time.Duration(at)}
+	fz := &watchdogState{killAt: time.Duration(at)}
 	if err == nil {
 		fz.wrapper = &w
 	}
-	msgs := make(chan fenceMsg)
-	go readFence(3, msgs)
-	var next pinned // a tree being received in parts
+	msgs := make(chan watchdogMsg)
+	go readWatchdog(sock, msgs)
+	var next proc.Tree // a tree being received in parts
 	for {
-		wait := fz.killAt - agent.Now()
+		wait := fz.killAt - Now()
 		if wait <= 0 {
 			n := fz.kill()
 			fmt.Fprintf(stderr, "dirlockd fence: the lease was not renewed in time (dirlockd, PID %d, stopped or dead?): sent SIGKILL to %d processes of the server's tree\n", wrapper, n)
@@ -200,19 +179,19 @@ func cmdFence(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// fenceMsg is one message from dirlockd.
-type fenceMsg struct {
+// watchdogMsg is one message from dirlockd.
+type watchdogMsg struct {
 	bye     bool
 	killAt  time.Duration
 	last    bool
-	members pinned
+	members proc.Tree
 }
 
-// readFence delivers dirlockd's messages; it closes msgs at EOF.
-func readFence(sock int, msgs chan<- fenceMsg) {
+// readWatchdog delivers dirlockd's messages; it closes msgs at EOF.
+func readWatchdog(sock int, msgs chan<- watchdogMsg) {
 	defer close(msgs)
 	buf := make([]byte, 16<<10)
-	oob := make([]byte, unix.CmsgSpace(fenceMaxFDs*4))
+	oob := make([]byte, unix.CmsgSpace(watchdogMaxFDs*4))
 	for {
 		n, oobn, _, _, err := unix.Recvmsg(sock, buf, oob, unix.MSG_CMSG_CLOEXEC)
 		if err == unix.EINTR {
@@ -231,7 +210,7 @@ func readFence(sock int, msgs chan<- fenceMsg) {
 		}
 		f := strings.Fields(string(buf[:n]))
 		if len(f) == 1 && f[0] == "bye" {
-			msgs <- fenceMsg{bye: true}
+			msgs <- watchdogMsg{bye: true}
 			return
 		}
 		if len(f) < 3 || f[0] != "kill" || len(f)-3 != len(fds) {
@@ -241,7 +220,7 @@ func readFence(sock int, msgs chan<- fenceMsg) {
 			continue
 		}
 		at, _ := strconv.ParseInt(f[1], 10, 64)
-		m := fenceMsg{killAt: time.Duration(at), last: f[2] == "1"}
+		m := watchdogMsg{killAt: time.Duration(at), last: f[2] == "1"}
 		for i, s := range f[3:] {
 			pid, _ := strconv.Atoi(s)
 			m.members = append(m.members, proc.Adopt(pid, fds[i]))
@@ -250,23 +229,23 @@ func readFence(sock int, msgs chan<- fenceMsg) {
 	}
 }
 
-// fenceState is what the fence knows.
-type fenceState struct {
+// watchdogState is what the watchdog knows.
+type watchdogState struct {
 	killAt  time.Duration // CLOCK_BOOTTIME
-	wrapper *member       // dirlockd; nil if it could not be pinned
-	members pinned        // the tree when dirlockd last fed us
+	wrapper *proc.Pinned  // dirlockd; nil if it could not be pinned
+	members proc.Tree     // the tree when dirlockd last fed us
 }
 
 // kill SIGKILLs the tree: the members dirlockd named and everything below
 // them, and everything below dirlockd while it lives. Killing a parent
 // hands its children to dirlockd (the subreaper), so the walk repeats until
 // it finds nobody new.
-func (fz *fenceState) kill() int {
+func (fz *watchdogState) kill() int {
 	self := os.Getpid()
 	killed := map[int]bool{}
 	for range 10 {
-		var t pinned
-		roots := append(pinned{}, fz.members...)
+		var t proc.Tree
+		roots := append(proc.Tree{}, fz.members...)
 		if fz.wrapper != nil && fz.wrapper.Alive() {
 			roots = append(roots, *fz.wrapper)
 		}
@@ -275,7 +254,7 @@ func (fz *fenceState) kill() int {
 				t = append(t, m)
 			}
 		}
-		var below pinned
+		var below proc.Tree
 		for _, r := range roots {
 			below = append(below, proc.PinBelow(r, self)...)
 		}

@@ -1,4 +1,4 @@
-package lease_test
+package agent_test
 
 import (
 	"testing"

@@ -1,4 +1,4 @@
-package lease
+package agent
 
 import (
 	"bufio"
@@ -9,10 +9,10 @@ import (
 	"io"
 	"sync"
 
-	"github.com/dirlockd/dirlockd/internal/lease/agent"
+	"github.com/dirlockd/dirlockd/internal/lease"
 )
 
-// Serve is the agent: it answers the requests of package agent read from in,
+// Serve is the agent: it answers the requests of package lease read from in,
 // one JSON object a line, with replies written to out, until in ends. Each
 // request but dial and cancel runs on its own, so renewals overlap and a
 // waiting acquire does not hold up the rest. It renews only when asked and
@@ -28,15 +28,15 @@ func Serve(in io.Reader, out io.Writer) error {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	var wg sync.WaitGroup
 	for sc.Scan() {
-		var req agent.Request
+		var req lease.Request
 		if err := json.Unmarshal(sc.Bytes(), &req); err != nil {
 			return fmt.Errorf("bad request %q: %w", truncate(sc.Bytes(), 80), err)
 		}
 		switch req.Op {
-		case agent.OpDial:
+		case lease.OpDial:
 			s.reply(s.dial(req))
 			continue
-		case agent.OpCancel:
+		case lease.OpCancel:
 			s.mu.Lock()
 			if c := s.pending[req.Ref]; c != nil {
 				c()
@@ -77,22 +77,22 @@ type server struct {
 	l       *Lease  // the lease held, if any
 }
 
-func (s *server) reply(rep agent.Reply) {
+func (s *server) reply(rep lease.Reply) {
 	b, _ := json.Marshal(rep)
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	s.out.Write(append(b, '\n'))
 }
 
-func (s *server) dial(req agent.Request) agent.Reply {
-	rep := agent.Reply{ID: req.ID}
+func (s *server) dial(req lease.Request) lease.Reply {
+	rep := lease.Reply{ID: req.ID}
 	if req.Config == nil {
-		rep.Err = agent.EncodeError(errors.New("dial without a configuration"))
+		rep.Err = lease.EncodeError(errors.New("dial without a configuration"))
 		return rep
 	}
 	c, err := Dial(*req.Config)
 	if err != nil {
-		rep.Err = agent.EncodeError(err)
+		rep.Err = lease.EncodeError(err)
 		return rep
 	}
 	s.mu.Lock()
@@ -104,8 +104,8 @@ func (s *server) dial(req agent.Request) agent.Reply {
 	return rep
 }
 
-func (s *server) handle(ctx context.Context, req agent.Request) agent.Reply {
-	rep := agent.Reply{ID: req.ID}
+func (s *server) handle(ctx context.Context, req lease.Request) lease.Reply {
+	rep := lease.Reply{ID: req.ID}
 	s.mu.Lock()
 	c, l := s.c, s.l
 	s.mu.Unlock()
@@ -113,11 +113,11 @@ func (s *server) handle(ctx context.Context, req agent.Request) agent.Reply {
 	switch {
 	case c == nil:
 		err = errors.New("not connected: dial first")
-	case req.Op == agent.OpHolder:
+	case req.Op == lease.OpHolder:
 		rep.Holder, err = c.Holder(ctx)
-	case req.Op == agent.OpWatch:
+	case req.Op == lease.OpWatch:
 		rep.Holder, err = c.WaitFor(ctx, req.Want == "held")
-	case req.Op == agent.OpAcquire:
+	case req.Op == lease.OpAcquire:
 		if l != nil {
 			err = errors.New("a lease is held already: revoke it first")
 			break
@@ -135,14 +135,14 @@ func (s *server) handle(ctx context.Context, req agent.Request) agent.Reply {
 		}
 	case l == nil:
 		err = fmt.Errorf("%w: no lease is held", ErrLost)
-	case req.Op == agent.OpRenew:
-		var r agent.Renewal
+	case req.Op == lease.OpRenew:
+		var r lease.Renewal
 		if r, err = l.Renew(ctx, req.Until); err == nil {
 			rep.Renewal = &r
 		}
-	case req.Op == agent.OpGone:
+	case req.Op == lease.OpGone:
 		err = l.Gone(ctx)
-	case req.Op == agent.OpRevoke:
+	case req.Op == lease.OpRevoke:
 		s.mu.Lock()
 		if s.l == l {
 			s.l = nil
@@ -152,6 +152,6 @@ func (s *server) handle(ctx context.Context, req agent.Request) agent.Reply {
 	default:
 		err = fmt.Errorf("unknown request %q", req.Op)
 	}
-	rep.Err = agent.EncodeError(err)
+	rep.Err = lease.EncodeError(err)
 	return rep
 }

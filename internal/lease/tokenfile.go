@@ -1,4 +1,4 @@
-package main
+package lease
 
 import (
 	"errors"
@@ -10,7 +10,8 @@ import (
 	"strings"
 )
 
-// The fence file remembers, in the data directory, the highest fencing
+// The token file ("the fence file" to users, NAME.fence beside the
+// pidfile) remembers, in the data directory, the highest fencing
 // token that ever ran there. etcd's revisions only grow, so a start with a
 // lower token means etcd's history went back (restored from an old
 // snapshot, or another cluster behind the same endpoints): its lease proves
@@ -18,27 +19,28 @@ import (
 // Such a start is refused. The file is written, and synced, before the
 // server starts, so a token that ran is never forgotten.
 
-// fenceFileName is the fence file's name for a pidfile name: dirlockd.pid
+// TokenFileName is the token file's name for a pidfile name: dirlockd.pid
 // gives dirlockd.fence.
-func fenceFileName(pidfile string) string {
+func TokenFileName(pidfile string) string {
 	return strings.TrimSuffix(pidfile, ".pid") + ".fence"
 }
 
-// FenceBackError says a start's token is below one that already ran here.
-type FenceBackError struct {
+// TokenBackError says a start's token is below one that already ran here.
+type TokenBackError struct {
 	Path        string
 	Seen, Token int64
 	SeenKey     string
 }
 
-func (e *FenceBackError) Error() string {
+func (e *TokenBackError) Error() string {
 	return fmt.Sprintf("fencing token %d is below %d, which already ran in this directory (fence file %s, lease key %s): etcd's revisions went back (restored from an old snapshot, or another cluster?)",
 		e.Token, e.Seen, e.Path, e.SeenKey)
 }
 
-// advanceFence refuses token if the fence file in dir holds a higher one,
-// and records token (with key) otherwise.
-func advanceFence(dir, name string, token int64, key string) error {
+// AdvanceTokenFile refuses token if the token file in dir holds a higher
+// one, and records token (with key) otherwise, durably, before the server
+// starts.
+func AdvanceTokenFile(dir, name string, token int64, key string) error {
 	path := filepath.Join(dir, name)
 	b, err := os.ReadFile(path)
 	switch {
@@ -46,18 +48,18 @@ func advanceFence(dir, name string, token int64, key string) error {
 	case err != nil:
 		return fmt.Errorf("read the fence file: %w", err)
 	default:
-		seen, seenKey, err := parseFence(b)
+		seen, seenKey, err := parseTokenFile(b)
 		if err != nil {
 			return fmt.Errorf("fence file %s: %w (remove it only if no server that used it can still run)", path, err)
 		}
 		if seen > token {
-			return &FenceBackError{Path: path, Seen: seen, Token: token, SeenKey: seenKey}
+			return &TokenBackError{Path: path, Seen: seen, Token: token, SeenKey: seenKey}
 		}
 	}
-	return writeFence(dir, path, fmt.Sprintf("fencing_token=%d\nlease_key=%s\n", token, key))
+	return writeTokenFile(dir, path, fmt.Sprintf("fencing_token=%d\nlease_key=%s\n", token, key))
 }
 
-func parseFence(b []byte) (int64, string, error) {
+func parseTokenFile(b []byte) (int64, string, error) {
 	var token int64 = -1
 	var key string
 	for _, line := range strings.Split(string(b), "\n") {
@@ -79,9 +81,9 @@ func parseFence(b []byte) (int64, string, error) {
 	return token, key, nil
 }
 
-// writeFence replaces path with content, durably: a temporary file,
+// writeTokenFile replaces path with content, durably: a temporary file,
 // fsynced, renamed over it, and the directory fsynced.
-func writeFence(dir, path, content string) error {
+func writeTokenFile(dir, path, content string) error {
 	f, err := os.CreateTemp(dir, ".fence-*")
 	if err != nil {
 		return fmt.Errorf("write the fence file: %w", err)

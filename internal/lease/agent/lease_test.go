@@ -1,4 +1,4 @@
-package lease_test
+package agent_test
 
 import (
 	"context"
@@ -20,9 +20,9 @@ import (
 // dial connects an agent for key to endpoints: Serve in process, over
 // pipes, with agent's own client at the other end, as dirlockd talks to
 // dirlockd-etcd. It is closed when the test ends.
-func dial(t *testing.T, endpoints, key string, ttl time.Duration, tweak ...func(*lease.Config)) *agent.Agent {
+func dial(t *testing.T, endpoints, key string, ttl time.Duration, tweak ...func(*agent.Config)) *lease.Agent {
 	t.Helper()
-	cfg := lease.Config{Endpoints: strings.Split(endpoints, ","), Key: key, TTL: ttl, DialTimeout: 5 * time.Second}
+	cfg := agent.Config{Endpoints: strings.Split(endpoints, ","), Key: key, TTL: ttl, DialTimeout: 5 * time.Second}
 	for _, f := range tweak {
 		f(&cfg)
 	}
@@ -31,12 +31,12 @@ func dial(t *testing.T, endpoints, key string, ttl time.Duration, tweak ...func(
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		if err := lease.Serve(inR, outW); err != nil {
+		if err := agent.Serve(inR, outW); err != nil {
 			t.Errorf("serve: %v", err)
 		}
 		outW.Close()
 	}()
-	a, err := agent.Connect(outR, inW, cfg)
+	a, err := lease.Connect(outR, inW, cfg)
 	if err != nil {
 		inW.Close()
 		<-served
@@ -46,9 +46,9 @@ func dial(t *testing.T, endpoints, key string, ttl time.Duration, tweak ...func(
 	return a
 }
 
-func identity(t *testing.T, pid int) lease.Identity {
+func identity(t *testing.T, pid int) agent.Identity {
 	t.Helper()
-	id, err := lease.Self("/srv/data")
+	id, err := agent.Self("/srv/data")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +56,7 @@ func identity(t *testing.T, pid int) lease.Identity {
 	return id
 }
 
-func acquire(t *testing.T, c *agent.Agent, id lease.Identity) *agent.Lease {
+func acquire(t *testing.T, c *lease.Agent, id agent.Identity) *lease.Lease {
 	t.Helper()
 	l, err := c.Acquire(context.Background(), id, false)
 	if err != nil {
@@ -77,13 +77,13 @@ func raw(t *testing.T, endpoints string) *clientv3.Client {
 }
 
 // waitLost waits until l says it is lost and returns when it saw that, on
-// agent.Now's clock.
-func waitLost(t *testing.T, l *agent.Lease, timeout time.Duration) (time.Duration, error) {
+// lease.Now's clock.
+func waitLost(t *testing.T, l *lease.Lease, timeout time.Duration) (time.Duration, error) {
 	t.Helper()
 	end := time.After(timeout)
 	for {
 		if _, err := l.Deadline(); err != nil {
-			return agent.Now(), err
+			return lease.Now(), err
 		}
 		select {
 		case <-l.Changed():
@@ -108,7 +108,7 @@ func TestAcquireConflictRelease(t *testing.T) {
 		}
 		last = la.Token()
 		_, err := b.Acquire(context.Background(), identity(t, 2000+round), false)
-		var he *lease.HeldError
+		var he *agent.HeldError
 		if !errors.As(err, &he) {
 			t.Fatalf("round %d: second acquire: %v, want a HeldError", round, err)
 		}
@@ -121,7 +121,7 @@ func TestAcquireConflictRelease(t *testing.T) {
 		if err := la.Release(); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := la.Deadline(); !errors.Is(err, lease.ErrLost) {
+		if _, err := la.Deadline(); !errors.Is(err, agent.ErrLost) {
 			t.Fatalf("released lease: Deadline err %v, want ErrLost", err)
 		}
 		if h, err := b.Holder(context.Background()); err != nil || h != nil {
@@ -146,7 +146,7 @@ func TestWaitHandOff(t *testing.T) {
 	b := dial(t, e.Endpoints(), "/dirlockd/wait", 5*time.Second)
 	for round := range 3 {
 		la := acquire(t, a, identity(t, 1))
-		got := make(chan *agent.Lease, 1)
+		got := make(chan *lease.Lease, 1)
 		go func() {
 			l, err := b.Acquire(context.Background(), identity(t, 2), true)
 			if err != nil {
@@ -184,7 +184,7 @@ func TestWaitHandOff(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	_, err := b.Acquire(ctx, identity(t, 8), true)
-	var he *lease.HeldError
+	var he *agent.HeldError
 	if !errors.As(err, &he) || he.Holder.PID != 7 || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("timed-out wait: %v", err)
 	}
@@ -198,7 +198,7 @@ func TestDeadlineFromSendTime(t *testing.T) {
 	p := testutil.StartProxy(t, strings.TrimPrefix(e.Members[0].ClientURL, "http://"))
 	type renewal struct{ sent, received time.Duration }
 	renewals := make(chan renewal, 16)
-	c := dial(t, p.Addr, "/dirlockd/delay", 4*time.Second, func(cfg *lease.Config) { cfg.Renew = time.Second })
+	c := dial(t, p.Addr, "/dirlockd/delay", 4*time.Second, func(cfg *agent.Config) { cfg.Renew = time.Second })
 	c.OnRenew = func(s, r time.Duration) { renewals <- renewal{s, r} }
 	l := acquire(t, c, identity(t, 1))
 	defer l.Release()
@@ -243,7 +243,7 @@ func TestStoppedEtcdLosesLease(t *testing.T) {
 			t.Fatal("no renewal")
 		}
 		e.Members[0].Stop()
-		stopped := agent.Now()
+		stopped := lease.Now()
 		lostAt, err := waitLost(t, l, 30*time.Second)
 	drain:
 		for {
@@ -254,7 +254,7 @@ func TestStoppedEtcdLosesLease(t *testing.T) {
 			}
 		}
 		e.Members[0].Cont()
-		if !errors.Is(err, lease.ErrLost) {
+		if !errors.Is(err, agent.ErrLost) {
 			t.Fatalf("lost with %v", err)
 		}
 		deadline := lastSent + l.TTL()
@@ -288,10 +288,10 @@ func TestStoppedEtcdLosesLease(t *testing.T) {
 // dial timeout.
 func TestUnavailable(t *testing.T) {
 	port := testutil.FreePort(t)
-	c := dial(t, "127.0.0.1:"+strconv.Itoa(port), "/dirlockd/none", 3*time.Second, func(cfg *lease.Config) { cfg.DialTimeout = time.Second })
+	c := dial(t, "127.0.0.1:"+strconv.Itoa(port), "/dirlockd/none", 3*time.Second, func(cfg *agent.Config) { cfg.DialTimeout = time.Second })
 	start := time.Now()
 	_, err := c.Acquire(context.Background(), identity(t, 1), false)
-	var ue *lease.UnavailableError
+	var ue *agent.UnavailableError
 	if !errors.As(err, &ue) {
 		t.Fatalf("acquire against nothing: %v, want UnavailableError", err)
 	}
@@ -310,7 +310,7 @@ func TestForeignKey(t *testing.T) {
 	}
 	c := dial(t, e.Endpoints(), "/dirlockd/foreign", 3*time.Second)
 	_, err := c.Acquire(context.Background(), identity(t, 1), true)
-	var re *lease.RefusedError
+	var re *agent.RefusedError
 	if !errors.As(err, &re) {
 		t.Fatalf("acquire of a foreign key: %v, want RefusedError", err)
 	}
@@ -323,14 +323,14 @@ func TestPermissionDenied(t *testing.T) {
 	e := testutil.StartEtcd(t, 1)
 	e.EnableAuth(t, "rootpw", testutil.EtcdGrant{User: "app", Password: "apppw", Key: "/elsewhere/", RangeEnd: "/elsewhere0"})
 	ctx := context.Background()
-	c := dial(t, e.Endpoints(), "/dirlockd/perm", 3*time.Second, func(cfg *lease.Config) { cfg.Username, cfg.Password = "app", "apppw" })
+	c := dial(t, e.Endpoints(), "/dirlockd/perm", 3*time.Second, func(cfg *agent.Config) { cfg.Username, cfg.Password = "app", "apppw" })
 	_, err := c.Acquire(ctx, identity(t, 1), false)
-	var re *lease.RefusedError
+	var re *agent.RefusedError
 	if !errors.As(err, &re) || !strings.Contains(err.Error(), "grant-permission") {
 		t.Fatalf("acquire without permission: %v, want RefusedError naming the fix", err)
 	}
 	t.Log(err)
-	_, err = lease.Dial(lease.Config{Endpoints: []string{e.Endpoints()}, Key: "/k", TTL: 3 * time.Second, Username: "app", Password: "wrong"})
+	_, err = agent.Dial(agent.Config{Endpoints: []string{e.Endpoints()}, Key: "/k", TTL: 3 * time.Second, Username: "app", Password: "wrong"})
 	if !errors.As(err, &re) {
 		t.Fatalf("wrong password: %v, want RefusedError", err)
 	}

@@ -1,4 +1,4 @@
-package lease
+package agent
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/dirlockd/dirlockd/internal/lease/agent"
+	"github.com/dirlockd/dirlockd/internal/lease"
 )
 
 // Acquire takes the lock key for id. It grants a new lease, then puts the
@@ -135,7 +135,7 @@ func (c *Client) try(ctx context.Context, val []byte) (*Lease, *found, error) {
 	}
 	rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), dialTimeout(&c.cfg))
 	defer cancel()
-	sent := agent.Now()
+	sent := lease.Now()
 	g, err := m.Grant(rctx, int64(c.cfg.TTL/time.Second))
 	if err != nil {
 		c.rotate(i)

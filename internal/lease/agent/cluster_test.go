@@ -1,4 +1,4 @@
-package lease_test
+package agent_test
 
 import (
 	"context"
@@ -27,7 +27,7 @@ func leader(t *testing.T, e *testutil.EtcdCluster) *testutil.EtcdMember {
 }
 
 // held asserts that l stays held for d.
-func held(t *testing.T, l *agent.Lease, d time.Duration, what string) {
+func held(t *testing.T, l *lease.Lease, d time.Duration, what string) {
 	t.Helper()
 	end := time.After(d)
 	for {
@@ -90,7 +90,7 @@ func TestCluster(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	if _, err := l.Deadline(); err != nil {
 		r, gerr := raw(t, e.Endpoints()).Get(context.Background(), key)
-		if !errors.Is(err, lease.ErrLost) || !strings.Contains(err.Error(), "deleted the lock key") || gerr != nil || len(r.Kvs) != 0 {
+		if !errors.Is(err, agent.ErrLost) || !strings.Contains(err.Error(), "deleted the lock key") || gerr != nil || len(r.Kvs) != 0 {
 			t.Fatalf("lost after the stopped leader resumed, but not by etcd deleting the key: %v (key: %v %v)", err, r, gerr)
 		}
 		t.Logf("etcd ended the lease early after its stopped leader resumed; the holder saw it: %v", err)
@@ -101,9 +101,9 @@ func TestCluster(t *testing.T) {
 	}
 	e.Members[0].Stop()
 	e.Members[1].Stop()
-	stopped := agent.Now()
+	stopped := lease.Now()
 	lostAt, err := waitLost(t, l, 30*time.Second)
-	if !errors.Is(err, lease.ErrLost) {
+	if !errors.Is(err, agent.ErrLost) {
 		t.Fatal(err)
 	}
 	dl, _ := l.Deadline()
