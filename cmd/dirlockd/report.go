@@ -11,6 +11,7 @@ import (
 
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/lease"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
@@ -67,7 +68,7 @@ func newReport(dir string, rep *interlock.Report, err error) *report {
 		r.ShmKey, r.ShmID = pidfile.FormatKey(rec.ShmKey), &rec.ShmID
 		r.ChildPID, _ = strconv.Atoi(rec.Extra[childPIDKey])
 		r.MainPID, _ = strconv.Atoi(rec.Extra[mainPIDKey])
-		r.FencingToken, _ = strconv.ParseInt(rec.Extra[fencingTokenField], 10, 64)
+		r.FencingToken, _ = strconv.ParseInt(rec.Extra[lease.TokenField], 10, 64)
 	}
 	var oe *interlock.OrphansError
 	if errors.As(rep.Err, &oe) {

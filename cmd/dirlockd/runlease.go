@@ -18,16 +18,6 @@ import (
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
-// Record fields and server variables of the lease.
-const (
-	leaseKeyField     = "lease_key"
-	fencingTokenField = "fencing_token"
-
-	fencingTokenEnv = "DIRLOCKD_FENCING_TOKEN"
-	leaseKeyEnv     = "DIRLOCKD_LEASE_KEY"
-	leaseTTLEnv     = "DIRLOCKD_LEASE_TTL"
-)
-
 // runLease is run's side of the etcd lease: the second, cross-host
 // interlock, taken after the local one and released before it. The rule it
 // keeps is that the server's tree is dead before the lease can end: SIGTERM
@@ -38,17 +28,14 @@ const (
 //
 // etcd's client is not in this binary: the agent, dirlockd-etcd, a child
 // of ours kept out of the server's tree like the fence, talks to etcd, and
-// this process drives every renewal through it (package lease).
+// this process drives every renewal through it (package lease). The
+// lease's state is its lease.Guard's; run keeps the timers.
 type runLease struct {
-	flags    leaseFlags
-	timing   leaseTiming
-	a        *lease.Agent
-	agentPID int // stays set once the agent is closed, to know its exit
-	l        *lease.Lease
-	released bool // the lease was revoked and the agent closed
+	flags  leaseFlags
+	timing leaseTiming
+	g      *lease.Guard // nil until the agent has started
 
-	term, kill *time.Timer // armed from the deadline; nil until the first arm
-	lost       bool        // the loss has been acted on
+	term, kill *time.Timer // armed from the deadlines; nil until the first arm
 }
 
 // leaseDial starts the etcd agent and asks who holds the key, before
@@ -60,7 +47,7 @@ func (r *runner) leaseDial() int {
 	if err != nil {
 		return r.leaseFailed(err)
 	}
-	r.lease.a, r.lease.agentPID = a, a.PID()
+	r.lease.g = lease.NewGuard(a, r.lease.timing.stop, r.lease.timing.margin)
 	r.log.Debug("started the etcd agent", "pid", a.PID())
 	h, err := a.Holder(context.Background())
 	if err != nil {
@@ -82,14 +69,14 @@ func (r *runner) leaseDial() int {
 // skipped. Anything else (another key, no token, etcd not answering, the
 // same token still held) leaves the watch to decide.
 func (r *runner) leaseProof(rec *pidfile.Record) string {
-	key, token := rec.Extra[leaseKeyField], rec.Extra[fencingTokenField]
+	key, token := rec.Extra[lease.KeyField], rec.Extra[lease.TokenField]
 	t, err := strconv.ParseInt(token, 10, 64)
-	if key != r.lease.a.Key() || err != nil || t <= 0 {
+	if key != r.lease.g.Agent.Key() || err != nil || t <= 0 {
 		return ""
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.lease.flags.dialTimeout)
 	defer cancel()
-	h, err := r.lease.a.Holder(ctx)
+	h, err := r.lease.g.Agent.Holder(ctx)
 	switch {
 	case err != nil:
 		return ""
@@ -119,9 +106,7 @@ func (r *runner) acquireLease(sigs <-chan os.Signal, began time.Time) (syscall.S
 			ctx, cancel = context.WithTimeout(ctx, wait)
 			defer cancel()
 		}
-		l, err := r.lease.a.Acquire(ctx, id, wait != 0)
-		r.lease.l = l
-		return err
+		return r.lease.g.Acquire(ctx, id, wait != 0)
 	})
 	if stop != 0 {
 		return stop, 0
@@ -129,9 +114,9 @@ func (r *runner) acquireLease(sigs <-chan os.Signal, began time.Time) (syscall.S
 	if err != nil {
 		return 0, r.leaseFailed(err)
 	}
-	l := r.lease.l
+	l := r.lease.g.Lease()
 	r.log.Info("acquired the lease", "lease_key", l.Key(), "fencing_token", l.Token(), "lease_ttl", l.TTL(), "lease_id", strconv.FormatInt(l.ID(), 16),
-		"etcd", r.lease.a.Endpoints(), "stop_before", r.lease.timing.stop+r.lease.timing.margin, "kill_before", r.lease.timing.margin)
+		"etcd", r.lease.g.Agent.Endpoints(), "stop_before", r.lease.timing.stop+r.lease.timing.margin, "kill_before", r.lease.timing.margin)
 	return 0, 0
 }
 
@@ -167,12 +152,7 @@ func (r *runner) leaseEnv() []string {
 	if r.lease == nil {
 		return nil
 	}
-	l := r.lease.l
-	return []string{
-		fencingTokenEnv + "=" + strconv.FormatInt(l.Token(), 10),
-		leaseKeyEnv + "=" + l.Key(),
-		leaseTTLEnv + "=" + strconv.Itoa(int(l.TTL()/time.Second)),
-	}
+	return r.lease.g.Env()
 }
 
 // leaseTimers returns the channels of the stop and kill timers (nil without
@@ -184,32 +164,32 @@ func (r *runner) leaseTimers() (term, kill <-chan time.Time) {
 	return r.lease.term.C, r.lease.kill.C
 }
 
-// leaseChanged re-arms the timers from the lease's latest deadline, and
+// leaseChanged re-arms the timers from the lease's latest deadlines, and
 // acts on a loss.
 func (r *runner) leaseChanged() {
 	ls := r.lease
-	dl, err := ls.l.Deadline()
+	stopBy, killBy, lost := ls.g.Deadlines()
 	if ls.term != nil {
 		ls.term.Stop()
 		ls.kill.Stop()
 	}
-	if ls.released {
+	if ls.g.Released() {
 		return // revoked once the tree was gone: nothing left to guard
 	}
 	// Go's timers run on CLOCK_MONOTONIC, the deadline on CLOCK_BOOTTIME:
 	// after a suspend they fire late, the fence (which reads the clock
 	// itself) does not.
 	now := lease.Now()
-	ls.term = time.NewTimer(dl - ls.timing.stop - ls.timing.margin - now)
-	ls.kill = time.NewTimer(dl - ls.timing.margin - now)
+	ls.term = time.NewTimer(stopBy - now)
+	ls.kill = time.NewTimer(killBy - now)
 	r.feedFence()
-	if err == nil || ls.lost {
+	if lost == nil {
 		return
 	}
 	// etcd may already have ended the lease, and another host may hold
 	// the key: nothing of the server may run now.
-	ls.lost = true
-	r.log.Error("the lease is lost: killing the server's tree", "lease_key", ls.l.Key(), "fencing_token", ls.l.Token(), "err", err)
+	l := ls.g.Lease()
+	r.log.Error("the lease is lost: killing the server's tree", "lease_key", l.Key(), "fencing_token", l.Token(), "err", lost)
 	r.leaseKill()
 }
 
@@ -222,10 +202,10 @@ func (r *runner) leaseTerm() {
 	if r.stopAsked {
 		return // a stop is under way; the SIGKILL timer still stands
 	}
-	ls := r.lease
-	dl, _ := ls.l.Deadline()
-	r.log.Error("the lease was not renewed in time: stopping the server before it can end", "lease_key", ls.l.Key(),
-		"deadline_in", max(dl-lease.Now(), 0).Round(time.Millisecond), "renewals", ls.l.LastError())
+	l := r.lease.g.Lease()
+	dl, _ := l.Deadline()
+	r.log.Error("the lease was not renewed in time: stopping the server before it can end", "lease_key", l.Key(),
+		"deadline_in", max(dl-lease.Now(), 0).Round(time.Millisecond), "renewals", l.LastError())
 	r.stop(r.flags.stopSig, "lease deadline")
 }
 
@@ -238,7 +218,7 @@ func (r *runner) leaseKill() {
 	if len(t) == 0 {
 		return // the tree is gone already
 	}
-	dl, _ := r.lease.l.Deadline()
+	dl, _ := r.lease.g.Lease().Deadline()
 	if left := dl - lease.Now(); left > 0 {
 		r.log.Warn("sending SIGKILL to the server's tree before the lease can end", "deadline_in", left.Round(time.Millisecond), "pids", t.PIDs())
 	} else {
@@ -247,34 +227,30 @@ func (r *runner) leaseKill() {
 	t.Signal(unix.SIGKILL)
 }
 
-// releaseLease revokes the lease once the tree is gone (so that a waiter on
-// another host starts at once), and closes the agent.
+// releaseLease releases the guard once the tree is gone: the fence told,
+// the lease revoked (so that a waiter on another host starts at once), the
+// agent closed.
 func (r *runner) releaseLease() {
-	if r.lease == nil || r.lease.a == nil || r.lease.released {
+	if r.lease == nil || r.lease.g == nil || r.lease.g.Released() {
 		return
 	}
-	r.lease.released = true
-	if l := r.lease.l; l != nil {
-		if err := l.Release(); err != nil {
+	err := r.lease.g.Release()
+	if l := r.lease.g.Lease(); l != nil {
+		if err != nil {
 			r.log.Warn("cannot revoke the lease: it ends after its TTL", "lease_key", l.Key(), "err", err)
 		} else {
 			r.log.Info("revoked the lease", "lease_key", l.Key(), "fencing_token", l.Token())
 		}
 	}
-	r.lease.a.Close()
 }
 
 // helpers are the PIDs of our children that are not of the server's tree:
 // the fence and the etcd agent.
 func (r *runner) helpers() []int {
-	var h []int
-	if r.fence != nil {
-		h = append(h, r.fence.PID())
+	if r.lease == nil || r.lease.g == nil {
+		return nil
 	}
-	if r.lease != nil && r.lease.agentPID != 0 {
-		h = append(h, r.lease.agentPID)
-	}
-	return h
+	return r.lease.g.Helpers()
 }
 
 // isHelper reports whether pid is the fence or the agent.
@@ -283,14 +259,13 @@ func (r *runner) isHelper(pid int) bool { return pid != 0 && slices.Contains(r.h
 // feedFence tells the fence the latest kill time, half the margin before
 // the deadline (after run's own SIGKILL), and the tree as it is now.
 func (r *runner) feedFence() {
-	if r.fence == nil || r.fenceBye {
+	if r.lease == nil || r.lease.g.Watchdog() == 0 {
 		return
 	}
-	dl, _ := r.lease.l.Deadline()
 	t := pinTree(r.helpers()...)
 	defer t.Close()
-	if err := r.fence.Feed(dl-r.lease.timing.margin/2, t); err != nil {
-		r.log.Warn(err.Error()+": if dirlockd is stopped now, its server may outlive the lease", "lease_key", r.lease.l.Key())
+	if err := r.lease.g.Feed(t); err != nil {
+		r.log.Warn(err.Error()+": if dirlockd is stopped now, its server may outlive the lease", "lease_key", r.lease.g.Lease().Key())
 	}
 }
 
@@ -299,7 +274,7 @@ func (r *runner) feedFence() {
 // revoked, the agent closed; their exits let reapAll see that nothing is
 // left, and the local interlock is released after.
 func (r *runner) helpersIfAlone() {
-	if r.lease == nil || r.lease.released {
+	if r.lease == nil || r.lease.g.Released() {
 		return
 	}
 	for _, k := range proc.Children(os.Getpid()) {
@@ -307,41 +282,27 @@ func (r *runner) helpersIfAlone() {
 			return
 		}
 	}
-	if r.fence != nil && !r.fenceBye {
-		r.fence.Bye()
-		r.fenceBye = true
-	}
 	r.releaseLease()
 }
 
 // helperExited handles the exit of the fence or the agent, and reports
 // whether pid was one of them.
 func (r *runner) helperExited(pid int, ws unix.WaitStatus) bool {
-	switch {
-	case r.fence != nil && pid == r.fence.PID():
-		r.fenceExited(ws)
-	case r.lease != nil && pid == r.lease.agentPID:
-		r.lease.agentPID = 0
-		if r.lease.released {
-			return true
-		}
+	if r.lease == nil || r.lease.g == nil {
+		return false
+	}
+	switch h, expected := r.lease.g.Exited(pid); {
+	case h == lease.WatchdogHelper && !expected:
+		r.log.Warn("the fence process exited: if dirlockd is stopped now, its server may outlive the lease", "pid", pid, "status", describe(ws))
+	case h == lease.AgentHelper && !expected:
 		// Nothing can renew the lease now: stop the server while the
 		// lease is still ours; the kill timer stands.
 		r.log.Error("the etcd agent exited: stopping the server before the lease can end", "pid", pid, "status", describe(ws))
 		if !r.stopAsked {
 			r.stop(r.flags.stopSig, "the etcd agent exited")
 		}
-	default:
+	case h == lease.NoHelper:
 		return false
 	}
 	return true
-}
-
-// fenceExited handles the fence's exit: expected after bye; otherwise a
-// stopped dirlockd would no longer be covered.
-func (r *runner) fenceExited(ws unix.WaitStatus) {
-	if !r.fenceBye {
-		r.log.Warn("the fence process exited: if dirlockd is stopped now, its server may outlive the lease", "pid", r.fence.PID(), "status", describe(ws))
-	}
-	r.fence = nil
 }

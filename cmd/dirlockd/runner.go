@@ -43,10 +43,8 @@ type runner struct {
 	dir      string
 	argv     []string
 	log      *slog.Logger
-	upstream string          // our own NOTIFY_SOCKET, when systemd supervises us
-	lease    *runLease       // the etcd lease (--etcd); nil without one
-	fence    *lease.Watchdog // the lease's watchdog process, "the fence" in logs (--etcd); nil without one
-	fenceBye bool            // the fence was told the tree is gone
+	upstream string    // our own NOTIFY_SOCKET, when systemd supervises us
+	lease    *runLease // the etcd lease (--etcd), with its fence process; nil without one
 
 	lock   *interlock.Lock
 	rec    *recorder
@@ -122,7 +120,8 @@ func (r *runner) run() int {
 	}
 	if r.lease != nil {
 		name := lease.TokenFileName(r.opts.Pidfile)
-		if err := lease.AdvanceTokenFile(rec.DataDir, name, r.lease.l.Token(), r.lease.l.Key()); err != nil {
+		l := r.lease.g.Lease()
+		if err := lease.AdvanceTokenFile(rec.DataDir, name, l.Token(), l.Key()); err != nil {
 			var fb *lease.TokenBackError
 			if errors.As(err, &fb) {
 				r.log.Error("cannot start: "+err.Error(), "fence_file", fb.Path,
@@ -143,8 +142,9 @@ func (r *runner) run() int {
 	r.rec.SetExtra(reloadSignalKey, signalName(r.flags.reloadSig))
 	r.rec.SetExtra(killModeKey, string(r.flags.killMode))
 	if r.lease != nil {
-		r.rec.SetExtra(leaseKeyField, r.lease.l.Key())
-		r.rec.SetExtra(fencingTokenField, strconv.FormatInt(r.lease.l.Token(), 10))
+		for k, v := range r.lease.g.Fields() {
+			r.rec.SetExtra(k, v)
+		}
 		r.leaseChanged() // arm the timers before the server starts
 	}
 
@@ -168,12 +168,12 @@ func (r *runner) run() int {
 	defer nl.Close()
 
 	if r.lease != nil {
-		dl, _ := r.lease.l.Deadline()
-		if r.fence, err = startWatchdog(dl - r.lease.timing.margin/2); err != nil {
+		w, err := startWatchdog(r.lease.g)
+		if err != nil {
 			r.log.Error("cannot start the fence process", "err", err)
 			return r.finish(exitcode.Internal)
 		}
-		r.log.Debug("started the fence process", "pid", r.fence.PID())
+		r.log.Debug("started the fence process", "pid", w.PID())
 	}
 	if code := r.start(path, nl.Path()); code != 0 {
 		return r.finish(code)
@@ -251,7 +251,7 @@ func (r *runner) start(path, notifySocket string) int {
 // childVars are the variables run gives the server; any value the caller's
 // environment has for them is replaced.
 var childVars = []string{"NOTIFY_SOCKET", "DIRLOCKD_DATADIR", interlock.PidfileEnv, "DIRLOCKD_LOCK_FD", "DIRLOCKD_SHM_ID", interlock.TokenEnv,
-	fencingTokenEnv, leaseKeyEnv, leaseTTLEnv}
+	lease.TokenEnv, lease.KeyEnv, lease.TTLEnv}
 
 // childEnv drops from env what the server must get from us, not from our
 // caller, and keeps everything else (other DIRLOCKD_ variables included).
@@ -269,9 +269,6 @@ func (r *runner) finish(code int) int {
 	r.rejects.stop()
 	if r.rec != nil {
 		r.rec.Stop()
-	}
-	if r.fence != nil && !r.fenceBye {
-		r.fence.Bye()
 	}
 	r.releaseLease()
 	if err := r.lock.Release(); err != nil {

@@ -52,7 +52,7 @@ func (r *runner) supervise(sigs chan os.Signal, nl *notify.Listener) int {
 	msgs := nl.Messages()
 	var leaseChanged <-chan struct{}
 	if r.lease != nil {
-		leaseChanged = r.lease.l.Changed()
+		leaseChanged = r.lease.g.Changed()
 	}
 	for {
 		leaseTerm, leaseKill := r.leaseTimers()

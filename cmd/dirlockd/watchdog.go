@@ -5,7 +5,6 @@ import (
 	"io"
 	"os"
 	"strconv"
-	"time"
 
 	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/lease"
@@ -34,12 +33,12 @@ func cmdFence(args []string, stdout, stderr io.Writer) int {
 	return lease.RunWatchdog(at, 3, stderr)
 }
 
-// startWatchdog starts the lease's watchdog, this executable's hidden
-// command fence, with its first kill time.
-func startWatchdog(killAt time.Duration) (*lease.Watchdog, error) {
+// startWatchdog starts g's watchdog, this executable's hidden command
+// fence.
+func startWatchdog(g *lease.Guard) (*lease.Watchdog, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	return lease.StartWatchdog(killAt, self, "dirlockd", fenceCommand)
+	return g.StartWatchdog(self, "dirlockd", fenceCommand)
 }
