@@ -201,7 +201,7 @@ func cmdStress(args []string, stdout, stderr io.Writer) int {
 			return stressExit(err)
 		}
 		defer a.Close()
-		guard = leaseGuard(a, dir)
+		guard = stressLease(a, dir)
 	}
 	if f.worker != "" {
 		return stressWorker(dir, f, g.opts, guard, stdout)
@@ -262,12 +262,12 @@ func cmdStress(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// leaseGuard is stress's second interlock: the lease, taken as run --etcd
+// stressLease is stress's second interlock: the lease, taken as run --etcd
 // takes it (waiting on a watch), its token the hold's fencing token.
 // Each process (the parent, every worker) has an agent of its own, which
 // renews the lease of the hold under way when its process asks, as run's
 // does.
-func leaseGuard(a *lease.Agent, dir string) func(context.Context) (int64, func() error, error) {
+func stressLease(a *lease.Agent, dir string) func(context.Context) (int64, func() error, error) {
 	return func(ctx context.Context) (int64, func() error, error) {
 		id, err := lease.Self(dir)
 		if err != nil {

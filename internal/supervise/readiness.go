@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"context"
@@ -17,40 +17,40 @@ import (
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
-func (r *runner) markReady(via string) {
-	if r.ready || r.stopping {
+func (s *Supervisor) markReady(via string) {
+	if s.ready || s.stopping {
 		return
 	}
-	r.ready = true
-	r.setStatus(pidfile.Ready)
-	r.log.Info("the server is ready", "via", via)
-	r.upstreamSend(notify.Field{Key: "READY", Value: "1"})
-	r.passEarly(via != "started")
+	s.ready = true
+	s.setStatus(pidfile.Ready)
+	s.Log.Info("the server is ready", "via", via)
+	s.upstreamSend(notify.Field{Key: "READY", Value: "1"})
+	s.passEarly(via != "started")
 }
 
-func (r *runner) setStatus(s pidfile.Status) {
-	r.stopping = r.stopping || s == pidfile.Stopping
-	r.rec.SetStatus(s)
+func (s *Supervisor) setStatus(st pidfile.Status) {
+	s.stopping = s.stopping || st == pidfile.Stopping
+	s.Record.SetStatus(st)
 }
 
 // notified handles a datagram from the server's NOTIFY_SOCKET. The socket is
 // abstract, so any process of the network namespace can reach it: only a
 // sender of our own user (or root, who could do anything anyway) or a
 // process of the server's tree is heard.
-func (r *runner) notified(m notify.Message) {
+func (s *Supervisor) notified(m notify.Message) {
 	if m.PID <= 0 || m.UID != os.Geteuid() && m.UID != 0 && !proc.DescendsFrom(m.PID, os.Getpid()) {
-		r.rejects.add(r.log, m)
+		s.rejects.add(s.Log, m)
 		return
 	}
-	r.log.Debug("notification from the server", "pid", m.PID, "fields", m.Fields)
-	if err := notify.Forward(r.upstream, m, os.Getpid()); err != nil {
-		r.log.Warn("cannot forward the notification to systemd", "err", err)
+	s.Log.Debug("notification from the server", "pid", m.PID, "fields", m.Fields)
+	if err := notify.Forward(s.Upstream, m, os.Getpid()); err != nil {
+		s.Log.Warn("cannot forward the notification to systemd", "err", err)
 	}
 	switch {
 	case m.Ready():
-		r.markReady("notify")
-	case m.Stopping() && !r.stopping:
-		r.setStatus(pidfile.Stopping)
+		s.markReady("notify")
+	case m.Stopping() && !s.stopping:
+		s.setStatus(pidfile.Stopping)
 	}
 }
 
@@ -118,17 +118,20 @@ func (l *rejectLog) stop() {
 	l.summarise()
 }
 
-func (r *runner) upstreamSend(fields ...notify.Field) {
-	if r.upstream == "" {
+func (s *Supervisor) upstreamSend(fields ...notify.Field) {
+	if s.Upstream == "" {
 		return
 	}
 	fields = append(fields, notify.Field{Key: "MAINPID", Value: strconv.Itoa(os.Getpid())})
-	if err := notify.Send(r.upstream, fields...); err != nil {
-		r.log.Warn("cannot notify systemd", "err", err)
+	if err := notify.Send(s.Upstream, fields...); err != nil {
+		s.Log.Warn("cannot notify systemd", "err", err)
 	}
 }
 
-func notifyAddress() string {
+// NotifyAddress is a fresh abstract address for the server's
+// NOTIFY_SOCKET: nothing on disk that a crash could leave behind, or that a
+// cleaner of /tmp could remove from under a server that runs for months.
+func NotifyAddress() string {
 	b := make([]byte, 8)
 	rand.Read(b)
 	return fmt.Sprintf("@dirlockd/notify/%d/%s", os.Getpid(), hex.EncodeToString(b))
