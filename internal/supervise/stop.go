@@ -2,7 +2,6 @@ package supervise
 
 import (
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -38,7 +37,7 @@ func (s *Supervisor) beginStop(why string) {
 		s.setStatus(pidfile.Stopping)
 		s.upstreamSend(notify.Field{Key: "STOPPING", Value: "1"})
 	}
-	s.kill = time.After(s.StopTimeout)
+	s.kill = s.Clock.After(s.StopTimeout)
 }
 
 // lost applies --on-lost to an interlock that is no longer ours.
