@@ -18,3 +18,8 @@ func WithSettle(o Options, d time.Duration) Options { o.settle = d; return o }
 
 // Segment returns the holder's attached SysV segment.
 func (l *Lock) Segment() *shm.Segment { return l.seg }
+
+// WithKeepHook returns o with a hook that a Keeper calls before each of its
+// storage operations ("recheck", "update"); the hook may block, as a stalled
+// storage does.
+func WithKeepHook(o KeepOptions, h func(op string)) KeepOptions { o.hook = h; return o }

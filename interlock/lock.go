@@ -28,6 +28,7 @@ type Lock struct {
 	prev     *Previous
 	takeover *Takeover
 	opts     Options
+	keeper   *Keeper // the Keeper at work, if any
 	released bool
 }
 
@@ -82,7 +83,7 @@ func (l *Lock) write(r pidfile.Record) error {
 // POSIX lock vanishes when the process closes any other descriptor of the
 // file), the record in it still names this acquisition, and the segment
 // still exists, not marked for removal, with this acquisition's header. It
-// writes nothing. Long-running holders call it every Options.Recheck.
+// writes nothing. A Keeper calls it every Options.Recheck.
 //
 // A lost pidfile, record or lock matches ErrLost (*LostError), and is
 // checked first. When only the segment is gone (ipcrm, systemd-logind's
@@ -180,7 +181,7 @@ func (l *Lock) RenewSegment() error {
 
 // Release gives the directory back: the record is marked stopped, the
 // segment detached and removed, and the lock released last. The pidfile
-// stays. Release is idempotent.
+// stays. A Keeper of l is stopped first. Release is idempotent.
 //
 // Release only once the processes you started for the directory are gone,
 // as dirlockd run does: a stopped record is taken as proof that nobody is
@@ -194,6 +195,12 @@ func (l *Lock) RenewSegment() error {
 // boot then calls the release unclean, a false alarm, never a false
 // reassurance. The record naming a new holder is the one Acquire syncs.
 func (l *Lock) Release() error {
+	l.mu.Lock()
+	k := l.keeper
+	l.mu.Unlock()
+	if k != nil {
+		k.Stop()
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.released {

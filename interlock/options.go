@@ -23,7 +23,7 @@ type Options struct {
 	// once, a negative value waits until ctx is done.
 	Wait time.Duration
 	// Recheck is how often a long-running holder calls (*Lock).Check and
-	// (*Lock).Heartbeat; nothing here runs them for it. Heartbeat records
+	// (*Lock).Heartbeat: (*Lock).Keep does it for it. Heartbeat records
 	// it in the record as the holder's heartbeat interval, and Acquire
 	// derives its takeover watch from it when TakeoverAfter is zero.
 	Recheck time.Duration

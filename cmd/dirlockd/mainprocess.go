@@ -20,7 +20,7 @@ func (r *runner) setMain(m member, from string) {
 		unix.Close(r.main.pfd)
 	}
 	r.main, r.mainFrom = &m, from
-	r.rec.SetExtra(mainPIDKey, strconv.Itoa(m.pid))
+	r.keeper.SetExtra(mainPIDKey, strconv.Itoa(m.pid))
 	if m.parent == os.Getpid() {
 		return
 	}
@@ -101,7 +101,7 @@ func (r *runner) mainExited(ws *unix.WaitStatus) {
 	m := *r.main
 	r.main = nil
 	unix.Close(m.pfd)
-	r.rec.SetExtra(mainPIDKey, "")
+	r.keeper.SetExtra(mainPIDKey, "")
 	var rest pinned
 	if hasChildren() {
 		rest = pinTree(r.helpers()...)

@@ -30,7 +30,7 @@ func (r *runner) markReady(via string) {
 
 func (r *runner) setStatus(s pidfile.Status) {
 	r.stopping = r.stopping || s == pidfile.Stopping
-	r.rec.SetStatus(s)
+	r.keeper.SetStatus(s)
 }
 
 // notified handles a datagram from the server's NOTIFY_SOCKET. The socket is

@@ -33,8 +33,8 @@ const (
 // of it is in files of its own: supervise.go the loop, signals.go the
 // signals passed on, shutdown.go the stop sequence, mainprocess.go the
 // main process, readiness.go readiness and notifications, exitstatus.go
-// run's exit status, recorder.go the storage work, runlease.go the etcd
-// lease (run.go is the command: its help and flags).
+// run's exit status, runlease.go the etcd lease; interlock.Keeper does
+// the storage work (run.go is the command: its help and flags).
 type runner struct {
 	flags    runFlags
 	opts     interlock.Options
@@ -47,9 +47,9 @@ type runner struct {
 	fenceBye bool      // the fence was told the tree is gone
 
 	lock   *interlock.Lock
-	rec    *recorder
-	early  []syscall.Signal // signals received while acquiring, for the server once it is ready
-	cmdPID int              // the command dirlockd started
+	keeper *interlock.Keeper // rechecks, heartbeats and record updates, off the loop
+	early  []syscall.Signal  // signals received while acquiring, for the server once it is ready
+	cmdPID int               // the command dirlockd started
 
 	// main is the server's main process: the one signals go to first and
 	// whose exit status run reports. It is the command while it lives (or
@@ -66,7 +66,6 @@ type runner struct {
 	stopping  bool             // the record says stopping (we, or the server itself, began to stop)
 	stopAsked bool             // a stop has begun: the first stop timer stands
 	kill      <-chan time.Time // armed by the first stop request: SIGKILL when it fires
-	stalled   bool             // the current stall of the storage has been reported
 	rejects   rejectLog        // notifications from outside the server's tree
 }
 
@@ -134,15 +133,18 @@ func (r *runner) run() int {
 			return r.finish(exitcode.Internal)
 		}
 	}
-	r.rec = newRecorder(r.lock, r.log, r.opts.Recheck)
+	if r.keeper, err = r.lock.Keep(interlock.KeepOptions{Log: r.log}); err != nil {
+		r.log.Error("cannot keep the data directory", "err", err)
+		return r.finish(exitcode.Internal)
+	}
 	// How the server is stopped and reloaded, for dirlockd stop and
 	// reload when dirlockd itself is gone.
-	r.rec.SetExtra(stopSignalKey, signalName(r.flags.stopSig))
-	r.rec.SetExtra(reloadSignalKey, signalName(r.flags.reloadSig))
-	r.rec.SetExtra(killModeKey, string(r.flags.killMode))
+	r.keeper.SetExtra(stopSignalKey, signalName(r.flags.stopSig))
+	r.keeper.SetExtra(reloadSignalKey, signalName(r.flags.reloadSig))
+	r.keeper.SetExtra(killModeKey, string(r.flags.killMode))
 	if r.lease != nil {
-		r.rec.SetExtra(leaseKeyField, r.lease.l.Key())
-		r.rec.SetExtra(fencingTokenField, strconv.FormatInt(r.lease.l.Token(), 10))
+		r.keeper.SetExtra(leaseKeyField, r.lease.l.Key())
+		r.keeper.SetExtra(fencingTokenField, strconv.FormatInt(r.lease.l.Token(), 10))
 		r.leaseChanged() // arm the timers before the server starts
 	}
 
@@ -241,7 +243,7 @@ func (r *runner) start(path, notifySocket string) int {
 	if m, ok := pinChild(r.cmdPID); ok {
 		r.setMain(m, "the command")
 	}
-	r.rec.SetExtra(childPIDKey, strconv.Itoa(r.cmdPID))
+	r.keeper.SetExtra(childPIDKey, strconv.Itoa(r.cmdPID))
 	r.log.Info("started the server", "pid", r.cmdPID, "command", strings.Join(r.argv, " "))
 	return 0
 }
@@ -265,8 +267,8 @@ func childEnv(env []string) []string {
 // left.
 func (r *runner) finish(code int) int {
 	r.rejects.stop()
-	if r.rec != nil {
-		r.rec.Stop()
+	if r.keeper != nil {
+		r.keeper.Stop()
 	}
 	if r.fence != nil && !r.fenceBye {
 		r.fence.Bye()

@@ -2,17 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"os"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/notify"
-	"github.com/dirlockd/dirlockd/pidfile"
 )
 
 // exit is a process of the tree that dirlockd reaped.
@@ -23,7 +19,7 @@ type exit struct {
 
 // supervise runs until the last process of the server's tree has exited,
 // and returns run's exit status. Nothing in this loop touches the storage:
-// the recorder does, on its own goroutine.
+// the interlock's Keeper does, on its own goroutine.
 func (r *runner) supervise(sigs chan os.Signal, nl *notify.Listener) int {
 	exits := make(chan exit, 16)
 	go reapAll(exits)
@@ -36,12 +32,6 @@ func (r *runner) supervise(sigs chan os.Signal, nl *notify.Listener) int {
 		go pollTCP(ctx, r.flags.readyTCP, readyTCP)
 	case !r.flags.readyNotify:
 		r.markReady("started")
-	}
-	var stallTick <-chan time.Time
-	if r.opts.Recheck > 0 {
-		t := time.NewTicker(min(time.Second, r.stallLimit()/4))
-		defer t.Stop()
-		stallTick = t.C
 	}
 	var mainFile <-chan time.Time
 	if r.flags.mainPIDFile != "" {
@@ -91,16 +81,8 @@ func (r *runner) supervise(sigs chan os.Signal, nl *notify.Listener) int {
 			r.notified(m)
 		case <-readyTCP:
 			r.markReady("tcp " + r.flags.readyTCP)
-		case res := <-r.rec.Results():
-			r.rechecked(res)
-		case <-stallTick:
-			switch d := r.rec.BusyFor(); {
-			case d == 0:
-				r.stalled = false
-			case d > r.stallLimit() && !r.stalled:
-				r.stalled = true
-				r.lost(fmt.Sprintf("the storage has not answered for %v: another host may take over", r.stallLimit()))
-			}
+		case err := <-r.keeper.Lost():
+			r.lost(err.Error())
 		case <-mainFile:
 			if r.readMainPIDFile() {
 				mainFile = nil
@@ -134,35 +116,6 @@ func (r *runner) exited(pid int, ws *unix.WaitStatus) {
 		r.log.Debug("a process of the server's tree exited", "pid", pid, "status", describe(*ws))
 	}
 }
-
-// rechecked acts on the outcome of a recheck.
-func (r *runner) rechecked(res checkResult) {
-	if res.removed != nil {
-		rec := r.lock.Record()
-		attrs := []any{"old_shm_key", pidfile.FormatKey(res.oldKey), "old_shm_id", res.oldShmID}
-		if res.renewed {
-			attrs = append(attrs, "shm_key", pidfile.FormatKey(rec.ShmKey), "shm_id", rec.ShmID)
-			r.log.Warn(res.removed.Error()+"; the lock is still ours: a new segment took its place", attrs...)
-		} else {
-			r.log.Error(res.removed.Error(), attrs...)
-		}
-	}
-	switch {
-	case errors.Is(res.err, interlock.ErrLost):
-		r.lost(res.err.Error())
-	case res.err != nil:
-		r.log.Error("the recheck failed", "err", res.err)
-	}
-}
-
-// stallLimit is how long a storage operation may take before the storage
-// counts as gone: twice the recheck interval (the heartbeat is then three
-// intervals old, the least a starter on another host watches it before
-// taking over), and never less than stallFloor, so that a slow fsync on a
-// busy disk is not a loss.
-func (r *runner) stallLimit() time.Duration { return max(2*r.opts.Recheck, stallFloor) }
-
-const stallFloor = 5 * time.Second
 
 // reapAll reaps every process the kernel hands dirlockd, the server's and
 // any orphan of its tree, and closes exits once dirlockd has no child left:
