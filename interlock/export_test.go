@@ -3,11 +3,12 @@ package interlock
 import (
 	"time"
 
+	"github.com/dirlockd/dirlockd/internal/fault"
 	"github.com/dirlockd/dirlockd/shm"
 )
 
 // WithHook returns o with a fault-injection hook called at every Step.
-func WithHook(o Options, h func(Step)) Options { o.hook = h; return o }
+func WithHook(o Options, h func(fault.Step)) Options { o.hook = h; return o }
 
 // WithNoSync returns o without fsync of the pidfile, for benchmarks: a crash
 // can then leave an empty record.

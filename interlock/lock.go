@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/fault"
 	"github.com/dirlockd/dirlockd/pidfile"
 	"github.com/dirlockd/dirlockd/shm"
 )
@@ -218,12 +219,12 @@ func (l *Lock) Release() error {
 	if errMark == nil {
 		l.rec = r
 	}
-	l.opts.step(StepReleaseMarked)
+	l.opts.step(fault.ReleaseMarked)
 	errDetach := l.seg.Detach()
-	l.opts.step(StepReleaseDetached)
+	l.opts.step(fault.ReleaseDetached)
 	errRemove := l.seg.Remove()
-	l.opts.step(StepReleaseRemoved)
+	l.opts.step(fault.ReleaseRemoved)
 	errClose := l.file.Close()
-	l.opts.step(StepReleaseUnlocked)
+	l.opts.step(fault.ReleaseUnlocked)
 	return errors.Join(errMark, errDetach, errRemove, errClose)
 }

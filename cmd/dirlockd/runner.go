@@ -17,6 +17,7 @@ import (
 
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/fault"
 	"github.com/dirlockd/dirlockd/internal/notify"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
@@ -157,7 +158,7 @@ func (r *runner) run() int {
 	// that runs for months. notified judges every sender.
 	nl, err := notify.Listen(notifyAddress())
 	if err == nil {
-		if err = fault("notify"); err != nil {
+		if err = fault.Fail("notify"); err != nil {
 			nl.Close()
 		}
 	}
