@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/eintr"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/lease/agent"
 )
@@ -208,10 +209,11 @@ func readFence(sock int, msgs chan<- fenceMsg) {
 	buf := make([]byte, 16<<10)
 	oob := make([]byte, unix.CmsgSpace(fenceMaxFDs*4))
 	for {
-		n, oobn, _, _, err := unix.Recvmsg(sock, buf, oob, unix.MSG_CMSG_CLOEXEC)
-		if err == unix.EINTR {
-			continue
-		}
+		var n, oobn int
+		err := eintr.Retry(func() (err error) {
+			n, oobn, _, _, err = unix.Recvmsg(sock, buf, oob, unix.MSG_CMSG_CLOEXEC)
+			return err
+		})
 		if err != nil || n == 0 {
 			return
 		}

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/eintr"
 	"github.com/dirlockd/dirlockd/internal/proc"
 )
 
@@ -34,11 +35,7 @@ func (r *runner) setMain(m member, from string) {
 	go func(pid int) {
 		defer unix.Close(pfd)
 		fds := []unix.PollFd{{Fd: int32(pfd), Events: unix.POLLIN}}
-		for {
-			if _, err := unix.Poll(fds, -1); err != unix.EINTR {
-				break
-			}
-		}
+		eintr.Retry(func() error { _, err := unix.Poll(fds, -1); return err })
 		r.mainGone <- pid
 	}(m.pid)
 }
