@@ -17,6 +17,7 @@ import (
 
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/fault"
 	"github.com/dirlockd/dirlockd/internal/lease"
 	"github.com/dirlockd/dirlockd/internal/notify"
 	"github.com/dirlockd/dirlockd/internal/supervise"
@@ -26,8 +27,8 @@ import (
 // runServer is one "dirlockd run", top to bottom: dial the lease (--etcd),
 // acquire the interlock, acquire the lease, supervise the server's tree
 // (package supervise) until its last process has exited, and release in
-// reverse. The guards are localguard.go (the interlock, with recorder.go
-// its storage work) and leaseguard.go (the etcd lease); run.go is the
+// reverse. The guards are localguard.go (the interlock, with
+// interlock.Keeper doing its storage work) and leaseguard.go (the etcd lease); run.go is the
 // command, its help and flags.
 func runServer(f *runFlags, opts interlock.Options, dir string, argv []string, log *slog.Logger) int {
 	path, err := exec.LookPath(argv[0])
@@ -69,7 +70,7 @@ func runServer(f *runFlags, opts interlock.Options, dir string, argv []string, l
 	rec := lock.Record()
 	log = log.With("datadir", rec.DataDir)
 	logAcquired(log, lock)
-	local := newLocalGuard(lock, log, opts.Recheck)
+	local := newLocalGuard(lock, log)
 	guards := []supervise.Guard{local}
 	if lg != nil {
 		lg.log = log
@@ -98,7 +99,11 @@ func runServer(f *runFlags, opts interlock.Options, dir string, argv []string, l
 			return release(code)
 		}
 	}
-	rc := local.start()
+	rc, err := local.start()
+	if err != nil {
+		log.Error("cannot keep the data directory", "err", err)
+		return release(exitcode.Internal)
+	}
 	// How the server is stopped and reloaded, for dirlockd stop and
 	// reload when dirlockd itself is gone.
 	rc.SetExtra(stopSignalKey, supervise.SignalName(f.stopSig))
@@ -110,7 +115,7 @@ func runServer(f *runFlags, opts interlock.Options, dir string, argv []string, l
 	// that runs for months. notified judges every sender.
 	nl, err := notify.Listen(supervise.NotifyAddress())
 	if err == nil {
-		if err = fault("notify"); err != nil {
+		if err = fault.Fail("notify"); err != nil {
 			nl.Close()
 		}
 	}

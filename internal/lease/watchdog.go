@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/eintr"
 	"github.com/dirlockd/dirlockd/internal/proc"
 )
 
@@ -193,10 +194,11 @@ func readWatchdog(sock int, msgs chan<- watchdogMsg) {
 	buf := make([]byte, 16<<10)
 	oob := make([]byte, unix.CmsgSpace(watchdogMaxFDs*4))
 	for {
-		n, oobn, _, _, err := unix.Recvmsg(sock, buf, oob, unix.MSG_CMSG_CLOEXEC)
-		if err == unix.EINTR {
-			continue
-		}
+		var n, oobn int
+		err := eintr.Retry(func() (err error) {
+			n, oobn, _, _, err = unix.Recvmsg(sock, buf, oob, unix.MSG_CMSG_CLOEXEC)
+			return err
+		})
 		if err != nil || n == 0 {
 			return
 		}

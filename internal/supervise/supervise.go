@@ -25,6 +25,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/eintr"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/notify"
 	"github.com/dirlockd/dirlockd/internal/proc"
@@ -281,10 +282,7 @@ func reapAll(exits chan<- exit) {
 	defer close(exits)
 	for {
 		var ws unix.WaitStatus
-		pid, err := unix.Wait4(-1, &ws, 0, nil)
-		if err == unix.EINTR {
-			continue
-		}
+		pid, err := eintr.Result(func() (int, error) { return unix.Wait4(-1, &ws, 0, nil) })
 		if err != nil {
 			return
 		}
