@@ -29,7 +29,7 @@ import (
 // died, and the fence kills at the last kill time it was told.
 //
 // The watchdog is dirlockd's child, so dirlockd, the subreaper, reaps it like
-// a process of the tree: run leaves it out of the tree (pinTree's except),
+// a process of the tree: run leaves it out of the tree (supervise.Guard's Helpers),
 // counts the tree gone when the fence is its only child left, and then says
 // bye. It holds none of the interlock's witnesses: no pidfile descriptor, no
 // segment, no token in its environment.

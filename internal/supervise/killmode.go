@@ -3,8 +3,6 @@ package supervise
 import (
 	"fmt"
 	"os"
-
-	"github.com/dirlockd/dirlockd/internal/proc"
 )
 
 // A KillMode says which processes of the server's tree a stop signals, with
@@ -39,10 +37,5 @@ func ParseKillMode(s string) (KillMode, error) {
 	}
 	return "", fmt.Errorf("%q: want control-group, mixed or process", s)
 }
-
-// pinTree lists the live processes of the server's tree and pins each
-// with a pidfd, leaving out the guards' helpers (see tree.go in package
-// proc and docs/design.md).
-func (s *Supervisor) pinTree() proc.Tree { return proc.PinBelow(proc.Self(), s.helpers()...) }
 
 func selfPID() int { return os.Getpid() }
