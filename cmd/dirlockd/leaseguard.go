@@ -159,7 +159,7 @@ func leaseFailed(log *slog.Logger, err error, dir string, conflictExit int) int 
 func (lg *leaseGuard) Check() supervise.Event {
 	stopBy, killBy, lost := lg.Deadlines()
 	now := lease.Now()
-	ev := supervise.Event{Deadlines: true, StopIn: stopBy - now, KillIn: killBy - now}
+	ev := supervise.Event{Deadlines: true, StopIn: stopBy - now, KillIn: killBy - now, Why: "lease deadline"}
 	if lost != nil {
 		l := lg.Lease()
 		lg.log.Error("the lease is lost: killing the server's tree", "lease_key", l.Key(), "fencing_token", l.Token(), "err", lost)

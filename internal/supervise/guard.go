@@ -52,16 +52,26 @@ type Event struct {
 	// renew it).
 	Stop string
 	// Deadlines sets, from now, when the server must be stopping (StopIn)
-	// and dead (KillIn).
+	// and dead (KillIn); Why is the reason the stop at them gives.
 	Deadlines      bool
 	StopIn, KillIn time.Duration
+	Why            string
 }
 
 // guardState is what the supervisor keeps of a guard.
 type guardState struct {
 	g              Guard
 	stopAt, killAt time.Time // zero: none
+	why            string    // the deadlines' reason
 	released       bool
+}
+
+// at is the guard's stop deadline, or its kill deadline.
+func (gs *guardState) at(kill bool) time.Time {
+	if kill {
+		return gs.killAt
+	}
+	return gs.stopAt
 }
 
 // watchGuards delivers the index of each guard whose Changed fires.
@@ -98,7 +108,7 @@ func (s *Supervisor) checkGuard(gs *guardState) {
 func (s *Supervisor) act(gs *guardState, ev Event) {
 	if ev.Deadlines {
 		now := s.Clock.Now()
-		gs.stopAt, gs.killAt = now.Add(ev.StopIn), now.Add(ev.KillIn)
+		gs.stopAt, gs.killAt, gs.why = now.Add(ev.StopIn), now.Add(ev.KillIn), ev.Why
 		s.armDeadlines()
 		t := s.pinTree()
 		gs.g.Tree(t)
@@ -142,14 +152,10 @@ func (s *Supervisor) armDeadlines() {
 func (s *Supervisor) due(kill bool) *guardState {
 	var first *guardState
 	for _, gs := range s.guards {
-		at := gs.stopAt
-		if kill {
-			at = gs.killAt
-		}
-		if gs.released || at.IsZero() {
+		if gs.released || gs.at(kill).IsZero() {
 			continue
 		}
-		if first == nil || at.Before(map[bool]time.Time{false: first.stopAt, true: first.killAt}[kill]) {
+		if first == nil || gs.at(kill).Before(first.at(kill)) {
 			first = gs
 		}
 	}
@@ -166,7 +172,7 @@ func (s *Supervisor) guardStop() {
 		return // a stop is under way; the SIGKILL timers still stand
 	}
 	gs.g.Overdue(false, nil)
-	s.stop(s.StopSignal, "lease deadline")
+	s.stop(s.StopSignal, gs.why)
 }
 
 // guardKill fires at a guard's kill deadline.
@@ -180,7 +186,11 @@ func (s *Supervisor) guardKill() {
 // killNow SIGKILLs every process of the tree, for the guard gs: its
 // deadline came, or it is lost and nothing of the server may run.
 func (s *Supervisor) killNow(gs *guardState) {
-	s.beginStop("lease deadline")
+	why := gs.why
+	if why == "" {
+		why = "guard lost"
+	}
+	s.beginStop(why)
 	t := s.pinTree()
 	defer t.Close()
 	if len(t) == 0 {

@@ -386,7 +386,7 @@ func TestLeaseDeadline(t *testing.T) {
 	h := newHarness(t, []string{"sh", "-c", ignoreTerm}, local, ls)
 	h.s.StopTimeout = time.Hour
 	// The lease ends in 10 s: stopped by 6 s, dead by 9 s.
-	ls.next = []Event{{Deadlines: true, StopIn: 6 * time.Second, KillIn: 9 * time.Second}}
+	ls.next = []Event{{Deadlines: true, StopIn: 6 * time.Second, KillIn: 9 * time.Second, Why: "lease deadline"}}
 	start := h.clock.Now()
 	h.start()
 	until(t, "server", func() bool { return h.treeSize() == 2 }, h.log)
@@ -408,6 +408,9 @@ func TestLeaseDeadline(t *testing.T) {
 	}
 	if !slices.Equal(ls.overdue, []string{"stop", "kill"}) {
 		t.Errorf("Overdue calls %v, want stop then kill", ls.overdue)
+	}
+	if !strings.Contains(h.log.String(), `reason="lease deadline"`) {
+		t.Errorf("the stop does not give the guard's reason:\n%s", h.log.String())
 	}
 }
 
