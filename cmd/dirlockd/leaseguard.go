@@ -128,27 +128,18 @@ func (lg *leaseGuard) acquire(sigs <-chan os.Signal, early *[]syscall.Signal, da
 func leaseFailed(log *slog.Logger, err error, dir string, conflictExit int) int {
 	var he *lease.HeldError
 	var ue *lease.UnavailableError
-	var re *lease.RefusedError
-	var nf *lease.NotFoundError
 	switch {
-	case errors.As(err, &nf):
-		log.Error("cannot start: "+err.Error(), "datadir", dir)
-		return exitcode.Invalid
 	case errors.As(err, &he):
 		h := he.Holder
 		log.Error("cannot start: "+err.Error(), "datadir", dir, "lease_key", he.Key, "holder_host", h.Host, "holder_pid", h.PID,
 			"since", h.Started.Format(time.RFC3339), "fencing_token", h.Token,
 			"hint", "stop it on "+h.Host+" first, or wait: --wait DURATION")
-		return conflictExit
 	case errors.As(err, &ue):
 		log.Error("cannot start: "+err.Error(), "datadir", dir, "hint", "check --etcd and that a majority of etcd's members is up")
-		return exitcode.Unavailable
-	case errors.As(err, &re):
+	default:
 		log.Error("cannot start: "+err.Error(), "datadir", dir)
-		return exitcode.Invalid
 	}
-	log.Error("cannot start: "+err.Error(), "datadir", dir)
-	return exitcode.Internal
+	return startExit(err, conflictExit)
 }
 
 // Check re-reads the lease's deadlines, and reports a loss: etcd may

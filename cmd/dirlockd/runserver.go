@@ -192,13 +192,10 @@ func advanceTokenFile(log *slog.Logger, dataDir, pidfileName string, l *lease.Le
 	if errors.As(err, &tb) {
 		log.Error("cannot start: "+err.Error(), "fence_file", tb.Path,
 			"hint", "find out why etcd went back; remove the fence file only if no server of the old history can still run")
-		return exitcode.Invalid
+	} else {
+		log.Error("cannot start: " + err.Error())
 	}
-	log.Error("cannot start: " + err.Error())
-	if invalidStorage(err) {
-		return exitcode.Invalid
-	}
-	return exitcode.Internal
+	return startExit(err, 0)
 }
 
 // childVars are the variables run gives the server; any value the caller's
@@ -241,8 +238,8 @@ func interruptible(sigs <-chan os.Signal, early *[]syscall.Signal, f func(contex
 	}
 }
 
-// acquireFailed logs why the interlock cannot be had and returns run's
-// status.
+// acquireFailed logs why the interlock cannot be had, with what to do,
+// and returns run's status (startExit).
 func acquireFailed(log *slog.Logger, err error, dir string, f *runFlags) int {
 	var he *interlock.HeldError
 	var oe *interlock.OrphansError
@@ -251,12 +248,10 @@ func acquireFailed(log *slog.Logger, err error, dir string, f *runFlags) int {
 	case errors.As(err, &be):
 		log.Error("cannot start: "+err.Error(), "datadir", be.Dir, "holder_host", be.Record.Hostname, "holder_pid", be.Record.PID,
 			"hint", "do not start anything in this directory from this host until every host's mount keeps locks (see docs/nfs.md)")
-		return f.conflictExit
 	case errors.As(err, &he):
 		log.Error("cannot start: "+err.Error(), "datadir", he.Dir, "holder_pid", he.PID, "host", he.Host,
 			"since", he.Started.Format(time.RFC3339), "holders", he.Holders,
 			"hint", "stop it first: dirlockd stop -D "+he.Dir+", or wait: --wait DURATION")
-		return f.conflictExit
 	case errors.As(err, &oe):
 		var b strings.Builder
 		for i, o := range oe.Orphans {
@@ -267,7 +262,6 @@ func acquireFailed(log *slog.Logger, err error, dir string, f *runFlags) int {
 		}
 		log.Error("cannot start: "+err.Error(), "datadir", oe.Dir, "orphans", b.String(),
 			"hint", "stop the surviving processes of the old server, then start again")
-		return exitcode.Orphans
 	case invalidStorage(err):
 		attrs := []any{"datadir", dir}
 		if f.user != "" {
@@ -275,8 +269,8 @@ func acquireFailed(log *slog.Logger, err error, dir string, f *runFlags) int {
 			attrs = append(attrs, "hint", "with --user "+f.user+", the data directory must belong to that user (the server's), as the server itself needs")
 		}
 		log.Error("cannot start: "+err.Error(), attrs...)
-		return exitcode.Invalid
+	default:
+		log.Error("cannot start: "+err.Error(), "datadir", dir)
 	}
-	log.Error("cannot start: "+err.Error(), "datadir", dir)
-	return exitcode.Internal
+	return startExit(err, f.conflictExit)
 }

@@ -285,18 +285,10 @@ func stressLease(a *lease.Agent, dir string) func(context.Context) (int64, func(
 // directory's condition rather than dirlockd's failure (and for witness
 // files it may not write), 76 for survivors of an earlier holder.
 func stressExit(err error) int {
-	var ue *lease.UnavailableError
-	var re *lease.RefusedError
-	var nf *lease.NotFoundError
-	switch {
-	case errors.As(err, &ue):
-		return exitcode.Unavailable
-	case invalidStorage(err), errors.Is(err, unix.EACCES), errors.As(err, &re), errors.As(err, &nf):
+	if errors.Is(err, unix.EACCES) {
 		return exitcode.Invalid
-	case errors.Is(err, interlock.ErrOrphans):
-		return exitcode.Orphans
 	}
-	return exitcode.Internal
+	return startExit(err, 0)
 }
 
 // workerCommand returns how the stress parent starts a worker: this same
