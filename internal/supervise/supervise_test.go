@@ -430,10 +430,11 @@ func TestLeaseLost(t *testing.T) {
 }
 
 // TestReleaseOrder: the tree gone, then the lease's helper told (its exit
-// reaped), the lease released, and the local guard last.
+// reaped), the lease released, and the other guards after, in the reverse
+// of their order, the local guard last.
 func TestReleaseOrder(t *testing.T) {
 	ev := &events{}
-	local, ls := newFakeGuard("local", ev), newFakeGuard("lease", ev)
+	local, mid, ls := newFakeGuard("local", ev), newFakeGuard("mid", ev), newFakeGuard("lease", ev)
 	pid, err := syscall.ForkExec("/bin/sleep", []string{"sleep", "60"}, &syscall.ProcAttr{Files: []uintptr{0, 1, 2}})
 	if err != nil {
 		t.Fatal(err)
@@ -451,7 +452,7 @@ func TestReleaseOrder(t *testing.T) {
 		}
 		helper.Signal(unix.SIGTERM)
 	}
-	h := newHarness(t, []string{"sleep", "30"}, local, ls)
+	h := newHarness(t, []string{"sleep", "30"}, local, mid, ls)
 	h.start()
 	until(t, "server", func() bool { return h.treeSize() == 1 }, h.log)
 	tr := h.s.pinTree()
@@ -461,7 +462,7 @@ func TestReleaseOrder(t *testing.T) {
 	if c := h.wait(t); c != 128+int(syscall.SIGTERM) {
 		t.Fatalf("status %d, want 143; log:\n%s", c, h.log.String())
 	}
-	want := []string{"lease released", "lease helper exited", "local released"}
+	want := []string{"lease released", "lease helper exited", "mid released", "local released"}
 	if got := ev.List(); !slices.Equal(got, want) {
 		t.Fatalf("order %v, want %v", got, want)
 	}
