@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -90,6 +91,12 @@ func (r *fakeRecord) SetExtra(k, v string) {
 		r.extra = map[string]string{}
 	}
 	r.extra[k] = v
+}
+
+func (r *fakeRecord) Extra(k string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.extra[k]
 }
 
 func (r *fakeRecord) Statuses() []pidfile.Status {
@@ -281,7 +288,11 @@ func until(t *testing.T, what string, cond func() bool, log *syncLog) {
 
 // treeSize is how many processes of the supervisor's tree there are.
 func (h *harness) treeSize() int {
-	t := proc.PinBelow(proc.Self(), h.s.helpers()...)
+	var helpers []int
+	for _, g := range h.s.Guards { // not h.s.helpers: Run's state is its own
+		helpers = append(helpers, g.Helpers()...)
+	}
+	t := proc.PinBelow(proc.Self(), helpers...)
 	defer t.Close()
 	return len(t)
 }
@@ -303,7 +314,7 @@ func TestStopMainProcess(t *testing.T) {
 	if got := ev.List(); !slices.Equal(got, []string{"local released"}) {
 		t.Errorf("guard events %v", got)
 	}
-	if h.rec.extra["local_field"] != "1" || h.rec.extra[ChildPIDKey] == "" {
+	if h.rec.Extra("local_field") != "1" || h.rec.Extra(ChildPIDKey) == "" {
 		t.Errorf("record fields %v", h.rec.extra)
 	}
 }
@@ -454,10 +465,16 @@ func TestReleaseOrder(t *testing.T) {
 	}
 	h := newHarness(t, []string{"sleep", "30"}, local, mid, ls)
 	h.start()
-	until(t, "server", func() bool { return h.treeSize() == 1 }, h.log)
-	tr := h.s.pinTree()
-	server = &tr[0]
-	defer tr.Close()
+	// The helper alone is a tree of one before Run knows it: wait for
+	// the server itself.
+	until(t, "server", func() bool { return h.rec.Extra(ChildPIDKey) != "" }, h.log)
+	spid, _ := strconv.Atoi(h.rec.Extra(ChildPIDKey))
+	sp, err := proc.Open(spid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	server = &sp
 	h.sigs <- syscall.SIGTERM
 	if c := h.wait(t); c != 128+int(syscall.SIGTERM) {
 		t.Fatalf("status %d, want 143; log:\n%s", c, h.log.String())
