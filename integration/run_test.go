@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/fault"
 	"github.com/dirlockd/dirlockd/internal/proc"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
@@ -232,7 +232,7 @@ func TestPID1ReapsOrphans(t *testing.T) {
 func TestInternalError(t *testing.T) {
 	dir := testutil.DataDir(t)
 	cmd := exec.Command(binFault, "run", "-D", dir, "--", "true")
-	cmd.Env = append(os.Environ(), interlock.FaultEnv+"=notify")
+	cmd.Env = append(os.Environ(), fault.Env+"=notify")
 	out, _ := cmd.CombinedOutput()
 	if code := cmd.ProcessState.ExitCode(); code != exitcode.Internal || !strings.Contains(string(out), "cannot listen for notifications") {
 		t.Errorf("exit %d, output %s; want 70", code, out)

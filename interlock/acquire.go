@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dirlockd/dirlockd/internal/fault"
 	"github.com/dirlockd/dirlockd/pidfile"
 	"github.com/dirlockd/dirlockd/shm"
 )
@@ -40,7 +41,7 @@ func Acquire(ctx context.Context, dir string, opts Options) (*Lock, error) {
 		if f, err = pidfile.Open(dir, opts.pidfileOptions()); err != nil {
 			return nil, heldHere(err, me)
 		}
-		opts.step(StepOpened)
+		opts.step(fault.Opened)
 		if err := checkStorage(f, opts); err != nil {
 			leaveFailed(f, opts, me, err)
 			f.Close()
@@ -57,7 +58,7 @@ func Acquire(ctx context.Context, dir string, opts Options) (*Lock, error) {
 		// The waiter's lock was granted on an inode the path no longer
 		// names: wait for the one that starters now lock.
 	}
-	opts.step(StepLocked)
+	opts.step(fault.Locked)
 	l, err := claimLocked(ctx, f, opts, me)
 	if err != nil {
 		leaveFailed(f, opts, me, err)
@@ -152,7 +153,7 @@ func claimLocked(ctx context.Context, f *pidfile.File, opts Options, me self) (*
 	case !f.Created():
 		prev = &Previous{Err: errEmpty}
 	}
-	opts.step(StepReadPrevious)
+	opts.step(fault.ReadPrevious)
 
 	var takeover *Takeover
 	if fs, _ := f.Filesystem(); me.remoteHolder(fs, rec) {
@@ -183,7 +184,7 @@ func claimLocked(ctx context.Context, f *pidfile.File, opts Options, me self) (*
 			return nil, err
 		}
 	}
-	opts.step(StepWitnessed)
+	opts.step(fault.Witnessed)
 
 	token, err := newToken()
 	if err != nil {
@@ -202,7 +203,7 @@ func claimLocked(ctx context.Context, f *pidfile.File, opts Options, me self) (*
 		}
 		return nil, fmt.Errorf("create shared memory segment for %s: %w", f.Dir(), err)
 	}
-	opts.step(StepSegmentCreated)
+	opts.step(fault.SegmentCreated)
 
 	l := &Lock{file: f, seg: seg, dirID: dirID, owners: p.owners, hdr: hdr, prev: prev, takeover: takeover, opts: opts}
 	l.rec = pidfile.Record{
@@ -225,7 +226,7 @@ func claimLocked(ctx context.Context, f *pidfile.File, opts Options, me self) (*
 		seg.Remove()
 		return nil, err
 	}
-	opts.step(StepRecordWritten)
+	opts.step(fault.RecordWritten)
 	return l, nil
 }
 

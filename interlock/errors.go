@@ -34,6 +34,11 @@ var (
 	// (*SegmentLostError). It does not match ErrLost: the directory is
 	// still held; Lock.RenewSegment makes a new segment.
 	ErrSegmentLost = errors.New("data directory's shared memory segment lost")
+	// ErrStalled: a Keeper's storage operation has run longer than
+	// KeepOptions.StallAfter (*StallError): the heartbeat is getting old,
+	// and a starter on another host may take over. It does not match
+	// ErrLost: the storage may still answer, and the lock prove ours.
+	ErrStalled = errors.New("the data directory's storage stalled")
 	// ErrLocalLocks: the filesystem is shared with other hosts, but its
 	// mount options keep locks on this host (*LocalLocksError). It also
 	// matches ErrInvalid.
@@ -112,6 +117,18 @@ func (e *LostError) Error() string {
 
 func (e *LostError) Is(target error) bool { return target == ErrLost }
 func (e *LostError) Unwrap() error        { return e.Err }
+
+// StallError says how long the storage has not answered a Keeper.
+type StallError struct {
+	Dir   string
+	Limit time.Duration // KeepOptions.StallAfter, or its default
+}
+
+func (e *StallError) Error() string {
+	return fmt.Sprintf("%s: the storage has not answered for %v: another host may take over", e.Dir, e.Limit)
+}
+
+func (e *StallError) Is(target error) bool { return target == ErrStalled }
 
 // What happened to a holder's segment, for SegmentLostError.
 const (

@@ -92,19 +92,16 @@ func proveProcess(pid int, start uint64, holds func(pid int) bool) error {
 // nobody, even if its PID is reused meanwhile.
 type PinnedHolder struct {
 	PID int
-	fd  int
+	p   proc.Pinned
 }
+
+func pinnedHolder(p proc.Pinned) *PinnedHolder { return &PinnedHolder{PID: p.PID, p: p} }
 
 // Signal sends sig to the pinned process.
-func (h *PinnedHolder) Signal(sig syscall.Signal) error {
-	if err := unix.PidfdSendSignal(h.fd, sig, nil, 0); err != nil {
-		return fmt.Errorf("signal PID %d: %w", h.PID, err)
-	}
-	return nil
-}
+func (h *PinnedHolder) Signal(sig syscall.Signal) error { return h.p.Signal(sig) }
 
 // Close releases the pidfd.
-func (h *PinnedHolder) Close() error { return unix.Close(h.fd) }
+func (h *PinnedHolder) Close() error { return h.p.Close() }
 
 // PinHolder pins the process a Held report's record names and proves, with
 // facts read after the pidfd pins it, that it is the holder (the rule of
@@ -137,19 +134,14 @@ func (r *Report) PinInstance(pids []int) (pinned []*PinnedHolder, others []int) 
 	if rec == nil {
 		return nil, pids
 	}
-	fds := make(map[int]int, len(pids))
-	for _, pid := range pids {
-		if fd, err := unix.PidfdOpen(pid, 0); err == nil {
-			fds[pid] = fd
-		}
-	}
+	fds := pinAll(pids)
 	// Read the environments after the pidfds pin the processes.
 	var ours map[int]string
 	if rec.Token != "" {
 		ours, _ = proc.WithEnv(TokenEnv + "=" + rec.Token)
 	}
 	for _, pid := range pids {
-		fd, ok := fds[pid]
+		p, ok := fds[pid]
 		if !ok {
 			continue
 		}
@@ -157,14 +149,14 @@ func (r *Report) PinInstance(pids []int) (pinned []*PinnedHolder, others []int) 
 		if pid == rec.PID {
 			start = rec.PIDStart
 		} else if _, ok := ours[pid]; !ok {
-			unix.Close(fd)
+			p.Close()
 			others = append(others, pid)
 			continue
 		}
-		if h, err := r.proveOpened(fd, pid, start); err == nil {
+		if h, err := r.proveOpened(p, start); err == nil {
 			pinned = append(pinned, h)
 		} else {
-			unix.Close(fd)
+			p.Close()
 		}
 	}
 	return pinned, others
@@ -172,28 +164,40 @@ func (r *Report) PinInstance(pids []int) (pinned []*PinnedHolder, others []int) 
 
 // pin opens a pidfd on pid and proves the process it pins.
 func (r *Report) pin(pid int, start uint64) (*PinnedHolder, error) {
-	fd, err := unix.PidfdOpen(pid, 0)
+	p, err := proc.Open(pid)
 	if err != nil {
-		return nil, fmt.Errorf("pidfd_open(%d): %w", pid, err)
+		return nil, err
 	}
-	h, err := r.proveOpened(fd, pid, start)
+	h, err := r.proveOpened(p, start)
 	if err != nil {
-		unix.Close(fd)
+		p.Close()
 	}
 	return h, err
 }
 
-// proveOpened proves the process pinned by fd (proveProcess), then checks
+// pinAll pins each of pids that it can, by PID.
+func pinAll(pids []int) map[int]proc.Pinned {
+	ps := make(map[int]proc.Pinned, len(pids))
+	for _, pid := range pids {
+		if p, err := proc.Open(pid); err == nil {
+			ps[pid] = p
+		}
+	}
+	return ps
+}
+
+// proveOpened proves the process p pins (proveProcess), then checks
 // that the pidfd still refers to a live process: a signal 0 through it fails
 // with ESRCH once the process is gone. The process alive at the end was the
 // same one throughout (a live process's PID cannot be reused), so the facts
 // read in between were its own.
-func (r *Report) proveOpened(fd, pid int, start uint64) (*PinnedHolder, error) {
+func (r *Report) proveOpened(p proc.Pinned, start uint64) (*PinnedHolder, error) {
+	pid := p.PID
 	if err := proveProcess(pid, start, func(pid int) bool { return proc.HoldsLock(pid, r.PidfileDev, r.PidfileIno) }); err != nil {
 		return nil, err
 	}
-	if err := unix.PidfdSendSignal(fd, 0, nil, 0); err != nil {
+	if err := unix.PidfdSendSignal(p.FD(), 0, nil, 0); err != nil {
 		return nil, fmt.Errorf("PID %d: %w", pid, err)
 	}
-	return &PinnedHolder{PID: pid, fd: fd}, nil
+	return pinnedHolder(p), nil
 }

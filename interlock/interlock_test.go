@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/fault"
 	"github.com/dirlockd/dirlockd/internal/proc"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
@@ -255,7 +256,7 @@ func TestRace(t *testing.T) {
 // the next Acquire must get in with no manual step, and no segment may leak.
 func TestCrashAtEveryStep(t *testing.T) {
 	const reps = 10
-	for step := interlock.StepOpened; step <= interlock.StepReleaseUnlocked; step++ {
+	for step := fault.Opened; step <= fault.ReleaseUnlocked; step++ {
 		t.Run(fmt.Sprint("step", int(step)), func(t *testing.T) {
 			dir := testutil.DataDir(t)
 			id, _ := shm.DirIdentity(dir)
@@ -270,11 +271,11 @@ func TestCrashAtEveryStep(t *testing.T) {
 				}
 				p := l.Previous()
 				switch {
-				case step >= interlock.StepRecordWritten && step < interlock.StepReleaseMarked:
+				case step >= fault.RecordWritten && step < fault.ReleaseMarked:
 					if p == nil || p.Clean() || p.Record.PID != c.PID() {
 						t.Errorf("rep %d: Previous = %v, want unclean holder PID %d", rep, p, c.PID())
 					}
-				case step >= interlock.StepReleaseMarked:
+				case step >= fault.ReleaseMarked:
 					if p == nil || !p.Clean() || p.Record.PID != c.PID() {
 						t.Errorf("rep %d: Previous = %v, want clean holder PID %d", rep, p, c.PID())
 					}

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/fault"
 	"github.com/dirlockd/dirlockd/pidfile"
 	"github.com/dirlockd/dirlockd/shm"
 )
@@ -28,6 +29,7 @@ type Lock struct {
 	prev     *Previous
 	takeover *Takeover
 	opts     Options
+	keeper   *Keeper // the Keeper at work, if any
 	released bool
 }
 
@@ -82,7 +84,7 @@ func (l *Lock) write(r pidfile.Record) error {
 // POSIX lock vanishes when the process closes any other descriptor of the
 // file), the record in it still names this acquisition, and the segment
 // still exists, not marked for removal, with this acquisition's header. It
-// writes nothing. Long-running holders call it every Options.Recheck.
+// writes nothing. A Keeper calls it every Options.Recheck.
 //
 // A lost pidfile, record or lock matches ErrLost (*LostError), and is
 // checked first. When only the segment is gone (ipcrm, systemd-logind's
@@ -180,7 +182,7 @@ func (l *Lock) RenewSegment() error {
 
 // Release gives the directory back: the record is marked stopped, the
 // segment detached and removed, and the lock released last. The pidfile
-// stays. Release is idempotent.
+// stays. A Keeper of l is stopped first. Release is idempotent.
 //
 // Release only once the processes you started for the directory are gone,
 // as dirlockd run does: a stopped record is taken as proof that nobody is
@@ -194,6 +196,12 @@ func (l *Lock) RenewSegment() error {
 // boot then calls the release unclean, a false alarm, never a false
 // reassurance. The record naming a new holder is the one Acquire syncs.
 func (l *Lock) Release() error {
+	l.mu.Lock()
+	k := l.keeper
+	l.mu.Unlock()
+	if k != nil {
+		k.Stop()
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.released {
@@ -211,12 +219,12 @@ func (l *Lock) Release() error {
 	if errMark == nil {
 		l.rec = r
 	}
-	l.opts.step(StepReleaseMarked)
+	l.opts.step(fault.ReleaseMarked)
 	errDetach := l.seg.Detach()
-	l.opts.step(StepReleaseDetached)
+	l.opts.step(fault.ReleaseDetached)
 	errRemove := l.seg.Remove()
-	l.opts.step(StepReleaseRemoved)
+	l.opts.step(fault.ReleaseRemoved)
 	errClose := l.file.Close()
-	l.opts.step(StepReleaseUnlocked)
+	l.opts.step(fault.ReleaseUnlocked)
 	return errors.Join(errMark, errDetach, errRemove, errClose)
 }

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/fault"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
@@ -114,7 +115,7 @@ func helperHold(args []string) int {
 // Release step: after acquiring, during Release).
 func helperCrash(args []string) int {
 	step, _ := strconv.Atoi(args[1])
-	opts := interlock.WithHook(interlock.Options{}, func(s interlock.Step) {
+	opts := interlock.WithHook(interlock.Options{}, func(s fault.Step) {
 		if int(s) == step {
 			syscall.Kill(os.Getpid(), syscall.SIGKILL)
 			select {}

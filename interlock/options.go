@@ -3,6 +3,7 @@ package interlock
 import (
 	"time"
 
+	"github.com/dirlockd/dirlockd/internal/fault"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
@@ -23,7 +24,7 @@ type Options struct {
 	// once, a negative value waits until ctx is done.
 	Wait time.Duration
 	// Recheck is how often a long-running holder calls (*Lock).Check and
-	// (*Lock).Heartbeat; nothing here runs them for it. Heartbeat records
+	// (*Lock).Heartbeat: (*Lock).Keep does it for it. Heartbeat records
 	// it in the record as the holder's heartbeat interval, and Acquire
 	// derives its takeover watch from it when TakeoverAfter is zero.
 	Recheck time.Duration
@@ -50,9 +51,9 @@ type Options struct {
 	// Without it a recorded holder that proves itself is named alone.
 	ListHolders bool
 
-	settle time.Duration // DefaultSettle if zero
-	hook   func(Step)    // test fault injection
-	noSync bool          // benchmarks: no fsync of the pidfile
+	settle time.Duration    // DefaultSettle if zero
+	hook   func(fault.Step) // test fault injection
+	noSync bool             // benchmarks: no fsync of the pidfile
 }
 
 func (o Options) pidfileOptions() pidfile.Options {
@@ -64,4 +65,13 @@ func (o Options) settleTime() time.Duration {
 		return o.settle
 	}
 	return DefaultSettle
+}
+
+// step marks a point of Acquire or Release, for fault injection: a
+// faultinject build may die there, and a test's hook learns of it.
+func (o Options) step(s fault.Step) {
+	fault.At(s)
+	if o.hook != nil {
+		o.hook(s)
+	}
 }

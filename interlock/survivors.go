@@ -8,8 +8,6 @@ import (
 	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/dirlockd/dirlockd/internal/proc"
 )
 
@@ -33,17 +31,12 @@ func (r *Report) PinSurvivors() (pinned []*PinnedHolder, unproven []int, err err
 		return nil, nil, err
 	}
 	pids := oe.PIDs()
-	fds := make(map[int]int, len(pids))
-	for _, pid := range pids {
-		if fd, err := unix.PidfdOpen(pid, 0); err == nil {
-			fds[pid] = fd
-		}
-	}
+	fds := pinAll(pids)
 	// Everything below is read after the pidfds pin the processes.
 	env, err := proc.WithEnv(survivorEntries(r.Pidfile, r.Record, me)...)
 	if err != nil {
-		for _, fd := range fds {
-			unix.Close(fd)
+		for _, p := range fds {
+			p.Close()
 		}
 		return nil, nil, err
 	}
@@ -55,7 +48,7 @@ func (r *Report) PinSurvivors() (pinned []*PinnedHolder, unproven []int, err err
 		}
 	}
 	for _, pid := range pids {
-		fd, ok := fds[pid]
+		p, ok := fds[pid]
 		if !ok {
 			unproven = append(unproven, pid)
 			continue
@@ -67,11 +60,11 @@ func (r *Report) PinSurvivors() (pinned []*PinnedHolder, unproven []int, err err
 				proven = uid == *r.HolderUID || uid == 0
 			}
 		}
-		if proven && unix.PidfdSendSignal(fd, 0, nil, 0) == nil {
-			pinned = append(pinned, &PinnedHolder{PID: pid, fd: fd})
+		if proven && p.Alive() {
+			pinned = append(pinned, pinnedHolder(p))
 			continue
 		}
-		unix.Close(fd)
+		p.Close()
 		unproven = append(unproven, pid)
 	}
 	return pinned, unproven, nil

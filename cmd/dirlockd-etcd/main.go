@@ -11,7 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/dirlockd/dirlockd/internal/lease"
+	"github.com/dirlockd/dirlockd/internal/lease/agent"
 )
 
 func main() {
@@ -26,7 +26,7 @@ func main() {
 	// revoked the lease, not at the signals that stop a server: under
 	// systemd the whole cgroup gets SIGTERM at once.
 	signal.Ignore(syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGPIPE)
-	if err := lease.Serve(os.Stdin, os.Stdout); err != nil {
+	if err := agent.Serve(os.Stdin, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "dirlockd-etcd:", err)
 		os.Exit(70)
 	}

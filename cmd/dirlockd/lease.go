@@ -10,12 +10,8 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/dirlockd/dirlockd/internal/lease/agent"
+	"github.com/dirlockd/dirlockd/internal/lease"
 )
-
-// exitUnavailable is run's status when etcd cannot be reached at start
-// (EX_UNAVAILABLE): the server was never started.
-const exitUnavailable = 69
 
 // The lease's share of its TTL when the flags do not say: renewal every
 // TTL/3, SIGTERM a fifth of the TTL before the deadline (plus the margin),
@@ -146,8 +142,8 @@ func (f *leaseFlags) timing() (leaseTiming, error) {
 }
 
 // config builds the lease's configuration.
-func (f *leaseFlags) config() agent.Config {
-	cfg := agent.Config{Endpoints: strings.Split(f.endpoints, ","), Key: f.key, TTL: f.ttl, Renew: f.ttl / renewShare, DialTimeout: f.dialTimeout,
+func (f *leaseFlags) config() lease.Config {
+	cfg := lease.Config{Endpoints: strings.Split(f.endpoints, ","), Key: f.key, TTL: f.ttl, Renew: f.ttl / renewShare, DialTimeout: f.dialTimeout,
 		CACert: f.cacert, Cert: f.cert, CertKey: f.certKey}
 	if f.user != "" {
 		name, pw, ok := strings.Cut(f.user, ":")
@@ -159,14 +155,14 @@ func (f *leaseFlags) config() agent.Config {
 	return cfg
 }
 
-// startAgent starts the etcd agent (dirlockd-etcd: package agent says why
+// startAgent starts the etcd agent (dirlockd-etcd: package lease says why
 // etcd's client is not in this binary) for the lease flags.
-func (f *leaseFlags) startAgent() (*agent.Agent, error) {
-	path, err := agent.Path()
+func (f *leaseFlags) startAgent() (*lease.Agent, error) {
+	path, err := lease.Path()
 	if err != nil {
 		return nil, err
 	}
-	return agent.Start(path, f.config())
+	return lease.Start(path, f.config())
 }
 
 // leaseReport is what check, status and wait say about the lease key.
@@ -194,7 +190,7 @@ func (f *leaseFlags) inspectLease() *leaseReport {
 }
 
 // newLeaseReport describes the holder h found (nil: free), or the error.
-func newLeaseReport(key string, h *agent.Holder, err error) *leaseReport {
+func newLeaseReport(key string, h *lease.Holder, err error) *leaseReport {
 	lr := &leaseReport{Key: key, State: "free"}
 	switch {
 	case err != nil:
@@ -226,7 +222,7 @@ func (r *report) addLease(lr *leaseReport) {
 // leaseWaiter is wait's look at the lease key: one agent for the whole
 // wait, and etcd's watch rather than a look every so often.
 type leaseWaiter struct {
-	a *agent.Agent
+	a *lease.Agent
 }
 
 func (f *leaseFlags) waiter() (*leaseWaiter, error) {
@@ -250,7 +246,7 @@ func (w *leaseWaiter) wait(held bool, until time.Time) error {
 		defer cancel()
 	}
 	_, err := w.a.WaitFor(ctx, held)
-	var ue *agent.UnavailableError
+	var ue *lease.UnavailableError
 	if errors.As(err, &ue) {
 		select {
 		case <-ctx.Done():

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/lease"
 	"github.com/dirlockd/dirlockd/internal/stress"
 )
 
@@ -30,7 +31,7 @@ var exitStatuses = []manItem{
 	{"0", "success; for run, the server exited 0"},
 	{"1\u20134", "check, status, stop and wait: the state found (see their pages)"},
 	{fmt.Sprint(exitcode.Usage), "usage error"},
-	{fmt.Sprint(exitUnavailable), "run and stress with --etcd: etcd unavailable; the server never started"},
+	{fmt.Sprint(exitcode.Unavailable), "run and stress with --etcd: etcd unavailable; the server never started"},
 	{fmt.Sprint(exitcode.Internal), "internal error"},
 	{fmt.Sprint(exitcode.Held), "run: the data directory is held by a live instance (--conflict-exit-code changes it), or with --etcd the lease key by another holder"},
 	{fmt.Sprint(exitcode.Orphans), "run: orphaned processes of a dead holder survive"},
@@ -48,7 +49,7 @@ var commandExits = map[string][]manItem{
 		{fmt.Sprint(exitcode.Held), "the data directory is held by a live instance (--conflict-exit-code changes it), or with --etcd the lease key by another holder"},
 		{fmt.Sprint(exitcode.Orphans), "orphaned processes of a dead holder survive"},
 		{fmt.Sprint(exitcode.Invalid), "invalid data directory, pidfile or configuration, host-local locks on shared storage, or a full or read-only filesystem; with --etcd, a lease key of another tool, no permission on it, a fencing token below the fence file's, or no etcd agent"},
-		{fmt.Sprint(exitUnavailable), "with --etcd: etcd unavailable; the server never started"},
+		{fmt.Sprint(exitcode.Unavailable), "with --etcd: etcd unavailable; the server never started"},
 		{fmt.Sprint(exitcode.NoExec), "COMMAND is not executable"},
 		{fmt.Sprint(exitcode.NotFound), "COMMAND not found"},
 		{fmt.Sprint(exitcode.Usage), "usage error"},
@@ -92,7 +93,7 @@ var commandExits = map[string][]manItem{
 		{"0", "PASS"},
 		{"1", "FAIL or INCONCLUSIVE"},
 		{fmt.Sprint(exitcode.Usage), "usage error"},
-		{fmt.Sprint(exitUnavailable), "with --etcd: etcd unavailable"},
+		{fmt.Sprint(exitcode.Unavailable), "with --etcd: etcd unavailable"},
 		{fmt.Sprint(exitcode.Internal), "internal error"},
 		{fmt.Sprint(exitcode.Orphans), "processes of an earlier holder still hold the directory"},
 		{fmt.Sprint(exitcode.Invalid), "the directory cannot carry the interlock, or its witness files may not be written"},
@@ -183,7 +184,7 @@ func manFiles(cmd string) []manItem {
 	switch cmd {
 	case "", "run":
 		files = append(files,
-			manItem{"DIR/" + fenceFileName(pidfile), "with run --etcd, the highest fencing token that ever ran in the directory: a start with a lower one is refused."},
+			manItem{"DIR/" + lease.TokenFileName(pidfile), "with run --etcd, the highest fencing token that ever ran in the directory: a start with a lower one is refused."},
 			manItem{"/usr/libexec/dirlockd/dirlockd-etcd", "the etcd agent that run --etcd starts (package dirlockd-etcd; PREFIX/libexec/dirlockd/ after make install)."},
 			manItem{"/usr/lib/systemd/system/dirlockd@.service", "the systemd unit template: dirlockd@NAME.service runs the server that /etc/dirlockd/NAME.conf names, under dirlockd run."})
 	case "stress":

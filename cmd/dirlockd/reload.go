@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/supervise"
 	"github.com/dirlockd/dirlockd/internal/users"
 )
 
@@ -85,7 +86,7 @@ func cmdReload(args []string, stdout, stderr io.Writer) int {
 		log.Error("signal failed", "pid", holder.PID, "err", err)
 		return 1
 	}
-	log.Info("asked the holder to reload the server", "pid", holder.PID, "main_pid", recordedMainPID(rep.Record), "reload_signal", signalName(how.reload))
+	log.Info("asked the holder to reload the server", "pid", holder.PID, "main_pid", recordedMainPID(rep.Record), "reload_signal", supervise.SignalName(how.reload))
 	return 0
 }
 
@@ -110,7 +111,7 @@ func reloadUnsupervised(g *globals, rep *interlock.Report, how serverSignals) in
 				log.Error("signal failed", "pid", p.PID, "err", err)
 				return 1
 			}
-			log.Warn("dirlockd run is dead: sent the reload signal to the server's main process directly", "main_pid", mainPID, "signal", signalName(how.reload))
+			log.Warn("dirlockd run is dead: sent the reload signal to the server's main process directly", "main_pid", mainPID, "signal", supervise.SignalName(how.reload))
 			return 0
 		}
 	}

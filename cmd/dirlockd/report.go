@@ -11,6 +11,8 @@ import (
 
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/lease"
+	"github.com/dirlockd/dirlockd/internal/supervise"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
@@ -65,9 +67,9 @@ func newReport(dir string, rep *interlock.Report, err error) *report {
 		r.PID, r.Host, r.Status, r.Method = rec.PID, rec.Hostname, string(rec.Status), rec.LockMethod.String()
 		r.Started = rec.StartTime.Format(time.RFC3339)
 		r.ShmKey, r.ShmID = pidfile.FormatKey(rec.ShmKey), &rec.ShmID
-		r.ChildPID, _ = strconv.Atoi(rec.Extra[childPIDKey])
-		r.MainPID, _ = strconv.Atoi(rec.Extra[mainPIDKey])
-		r.FencingToken, _ = strconv.ParseInt(rec.Extra[fencingTokenField], 10, 64)
+		r.ChildPID, _ = strconv.Atoi(rec.Extra[supervise.ChildPIDKey])
+		r.MainPID, _ = strconv.Atoi(rec.Extra[supervise.MainPIDKey])
+		r.FencingToken, _ = strconv.ParseInt(rec.Extra[lease.TokenField], 10, 64)
 	}
 	var oe *interlock.OrphansError
 	if errors.As(rep.Err, &oe) {

@@ -3,7 +3,6 @@ package main
 import (
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/supervise"
 )
 
 type runFlags struct {
@@ -26,9 +26,10 @@ type runFlags struct {
 	stopSigArg   string
 	reloadSigArg string
 	lease        leaseFlags // --etcd and the flags that go with it
+	withLease    bool       // --etcd given
 
 	// Settled from the arguments above.
-	killMode           killMode
+	killMode           supervise.KillMode
 	stopSig, reloadSig syscall.Signal
 }
 
@@ -181,9 +182,9 @@ func runFlagSet(g *globals, f *runFlags, stderr io.Writer) *pflag.FlagSet {
 	fs.StringVar(&f.stopSigArg, "stop-signal", "TERM", "signal that stops the server")
 	detail(fs, "stop-signal", "As systemd's KillSignal=: INT for PostgreSQL's fast shutdown. Recorded in the pidfile, for dirlockd stop when dirlockd itself is dead.")
 	completeValues(fs, "stop-signal", signalNames...)
-	fs.StringVar(&f.killModeArg, "kill-mode", string(killControlGroup), "as systemd's KillMode=")
+	fs.StringVar(&f.killModeArg, "kill-mode", string(supervise.ControlGroup), "as systemd's KillMode=")
 	detail(fs, "kill-mode", "As systemd's KillMode=: control-group every process of the tree, mixed the main process (SIGTERM to the rest once it has exited), process the main process only. Recorded.")
-	completeValues(fs, "kill-mode", killModes...)
+	completeValues(fs, "kill-mode", supervise.KillModes...)
 	fs.StringVar(&f.reloadSigArg, "reload-signal", "HUP", "signal for dirlockd reload")
 	detail(fs, "reload-signal", "Sent to the main process by dirlockd reload, or when dirlockd gets SIGHUP.")
 	completeValues(fs, "reload-signal", signalNames...)
@@ -225,7 +226,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return exitFor(err)
 	}
-	withLease, err := f.lease.settle(fs)
+	f.withLease, err = f.lease.settle(fs)
 	if err != nil {
 		return usageError(stderr, "run", "%v", err)
 	}
@@ -241,7 +242,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if err := checkFloors(fs, runFloors...); err != nil {
 		return usageErr("%v", err)
 	}
-	if f.killMode, err = parseKillMode(f.killModeArg); err != nil {
+	if f.killMode, err = supervise.ParseKillMode(f.killModeArg); err != nil {
 		return usageErr("--kill-mode %v", err)
 	}
 	if f.stopSig, err = parseSignal(f.stopSigArg); err != nil {
@@ -268,10 +269,5 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			return exitcode.Invalid
 		}
 	}
-	r := &runner{flags: f, opts: g.opts, dir: g.dirs[0], argv: rest, log: g.log, upstream: os.Getenv("NOTIFY_SOCKET")}
-	if withLease {
-		t, _ := f.lease.timing()
-		r.lease = &runLease{flags: f.lease, timing: t}
-	}
-	return r.run()
+	return runServer(&f, g.opts, g.dirs[0], rest, g.log)
 }

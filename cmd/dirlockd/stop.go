@@ -15,6 +15,7 @@ import (
 
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/proc"
+	"github.com/dirlockd/dirlockd/internal/supervise"
 	"github.com/dirlockd/dirlockd/internal/users"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
@@ -221,7 +222,7 @@ func stopSurvivors(log *slog.Logger, rep *interlock.Report, opts interlock.Optio
 		return 1
 	}
 	first := pinned
-	if how.mode != killControlGroup && main != nil {
+	if how.mode != supervise.ControlGroup && main != nil {
 		first = []*interlock.PinnedHolder{main}
 	}
 	for _, p := range first {
@@ -231,7 +232,7 @@ func stopSurvivors(log *slog.Logger, rep *interlock.Report, opts interlock.Optio
 		p.Signal(unix.SIGCONT)
 	}
 	log.Info("the holder is dead: signalled its survivors; waiting for them to exit", "holder_pid", dead, "main_pid", mainPID,
-		"pids", pinnedPIDs(first), "signal", signalName(sig), "kill_mode", how.mode, "timeout", f.timeout)
+		"pids", pinnedPIDs(first), "signal", supervise.SignalName(sig), "kill_mode", how.mode, "timeout", f.timeout)
 	start := time.Now()
 	killed, rest := false, len(first) < len(pinned)
 	for {
@@ -266,7 +267,7 @@ func stopSurvivors(log *slog.Logger, rep *interlock.Report, opts interlock.Optio
 			}
 		}
 		if time.Since(start) >= f.timeout {
-			hint := "they ignore " + signalName(sig) + ": dirlockd stop -D " + rep.Dir + " --survivors --kill-after 10s sends SIGKILL after 10s"
+			hint := "they ignore " + supervise.SignalName(sig) + ": dirlockd stop -D " + rep.Dir + " --survivors --kill-after 10s sends SIGKILL after 10s"
 			if f.killAfter > 0 {
 				hint = "SIGKILL did not end them: look for survivors in uninterruptible sleep (ps -o pid,stat,wchan) or of another user"
 			}
@@ -290,7 +291,7 @@ func recordedMainPID(rec *pidfile.Record) int {
 	if rec == nil {
 		return 0
 	}
-	pid, _ := strconv.Atoi(rec.Extra[mainPIDKey])
+	pid, _ := strconv.Atoi(rec.Extra[supervise.MainPIDKey])
 	return pid
 }
 

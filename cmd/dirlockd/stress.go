@@ -16,7 +16,7 @@ import (
 
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
-	"github.com/dirlockd/dirlockd/internal/lease/agent"
+	"github.com/dirlockd/dirlockd/internal/lease"
 	"github.com/dirlockd/dirlockd/internal/stress"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
@@ -201,7 +201,7 @@ func cmdStress(args []string, stdout, stderr io.Writer) int {
 			return stressExit(err)
 		}
 		defer a.Close()
-		guard = leaseGuard(a, dir)
+		guard = stressLease(a, dir)
 	}
 	if f.worker != "" {
 		return stressWorker(dir, f, g.opts, guard, stdout)
@@ -230,7 +230,7 @@ func cmdStress(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			code := stressExit(err)
 			var we *stress.WorkerError
-			if errors.As(err, &we) && (we.Code == exitcode.Invalid || we.Code == exitcode.Orphans || we.Code == exitUnavailable) {
+			if errors.As(err, &we) && (we.Code == exitcode.Invalid || we.Code == exitcode.Orphans || we.Code == exitcode.Unavailable) {
 				code = we.Code
 			}
 			switch code {
@@ -262,14 +262,14 @@ func cmdStress(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// leaseGuard is stress's second interlock: the lease, taken as run --etcd
+// stressLease is stress's second interlock: the lease, taken as run --etcd
 // takes it (waiting on a watch), its token the hold's fencing token.
 // Each process (the parent, every worker) has an agent of its own, which
 // renews the lease of the hold under way when its process asks, as run's
 // does.
-func leaseGuard(a *agent.Agent, dir string) func(context.Context) (int64, func() error, error) {
+func stressLease(a *lease.Agent, dir string) func(context.Context) (int64, func() error, error) {
 	return func(ctx context.Context) (int64, func() error, error) {
-		id, err := agent.Self(dir)
+		id, err := lease.Self(dir)
 		if err != nil {
 			return 0, nil, err
 		}
@@ -285,18 +285,10 @@ func leaseGuard(a *agent.Agent, dir string) func(context.Context) (int64, func()
 // directory's condition rather than dirlockd's failure (and for witness
 // files it may not write), 76 for survivors of an earlier holder.
 func stressExit(err error) int {
-	var ue *agent.UnavailableError
-	var re *agent.RefusedError
-	var nf *agent.NotFoundError
-	switch {
-	case errors.As(err, &ue):
-		return exitUnavailable
-	case invalidStorage(err), errors.Is(err, unix.EACCES), errors.As(err, &re), errors.As(err, &nf):
+	if errors.Is(err, unix.EACCES) {
 		return exitcode.Invalid
-	case errors.Is(err, interlock.ErrOrphans):
-		return exitcode.Orphans
 	}
-	return exitcode.Internal
+	return startExit(err, 0)
 }
 
 // workerCommand returns how the stress parent starts a worker: this same

@@ -6,8 +6,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/fault"
 	"github.com/dirlockd/dirlockd/internal/stress"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
@@ -44,25 +44,25 @@ func crashFaultPoints(e *Env) Result {
 		want++
 	}
 	for rep := range reps {
-		for step := interlock.StepOpened; step <= interlock.StepReleaseUnlocked; step++ {
+		for step := fault.Opened; step <= fault.ReleaseUnlocked; step++ {
 			before := k.pidfile(dir)
-			code, out := e.Dirlockd([]string{e.WorkerEnv(), fmt.Sprintf("%s=%d", interlock.FaultEnv, step)}, work...)
+			code, out := e.Dirlockd([]string{e.WorkerEnv(), fmt.Sprintf("%s=%d", fault.Env, step)}, work...)
 			r.Faults++
 			if code != -1 {
 				r.fail("rep %d step %d: dirlockd run exited %d, want death by SIGKILL (-1): %s", rep, step, code, tail(out))
 			}
 			started := strings.Contains(out, "started the server")
 			switch {
-			case step <= interlock.StepRecordWritten && started:
+			case step <= fault.RecordWritten && started:
 				r.fail("rep %d step %d: the server was started by a wrapper killed during Acquire", rep, step)
-			case step > interlock.StepRecordWritten && !started:
+			case step > fault.RecordWritten && !started:
 				r.fail("rep %d step %d: the server never ran before the fault in Release: %s", rep, step, tail(out))
-			case step > interlock.StepRecordWritten:
+			case step > fault.RecordWritten:
 				want++
 			}
 			// Before step 6 writes the new record, a dying starter must
 			// leave the previous holder's record as it was.
-			if step < interlock.StepRecordWritten {
+			if step < fault.RecordWritten {
 				if after := k.pidfile(dir); string(after) != string(before) {
 					r.fail("rep %d step %d: a starter killed during Acquire changed the pidfile:\nbefore %q\nafter  %q", rep, step, before, after)
 				}

@@ -13,8 +13,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/fault"
 	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
 	"github.com/dirlockd/dirlockd/shm"
@@ -110,7 +110,7 @@ func storageENOSPCPrevious(e *Env) Result {
 			if crashed {
 				// The faultinject build kills itself right after its
 				// record is written: a holder that died holding.
-				code, out := e.Dirlockd([]string{interlock.FaultEnv + "=" + strconv.Itoa(int(interlock.StepRecordWritten))}, "run", "-D", dir, "--", "true")
+				code, out := e.Dirlockd([]string{fault.Env + "=" + strconv.Itoa(int(fault.RecordWritten))}, "run", "-D", dir, "--", "true")
 				if code != -1 {
 					r.fail("%s: set-up: the fault-injected start exited %d, want killed: %s", what, code, out)
 				}

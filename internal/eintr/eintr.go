@@ -16,13 +16,19 @@ func Retry(call func() error) error {
 	}
 }
 
+// Result is Retry for a call that returns a value besides its error, such
+// as a count of bytes or a PID.
+func Result[T any](call func() (T, error)) (T, error) {
+	for {
+		v, err := call()
+		if err != unix.EINTR {
+			return v, err
+		}
+	}
+}
+
 // Openat is unix.Openat, retried on EINTR (an open of a FIFO, or on FUSE or
 // NFS, can be interrupted).
 func Openat(dirfd int, path string, flags int, mode uint32) (int, error) {
-	for {
-		fd, err := unix.Openat(dirfd, path, flags, mode)
-		if err != unix.EINTR {
-			return fd, err
-		}
-	}
+	return Result(func() (int, error) { return unix.Openat(dirfd, path, flags, mode) })
 }

@@ -8,14 +8,15 @@ package exitcode
 
 // run, and every command for usage and internal errors.
 const (
-	Held       = 75  // EX_TEMPFAIL: held by a live instance
-	Orphans    = 76  // orphaned processes of a dead holder survive
-	Invalid    = 78  // EX_CONFIG: invalid data directory, pidfile or configuration
-	Usage      = 64  // EX_USAGE
-	Internal   = 70  // EX_SOFTWARE
-	NoExec     = 126 // command found but not executable
-	NotFound   = 127 // command not found
-	SignalBase = 128 // the server was killed by signal N: 128+N
+	Unavailable = 69  // EX_UNAVAILABLE: etcd cannot be reached (--etcd); the server never started
+	Held        = 75  // EX_TEMPFAIL: held by a live instance
+	Orphans     = 76  // orphaned processes of a dead holder survive
+	Invalid     = 78  // EX_CONFIG: invalid data directory, pidfile or configuration
+	Usage       = 64  // EX_USAGE
+	Internal    = 70  // EX_SOFTWARE
+	NoExec      = 126 // command found but not executable
+	NotFound    = 127 // command not found
+	SignalBase  = 128 // the server was killed by signal N: 128+N
 )
 
 // check: whether a start is safe now.

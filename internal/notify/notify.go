@@ -38,6 +38,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dirlockd/dirlockd/internal/eintr"
 )
 
 const (
@@ -318,12 +320,9 @@ func Send(socket string, fields ...Field) error {
 	defer unix.Close(fd)
 	// No explicit SCM_CREDENTIALS: the kernel attaches the sender's real
 	// credentials itself when the receiver has SO_PASSCRED.
-	for {
-		err = unix.Sendto(fd, []byte(b.String()), unix.MSG_NOSIGNAL, &unix.SockaddrUnix{Name: socket})
-		if err != unix.EINTR {
-			break
-		}
-	}
+	err = eintr.Retry(func() error {
+		return unix.Sendto(fd, []byte(b.String()), unix.MSG_NOSIGNAL, &unix.SockaddrUnix{Name: socket})
+	})
 	if err != nil {
 		return fmt.Errorf("notify: send to %s: %w", socket, err)
 	}

@@ -208,10 +208,7 @@ func (s *scanner) pids() ([]int, error) {
 func listNumeric(fd int, buf []byte, name string, lowest int) ([]int, error) {
 	var out []int
 	for {
-		n, err := unix.Getdents(fd, buf)
-		if err == unix.EINTR {
-			continue
-		}
+		n, err := eintr.Result(func() (int, error) { return unix.Getdents(fd, buf) })
 		if err != nil {
 			return nil, fmt.Errorf("list %s: %w", name, err)
 		}
@@ -287,10 +284,7 @@ func (s *scanner) readPath(rel string) ([]byte, bool) {
 		if n == len(s.buf) {
 			s.buf = slices.Grow(s.buf, len(s.buf))[:2*len(s.buf)]
 		}
-		m, err := unix.Pread(fd, s.buf[n:], int64(n))
-		if err == unix.EINTR {
-			continue
-		}
+		m, err := eintr.Result(func() (int, error) { return unix.Pread(fd, s.buf[n:], int64(n)) })
 		if err != nil {
 			return nil, false
 		}

@@ -2,186 +2,118 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/dirlockd/dirlockd/internal/lease"
 )
 
-// RenewFunc sends one renewal, which may take until the time until (on
-// Now's clock): the renewal the agent makes when asked, or, in a test, one
-// made in process.
-type RenewFunc func(ctx context.Context, until time.Duration) (Renewal, error)
-
-// Keeper renews a lease and keeps its deadline: the send time of the last
-// renewal that succeeded + TTL, on Now's clock. It never trusts a
-// keepalive channel or a response's arrival, which come after the server
-// may already have ended the lease. Once the deadline passes without a
-// renewal, the lease is lost for good.
-type Keeper struct {
-	renew   RenewFunc
-	ttl     time.Duration
-	every   time.Duration
-	onRenew func(sent, received time.Duration)
-
-	mu       sync.Mutex
-	deadline time.Duration // on Now's clock
-	newest   time.Duration // the send time of the last renewal that succeeded (or the grant)
-	err      error         // why the lease is lost; nil while held
-	lastErr  error         // the last renewal's failure, if the last one failed
-	changed  chan struct{}
-
-	stop chan struct{}
-	done chan struct{}
+// Lease is a held lock key and the lease under it. It renews only when
+// asked (Renew): its holder, not this package, decides when.
+type Lease struct {
+	c     *Client
+	id    clientv3.LeaseID
+	token int64
+	ttl   time.Duration
+	sent  time.Duration // the grant's send time, on lease.Now's clock
+	val   []byte        // the key's value: the holder's identity
 }
 
-// Keep starts renewing every interval, from a lease granted (or last
-// renewed) at first.
-func Keep(renew RenewFunc, first Renewal, every time.Duration, onRenew func(sent, received time.Duration)) *Keeper {
-	k := &Keeper{renew: renew, ttl: first.TTL, every: every, onRenew: onRenew, deadline: first.Sent + first.TTL, newest: first.Sent,
-		changed: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
-	go k.keep(first.Sent)
-	return k
+// Token is the fencing token: the lock key's create revision, which
+// strictly increases with every new holder.
+func (l *Lease) Token() int64 { return l.token }
+
+// TTL is the TTL etcd granted.
+func (l *Lease) TTL() time.Duration { return l.ttl }
+
+// ID is etcd's lease ID.
+func (l *Lease) ID() int64 { return int64(l.id) }
+
+// Key is the lock key.
+func (l *Lease) Key() string { return l.c.cfg.Key }
+
+// Granted describes the lease as the agent's reply does.
+func (l *Lease) Granted() lease.Granted {
+	return lease.Granted{ID: l.ID(), Token: l.token, TTL: l.ttl, Sent: l.sent}
 }
 
-// Deadline returns the time, on Now's clock, before which etcd cannot have
-// ended the lease, and why the lease is lost once it is (wrapping ErrLost).
-func (k *Keeper) Deadline() (time.Duration, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.deadline, k.err
-}
-
-// LastError says why renewals have not succeeded lately, nil if the last
-// one succeeded and the next is not overdue. Renewals that got no answer
-// at all (a member cut off, or stopped) are said so, with how long since
-// the last one that succeeded was sent: "no answer in 2.1s".
-func (k *Keeper) LastError() error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	since := Now() - k.newest
+// Renew sends one KeepAliveOnce, and gives up at until (on lease.Now's
+// clock). It reports the send time, taken before the request left: the
+// deadline it proves is Sent + TTL. "No leader" is a failure: etcd 3.4
+// before 3.4.31 lets a partitioned member answer renewals it has no right
+// to. A lease etcd no longer knows fails with ErrLost.
+func (l *Lease) Renew(ctx context.Context, until time.Duration) (lease.Renewal, error) {
+	ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), until-lease.Now())
+	defer cancel()
+	sent := lease.Now()
+	resp, err := l.c.cli.KeepAliveOnce(ctx, l.id)
 	switch {
-	case since <= k.every:
-		return k.lastErr
-	case k.lastErr == nil:
-		return fmt.Errorf("no answer in %v", since.Round(time.Millisecond))
+	case errors.Is(err, rpctypes.ErrLeaseNotFound):
+		return lease.Renewal{}, fmt.Errorf("%w: etcd says it has ended", ErrLost)
+	case err != nil:
+		return lease.Renewal{}, l.c.failed("renew the lease", err)
 	}
-	return fmt.Errorf("no renewal succeeded in %v: %w", since.Round(time.Millisecond), k.lastErr)
+	return lease.Renewal{Sent: sent, TTL: time.Duration(resp.TTL) * time.Second}, nil
 }
 
-// Changed receives a value after each renewal that moved the deadline, and
-// once the lease is lost. Values coalesce: read Deadline for the latest.
-func (k *Keeper) Changed() <-chan struct{} { return k.changed }
-
-func (k *Keeper) poke() {
-	select {
-	case k.changed <- struct{}{}:
-	default:
+// Revoke ends the lease, which deletes the lock key, so that a waiter on
+// another host starts at once rather than after the TTL: the key's value is
+// marked released first (while the key is still ours), which tells the
+// waiter that the end is clean. A lease etcd no longer knows is no error.
+// Both requests together take at most the dial timeout, and end with ctx
+// (the holder's budget for its release, lease.Lease.Release).
+func (l *Lease) Revoke(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout(&l.c.cfg))
+	defer cancel()
+	var id Identity
+	if json.Unmarshal(l.val, &id) == nil {
+		id.Released = true
+		if val, err := json.Marshal(id); err == nil {
+			// Best effort: without the mark a waiter only waits longer.
+			l.c.cli.Txn(ctx).
+				If(clientv3.Compare(clientv3.CreateRevision(l.c.cfg.Key), "=", l.token)).
+				Then(clientv3.OpPut(l.c.cfg.Key, string(val), clientv3.WithLease(l.id))).
+				Commit()
+		}
 	}
-}
-
-// Stop stops renewing; the lease counts as lost from now on.
-func (k *Keeper) Stop() {
-	select {
-	case <-k.stop:
-	default:
-		close(k.stop)
+	if _, err := l.c.cli.Revoke(ctx, l.id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return l.c.failed("revoke the lease", err)
 	}
-	<-k.done
-	k.lose(fmt.Errorf("%w: released", ErrLost))
+	return nil
 }
 
-// maxInFlight bounds the renewals under way at once.
-const maxInFlight = 4
-
-// result is the outcome of one renewal.
-type result struct {
-	Renewal
-	received time.Duration
-	err      error
-}
-
-// keep renews every interval, counted from the send time of the last
-// renewal that succeeded, until Stop or the loss. Each attempt may run
-// until the deadline, since a slow answer still moves it; but an attempt
-// that has not been answered after half an interval gets company: a member
-// that is stopped (its TCP connection alive, its answers never coming) or a
-// leader being re-elected must not hold the renewals hostage, and etcd's
-// balancer sends the next attempt elsewhere.
-//
-// Go's timers stand still while the host is suspended and Now does not, so
-// no timer here is trusted for more than a second: each wake-up reads Now.
-func (k *Keeper) keep(newest time.Duration) {
-	defer close(k.done)
-	patience := max(k.every/2, 250*time.Millisecond)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel() // ends the attempts still under way
-	results := make(chan result, maxInFlight)
-	inFlight := 0
-	dl, _ := k.Deadline()
-	nextAt := newest + k.every
-	tick := time.NewTimer(0)
-	defer tick.Stop()
+// Gone blocks until the lock key this lease holds is deleted (by a revoke,
+// the lease's expiry, or etcd revoking it early) or ctx ends. A holder
+// that learns of it kills at once rather than at its next renewal. etcd
+// unavailable meanwhile is waited out.
+func (l *Lease) Gone(ctx context.Context) error {
+	rev := l.token
 	for {
-		now := Now()
-		if now >= dl {
-			k.lose(fmt.Errorf("%w: no renewal succeeded before its deadline (%v)", ErrLost, k.LastError()))
-			return
+		_, err := l.c.waitDeleted(ctx, l.c.cli, rev, false)
+		if err == nil || ctx.Err() != nil {
+			return err
 		}
-		if now >= nextAt && inFlight < maxInFlight {
-			inFlight++
-			go func(until time.Duration) {
-				r, err := k.renew(ctx, until)
-				results <- result{Renewal: r, received: Now(), err: err}
-			}(dl)
-			nextAt = now + patience
-		}
-		tick.Reset(min(nextAt-now, dl-now, time.Second))
-		select {
-		case <-k.stop:
-			return
-		case <-tick.C:
-		case r := <-results:
-			inFlight--
-			switch {
-			case r.err == nil:
-				if r.Sent > newest {
-					newest = r.Sent
-					nextAt = r.Sent + k.every
-					k.mu.Lock()
-					k.newest = newest
-					k.mu.Unlock()
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			// The history since rev is gone: look at the key itself.
+			gctx, cancel := context.WithTimeout(ctx, dialTimeout(&l.c.cfg))
+			resp, gerr := l.c.cli.Get(gctx, l.c.cfg.Key)
+			cancel()
+			if gerr == nil {
+				if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != l.token {
+					return nil
 				}
-				if d := r.Sent + r.TTL; d > dl {
-					dl = d
-					k.mu.Lock()
-					k.deadline, k.lastErr = d, nil
-					k.mu.Unlock()
-					k.poke()
-					if k.onRenew != nil {
-						k.onRenew(r.Sent, r.received)
-					}
-				}
-			case errors.Is(r.err, ErrLost):
-				k.lose(r.err)
-				return
-			default:
-				k.mu.Lock()
-				k.lastErr = r.err
-				k.mu.Unlock()
-				if inFlight == 0 {
-					nextAt = Now()
-				}
+				rev = resp.Header.Revision
 			}
 		}
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
-}
-
-func (k *Keeper) lose(err error) {
-	k.mu.Lock()
-	if k.err == nil {
-		k.err = err
-	}
-	k.mu.Unlock()
-	k.poke()
 }

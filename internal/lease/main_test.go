@@ -1,9 +1,0 @@
-package lease_test
-
-import (
-	"testing"
-
-	"github.com/dirlockd/dirlockd/internal/testutil"
-)
-
-func TestMain(m *testing.M) { testutil.Main(m, nil) }
