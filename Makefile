@@ -161,7 +161,7 @@ bench: deps build
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./pidfile/
 	$(GO) test -run '^$$' -fuzz '^FuzzArgs$$' -fuzztime $(FUZZTIME) ./cmd/dirlockd/
-	$(GO) test -run '^$$' -fuzz '^FuzzMainPID$$' -fuzztime $(FUZZTIME) ./cmd/dirlockd/
+	$(GO) test -run '^$$' -fuzz '^FuzzMainPID$$' -fuzztime $(FUZZTIME) ./internal/supervise/
 	$(GO) test -run '^$$' -fuzz '^FuzzString$$' -fuzztime $(FUZZTIME) ./internal/printable/
 
 # The reliability suite at soak scale (make test runs it at CI scale), then
