@@ -111,18 +111,11 @@ func TestKeeperCoalescesUpdates(t *testing.T) {
 	k.SetStatus(pidfile.Ready)
 	k.SetExtra("gone", "")
 	close(unblock)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.Eventually(t, 10*time.Second, "status ready, n=99 and no gone in the record", func() bool {
 		r := readRecord(t, dir)
 		_, gone := r.Extra["gone"]
-		if r.Status == pidfile.Ready && r.Extra["n"] == "99" && !gone {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("record after the updates: %+v; want status ready, n=99, no gone", r)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return r.Status == pidfile.Ready && r.Extra["n"] == "99" && !gone
+	})
 	if n := writes.Load(); n != 2 {
 		t.Errorf("%d writes for 1 update and 202 made while it was under way; want 2", n)
 	}
@@ -176,13 +169,9 @@ func TestKeeperStall(t *testing.T) {
 		gate = nil
 		mu.Unlock()
 		close(g)
-		deadline := time.Now().Add(10 * time.Second)
-		for readRecord(t, dir).Extra["heartbeat"] == before {
-			if time.Now().After(deadline) {
-				t.Fatalf("round %d: no heartbeat within 10s of the storage answering again", round)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		testutil.Eventually(t, 10*time.Second, "a heartbeat once the storage answers again", func() bool {
+			return readRecord(t, dir).Extra["heartbeat"] != before
+		})
 	}
 }
 
@@ -196,13 +185,9 @@ func TestKeeperRenewsSegment(t *testing.T) {
 	if _, err := unix.SysvShmCtl(old, unix.IPC_RMID, nil); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for readRecord(t, dir).ShmID == old {
-		if time.Now().After(deadline) {
-			t.Fatalf("segment %d still recorded 10s after its removal", old)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, 10*time.Second, "a new segment in the record", func() bool {
+		return readRecord(t, dir).ShmID != old
+	})
 	if err := l.Check(); err != nil {
 		t.Errorf("Check after the renewal: %v", err)
 	}
@@ -225,26 +210,14 @@ func TestKeeperStop(t *testing.T) {
 			if _, err := l.Keep(interlock.KeepOptions{}); err == nil {
 				t.Error("a second Keep of a kept Lock succeeded")
 			}
-			deadline := time.Now().Add(10 * time.Second)
-			for ops.Load() < 3 {
-				if time.Now().After(deadline) {
-					t.Fatal("fewer than 3 rechecks in 10s")
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
+			testutil.Eventually(t, 10*time.Second, "3 rechecks", func() bool { return ops.Load() >= 3 })
 			if how == "Stop" {
 				k.Stop()
 			} else if err := l.Release(); err != nil {
 				t.Fatal(err)
 			}
 			// Stop waited for them; they may still be returning.
-			deadline = time.Now().Add(2 * time.Second)
-			for keeperGoroutines() != 0 && time.Now().Before(deadline) {
-				time.Sleep(time.Millisecond)
-			}
-			if n := keeperGoroutines(); n != 0 {
-				t.Errorf("%d Keeper goroutines left 2s after %s", n, how)
-			}
+			testutil.Eventually(t, 2*time.Second, "no Keeper goroutine left after "+how, func() bool { return keeperGoroutines() == 0 })
 			n := ops.Load()
 			time.Sleep(50 * time.Millisecond)
 			if m := ops.Load(); m != n {
