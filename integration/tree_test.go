@@ -344,11 +344,9 @@ func TestNothingLeftBehind(t *testing.T) {
 	for i := range crashes {
 		w := startRunEnv(t, env, dir, []string{"--ready-notify"}, "sh", "-c", `systemd-notify --ready; exec sleep 300`)
 		r := waitHeld(t, dir, "ready", 10*time.Second)
-		// /proc/net/unix is read in pages: a socket made or closed
-		// elsewhere between two of them can hide a line, so look again.
-		eventually(t, 5*time.Second, fmt.Sprintf("crash %d: the abstract notify socket of PID %d in /proc/net/unix", i, w.PID()), func() bool {
-			return slices.ContainsFunc(unixSockets(t), func(s string) bool { return strings.HasPrefix(s, fmt.Sprintf("@dirlockd/notify/%d/", w.PID())) })
-		})
+		if !slices.ContainsFunc(unixSockets(t), func(s string) bool { return strings.HasPrefix(s, fmt.Sprintf("@dirlockd/notify/%d/", w.PID())) }) {
+			t.Fatalf("crash %d: no abstract notify socket of PID %d in /proc/net/unix", i, w.PID())
+		}
 		w.Cmd.Process.Signal(syscall.SIGKILL)
 		w.WaitExit(t, 10*time.Second)
 		killWait(t, r.ChildPID)
