@@ -182,9 +182,10 @@ torture: deps
 # The etcd lease under network partitions at soak scale (make test runs the
 # missed-takeover case on every etcd version and the other faults once):
 # every fault of integration/partition_test.go on Debian's etcd 3.4 and
-# etcd 3.5 and 3.6 built from the module proxy, until SOAK_EVENTS fault
-# events; the verdict and figures go to docs/reliability.md. Needs root,
-# ip(8) and nft(8); about 20 s a round.
+# etcd 3.5 and 3.6 built from the module proxy, the three at once, until
+# SOAK_EVENTS fault events in all; the verdict and figures go to
+# docs/reliability.md. Needs root, ip(8), nft(8) and a loop device; about
+# 20 s a round, 1000 events in about 50 minutes.
 # SOAK_FOR=1h stops it after that long, short of SOAK_EVENTS (the report
 # says so).
 SOAK_EVENTS ?= 1000

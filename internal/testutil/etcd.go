@@ -74,13 +74,20 @@ func StartEtcd(t testing.TB, n int) *EtcdCluster {
 // node, never cut, from which the test reaches the members' /health and
 // /v3 gateways. --pre-vote is on, as etcd 3.5 and later have it by
 // default: without it, an etcd 3.4 member that rejoins after a partition
-// forces an election (11 s without a leader seen).
-func StartEtcdLab(t testing.TB, version string, ctl *NetNode, nodes ...*NetNode) *EtcdCluster {
+// forces an election (11 s without a leader seen). dataDirs[i], where given
+// and not "", is member i's data directory (on a Disk the test pauses);
+// the others' are in a temporary directory.
+func StartEtcdLab(t testing.TB, version string, ctl *NetNode, nodes []*NetNode, dataDirs ...string) *EtcdCluster {
 	t.Helper()
 	bin := EtcdBinaryFor(t, version)
 	c := &EtcdCluster{}
-	for _, nd := range nodes {
+	for i, nd := range nodes {
+		dataDir := ""
+		if i < len(dataDirs) {
+			dataDir = dataDirs[i]
+		}
 		c.Members = append(c.Members, &EtcdMember{
+			DataDir:   dataDir,
 			ClientURL: "http://" + nd.IP + ":2379",
 			PeerURL:   "http://" + nd.IP + ":2380",
 			binary:    bin,
@@ -100,7 +107,9 @@ func (c *EtcdCluster) start(t testing.TB, base string, extra ...string) {
 	var initial []string
 	for i, m := range c.Members {
 		m.Name = fmt.Sprintf("m%d", i)
-		m.DataDir = filepath.Join(base, m.Name)
+		if m.DataDir == "" {
+			m.DataDir = filepath.Join(base, m.Name)
+		}
 		m.LogPath = filepath.Join(base, m.Name+".log")
 		m.t = t
 		if m.http == nil {
@@ -229,6 +238,22 @@ func (m *EtcdMember) Status() (id, leader string, err error) {
 		return "", "", fmt.Errorf("etcd %s status: %w", m.Name, err)
 	}
 	return s.Header.MemberID, s.Leader, nil
+}
+
+// Put writes key = value through the member's /v3 gateway.
+func (m *EtcdMember) Put(key, value string) error {
+	b64 := base64.StdEncoding.EncodeToString
+	resp, err := m.http.Post(m.ClientURL+"/v3/kv/put", "application/json",
+		strings.NewReader(`{"key":"`+b64([]byte(key))+`","value":"`+b64([]byte(value))+`"}`))
+	if err != nil {
+		return fmt.Errorf("etcd %s put %s: %w", m.Name, key, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("etcd %s put %s: %s: %s", m.Name, key, resp.Status, msg)
+	}
+	return nil
 }
 
 // MoveLeader asks the leader ld to hand its leadership to m (etcdctl

@@ -66,9 +66,7 @@ func NewNetLab(t testing.TB, prefix string) *NetLab {
 // ip runs ip(8), failing the test on an error.
 func (l *NetLab) ip(args ...string) {
 	l.t.Helper()
-	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		l.t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
+	mustRun(l.t, "ip", args...)
 }
 
 // remove deletes the namespaces, and with them the links, the bridge and
