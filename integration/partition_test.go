@@ -411,16 +411,6 @@ func (s *partStats) add(r partResult) {
 	}
 }
 
-// merge adds o's rounds to s.
-func (s *partStats) merge(o partStats) {
-	s.rounds += o.rounds
-	s.events += o.events
-	s.deaths = append(s.deaths, o.deaths...)
-	s.takeovers = append(s.takeovers, o.takeovers...)
-	s.healToHolder = append(s.healToHolder, o.healToHolder...)
-	s.releases = append(s.releases, o.releases...)
-}
-
 // quantile returns the q-quantile of ds (nearest rank), 0 if empty.
 func quantile(ds []time.Duration, q float64) time.Duration {
 	if len(ds) == 0 {

@@ -111,6 +111,16 @@ func TestLeaseSoak(t *testing.T) {
 	}
 }
 
+// merge adds o's rounds to s.
+func (s *partStats) merge(o partStats) {
+	s.rounds += o.rounds
+	s.events += o.events
+	s.deaths = append(s.deaths, o.deaths...)
+	s.takeovers = append(s.takeovers, o.takeovers...)
+	s.healToHolder = append(s.healToHolder, o.healToHolder...)
+	s.releases = append(s.releases, o.releases...)
+}
+
 func faultNames() string {
 	var s []string
 	for _, f := range partFaults {
