@@ -138,7 +138,7 @@ func TestNotifyFlood(t *testing.T) {
 	sockFile := filepath.Join(t.TempDir(), "socket")
 	w := startRun(t, nil, dir, []string{"--ready-notify"}, "sh", "-c", `printf %s "$NOTIFY_SOCKET" >`+sockFile+`; exec sleep 300`)
 	var sock string
-	eventually(t, 10*time.Second, "the server to write its NOTIFY_SOCKET", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the server to write its NOTIFY_SOCKET", func() bool {
 		b, _ := os.ReadFile(sockFile)
 		sock = string(b)
 		return sock != ""

@@ -175,7 +175,7 @@ func TestCheckStatusStopOrphans(t *testing.T) {
 	if code != 0 || !strings.Contains(stderr, fmt.Sprintf("main_pid=%d", child.pid)) {
 		t.Errorf("stop of the unsupervised server: exit %d, stderr %q; want 0", code, stderr)
 	}
-	eventually(t, 10*time.Second, "the unsupervised server gone", func() bool { return !child.alive() })
+	testutil.Eventually(t, 10*time.Second, "the unsupervised server gone", func() bool { return !child.alive() })
 	stderr = cliReclaim(t, dir)
 	if !strings.Contains(stderr, "did not shut down cleanly") {
 		t.Errorf("reclaiming run after the orphan died:\n%s", stderr)

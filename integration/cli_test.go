@@ -109,7 +109,7 @@ func (p *cliPinned) alive() bool {
 func (p *cliPinned) kill(t *testing.T) {
 	t.Helper()
 	unix.PidfdSendSignal(p.fd, unix.SIGKILL, nil, 0)
-	eventually(t, 10*time.Second, fmt.Sprintf("PID %d to die", p.pid), func() bool { return !p.alive() })
+	testutil.Eventually(t, 10*time.Second, fmt.Sprintf("PID %d to die", p.pid), func() bool { return !p.alive() })
 }
 
 // cliDataDir makes a data directory. If the test fails, possibly with a

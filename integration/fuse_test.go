@@ -115,7 +115,7 @@ func TestFUSEFallback(t *testing.T) {
 	claim := func(dir string) *pidfile.File {
 		var f *pidfile.File
 		var err error
-		eventually(t, 5*time.Second, "a claim on "+dir+" after the other mount's close", func() bool {
+		testutil.Eventually(t, 5*time.Second, "a claim on "+dir+" after the other mount's close", func() bool {
 			f, err = lockPidfile(dir, pidfile.Options{})
 			return err == nil
 		})
@@ -157,7 +157,7 @@ func TestFUSEFallback(t *testing.T) {
 	}
 
 	w := startRun(t, nil, a, nil, "sleep", "60")
-	eventually(t, 10*time.Second, "the server on A", func() bool { return strings.Contains(w.Stderr(), "the server is ready") })
+	testutil.Eventually(t, 10*time.Second, "the server on A", func() bool { return strings.Contains(w.Stderr(), "the server is ready") })
 	if s := w.Stderr(); !strings.Contains(s, "lock_method=ofd") || !strings.Contains(s, "shared storage: FUSE") {
 		t.Errorf("run on A does not log the OFD fallback and the FUSE guarantee:\n%s", s)
 	}
@@ -182,7 +182,7 @@ func TestFUSEHeartbeatRule(t *testing.T) {
 	_, backing, a, b := mountHosts(t, fusefs.LocalOnly)
 	for i := range 5 {
 		w := startRun(t, onHost("alpha"), a, []string{"--recheck", "100ms"}, "sleep", "60")
-		eventually(t, 10*time.Second, "a heartbeat from alpha", func() bool {
+		testutil.Eventually(t, 10*time.Second, "a heartbeat from alpha", func() bool {
 			b, _ := os.ReadFile(filepath.Join(backing, pidfile.DefaultName))
 			r, err := pidfile.Parse(b)
 			return err == nil && r.Hostname == "alpha" && r.Extra[testutil.RecordHeartbeat] != ""
@@ -235,7 +235,7 @@ func TestFUSELockLoss(t *testing.T) {
 	fs, _, a, b := mountHosts(t, fusefs.Shared)
 	for i := range 5 {
 		w := startRun(t, nil, a, []string{"--recheck", "100ms"}, "sh", "-c", `trap 'echo got-usr1' USR1; while :; do sleep 0.05; done`)
-		eventually(t, 10*time.Second, "the server on A", func() bool { return strings.Contains(w.Stderr(), "the server is ready") })
+		testutil.Eventually(t, 10*time.Second, "the server on A", func() bool { return strings.Contains(w.Stderr(), "the server is ready") })
 		if code, _, _ := dirlockd(t, "run", "-D", b, "--", "true"); code != exitcode.Held {
 			t.Fatalf("round %d: run on B while A holds: exit %d, want 75", i, code)
 		}
@@ -364,7 +364,7 @@ func TestFUSEStall(t *testing.T) {
 	fs, backing, a, _ := mountHosts(t, fusefs.Shared)
 	for i := range 2 {
 		w := startRun(t, nil, a, []string{"--recheck", "100ms"}, "sh", "-c", `trap 'echo got-usr1' USR1; while :; do sleep 0.05; done`)
-		eventually(t, 10*time.Second, "a heartbeat of this round's wrapper", func() bool {
+		testutil.Eventually(t, 10*time.Second, "a heartbeat of this round's wrapper", func() bool {
 			b, _ := os.ReadFile(filepath.Join(backing, pidfile.DefaultName))
 			r, err := pidfile.Parse(b)
 			return err == nil && r.PID == w.PID() && r.Extra[testutil.RecordHeartbeat] != ""
@@ -377,13 +377,13 @@ func TestFUSEStall(t *testing.T) {
 		stalled := time.Now()
 		// The supervisor must not wait for the storage: a signal still
 		// reaches the server at once, long before the stall limit.
-		eventually(t, 20*time.Second, "a write blocked on the stalled storage", func() bool { return fs.Stalled() > 0 })
+		testutil.Eventually(t, 20*time.Second, "a write blocked on the stalled storage", func() bool { return fs.Stalled() > 0 })
 		w.Cmd.Process.Signal(syscall.SIGUSR1)
-		eventually(t, 2*time.Second, "SIGUSR1 to reach the server during the stall", func() bool { return strings.Contains(w.Stdout(), "got-usr1") })
+		testutil.Eventually(t, 2*time.Second, "SIGUSR1 to reach the server during the stall", func() bool { return strings.Contains(w.Stdout(), "got-usr1") })
 		if d := time.Since(stalled); d > 4*time.Second {
 			t.Fatalf("round %d: SIGUSR1 took until %v into the stall", i, d)
 		}
-		eventually(t, 20*time.Second, "the server's death", func() bool { return !testutil.Alive(child) })
+		testutil.Eventually(t, 20*time.Second, "the server's death", func() bool { return !testutil.Alive(child) })
 		took := time.Since(stalled)
 		select {
 		case <-w.Done():

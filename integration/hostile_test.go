@@ -240,7 +240,7 @@ func TestHostileEnvironment(t *testing.T) {
 	path := filepath.Join(dir, pidfile.DefaultName)
 	fake := h.start(t, h.command([]string{"DIRLOCKD_PIDFILE=" + path,
 		"DIRLOCKD_TOKEN=00112233445566778899aabbccddeeff"}, "/bin/sleep", "1000"))
-	eventually(t, 5*time.Second, "the look-alike to exec sleep", func() bool {
+	testutil.Eventually(t, 5*time.Second, "the look-alike to exec sleep", func() bool {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", fake.PID()))
 		return strings.Contains(string(b), "DIRLOCKD_PIDFILE="+path)
 	})

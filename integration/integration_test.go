@@ -86,17 +86,6 @@ func check(t *testing.T, dir string) (int, testutil.Report) {
 }
 
 // eventually polls cond until it holds or the timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // startRun starts "[prefix...] dirlockd run -D dir flags... -- argv..." and
 // kills it (by the PID we started) when the test ends.
 func startRun(t *testing.T, prefix []string, dir string, flags []string, argv ...string) *testutil.Proc {
@@ -140,7 +129,7 @@ func killTreeAtEnd(t *testing.T, w *testutil.Proc) {
 func waitHeld(t *testing.T, dir, want string, timeout time.Duration) testutil.Report {
 	t.Helper()
 	var r testutil.Report
-	eventually(t, timeout, "the directory held with status "+want, func() bool {
+	testutil.Eventually(t, timeout, "the directory held with status "+want, func() bool {
 		_, r = check(t, dir)
 		return r.State == "held" && (want == "" || r.Status == want) && r.ChildPID > 0
 	})
@@ -151,7 +140,7 @@ func waitHeld(t *testing.T, dir, want string, timeout time.Duration) testutil.Re
 // empty): it has set up its signal handling by then, and is acquiring.
 func waitOpened(t *testing.T, w *testutil.Proc, dir string) {
 	t.Helper()
-	eventually(t, 10*time.Second, "the wrapper to open the pidfile", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the wrapper to open the pidfile", func() bool {
 		fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", w.PID()))
 		for _, fd := range fds {
 			if l, err := os.Readlink(fd); err == nil && filepath.Base(l) == pidfile.DefaultName && (dir == "" || filepath.Dir(l) == dir) {
@@ -190,7 +179,7 @@ func childOf(pid int) int {
 func nsInit(t *testing.T, w *testutil.Proc) int {
 	t.Helper()
 	var pid int
-	eventually(t, 10*time.Second, fmt.Sprintf("dirlockd as PID 1 of unshare %d's namespace", w.PID()), func() bool {
+	testutil.Eventually(t, 10*time.Second, fmt.Sprintf("dirlockd as PID 1 of unshare %d's namespace", w.PID()), func() bool {
 		pid = childOf(w.PID())
 		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 		return pid != w.PID() && string(comm) == "dirlockd\n"
@@ -248,7 +237,7 @@ func TestNamespaceTwins(t *testing.T) {
 			dir := testutil.DataDir(t)
 			// Inside the namespace first, contender on the host.
 			w := startRun(t, c.prefix, dir, nil, "sleep", "300")
-			eventually(t, 10*time.Second, "the namespaced holder", func() bool {
+			testutil.Eventually(t, 10*time.Second, "the namespaced holder", func() bool {
 				return strings.Contains(w.Stderr(), "the server is ready")
 			})
 			if code, _, stderr := dirlockd(t, "run", "-D", dir, "--", "true"); code != exitcode.Held {

@@ -80,7 +80,7 @@ func TestLeaseRun(t *testing.T) {
 	if key != "/dirlockd/run" || ttl != "3" || token <= 0 {
 		t.Fatalf("server saw key %q ttl %q token %d", key, ttl, token)
 	}
-	eventually(t, 10*time.Second, "lease_key and fencing_token in the record", func() bool {
+	testutil.Eventually(t, 10*time.Second, "lease_key and fencing_token in the record", func() bool {
 		rec := recordOf(t, dirs[0])
 		return rec.Extra["lease_key"] == "/dirlockd/run" && rec.Extra["fencing_token"] == strconv.FormatInt(token, 10)
 	})
@@ -227,7 +227,7 @@ func TestLeaseEtcdStopped(t *testing.T) {
 			// the lease cannot end before stop + TTL.
 			e.Members[0].Stop()
 			stopped := time.Now()
-			eventually(t, 30*time.Second, "the server's death", func() bool { return !testutil.Alive(pid) })
+			testutil.Eventually(t, 30*time.Second, "the server's death", func() bool { return !testutil.Alive(pid) })
 			dead := time.Since(stopped)
 			e.Members[0].Cont()
 			code := w.WaitExit(t, 30*time.Second)
@@ -374,7 +374,7 @@ func TestLeaseWrapperStopped(t *testing.T) {
 			case "agent SIGSTOP":
 				syscall.Kill(agentPID, syscall.SIGSTOP)
 			}
-			eventually(t, 30*time.Second, "the server's death", func() bool { return !testutil.Alive(pid) })
+			testutil.Eventually(t, 30*time.Second, "the server's death", func() bool { return !testutil.Alive(pid) })
 			dead := time.Since(hit)
 			if how == "agent SIGSTOP" {
 				syscall.Kill(agentPID, syscall.SIGCONT)
@@ -611,7 +611,7 @@ func TestLeaseProxy(t *testing.T) {
 		}
 		p.BlackHole(true)
 		holed := time.Now()
-		eventually(t, 30*time.Second, "the server's death", func() bool { return !testutil.Alive(pid) })
+		testutil.Eventually(t, 30*time.Second, "the server's death", func() bool { return !testutil.Alive(pid) })
 		dead := time.Since(holed)
 		t.Logf("round %d: 600ms delay, then flapping, for %v each: no loss; black hole: server dead %v after (TTL %v)", round, 2*ttl, dead.Round(time.Millisecond), ttl)
 		if dead >= ttl {
@@ -628,7 +628,7 @@ func TestLeaseProxy(t *testing.T) {
 func leaderOf(t *testing.T, e *testutil.EtcdCluster) *testutil.EtcdMember {
 	t.Helper()
 	var ld *testutil.EtcdMember
-	eventually(t, 30*time.Second, "an etcd leader", func() bool {
+	testutil.Eventually(t, 30*time.Second, "an etcd leader", func() bool {
 		for _, m := range e.Members {
 			if m.IsLeader() {
 				ld = m
@@ -688,7 +688,7 @@ func TestLeaseCluster(t *testing.T) {
 		e.Members[0].Stop()
 		e.Members[1].Stop()
 		stopped := time.Now()
-		eventually(t, 60*time.Second, "the server's death", func() bool {
+		testutil.Eventually(t, 60*time.Second, "the server's death", func() bool {
 			if both() {
 				t.Fatalf("round %d: two servers at once: the waiter's started while the first ran:\n%s\n---\n%s", round, w.Stderr(), next.Stderr())
 			}
@@ -806,7 +806,7 @@ func TestFUSELeaseTakeover(t *testing.T) {
 	}
 	defer cli.Close()
 	leaseGone := func() {
-		eventually(t, 30*time.Second, "the dead holder's lease to end", func() bool {
+		testutil.Eventually(t, 30*time.Second, "the dead holder's lease to end", func() bool {
 			r, err := cli.Get(context.Background(), key)
 			return err == nil && len(r.Kvs) == 0
 		})

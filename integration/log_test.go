@@ -153,7 +153,7 @@ func TestStopLogOrder(t *testing.T) {
 			w := startRun(t, nil, dir, nil, c.argv...)
 			waitHeld(t, dir, "ready", 10*time.Second)
 			if c.argv[0] == "sh" {
-				eventually(t, 5*time.Second, "the server's trap", func() bool { return strings.Contains(w.Stdout(), "up") })
+				testutil.Eventually(t, 5*time.Second, "the server's trap", func() bool { return strings.Contains(w.Stdout(), "up") })
 			}
 			w.Cmd.Process.Signal(syscall.SIGINT)
 			if code := w.WaitExit(t, 10*time.Second); code != c.exit {

@@ -157,7 +157,7 @@ func TestPostgresAsOperator(t *testing.T) {
 			filepath.Join(pgBin, "postgres"), "-D", data, "-p", port, "-k", root, "-c", "listen_addresses="))
 		killTreeAtEnd(t, w)
 		var r testutil.Report
-		eventually(t, 60*time.Second, "PostgreSQL ready (READY=1)", func() bool {
+		testutil.Eventually(t, 60*time.Second, "PostgreSQL ready (READY=1)", func() bool {
 			_, r = statusOf(t, dl, data)
 			return r.Status == "ready" || !w.Alive()
 		})
@@ -190,7 +190,7 @@ func TestPostgresAsOperator(t *testing.T) {
 	if code, out := runAs(t, nil, dl, "reload", "-D", data); code != 0 {
 		t.Fatalf("reload as root: exit %d\n%s", code, out)
 	}
-	eventually(t, 30*time.Second, "SHOW work_mem to say 7MB after dirlockd reload", func() bool {
+	testutil.Eventually(t, 30*time.Second, "SHOW work_mem to say 7MB after dirlockd reload", func() bool {
 		v, _ := psql("SHOW work_mem")
 		return v == "7MB"
 	})
@@ -272,7 +272,7 @@ func TestMariaDBSafe(t *testing.T) {
 	w := testutil.StartLogged(t, run)
 	killTreeAtEnd(t, w)
 	var r testutil.Report
-	eventually(t, 60*time.Second, "MariaDB listening", func() bool {
+	testutil.Eventually(t, 60*time.Second, "MariaDB listening", func() bool {
 		_, r = statusOf(t, dl, data)
 		return r.Status == "ready" || !w.Alive()
 	})
@@ -284,7 +284,7 @@ func TestMariaDBSafe(t *testing.T) {
 		t.Fatalf("main process %d is %q, want mysqld_safe", r.MainPID, comm)
 	}
 	var mariadbd int
-	eventually(t, 30*time.Second, "mariadbd under mysqld_safe", func() bool {
+	testutil.Eventually(t, 30*time.Second, "mariadbd under mysqld_safe", func() bool {
 		for _, p := range testutil.Descendants(r.MainPID) {
 			if c, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", p)); strings.TrimSpace(string(c)) == "mariadbd" {
 				mariadbd = p
@@ -354,7 +354,7 @@ func TestStatusStates(t *testing.T) {
 		t.Helper()
 		var code int
 		var r testutil.Report
-		eventually(t, 10*time.Second, "status "+want, func() bool {
+		testutil.Eventually(t, 10*time.Second, "status "+want, func() bool {
 			code, r = statusOf(t, bin, dir)
 			return code == wantCode && r.Service == want
 		})
@@ -363,7 +363,7 @@ func TestStatusStates(t *testing.T) {
 	r := waitHeld(t, dir, "ready", 10*time.Second)
 	state(exitcode.StatusRunning, "running")
 	var child int
-	eventually(t, 10*time.Second, "the server's child", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the server's child", func() bool {
 		d := testutil.Descendants(r.MainPID)
 		if len(d) > 0 {
 			child = d[0]
@@ -389,7 +389,7 @@ func TestStatusStates(t *testing.T) {
 	if code != 0 || !strings.Contains(stderr, "sending SIGKILL") {
 		t.Errorf("stop --survivors --kill-after 500ms: exit %d, want 0 after SIGKILL\n%s", code, stderr)
 	}
-	eventually(t, 10*time.Second, "the survivor gone", func() bool { return !testutil.Alive(child) })
+	testutil.Eventually(t, 10*time.Second, "the survivor gone", func() bool { return !testutil.Alive(child) })
 	state(exitcode.StatusDead, "dead")
 	if code, _, stderr := dirlockd(t, "run", "-D", dir, "true"); code != 0 {
 		t.Fatalf("run after the survivors' stop: exit %d\n%s", code, stderr)
@@ -485,7 +485,7 @@ func TestStopSurvivorsSparesOtherUsers(t *testing.T) {
 	impostor.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
 	imp := testutil.StartLogged(t, impostor)
 	killWait(t, w.PID())
-	eventually(t, 10*time.Second, "the survivor search to list the impostor", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the survivor search to list the impostor", func() bool {
 		_, s := statusOf(t, bin, dir)
 		return slices.Contains(s.Orphans, imp.PID())
 	})
@@ -496,7 +496,7 @@ func TestStopSurvivorsSparesOtherUsers(t *testing.T) {
 	if !strings.Contains(stderr, fmt.Sprintf("not proven one now: not signalled\" datadir=%s pid=%d", dir, imp.PID())) {
 		t.Errorf("stop --survivors did not say it spared PID %d:\n%s", imp.PID(), stderr)
 	}
-	eventually(t, 10*time.Second, "the real server gone", func() bool { return !testutil.Alive(r.MainPID) })
+	testutil.Eventually(t, 10*time.Second, "the real server gone", func() bool { return !testutil.Alive(r.MainPID) })
 	if code != 1 {
 		t.Errorf("stop --survivors with the impostor left: exit %d, want 1 (survivors left)", code)
 	}
@@ -519,7 +519,7 @@ func TestKillModes(t *testing.T) {
 			w := startRun(t, nil, dir, []string{"--kill-mode", mode, "--log-level", "debug", "--stop-timeout", "60s"}, "sh", "-c", "sleep 300 & wait")
 			r := waitHeld(t, dir, "ready", 10*time.Second)
 			var child int
-			eventually(t, 10*time.Second, "the main process's child", func() bool {
+			testutil.Eventually(t, 10*time.Second, "the main process's child", func() bool {
 				if d := testutil.Descendants(r.MainPID); len(d) > 0 {
 					child = d[0]
 				}
@@ -532,12 +532,12 @@ func TestKillModes(t *testing.T) {
 			if mode == "control-group" {
 				want = fmt.Sprintf("pids=\"[%d %d]\"", r.MainPID, child)
 			}
-			eventually(t, 10*time.Second, "the stop signal sent", func() bool { return strings.Contains(w.Stderr(), "sending the stop signal") })
+			testutil.Eventually(t, 10*time.Second, "the stop signal sent", func() bool { return strings.Contains(w.Stderr(), "sending the stop signal") })
 			if !strings.Contains(w.Stderr(), "kill_mode="+mode+" "+want) {
 				t.Errorf("--kill-mode %s: the stop signal went elsewhere than %s:\n%s", mode, want, w.Stderr())
 			}
 			if mode == "process" {
-				eventually(t, 10*time.Second, "the main process gone", func() bool { return !testutil.Alive(r.MainPID) })
+				testutil.Eventually(t, 10*time.Second, "the main process gone", func() bool { return !testutil.Alive(r.MainPID) })
 				if code, s := statusOf(t, bin, dir); code != exitcode.StatusStopping || !testutil.Alive(child) {
 					t.Errorf("--kill-mode process, main process gone, child alive %v: status %d %q, want %d stopping", testutil.Alive(child), code, s.Service, exitcode.StatusStopping)
 				}

@@ -62,7 +62,7 @@ func TestPostgresPgCtl(t *testing.T) {
 		return r
 	}
 	var r testutil.Report
-	eventually(t, 60*time.Second, "the postmaster as the main process", func() bool {
+	testutil.Eventually(t, 60*time.Second, "the postmaster as the main process", func() bool {
 		r = status()
 		return r.State == "held" && r.MainPID > 0 && r.MainPID != r.ChildPID && !testutil.Alive(r.ChildPID)
 	})

@@ -106,10 +106,10 @@ func TestSignals(t *testing.T) {
 	w := startRun(t, nil, dir, nil, "sh", "-c",
 		`trap 'echo got-usr1' USR1; trap 'echo got-hup' HUP; trap 'echo got-usr2' USR2; echo up; while :; do sleep 0.05; done`)
 	waitHeld(t, dir, "ready", 10*time.Second)
-	eventually(t, 5*time.Second, "the server's trap set-up", func() bool { return strings.Contains(w.Stdout(), "up") })
+	testutil.Eventually(t, 5*time.Second, "the server's trap set-up", func() bool { return strings.Contains(w.Stdout(), "up") })
 	for s, want := range map[syscall.Signal]string{syscall.SIGUSR1: "got-usr1", syscall.SIGHUP: "got-hup", syscall.SIGUSR2: "got-usr2"} {
 		w.Cmd.Process.Signal(s)
-		eventually(t, 5*time.Second, "the server to get "+s.String(), func() bool { return strings.Contains(w.Stdout(), want) })
+		testutil.Eventually(t, 5*time.Second, "the server to get "+s.String(), func() bool { return strings.Contains(w.Stdout(), want) })
 	}
 	w.Cmd.Process.Signal(syscall.SIGTERM)
 	if code := w.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGTERM) {
@@ -132,9 +132,9 @@ func TestStopTimeoutKills(t *testing.T) {
 			w := startRun(t, nil, dir, []string{"--stop-timeout", "500ms", "--signal-group"},
 				"sh", "-c", `trap '' TERM; `+c.prelude+`echo up; while :; do sleep 0.05; done`)
 			waitHeld(t, dir, "", 10*time.Second)
-			eventually(t, 5*time.Second, "the server's set-up", func() bool { return strings.Contains(w.Stdout(), "up") })
+			testutil.Eventually(t, 5*time.Second, "the server's set-up", func() bool { return strings.Contains(w.Stdout(), "up") })
 			if c.prelude != "" {
-				eventually(t, 5*time.Second, "status stopping", func() bool { _, r := check(t, dir); return r.Status == "stopping" })
+				testutil.Eventually(t, 5*time.Second, "status stopping", func() bool { _, r := check(t, dir); return r.Status == "stopping" })
 			}
 			start := time.Now()
 			w.Cmd.Process.Signal(syscall.SIGTERM)
@@ -164,7 +164,7 @@ func TestRecheck(t *testing.T) {
 			w := startRun(t, nil, dir, []string{"--recheck", interval.String()}, "sleep", "300")
 			waitHeld(t, dir, "ready", 10*time.Second)
 			path := filepath.Join(dir, pidfile.DefaultName)
-			eventually(t, 5*time.Second, "a heartbeat", func() bool {
+			testutil.Eventually(t, 5*time.Second, "a heartbeat", func() bool {
 				b, _ := os.ReadFile(path)
 				r, err := pidfile.Parse(b)
 				return err == nil && r.Extra["heartbeat"] != ""
@@ -193,7 +193,7 @@ func TestPID1ReapsOrphans(t *testing.T) {
 	dir := testutil.DataDir(t)
 	w := startRun(t, []string{"unshare", "--pid", "--fork", "--kill-child", "--mount-proc"}, dir, nil,
 		"sh", "-c", `(sleep 0.2 &); echo spawned; sleep 300`)
-	eventually(t, 10*time.Second, "the server to spawn its grandchild", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the server to spawn its grandchild", func() bool {
 		return strings.Contains(w.Stdout(), "spawned")
 	})
 	init := childOf(w.PID())

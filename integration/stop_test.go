@@ -115,7 +115,7 @@ func TestStopTimeoutThenKillAfter(t *testing.T) {
 	// sh forks sleep (or, for a shell that execs its last command, becomes
 	// it); either way a sleep ignoring SIGTERM holds the inherited lock.
 	var sleeper *cliPinned
-	eventually(t, 5*time.Second, "the server's sleep", func() bool {
+	testutil.Eventually(t, 5*time.Second, "the server's sleep", func() bool {
 		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", sh.pid))
 		return string(comm) == "sleep\n" || childOf(sh.pid) != sh.pid
 	})
@@ -149,7 +149,7 @@ func TestStopTimeoutThenKillAfter(t *testing.T) {
 	if code := w.WaitExit(t, 10*time.Second); code != -1 {
 		t.Errorf("wrapper exit %d, want -1 (SIGKILLed by stop --kill-after)", code)
 	}
-	eventually(t, 5*time.Second, "the server's processes to die", func() bool {
+	testutil.Eventually(t, 5*time.Second, "the server's processes to die", func() bool {
 		return !sh.alive() && (sleeper == nil || !sleeper.alive())
 	})
 	// The SIGKILLed wrapper could not release: stale, and the next start
@@ -184,7 +184,7 @@ func TestStopKillAfterSparesNextHolder(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { queued.Process.Kill(); queued.Wait() })
-	eventually(t, 5*time.Second, "a process queued on the pidfile lock", func() bool {
+	testutil.Eventually(t, 5*time.Second, "a process queued on the pidfile lock", func() bool {
 		b, _ := os.ReadFile("/proc/locks")
 		for _, l := range strings.Split(string(b), "\n") {
 			if strings.Contains(l, "->") && strings.Contains(l, fmt.Sprintf(":%d ", st.Sys().(*syscall.Stat_t).Ino)) {

@@ -141,7 +141,7 @@ func TestStressInterrupt(t *testing.T) {
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	// Interrupt it once workers hold and some are being killed.
-	eventually(t, 30*time.Second, "a kill in the stress log", func() bool {
+	testutil.Eventually(t, 30*time.Second, "a kill in the stress log", func() bool {
 		b, _ := os.ReadFile(filepath.Join(dir, stress.LogName))
 		return bytes.Contains(b, []byte(`"ev":"`+stress.EvKilled+`"`))
 	})

@@ -20,7 +20,7 @@ import (
 func pidsIn(t *testing.T, file string, n int) []int {
 	t.Helper()
 	var pids []int
-	eventually(t, 10*time.Second, fmt.Sprintf("%d PIDs in %s", n, file), func() bool {
+	testutil.Eventually(t, 10*time.Second, fmt.Sprintf("%d PIDs in %s", n, file), func() bool {
 		b, _ := os.ReadFile(file)
 		pids = pids[:0]
 		for _, f := range strings.Fields(string(b)) {
@@ -51,7 +51,7 @@ func TestForkingRedis(t *testing.T) {
 				"--bind", "127.0.0.1", "--dir", dir, "--save", "", "--logfile", filepath.Join(dir, "redis.log"),
 				"--pidfile", filepath.Join(dir, "redis.pid"))
 			var r testutil.Report
-			eventually(t, 20*time.Second, "redis as the main process", func() bool {
+			testutil.Eventually(t, 20*time.Second, "redis as the main process", func() bool {
 				_, r = check(t, dir)
 				return r.State == "held" && r.MainPID > 0 && r.MainPID != r.ChildPID
 			})
@@ -112,7 +112,7 @@ func TestShellDaemon(t *testing.T) {
 		w := startRun(t, nil, dir, nil, "sh", "-c", shellDaemon, "sh", pidFile)
 		daemon := pidsIn(t, pidFile, 1)[0]
 		var r testutil.Report
-		eventually(t, 10*time.Second, "the daemon as the main process", func() bool {
+		testutil.Eventually(t, 10*time.Second, "the daemon as the main process", func() bool {
 			_, r = check(t, dir)
 			return r.MainPID == daemon
 		})
@@ -183,7 +183,7 @@ func TestSeveralLeft(t *testing.T) {
 	pidFile := filepath.Join(t.TempDir(), "pids")
 	w := startRun(t, nil, dir, nil, "sh", "-c", `sleep 300 & echo $! >> "$1"; sleep 300 & echo $! >> "$1"; exit 0`, "sh", pidFile)
 	pids := pidsIn(t, pidFile, 2)
-	eventually(t, 10*time.Second, "the command to exit", func() bool { return strings.Contains(w.Stderr(), "the command exited") })
+	testutil.Eventually(t, 10*time.Second, "the command to exit", func() bool { return strings.Contains(w.Stderr(), "the command exited") })
 	code, out, _ := dirlockd(t, "status", "-D", dir)
 	if code != 0 || !strings.Contains(out, "main pid none") {
 		t.Errorf("status with no main process: exit %d\n%s", code, out)
@@ -234,7 +234,7 @@ func TestMainExitStopsTheRest(t *testing.T) {
 		"sh", mainFile, pidFile)
 	main := pidsIn(t, mainFile, 1)[0]
 	stubborn := pidsIn(t, pidFile, 1)[0]
-	eventually(t, 10*time.Second, "the main process from the file", func() bool { _, r := check(t, dir); return r.MainPID == main })
+	testutil.Eventually(t, 10*time.Second, "the main process from the file", func() bool { _, r := check(t, dir); return r.MainPID == main })
 	syscall.Kill(main, syscall.SIGUSR1) // a process our test started, through the wrapper
 	if code := w.WaitExit(t, 10*time.Second); code != exitcode.SignalBase+int(syscall.SIGUSR1) {
 		t.Errorf("exit %d, want 138 (the main process killed by SIGUSR1); stderr:\n%s", code, w.Stderr())
@@ -254,7 +254,7 @@ func TestMainPIDFileForeign(t *testing.T) {
 	mainFile := filepath.Join(t.TempDir(), "main.pid")
 	os.WriteFile(mainFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
 	w := startRun(t, nil, dir, []string{"--main-pid-file", mainFile}, "sleep", "300")
-	eventually(t, 10*time.Second, "the refusal", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the refusal", func() bool {
 		return strings.Contains(w.Stderr(), fmt.Sprintf("PID %d is not a live process of the server's tree", os.Getpid()))
 	})
 	// SIGTERM would end this test; SIGUSR2 would too (not handled).
@@ -293,20 +293,20 @@ func TestSignalsWhileAcquiring(t *testing.T) {
 		waitOpened(t, w, "")
 		w.Cmd.Process.Signal(syscall.SIGHUP)
 	}
-	eventually(t, 10*time.Second, "the waiters to take SIGHUP", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the waiters to take SIGHUP", func() bool {
 		return !sigPending(ready.PID(), syscall.SIGHUP) && !sigPending(plain.PID(), syscall.SIGHUP)
 	})
 	for _, h := range []*testutil.Proc{holder, holder2} {
 		h.Cmd.Process.Signal(syscall.SIGTERM)
 		h.WaitExit(t, 10*time.Second)
 	}
-	eventually(t, 20*time.Second, "the ready server to get the early SIGHUP", func() bool { return strings.Contains(ready.Stdout(), "got-hup") })
+	testutil.Eventually(t, 20*time.Second, "the ready server to get the early SIGHUP", func() bool { return strings.Contains(ready.Stdout(), "got-hup") })
 	if !strings.Contains(ready.Stderr(), "passing on a signal received while acquiring") {
 		t.Errorf("no log of the early signal:\n%s", ready.Stderr())
 	}
 	ready.Cmd.Process.Signal(syscall.SIGTERM)
 	ready.WaitExit(t, 10*time.Second)
-	eventually(t, 20*time.Second, "the drop to be logged", func() bool {
+	testutil.Eventually(t, 20*time.Second, "the drop to be logged", func() bool {
 		return strings.Contains(plain.Stderr(), "dropped a signal received while acquiring")
 	})
 	plain.Cmd.Process.Signal(syscall.SIGTERM)

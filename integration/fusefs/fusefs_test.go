@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dirlockd/dirlockd/internal/testutil"
 )
 
 // rounds is how many times each scenario runs, per mode and lock kind, on
@@ -40,16 +42,6 @@ func tableKinds(mode Mode) []kind {
 // eventually polls cond for up to 5 s: flock and OFD locks go when the
 // kernel's asynchronous RELEASE reaches the server, a moment after close(2)
 // or the holder's death.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 5s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // tryLock reports whether c got k's lock on file (failing the test on any
 // outcome but success or EAGAIN).
 func tryLock(t *testing.T, c *client, k kind, file string) bool {
@@ -211,7 +203,7 @@ func TestCloseDropsLocks(t *testing.T) {
 					} else {
 						b.fails(syscall.EAGAIN, k.try, "f")
 						a.ok("close f")
-						eventually(t, "lock free after the holder's last close", func() bool {
+						testutil.Eventually(t, 5*time.Second, "lock free after the holder's last close", func() bool {
 							if tryLock(t, b, k, "f") {
 								b.ok(k.un, "f")
 								return true

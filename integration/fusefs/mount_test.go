@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dirlockd/dirlockd/internal/testutil"
 )
 
 // Whatever is written through one mount is seen through the other at once,
@@ -136,7 +138,7 @@ func TestCloseBusy(t *testing.T) {
 	go func() { done <- fs.Close() }()
 	// The mount leaves the tree; Close then waits for the server, which
 	// serves c's open file until c lets go of it.
-	eventually(t, "busy mount detached", func() bool { return !mounted(t, mp[0]) })
+	testutil.Eventually(t, 5*time.Second, "busy mount detached", func() bool { return !mounted(t, mp[0]) })
 	select {
 	case err := <-done:
 		t.Fatalf("Close returned (%v) while the server still served an open file", err)
