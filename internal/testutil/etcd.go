@@ -256,6 +256,24 @@ func (m *EtcdMember) Put(key, value string) error {
 	return nil
 }
 
+// Has reports whether key exists, by a linearizable read through the
+// member's /v3 gateway.
+func (m *EtcdMember) Has(key string) (bool, error) {
+	resp, err := m.http.Post(m.ClientURL+"/v3/kv/range", "application/json",
+		strings.NewReader(`{"key":"`+base64.StdEncoding.EncodeToString([]byte(key))+`","count_only":true}`))
+	if err != nil {
+		return false, fmt.Errorf("etcd %s range %s: %w", m.Name, key, err)
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Count string `json:"count"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return false, fmt.Errorf("etcd %s range %s: %w", m.Name, key, err)
+	}
+	return r.Count != "" && r.Count != "0", nil
+}
+
 // MoveLeader asks the leader ld to hand its leadership to m (etcdctl
 // move-leader), and waits until m leads.
 func (c *EtcdCluster) MoveLeader(t testing.TB, ld, m *EtcdMember) {
