@@ -192,7 +192,7 @@ SOAK_EVENTS ?= 1000
 SOAK_FOR    ?=
 soak-lease: deps build
 	DIRLOCKD_SOAK_EVENTS=$(SOAK_EVENTS) DIRLOCKD_SOAK_FOR=$(SOAK_FOR) DIRLOCKD_SOAK_REPORT=$(CURDIR)/docs/reliability.md \
-	unshare --ipc -- $(GO) test -tags soak -count=1 -timeout 24h -run '^TestLeaseSoak$$' -v ./integration/
+	unshare --ipc -- $(GO) test -tags soak -count=1 -timeout 24h -parallel 3 -run '^TestLeaseSoak$$' -v ./integration/
 
 lint-vet:
 	$(GO) vet ./...

@@ -47,6 +47,9 @@ func TestLeaseSoak(t *testing.T) {
 	overlap := make([]bool, len(testutil.EtcdVersions))
 	tokens := make([]int, len(testutil.EtcdVersions))
 	least := make([]float64, len(testutil.EtcdVersions))
+	for i := range least {
+		least[i] = -1
+	}
 	t.Run("matrix", func(t *testing.T) {
 		for i, v := range testutil.EtcdVersions {
 			name := testutil.EtcdVersionName(v)
@@ -57,6 +60,12 @@ func TestLeaseSoak(t *testing.T) {
 					r := p.round(t, round, partFaults[round%len(partFaults)])
 					stats[i].add(r)
 					t.Logf("etcd %s: %d/%d fault events in all", name, events.Add(int64(r.events)), target)
+				}
+				if stats[i].rounds == 0 {
+					// Started after the others had made the events: go
+					// test ran fewer subtests at once than there are
+					// versions (-parallel, GOMAXPROCS by default).
+					t.Fatalf("etcd %s ran no round: run the soak with -parallel %d at least (make soak-lease does)", name, len(testutil.EtcdVersions))
 				}
 				failed := t.Failed()
 				least[i], tokens[i] = p.checkWitness(t)
