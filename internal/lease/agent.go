@@ -52,9 +52,10 @@ type Config struct {
 	Username    string        `json:"username,omitempty"`
 	Password    string        `json:"password,omitempty"`
 
-	// Renew is how often the parent renews; 0: TTL/3. It stays on this
-	// side of the pipe.
-	Renew time.Duration `json:"-"`
+	// Timing is how often the parent renews (0: TTL/3) and when a
+	// guarded server is stopped (Guard). It stays on this side of the
+	// pipe.
+	Timing `json:"-"`
 }
 
 func (c *Config) renew() time.Duration {

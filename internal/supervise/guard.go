@@ -10,11 +10,13 @@ import (
 )
 
 // A Guard holds the data directory while the server runs: dirlockd's local
-// interlock, the etcd lease. It is acquired before the supervisor starts
-// the server; the supervisor learns of its changes (Changed, then Check),
-// stops the server when it is lost or its deadlines come, and releases it
-// after the tree is gone, guards in the reverse of their order. Its
-// methods are called from the supervisor's goroutine only.
+// interlock (LocalGuard), the etcd lease (lease.Guard). It is acquired
+// before the supervisor starts the server; the supervisor learns of its
+// changes (Changed, then Check), stops the server when it is lost or its
+// deadlines come, and releases it after the tree is gone, guards in the
+// reverse of their order. Its methods are called from the supervisor's
+// goroutine only. A guard whose deadlines processes of its own enforce
+// too is a DeadlineGuard.
 type Guard interface {
 	// Fields are the record fields it adds; Env the server's variables.
 	Fields() map[string]string
@@ -23,21 +25,29 @@ type Guard interface {
 	Changed() <-chan struct{}
 	// Check says what has changed since the last call.
 	Check() Event
+	// Release lets go of it, once the server's tree is gone.
+	Release() error
+}
+
+// A DeadlineGuard is a guard with deadlines (Event.Deadlines) and
+// helper processes, children of the supervisor that are not of the
+// server's tree, that enforce them should the supervisor itself be stopped
+// or die: the lease, with its watchdog and its etcd agent. The supervisor
+// leaves the helpers out of the tree, and releases the guard once they are
+// its only children left, so that they can exit and the tree be seen
+// gone.
+type DeadlineGuard interface {
+	Guard
 	// Tree tells it the server's tree as it is now: at the start, and
 	// after each of its deadlines moved.
 	Tree(t proc.Tree)
-	// Helpers are its processes among our children that are not of the
-	// server's tree (the lease's agent and watchdog); HelperExited handles
-	// the exit of one of them, and reports whether pid was one.
+	// Overdue logs why the stop signal (kill false) or SIGKILL (kill
+	// true, to pids) is sent at its deadline, or for its loss.
+	Overdue(kill bool, pids []int)
+	// Helpers are its processes among our children; HelperExited
+	// handles the exit of one of them, and reports whether pid was one.
 	Helpers() []int
 	HelperExited(pid int, ws unix.WaitStatus) (mine bool, ev Event)
-	// Overdue logs why the stop signal (kill false) or SIGKILL (kill
-	// true, to pids) is sent at its deadline.
-	Overdue(kill bool, pids []int)
-	// Release lets go of it. A guard with helpers is released once they
-	// are our only children left, so that they can exit and the tree be
-	// seen gone; the others once it is gone.
-	Release() error
 }
 
 // An Event is what a guard reports.
@@ -60,10 +70,27 @@ type Event struct {
 
 // guardState is what the supervisor keeps of a guard.
 type guardState struct {
-	g              Guard
-	stopAt, killAt time.Time // zero: none
-	why            string    // the deadlines' reason
+	g              DeadlineGuard // a Guard that is not one is a plainGuard
+	stopAt, killAt time.Time     // zero: none
+	why            string        // the deadlines' reason
 	released       bool
+}
+
+// plainGuard is a guard without deadlines or helpers, as the supervisor
+// keeps it: its DeadlineGuard methods do nothing.
+type plainGuard struct{ Guard }
+
+func (plainGuard) Tree(proc.Tree)                                  {}
+func (plainGuard) Overdue(bool, []int)                             {}
+func (plainGuard) Helpers() []int                                  { return nil }
+func (plainGuard) HelperExited(int, unix.WaitStatus) (bool, Event) { return false, Event{} }
+
+// keep is what the supervisor keeps of g.
+func keep(g Guard) *guardState {
+	if dg, ok := g.(DeadlineGuard); ok {
+		return &guardState{g: dg}
+	}
+	return &guardState{g: plainGuard{g}}
 }
 
 // at is the guard's stop deadline, or its kill deadline.

@@ -117,7 +117,7 @@ func (s *Supervisor) Run() int {
 	}
 	s.early = s.Early
 	for _, g := range s.Guards {
-		s.guards = append(s.guards, &guardState{g: g})
+		s.guards = append(s.guards, keep(g))
 		for k, v := range g.Fields() {
 			s.Record.SetExtra(k, v)
 		}

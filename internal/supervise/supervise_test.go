@@ -198,6 +198,19 @@ func (g *fakeGuard) Release() error {
 	return nil
 }
 
+// plainFake is a guard with none of DeadlineGuard's methods, as the local
+// interlock is.
+type plainFake struct{ g *fakeGuard }
+
+func newPlainFake(name string, ev *events) plainFake { return plainFake{newFakeGuard(name, ev)} }
+
+func (p plainFake) post(e Event)              { p.g.post(e) }
+func (p plainFake) Fields() map[string]string { return p.g.Fields() }
+func (p plainFake) Env() []string             { return p.g.Env() }
+func (p plainFake) Changed() <-chan struct{}  { return p.g.Changed() }
+func (p plainFake) Check() Event              { return p.g.Check() }
+func (p plainFake) Release() error            { return p.g.Release() }
+
 // syncLog is a log the supervisor and the test share.
 type syncLog struct {
 	mu sync.Mutex
@@ -290,7 +303,9 @@ func until(t *testing.T, what string, cond func() bool, log *syncLog) {
 func (h *harness) treeSize() int {
 	var helpers []int
 	for _, g := range h.s.Guards { // not h.s.helpers: Run's state is its own
-		helpers = append(helpers, g.Helpers()...)
+		if dg, ok := g.(DeadlineGuard); ok {
+			helpers = append(helpers, dg.Helpers()...)
+		}
 	}
 	t := proc.PinBelow(proc.Self(), helpers...)
 	defer t.Close()
@@ -301,7 +316,7 @@ const ignoreTerm = `trap "" TERM; sleep 30 & wait`
 
 func TestStopMainProcess(t *testing.T) {
 	ev := &events{}
-	h := newHarness(t, []string{"sleep", "30"}, newFakeGuard("local", ev))
+	h := newHarness(t, []string{"sleep", "30"}, newPlainFake("local", ev))
 	h.start()
 	until(t, "server", func() bool { return h.treeSize() == 1 }, h.log)
 	h.sigs <- syscall.SIGTERM
@@ -322,7 +337,7 @@ func TestStopMainProcess(t *testing.T) {
 func TestStopWithoutMainProcess(t *testing.T) {
 	ev := &events{}
 	// The command exits at once and leaves two processes: no main one.
-	h := newHarness(t, []string{"sh", "-c", "sleep 30 & sleep 30 & exit 0"}, newFakeGuard("local", ev))
+	h := newHarness(t, []string{"sh", "-c", "sleep 30 & sleep 30 & exit 0"}, newPlainFake("local", ev))
 	h.start()
 	until(t, "two orphans", func() bool {
 		return h.treeSize() == 2 && strings.Contains(h.log.String(), "holding the data directory until the last process")
@@ -337,7 +352,7 @@ func TestStopWithoutMainProcess(t *testing.T) {
 }
 
 func TestKillAtStopTimeout(t *testing.T) {
-	h := newHarness(t, []string{"sh", "-c", ignoreTerm}, newFakeGuard("local", &events{}))
+	h := newHarness(t, []string{"sh", "-c", ignoreTerm}, newPlainFake("local", &events{}))
 	h.s.StopTimeout = 90 * time.Second
 	h.start()
 	until(t, "server", func() bool { return h.treeSize() == 2 }, h.log)
@@ -358,7 +373,7 @@ func TestKillAtStopTimeout(t *testing.T) {
 }
 
 func TestLocalLossShutdown(t *testing.T) {
-	g := newFakeGuard("local", &events{})
+	g := newPlainFake("local", &events{})
 	h := newHarness(t, []string{"sleep", "30"}, g)
 	h.start()
 	until(t, "server", func() bool { return h.treeSize() == 1 }, h.log)
@@ -373,7 +388,7 @@ func TestLocalLossShutdown(t *testing.T) {
 }
 
 func TestLocalLossLog(t *testing.T) {
-	g := newFakeGuard("local", &events{})
+	g := newPlainFake("local", &events{})
 	h := newHarness(t, []string{"sleep", "30"}, g)
 	h.s.OnLost = "log"
 	h.start()
@@ -393,7 +408,7 @@ func TestLocalLossLog(t *testing.T) {
 }
 
 func TestLeaseDeadline(t *testing.T) {
-	local, ls := newFakeGuard("local", &events{}), newFakeGuard("lease", &events{})
+	local, ls := newPlainFake("local", &events{}), newFakeGuard("lease", &events{})
 	h := newHarness(t, []string{"sh", "-c", ignoreTerm}, local, ls)
 	h.s.StopTimeout = time.Hour
 	// The lease ends in 10 s: stopped by 6 s, dead by 9 s.
@@ -426,7 +441,7 @@ func TestLeaseDeadline(t *testing.T) {
 }
 
 func TestLeaseLost(t *testing.T) {
-	local, ls := newFakeGuard("local", &events{}), newFakeGuard("lease", &events{})
+	local, ls := newPlainFake("local", &events{}), newFakeGuard("lease", &events{})
 	h := newHarness(t, []string{"sh", "-c", ignoreTerm}, local, ls)
 	h.start()
 	until(t, "server", func() bool { return h.treeSize() == 2 }, h.log)
@@ -445,7 +460,7 @@ func TestLeaseLost(t *testing.T) {
 // of their order, the local guard last.
 func TestReleaseOrder(t *testing.T) {
 	ev := &events{}
-	local, mid, ls := newFakeGuard("local", ev), newFakeGuard("mid", ev), newFakeGuard("lease", ev)
+	local, mid, ls := newPlainFake("local", ev), newFakeGuard("mid", ev), newFakeGuard("lease", ev)
 	pid, err := syscall.ForkExec("/bin/sleep", []string{"sleep", "60"}, &syscall.ProcAttr{Files: []uintptr{0, 1, 2}})
 	if err != nil {
 		t.Fatal(err)
