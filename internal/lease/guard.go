@@ -51,6 +51,7 @@ type Guard struct {
 	agentPID int // stays set once the agent is closed, to know its exit
 	watchdog *Watchdog
 	told     bool // the watchdog was told the tree is gone
+	revoked  bool // the lease was revoked
 	released bool // the lease was revoked and the agent closed
 	lost     bool // Check has reported the loss
 }
@@ -128,7 +129,7 @@ func (g *Guard) Acquire(ctx context.Context, dataDir string, wait time.Duration)
 	if err != nil {
 		return err
 	}
-	g.l, g.lost = l, false
+	g.l, g.lost, g.revoked = l, false, false
 	g.log.Info("acquired the lease", "lease_key", l.Key(), "fencing_token", l.Token(), "lease_ttl", l.TTL(), "lease_id", strconv.FormatInt(l.ID(), 16),
 		"etcd", g.Agent.Endpoints(), "stop_before", g.timing.Stop+g.timing.Margin, "kill_before", g.timing.Margin)
 	return nil
@@ -278,11 +279,11 @@ func (g *Guard) HelperExited(pid int, ws unix.WaitStatus) (bool, supervise.Event
 // a waiter on another host starts at once, keeping the agent for the next
 // Acquire. A revoke that fails leaves the lease to end after its TTL.
 func (g *Guard) Revoke() error {
-	if g.l == nil {
+	if g.l == nil || g.revoked {
 		return nil
 	}
+	g.revoked = true
 	l := g.l
-	g.l = nil
 	err := l.Release()
 	if err != nil {
 		g.log.Warn("cannot revoke the lease: it ends after its TTL", "lease_key", l.Key(), "err", err)
