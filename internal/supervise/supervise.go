@@ -10,7 +10,8 @@
 // (stop.go), and once the tree is gone releases the guards in the reverse
 // of their order. Everything happens in one select loop on one goroutine;
 // a guard's own work (storage, etcd) runs on goroutines and processes of
-// its own and reaches the loop as an event (Guard).
+// its own and reaches the loop as an event (Guard). The local interlock's
+// guard is here (LocalGuard, localguard.go), the lease's in package lease.
 package supervise
 
 import (
