@@ -42,7 +42,7 @@ const (
 // gone, goes in order: the watchdog told, the lease revoked, the agent
 // closed. Its methods are for one goroutine, the supervisor's.
 type Guard struct {
-	Agent *Agent
+	agent *Agent
 
 	timing Timing
 	log    *slog.Logger
@@ -71,7 +71,7 @@ func Dial(cfg Config, wait bool, log *slog.Logger) (*Guard, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &Guard{Agent: a, timing: cfg.Timing, log: log, agentPID: a.PID()}
+	g := &Guard{agent: a, timing: cfg.Timing, log: log, agentPID: a.PID()}
 	log.Debug("started the etcd agent", "pid", a.PID())
 	h, err := a.Holder(context.Background())
 	if err == nil && h != nil && !wait {
@@ -94,12 +94,12 @@ func (g *Guard) SetLog(log *slog.Logger) { g.log = log }
 func (g *Guard) Proof(rec *pidfile.Record) string {
 	key, token := rec.Extra[KeyField], rec.Extra[TokenField]
 	t, err := strconv.ParseInt(token, 10, 64)
-	if key != g.Agent.Key() || err != nil || t <= 0 {
+	if key != g.agent.Key() || err != nil || t <= 0 {
 		return ""
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), g.Agent.cfg.DialTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), g.agent.cfg.DialTimeout)
 	defer cancel()
-	h, err := g.Agent.Holder(ctx)
+	h, err := g.agent.Holder(ctx)
 	switch {
 	case err != nil:
 		return ""
@@ -125,13 +125,13 @@ func (g *Guard) Acquire(ctx context.Context, dataDir string, wait time.Duration)
 		ctx, cancel = context.WithTimeout(ctx, wait)
 		defer cancel()
 	}
-	l, err := g.Agent.Acquire(ctx, id, wait != 0)
+	l, err := g.agent.Acquire(ctx, id, wait != 0)
 	if err != nil {
 		return err
 	}
 	g.l, g.lost, g.revoked = l, false, false
 	g.log.Info("acquired the lease", "lease_key", l.Key(), "fencing_token", l.Token(), "lease_ttl", l.TTL(), "lease_id", strconv.FormatInt(l.ID(), 16),
-		"etcd", g.Agent.Endpoints(), "stop_before", g.timing.Stop+g.timing.Margin, "kill_before", g.timing.Margin)
+		"etcd", g.agent.Endpoints(), "stop_before", g.timing.Stop+g.timing.Margin, "kill_before", g.timing.Margin)
 	return nil
 }
 
@@ -307,7 +307,7 @@ func (g *Guard) Release() error {
 		g.told = true
 	}
 	g.Revoke()
-	g.Agent.Close()
+	g.agent.Close()
 	return nil
 }
 

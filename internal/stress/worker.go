@@ -64,10 +64,10 @@ type worker struct {
 	counter *os.File
 }
 
-// Work acquires and releases the data directory in a loop, as run does
-// (guards), holding it each
-// time for cfg.Hold: it logs an enter with the counter it read, tells the
-// parent, sleeps, writes the counter plus one, logs an exit, and releases.
+// Work acquires and releases the data directory in a loop, through run's
+// guards, holding it each time for cfg.Hold: it logs an enter with the
+// counter it read, tells the parent, sleeps, writes the counter plus one,
+// logs an exit, and releases.
 // It returns nil once In is closed (or ctx is done), after finishing the
 // hold it is in.
 func Work(ctx context.Context, cfg WorkerConfig) error {
