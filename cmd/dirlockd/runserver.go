@@ -18,6 +18,7 @@ import (
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/fault"
+	"github.com/dirlockd/dirlockd/internal/guard"
 	"github.com/dirlockd/dirlockd/internal/lease"
 	"github.com/dirlockd/dirlockd/internal/notify"
 	"github.com/dirlockd/dirlockd/internal/supervise"
@@ -69,7 +70,7 @@ func runServer(f *runFlags, opts interlock.Options, dir string, argv []string, l
 	lock := local.Lock()
 	rec := lock.Record()
 	log = log.With("datadir", rec.DataDir)
-	guards := []supervise.Guard{local}
+	guards := []guard.Guard{local}
 	release := func(code int) int {
 		for i := len(guards) - 1; i >= 0; i-- {
 			if err := guards[i].Release(); err != nil && code == 0 {

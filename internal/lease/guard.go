@@ -11,8 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/guard"
 	"github.com/dirlockd/dirlockd/internal/proc"
-	"github.com/dirlockd/dirlockd/internal/supervise"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
@@ -28,8 +28,8 @@ const (
 
 // A Guard is the lease as a holder of the data directory takes it: the
 // second, cross-host interlock, taken after the local one and released
-// before it. dirlockd run holds it around a server as a supervise.Guard
-// (and supervise.DeadlineGuard); stress takes it for each hold (Acquire,
+// before it. dirlockd run holds it around a server as a guard.Guard
+// (and guard.DeadlineGuard); stress takes it for each hold (Acquire,
 // Revoke).
 //
 // Around a server it keeps the rule that the server's tree is dead before
@@ -176,10 +176,10 @@ func (g *Guard) Changed() <-chan struct{} { return g.l.Changed() }
 // host may hold the key, so nothing of the server may run now. Go's timers
 // run on CLOCK_MONOTONIC, the deadline on CLOCK_BOOTTIME: after a suspend
 // they fire late, the watchdog (which reads the clock itself) does not.
-func (g *Guard) Check() supervise.Event {
+func (g *Guard) Check() guard.Event {
 	dl, err := g.l.Deadline()
 	now := Now()
-	ev := supervise.Event{Deadlines: true, StopIn: dl - g.timing.Stop - g.timing.Margin - now, KillIn: dl - g.timing.Margin - now, Why: "lease deadline"}
+	ev := guard.Event{Deadlines: true, StopIn: dl - g.timing.Stop - g.timing.Margin - now, KillIn: dl - g.timing.Margin - now, Why: "lease deadline"}
 	if err != nil && !g.lost {
 		g.lost = true
 		g.log.Error("the lease is lost: killing the server's tree", "lease_key", g.l.Key(), "fencing_token", g.l.Token(), "err", err)
@@ -253,26 +253,26 @@ func (g *Guard) Helpers() []int {
 // watchdog or the agent. The agent gone before the release leaves nothing
 // to renew the lease: the server is stopped while the lease is still ours,
 // the kill deadline standing.
-func (g *Guard) HelperExited(pid int, ws unix.WaitStatus) (bool, supervise.Event) {
+func (g *Guard) HelperExited(pid int, ws unix.WaitStatus) (bool, guard.Event) {
 	switch {
 	case pid == 0:
-		return false, supervise.Event{}
+		return false, guard.Event{}
 	case g.watchdog != nil && pid == g.watchdog.PID():
 		g.watchdog = nil
 		if !g.told {
 			// A stopped dirlockd would no longer be covered.
-			g.log.Warn("the fence process exited: if dirlockd is stopped now, its server may outlive the lease", "pid", pid, "status", supervise.Describe(ws))
+			g.log.Warn("the fence process exited: if dirlockd is stopped now, its server may outlive the lease", "pid", pid, "status", proc.Describe(ws))
 		}
-		return true, supervise.Event{}
+		return true, guard.Event{}
 	case pid == g.agentPID:
 		g.agentPID = 0
 		if g.released {
-			return true, supervise.Event{}
+			return true, guard.Event{}
 		}
-		g.log.Error("the etcd agent exited: stopping the server before the lease can end", "pid", pid, "status", supervise.Describe(ws))
-		return true, supervise.Event{Stop: "the etcd agent exited"}
+		g.log.Error("the etcd agent exited: stopping the server before the lease can end", "pid", pid, "status", proc.Describe(ws))
+		return true, guard.Event{Stop: "the etcd agent exited"}
 	}
-	return false, supervise.Event{}
+	return false, guard.Event{}
 }
 
 // Revoke stops renewing the lease and revokes it (Lease.Release), so that

@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/guard"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
@@ -28,7 +29,7 @@ type LocalGuard struct {
 	quit    chan struct{}
 	done    chan struct{}
 	mu      sync.Mutex
-	pending []Event
+	pending []guard.Event
 }
 
 // NewLocalGuard guards dir, acquired with opts. log, if not nil, hears
@@ -71,14 +72,14 @@ func (l *LocalGuard) Keep() (*interlock.Keeper, error) {
 			case <-l.quit:
 				return
 			case err := <-k.Lost():
-				l.post(Event{Lost: err})
+				l.post(guard.Event{Lost: err})
 			}
 		}
 	}()
 	return k, nil
 }
 
-func (l *LocalGuard) post(ev Event) {
+func (l *LocalGuard) post(ev guard.Event) {
 	l.mu.Lock()
 	l.pending = append(l.pending, ev)
 	l.mu.Unlock()
@@ -111,11 +112,11 @@ func (l *LocalGuard) Env() []string {
 func (l *LocalGuard) Changed() <-chan struct{} { return l.changed }
 
 // Check returns the oldest loss not yet reported.
-func (l *LocalGuard) Check() Event {
+func (l *LocalGuard) Check() guard.Event {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.pending) == 0 {
-		return Event{}
+		return guard.Event{}
 	}
 	ev := l.pending[0]
 	l.pending = l.pending[1:]

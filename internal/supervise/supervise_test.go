@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/guard"
 	"github.com/dirlockd/dirlockd/internal/notify"
 	"github.com/dirlockd/dirlockd/internal/proc"
 	"github.com/dirlockd/dirlockd/pidfile"
@@ -131,7 +132,7 @@ type fakeGuard struct {
 	changed chan struct{}
 
 	mu      sync.Mutex
-	next    []Event
+	next    []guard.Event
 	helper  int // a helper process's PID; 0 for none
 	onFree  func()
 	overdue []string
@@ -141,7 +142,7 @@ func newFakeGuard(name string, ev *events) *fakeGuard {
 	return &fakeGuard{name: name, ev: ev, changed: make(chan struct{}, 1)}
 }
 
-func (g *fakeGuard) post(e Event) {
+func (g *fakeGuard) post(e guard.Event) {
 	g.mu.Lock()
 	g.next = append(g.next, e)
 	g.mu.Unlock()
@@ -153,11 +154,11 @@ func (g *fakeGuard) Env() []string             { return []string{"FAKE_" + strin
 func (g *fakeGuard) Changed() <-chan struct{}  { return g.changed }
 func (g *fakeGuard) Tree(proc.Tree)            {}
 
-func (g *fakeGuard) Check() Event {
+func (g *fakeGuard) Check() guard.Event {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if len(g.next) == 0 {
-		return Event{}
+		return guard.Event{}
 	}
 	e := g.next[0]
 	g.next = g.next[1:]
@@ -173,15 +174,15 @@ func (g *fakeGuard) Helpers() []int {
 	return []int{g.helper}
 }
 
-func (g *fakeGuard) HelperExited(pid int, ws unix.WaitStatus) (bool, Event) {
+func (g *fakeGuard) HelperExited(pid int, ws unix.WaitStatus) (bool, guard.Event) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if pid == 0 || pid != g.helper {
-		return false, Event{}
+		return false, guard.Event{}
 	}
 	g.helper = 0
 	g.ev.add(g.name + " helper exited")
-	return true, Event{}
+	return true, guard.Event{}
 }
 
 func (g *fakeGuard) Overdue(kill bool, pids []int) {
@@ -198,17 +199,17 @@ func (g *fakeGuard) Release() error {
 	return nil
 }
 
-// plainFake is a guard with none of DeadlineGuard's methods, as the local
+// plainFake is a guard with none of guard.DeadlineGuard's methods, as the local
 // interlock is.
 type plainFake struct{ g *fakeGuard }
 
 func newPlainFake(name string, ev *events) plainFake { return plainFake{newFakeGuard(name, ev)} }
 
-func (p plainFake) post(e Event)              { p.g.post(e) }
+func (p plainFake) post(e guard.Event)        { p.g.post(e) }
 func (p plainFake) Fields() map[string]string { return p.g.Fields() }
 func (p plainFake) Env() []string             { return p.g.Env() }
 func (p plainFake) Changed() <-chan struct{}  { return p.g.Changed() }
-func (p plainFake) Check() Event              { return p.g.Check() }
+func (p plainFake) Check() guard.Event        { return p.g.Check() }
 func (p plainFake) Release() error            { return p.g.Release() }
 
 // syncLog is a log the supervisor and the test share.
@@ -239,7 +240,7 @@ type harness struct {
 	code  chan int
 }
 
-func newHarness(t *testing.T, argv []string, guards ...Guard) *harness {
+func newHarness(t *testing.T, argv []string, guards ...guard.Guard) *harness {
 	t.Helper()
 	path, err := lookPath(argv[0])
 	if err != nil {
@@ -303,7 +304,7 @@ func until(t *testing.T, what string, cond func() bool, log *syncLog) {
 func (h *harness) treeSize() int {
 	var helpers []int
 	for _, g := range h.s.Guards { // not h.s.helpers: Run's state is its own
-		if dg, ok := g.(DeadlineGuard); ok {
+		if dg, ok := g.(guard.DeadlineGuard); ok {
 			helpers = append(helpers, dg.Helpers()...)
 		}
 	}
@@ -377,7 +378,7 @@ func TestLocalLossShutdown(t *testing.T) {
 	h := newHarness(t, []string{"sleep", "30"}, g)
 	h.start()
 	until(t, "server", func() bool { return h.treeSize() == 1 }, h.log)
-	g.post(Event{Lost: errors.New("the pidfile was deleted")})
+	g.post(guard.Event{Lost: errors.New("the pidfile was deleted")})
 	if c := h.wait(t); c != 128+int(syscall.SIGTERM) {
 		t.Fatalf("status %d, want 143; log:\n%s", c, h.log.String())
 	}
@@ -393,7 +394,7 @@ func TestLocalLossLog(t *testing.T) {
 	h.s.OnLost = "log"
 	h.start()
 	until(t, "server", func() bool { return h.treeSize() == 1 }, h.log)
-	g.post(Event{Lost: errors.New("the pidfile was deleted")})
+	g.post(guard.Event{Lost: errors.New("the pidfile was deleted")})
 	until(t, "loss logged", func() bool { return strings.Contains(h.log.String(), "interlock is lost") }, h.log)
 	if st := h.rec.Statuses(); slices.Contains(st, pidfile.Stopping) || h.treeSize() != 1 {
 		t.Fatalf("--on-lost log stopped the server: %v; log:\n%s", st, h.log.String())
@@ -412,7 +413,7 @@ func TestLeaseDeadline(t *testing.T) {
 	h := newHarness(t, []string{"sh", "-c", ignoreTerm}, local, ls)
 	h.s.StopTimeout = time.Hour
 	// The lease ends in 10 s: stopped by 6 s, dead by 9 s.
-	ls.next = []Event{{Deadlines: true, StopIn: 6 * time.Second, KillIn: 9 * time.Second, Why: "lease deadline"}}
+	ls.next = []guard.Event{{Deadlines: true, StopIn: 6 * time.Second, KillIn: 9 * time.Second, Why: "lease deadline"}}
 	start := h.clock.Now()
 	h.start()
 	until(t, "server", func() bool { return h.treeSize() == 2 }, h.log)
@@ -445,7 +446,7 @@ func TestLeaseLost(t *testing.T) {
 	h := newHarness(t, []string{"sh", "-c", ignoreTerm}, local, ls)
 	h.start()
 	until(t, "server", func() bool { return h.treeSize() == 2 }, h.log)
-	ls.post(Event{Lost: errors.New("lease gone"), Kill: true})
+	ls.post(guard.Event{Lost: errors.New("lease gone"), Kill: true})
 	// No clock move: the SIGKILL comes at once, not at a timeout.
 	if c := h.wait(t); c != 128+int(syscall.SIGKILL) {
 		t.Fatalf("status %d, want 137; log:\n%s", c, h.log.String())
