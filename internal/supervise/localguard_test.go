@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
@@ -21,7 +22,7 @@ import (
 // each hold. Rounds: 3.
 func TestLocalGuard(t *testing.T) {
 	dir := t.TempDir()
-	log := &syncLog{}
+	log := &testutil.Buffer{}
 	g := NewLocalGuard(dir, interlock.Options{Recheck: 100 * time.Millisecond}, slog.New(slog.NewTextHandler(log, nil)))
 	for round := range 3 {
 		if err := g.Acquire(context.Background()); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/dirlockd/dirlockd/internal/guard"
 	"github.com/dirlockd/dirlockd/internal/notify"
 	"github.com/dirlockd/dirlockd/internal/proc"
+	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
@@ -212,31 +213,13 @@ func (p plainFake) Changed() <-chan struct{}  { return p.g.Changed() }
 func (p plainFake) Check() guard.Event        { return p.g.Check() }
 func (p plainFake) Release() error            { return p.g.Release() }
 
-// syncLog is a log the supervisor and the test share.
-type syncLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // harness runs one supervisor in the background.
 type harness struct {
 	s     *Supervisor
 	sigs  chan os.Signal
 	clock *fakeClock
 	rec   *fakeRecord
-	log   *syncLog
+	log   *testutil.Buffer
 	code  chan int
 }
 
@@ -263,7 +246,7 @@ func newHarness(t *testing.T, argv []string, guards ...guard.Guard) *harness {
 			}
 		}
 	})
-	h := &harness{sigs: make(chan os.Signal, 4), clock: newFakeClock(), rec: &fakeRecord{}, log: &syncLog{}, code: make(chan int, 1)}
+	h := &harness{sigs: make(chan os.Signal, 4), clock: newFakeClock(), rec: &fakeRecord{}, log: &testutil.Buffer{}, code: make(chan int, 1)}
 	h.s = &Supervisor{
 		Path: path, Args: argv, Env: os.Environ(),
 		Log:    slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
@@ -289,7 +272,7 @@ func (h *harness) wait(t *testing.T) int {
 }
 
 // until polls cond for up to 10 s.
-func until(t *testing.T, what string, cond func() bool, log *syncLog) {
+func until(t *testing.T, what string, cond func() bool, log *testutil.Buffer) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
