@@ -56,6 +56,8 @@ type Guard struct {
 	lost     bool // Check has reported the loss
 }
 
+var _ guard.DeadlineGuard = (*Guard)(nil)
+
 // Dial starts the agent for cfg (StartAgent) and asks who holds the key,
 // before anything is written: no agent installed, a foreign key or no
 // permission (RefusedError, NotFoundError), etcd unreachable

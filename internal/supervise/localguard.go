@@ -32,6 +32,8 @@ type LocalGuard struct {
 	pending []guard.Event
 }
 
+var _ guard.Guard = (*LocalGuard)(nil)
+
 // NewLocalGuard guards dir, acquired with opts. log, if not nil, hears
 // what the guard does, with the data directory once it is acquired.
 func NewLocalGuard(dir string, opts interlock.Options, log *slog.Logger) *LocalGuard {
