@@ -1,8 +1,6 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -11,16 +9,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/dirlockd/dirlockd/internal/lease"
-)
-
-// The lease's share of its TTL when the flags do not say: renewal every
-// TTL/3, SIGTERM a fifth of the TTL before the deadline (plus the margin),
-// SIGKILL a tenth before it. That leaves over a third of the TTL for a
-// renewal that fails and the retry after it, before the server is stopped.
-const (
-	renewShare  = 3
-	stopShare   = 5
-	marginShare = 10
 )
 
 // leaseFlags are the flags of the etcd lease, shared by run, check, status
@@ -36,11 +24,6 @@ type leaseFlags struct {
 	certKey     string
 	user        string
 	dialTimeout time.Duration
-}
-
-// leaseTiming is when run stops its server before the lease's deadline.
-type leaseTiming struct {
-	renew, stop, margin time.Duration
 }
 
 // What a command does with the lease flags.
@@ -119,32 +102,17 @@ func (f *leaseFlags) settle(fs *pflag.FlagSet) (bool, error) {
 	if err := checkFloors(fs, floors...); err != nil {
 		return false, err
 	}
-	if _, err := f.timing(); err != nil {
+	if _, err := lease.NewTiming(f.ttl, f.stopTimeout); err != nil {
 		return false, err
 	}
 	return true, nil
 }
 
-// timing derives when run renews and stops from the TTL, and refuses a
-// --lease-stop-timeout that leaves no room: a renewal interval, the stop
-// budget and the margin must fit in the TTL, or the server would be stopped
-// between two renewals that both succeed.
-func (f *leaseFlags) timing() (leaseTiming, error) {
-	t := leaseTiming{renew: f.ttl / renewShare, stop: f.stopTimeout, margin: f.ttl / marginShare}
-	if t.stop == 0 {
-		t.stop = f.ttl / stopShare
-	}
-	if t.renew+t.stop+t.margin >= f.ttl {
-		return t, fmt.Errorf("--lease-stop-timeout %v leaves no room in --lease-ttl %v: the renewal interval (%v, TTL/3), the stop timeout and the margin (%v, TTL/10) must add up to less than the TTL; want a stop timeout below %v or a longer TTL",
-			t.stop, f.ttl, t.renew, t.margin, f.ttl-t.renew-t.margin)
-	}
-	return t, nil
-}
-
-// config builds the lease's configuration.
+// config is the lease's configuration (settle has checked it).
 func (f *leaseFlags) config() lease.Config {
-	cfg := lease.Config{Endpoints: strings.Split(f.endpoints, ","), Key: f.key, TTL: f.ttl, Renew: f.ttl / renewShare, DialTimeout: f.dialTimeout,
-		CACert: f.cacert, Cert: f.cert, CertKey: f.certKey}
+	t, _ := lease.NewTiming(f.ttl, f.stopTimeout)
+	cfg := lease.Config{Endpoints: strings.Split(f.endpoints, ","), Key: f.key, TTL: f.ttl, DialTimeout: f.dialTimeout,
+		CACert: f.cacert, Cert: f.cert, CertKey: f.certKey, Timing: t}
 	if f.user != "" {
 		name, pw, ok := strings.Cut(f.user, ":")
 		if !ok {
@@ -155,52 +123,11 @@ func (f *leaseFlags) config() lease.Config {
 	return cfg
 }
 
-// startAgent starts the etcd agent (dirlockd-etcd: package lease says why
-// etcd's client is not in this binary) for the lease flags.
-func (f *leaseFlags) startAgent() (*lease.Agent, error) {
-	path, err := lease.Path()
-	if err != nil {
-		return nil, err
-	}
-	return lease.Start(path, f.config())
-}
-
-// leaseReport is what check, status and wait say about the lease key.
-type leaseReport struct {
-	Key          string `json:"key"`
-	State        string `json:"state"` // free, held, unknown
-	Host         string `json:"host,omitempty"`
-	PID          int    `json:"pid,omitempty"`
-	BootID       string `json:"boot_id,omitempty"`
-	Datadir      string `json:"datadir,omitempty"`
-	Since        string `json:"since,omitempty"`
-	FencingToken int64  `json:"fencing_token,omitempty"`
-	Error        string `json:"error,omitempty"`
-}
+// leaseReport is what check and status say about the lease key.
+type leaseReport = lease.Report
 
 // inspectLease asks etcd who holds the key. Nothing is held or written.
-func (f *leaseFlags) inspectLease() *leaseReport {
-	a, err := f.startAgent()
-	if err != nil {
-		return &leaseReport{Key: f.key, State: "unknown", Error: err.Error()}
-	}
-	defer a.Close()
-	h, err := a.Holder(context.Background())
-	return newLeaseReport(f.key, h, err)
-}
-
-// newLeaseReport describes the holder h found (nil: free), or the error.
-func newLeaseReport(key string, h *lease.Holder, err error) *leaseReport {
-	lr := &leaseReport{Key: key, State: "free"}
-	switch {
-	case err != nil:
-		lr.State, lr.Error = "unknown", err.Error()
-	case h != nil:
-		lr.State, lr.Host, lr.PID, lr.BootID, lr.Datadir = "held", h.Host, h.PID, h.BootID, h.DataDir
-		lr.Since, lr.FencingToken = h.Started.Format(time.RFC3339), h.Token
-	}
-	return lr
-}
+func (f *leaseFlags) inspectLease() *leaseReport { return lease.Inspect(f.config()) }
 
 // addLease folds the lease into a directory's report. A key held by
 // another holder makes a free or stale directory held: on shared storage
@@ -217,41 +144,4 @@ func (r *report) addLease(lr *leaseReport) {
 	case lr.State == "unknown":
 		r.State, r.Reason = "invalid", "cannot inspect the lease: "+lr.Error
 	}
-}
-
-// leaseWaiter is wait's look at the lease key: one agent for the whole
-// wait, and etcd's watch rather than a look every so often.
-type leaseWaiter struct {
-	a *lease.Agent
-}
-
-func (f *leaseFlags) waiter() (*leaseWaiter, error) {
-	a, err := f.startAgent()
-	if err != nil {
-		return nil, err
-	}
-	return &leaseWaiter{a: a}, nil
-}
-
-func (w *leaseWaiter) Close() { w.a.Close() }
-
-// wait blocks until the key is held (held) or free, or until until (zero:
-// no end). It returns nil once the key is as wanted; etcd unavailable, or
-// the end, is an error after a pause, for the caller to look again.
-func (w *leaseWaiter) wait(held bool, until time.Time) error {
-	ctx := context.Background()
-	if !until.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, until)
-		defer cancel()
-	}
-	_, err := w.a.WaitFor(ctx, held)
-	var ue *lease.UnavailableError
-	if errors.As(err, &ue) {
-		select {
-		case <-ctx.Done():
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
-	return err
 }

@@ -5,7 +5,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/spf13/pflag"
 )
@@ -32,29 +31,8 @@ func TestNoEtcdLinked(t *testing.T) {
 	}
 }
 
-// TestLeaseTiming: the defaults scale with the TTL and fit in it; a stop
-// timeout that leaves no room is refused.
-func TestLeaseTiming(t *testing.T) {
-	for _, c := range []struct {
-		ttl, stop             time.Duration
-		renew, term, kill, ok time.Duration // term and kill: before the deadline
-	}{
-		{ttl: 3 * time.Second, renew: time.Second, term: 900 * time.Millisecond, kill: 300 * time.Millisecond, ok: 1},
-		{ttl: 10 * time.Second, renew: 10 * time.Second / 3, term: 3 * time.Second, kill: time.Second, ok: 1},
-		{ttl: 10 * time.Second, stop: 5 * time.Second, renew: 10 * time.Second / 3, term: 6 * time.Second, kill: time.Second, ok: 1},
-		{ttl: 3 * time.Second, stop: 2 * time.Second},
-		{ttl: 10 * time.Second, stop: 6 * time.Second},
-	} {
-		f := leaseFlags{ttl: c.ttl, stopTimeout: c.stop}
-		tm, err := f.timing()
-		if (err == nil) != (c.ok != 0) {
-			t.Errorf("ttl %v stop %v: err %v", c.ttl, c.stop, err)
-			continue
-		}
-		if err == nil && (tm.renew != c.renew || tm.stop+tm.margin != c.term || tm.margin != c.kill) {
-			t.Errorf("ttl %v stop %v: %+v", c.ttl, c.stop, tm)
-		}
-	}
+// TestLeaseFlags: a lease flag without --etcd is a usage error.
+func TestLeaseFlags(t *testing.T) {
 	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
 	var f leaseFlags
 	addLeaseFlags(fs, &f, leaseRun)

@@ -22,6 +22,7 @@ import (
 
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/lease"
 	"github.com/dirlockd/dirlockd/internal/printable"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
@@ -50,8 +51,8 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return cmdVersion(args[1:], stdout, stderr)
 	case completeCommand:
 		return cmdComplete(cmds, args[1:], stdout)
-	case fenceCommand:
-		return cmdFence(args[1:], stdout, stderr)
+	case lease.WatchdogCommand:
+		return lease.WatchdogMain(args[1:], stdout, stderr)
 	case manCommand:
 		if man := manGenerator(); man != nil {
 			return man(cmds, args[1:], stderr)

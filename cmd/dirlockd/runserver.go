@@ -18,18 +18,18 @@ import (
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/fault"
+	"github.com/dirlockd/dirlockd/internal/guard"
 	"github.com/dirlockd/dirlockd/internal/lease"
 	"github.com/dirlockd/dirlockd/internal/notify"
 	"github.com/dirlockd/dirlockd/internal/supervise"
-	"github.com/dirlockd/dirlockd/pidfile"
 )
 
 // runServer is one "dirlockd run", top to bottom: dial the lease (--etcd),
 // acquire the interlock, acquire the lease, supervise the server's tree
 // (package supervise) until its last process has exited, and release in
-// reverse. The guards are localguard.go (the interlock, with
-// interlock.Keeper doing its storage work) and leaseguard.go (the etcd lease); run.go is the
-// command, its help and flags.
+// reverse. The guards are supervise.LocalGuard (the interlock, with
+// interlock.Keeper doing its storage work) and lease.Guard (the etcd
+// lease); run.go is the command, its help and flags.
 func runServer(f *runFlags, opts interlock.Options, dir string, argv []string, log *slog.Logger) int {
 	path, err := exec.LookPath(argv[0])
 	if err != nil {
@@ -43,39 +43,34 @@ func runServer(f *runFlags, opts interlock.Options, dir string, argv []string, l
 	defer signal.Stop(sigs)
 	var early []syscall.Signal // signals received while acquiring, for the server once it is ready
 
-	var lg *leaseGuard
+	// Dial the lease before anything is written: etcd out of reach, or
+	// the key held without --wait, fails here and leaves nothing but a
+	// log line. A takeover on shared storage then asks the lease too.
+	var ls *lease.Guard
 	if f.withLease {
-		var code int
-		if lg, code = dialLease(f.lease, &opts, f.conflictExit, dir, log); code != 0 {
-			lg.Release()
-			return code
+		if ls, err = lease.Dial(f.lease.config(), opts.Wait != 0, log); err != nil {
+			ls.Release()
+			return leaseFailed(log, err, dir, f.conflictExit)
 		}
+		opts.TakeoverProof = ls.Proof
 	}
+
+	// Acquire the interlock.
 	began := time.Now()
-	var lock *interlock.Lock
-	stopSig, err := interruptible(sigs, &early, func(ctx context.Context) (err error) {
-		lock, err = interlock.Acquire(ctx, dir, opts)
-		return err
-	})
+	local := supervise.NewLocalGuard(dir, opts, log)
+	stopSig, err := supervise.Interruptible(sigs, &early, local.Acquire)
 	if err != nil {
-		if lg != nil {
-			lg.Release()
-		}
+		ls.Release()
 		if stopSig != 0 {
 			log.Info("gave up acquiring the data directory", "datadir", dir, "signal", supervise.SignalName(stopSig), "err", err)
 			return exitcode.SignalBase + int(stopSig)
 		}
 		return acquireFailed(log, err, dir, f)
 	}
+	lock := local.Lock()
 	rec := lock.Record()
 	log = log.With("datadir", rec.DataDir)
-	logAcquired(log, lock)
-	local := newLocalGuard(lock, log)
-	guards := []supervise.Guard{local}
-	if lg != nil {
-		lg.log = log
-		guards = append(guards, lg)
-	}
+	guards := []guard.Guard{local}
 	release := func(code int) int {
 		for i := len(guards) - 1; i >= 0; i-- {
 			if err := guards[i].Release(); err != nil && code == 0 {
@@ -84,22 +79,36 @@ func runServer(f *runFlags, opts interlock.Options, dir string, argv []string, l
 		}
 		return code
 	}
-	if stopSig == 0 && lg != nil {
-		var code int
-		if stopSig, code = lg.acquire(sigs, &early, rec.DataDir, dir, opts.Wait, began, f.conflictExit); code != 0 {
-			return release(code)
+
+	// Acquire the lease, waiting for the rest of --wait.
+	if ls != nil {
+		ls.SetLog(log)
+		guards = append(guards, ls)
+		if stopSig == 0 {
+			wait := opts.Wait
+			if wait > 0 {
+				wait = max(wait-time.Since(began), time.Millisecond)
+			}
+			stopSig, err = supervise.Interruptible(sigs, &early, func(ctx context.Context) error {
+				return ls.Acquire(ctx, rec.DataDir, wait)
+			})
+			if stopSig == 0 && err != nil {
+				return release(leaseFailed(log, err, dir, f.conflictExit))
+			}
 		}
 	}
 	if stopSig != 0 {
 		log.Info("stopped before the server started", "signal", unix.SignalName(stopSig))
 		return release(exitcode.SignalBase + int(stopSig))
 	}
-	if lg != nil {
-		if code := advanceTokenFile(log, rec.DataDir, opts.Pidfile, lg.Lease()); code != 0 {
-			return release(code)
+	if ls != nil {
+		if err := ls.AdvanceTokenFile(rec.DataDir, opts.Pidfile); err != nil {
+			return release(startExit(err, 0))
 		}
 	}
-	rc, err := local.start()
+
+	// Supervise.
+	rc, err := local.Keep()
 	if err != nil {
 		log.Error("cannot keep the data directory", "err", err)
 		return release(exitcode.Internal)
@@ -124,19 +133,17 @@ func runServer(f *runFlags, opts interlock.Options, dir string, argv []string, l
 		return release(exitcode.Internal)
 	}
 	defer nl.Close()
-	if lg != nil {
-		w, err := startWatchdog(lg.Guard)
-		if err != nil {
+	if ls != nil {
+		if err := ls.StartWatchdog(); err != nil {
 			log.Error("cannot start the fence process", "err", err)
 			return release(exitcode.Internal)
 		}
-		log.Debug("started the fence process", "pid", w.PID())
 	}
 	s := &supervise.Supervisor{
 		Path:         path,
 		Args:         argv,
 		Env:          childEnv(os.Environ()),
-		Files:        []uintptr{lock.File().OS().Fd()}, // childLockFD
+		Files:        []uintptr{lock.File().OS().Fd()}, // supervise.LockFD
 		Log:          log,
 		Record:       rc,
 		Guards:       guards,
@@ -154,48 +161,26 @@ func runServer(f *runFlags, opts interlock.Options, dir string, argv []string, l
 		ReadyNotify:  f.readyNotify,
 		MainPIDFile:  f.mainPIDFile,
 	}
-	return s.Run()
+	return s.Run() // releases the guards once the tree is gone
 }
 
-// logAcquired says what was acquired, and what it took over.
-func logAcquired(log *slog.Logger, lock *interlock.Lock) {
-	rec := lock.Record()
-	log.Info("acquired the data directory", "lock_method", rec.LockMethod, "shm_key", pidfile.FormatKey(rec.ShmKey), "shm_id", rec.ShmID)
-	if p := lock.Previous(); p != nil && !p.Clean() {
-		log.Warn(p.String())
+// leaseFailed logs why the lease cannot be had, with what to do, and
+// returns run's status (startExit).
+func leaseFailed(log *slog.Logger, err error, dir string, conflictExit int) int {
+	var he *lease.HeldError
+	var ue *lease.UnavailableError
+	switch {
+	case errors.As(err, &he):
+		h := he.Holder
+		log.Error("cannot start: "+err.Error(), "datadir", dir, "lease_key", he.Key, "holder_host", h.Host, "holder_pid", h.PID,
+			"since", h.Started.Format(time.RFC3339), "fencing_token", h.Token,
+			"hint", "stop it on "+h.Host+" first, or wait: --wait DURATION")
+	case errors.As(err, &ue):
+		log.Error("cannot start: "+err.Error(), "datadir", dir, "hint", "check --etcd and that a majority of etcd's members is up")
+	default:
+		log.Error("cannot start: "+err.Error(), "datadir", dir)
 	}
-	if t := lock.Takeover(); t != nil {
-		log.Warn(t.String())
-	}
-	// What the locks are worth when the data directory is on shared
-	// storage.
-	fs, err := lock.File().Filesystem()
-	if err != nil || !fs.Shared() {
-		return
-	}
-	m := lock.File().Method()
-	if why := fs.LocalOnly(m); why != "" {
-		log.Warn("shared storage with host-local locks, allowed by --allow-local-locks: "+why, "fs", fs.Type, "mount", fs.MountPoint)
-		return
-	}
-	log.Info("shared storage: "+fs.Guarantee(m), "fs", fs.Type, "mount", fs.MountPoint)
-}
-
-// advanceTokenFile records the lease's fencing token in the directory's
-// token file (the fence file), refusing a token below one that ran here.
-func advanceTokenFile(log *slog.Logger, dataDir, pidfileName string, l *lease.Lease) int {
-	err := lease.AdvanceTokenFile(dataDir, lease.TokenFileName(pidfileName), l.Token(), l.Key())
-	if err == nil {
-		return 0
-	}
-	var tb *lease.TokenBackError
-	if errors.As(err, &tb) {
-		log.Error("cannot start: "+err.Error(), "fence_file", tb.Path,
-			"hint", "find out why etcd went back; remove the fence file only if no server of the old history can still run")
-	} else {
-		log.Error("cannot start: " + err.Error())
-	}
-	return startExit(err, 0)
+	return startExit(err, conflictExit)
 }
 
 // childVars are the variables run gives the server; any value the caller's
@@ -210,32 +195,6 @@ func childEnv(env []string) []string {
 		k, _, _ := strings.Cut(kv, "=")
 		return slices.Contains(childVars, k)
 	})
-}
-
-// interruptible runs f while watching for signals: SIGTERM or SIGINT
-// cancels f's context (and is returned); the other forwarded signals are
-// kept in early for the server.
-func interruptible(sigs <-chan os.Signal, early *[]syscall.Signal, f func(context.Context) error) (stop syscall.Signal, err error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- f(ctx) }()
-	for {
-		select {
-		case s := <-sigs:
-			sig := s.(syscall.Signal)
-			if sig != syscall.SIGTERM && sig != syscall.SIGINT {
-				*early = append(*early, sig)
-				continue
-			}
-			if stop == 0 {
-				stop = sig
-				cancel()
-			}
-		case err := <-done:
-			return stop, err
-		}
-	}
 }
 
 // acquireFailed logs why the interlock cannot be had, with what to do,

@@ -1,22 +1,17 @@
 package main
 
 import (
-	"context"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"os/exec"
-	"os/signal"
 	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
-	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
-	"github.com/dirlockd/dirlockd/internal/lease"
 	"github.com/dirlockd/dirlockd/internal/stress"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
@@ -180,105 +175,17 @@ func cmdStress(args []string, stdout, stderr io.Writer) int {
 		g.log.Error("cannot stress the data directory: "+err.Error(), "datadir", g.dirs[0])
 		return exitcode.Invalid
 	}
-	log := g.log.With("datadir", dir)
-	var guard func(context.Context) (int64, func() error, error)
+	c := &stress.Command{
+		Config: stress.Config{Dir: dir, Opts: g.opts, Host: f.host, Workers: f.workers, Duration: f.duration,
+			Hold: f.hold, KillRate: f.killRate, Command: workerCommand(dir, f.host, args, stderr)},
+		Verify: f.verify, JSON: f.json, WorkerID: f.worker, RunID: f.run,
+		Log: g.log.With("datadir", dir), Stdout: stdout, Stderr: stderr, Terminal: isTerminal(stderr), Exit: stressExit,
+	}
 	if withLease {
-		a, err := f.lease.startAgent()
-		if err == nil {
-			// Before any worker starts: an etcd that does not answer
-			// is one clear line, not a failure of every worker.
-			_, err = a.Holder(context.Background())
-		}
-		if err != nil {
-			if f.worker != "" {
-				stress.FailMessage(stdout, err)
-			} else {
-				log.Error("cannot stress with a lease: "+err.Error(), "lease_key", f.lease.key)
-			}
-			if a != nil {
-				a.Close()
-			}
-			return stressExit(err)
-		}
-		defer a.Close()
-		guard = stressLease(a, dir)
+		cfg := f.lease.config()
+		c.LeaseConfig = &cfg
 	}
-	if f.worker != "" {
-		return stressWorker(dir, f, g.opts, guard, stdout)
-	}
-
-	var run *stress.RunReport
-	if !f.verify {
-		ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-		defer cancel()
-		// The first SIGINT or SIGTERM stops the workers between holds;
-		// a second one kills, as by default.
-		go func() { <-ctx.Done(); cancel() }()
-		cfg := stress.Config{Dir: dir, Opts: g.opts, Host: f.host, Workers: f.workers, Duration: f.duration,
-			Hold: f.hold, KillRate: f.killRate, Command: workerCommand(dir, f.host, args, stderr), Guard: guard}
-		if isTerminal(stderr) {
-			cfg.Progress = func(p stress.Progress) {
-				fmt.Fprintf(stderr, "\r%6.1fs  %d acquisitions  %.1f/s  p99 %s  killed %d  violations %d\033[K",
-					p.Elapsed.Seconds(), p.Acquisitions, p.Rate, stress.Dur(p.P99), p.Killed, p.Violations)
-			}
-		}
-		log.Info("stressing the interlock", "host", f.host, "workers", f.workers, "duration", f.duration, "hold", f.hold, "kill_rate", f.killRate, "lease_key", f.lease.key)
-		st, err := stress.Run(ctx, cfg)
-		if cfg.Progress != nil {
-			fmt.Fprint(stderr, "\r\033[K")
-		}
-		if err != nil {
-			code := stressExit(err)
-			var we *stress.WorkerError
-			if errors.As(err, &we) && (we.Code == exitcode.Invalid || we.Code == exitcode.Orphans || we.Code == exitcode.Unavailable) {
-				code = we.Code
-			}
-			switch code {
-			case exitcode.Invalid:
-				log.Error("the data directory cannot carry the interlock: " + err.Error())
-			case exitcode.Orphans:
-				log.Error("cannot stress the data directory: " + err.Error())
-			default:
-				log.Error("stress failed: " + err.Error())
-			}
-			return code
-		}
-		run = stress.NewRunReport(cfg, st)
-	}
-	res, err := stress.Check(dir)
-	if err != nil {
-		log.Error("cannot check the witness files", "err", err)
-		return exitcode.Internal
-	}
-	rep := stress.NewReport(dir, run, res)
-	if f.json {
-		writeJSON(stdout, rep)
-	} else {
-		rep.WriteText(stdout)
-	}
-	if rep.Verdict != stress.Pass {
-		return 1
-	}
-	return 0
-}
-
-// stressLease is stress's second interlock: the lease, taken as run --etcd
-// takes it (waiting on a watch), its token the hold's fencing token.
-// Each process (the parent, every worker) has an agent of its own, which
-// renews the lease of the hold under way when its process asks, as run's
-// does.
-func stressLease(a *lease.Agent, dir string) func(context.Context) (int64, func() error, error) {
-	return func(ctx context.Context) (int64, func() error, error) {
-		id, err := lease.Self(dir)
-		if err != nil {
-			return 0, nil, err
-		}
-		l, err := a.Acquire(ctx, id, true)
-		if err != nil {
-			return 0, nil, err
-		}
-		return l.Token(), l.Release, nil
-	}
+	return c.Main()
 }
 
 // stressExit is the exit status for err, as for run: 78 for the data
@@ -306,19 +213,4 @@ func workerCommand(dir, host string, args []string, stderr io.Writer) func(run, 
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		return cmd
 	}
-}
-
-// stressWorker is a worker process: it runs until the parent closes its
-// standard input, or until SIGTERM or SIGINT, and tells the parent why it
-// failed if it does.
-func stressWorker(dir string, f stressFlags, opts interlock.Options, guard func(context.Context) (int64, func() error, error), stdout io.Writer) int {
-	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer cancel()
-	err := stress.Work(ctx, stress.WorkerConfig{Dir: dir, Opts: opts, Hold: f.hold, Host: f.host, ID: f.worker, Run: f.run,
-		Verdicts: f.killRate > 0, In: os.Stdin, Out: stdout, Guard: guard})
-	if err == nil {
-		return 0
-	}
-	stress.FailMessage(stdout, err)
-	return stressExit(err)
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/lease"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
@@ -65,9 +66,9 @@ func cmdWait(args []string, stdout, stderr io.Writer) int {
 	}
 	log := g.log.With("datadir", g.dirs[0])
 	start := time.Now()
-	var lw *leaseWaiter
+	var lw *lease.Waiter
 	if withLease {
-		if lw, err = f.lease.waiter(); err != nil {
+		if lw, err = lease.NewWaiter(f.lease.config()); err != nil {
 			log.Error("cannot wait for the lease: " + err.Error())
 			return 3
 		}
@@ -86,7 +87,7 @@ func cmdWait(args []string, stdout, stderr io.Writer) int {
 			if f.timeout > 0 {
 				until = start.Add(f.timeout)
 			}
-			if err := lw.wait(f.target == "ready", until); err != nil {
+			if err := lw.Wait(f.target == "ready", until); err != nil {
 				log.Debug("the lease is not there yet", "err", err)
 				free, ready = false, false
 			}

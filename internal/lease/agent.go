@@ -1,10 +1,12 @@
 // Package lease is dirlockd's side of the etcd lease, the second, cross-host
 // interlock of a data directory (docs/lease.md): the handle on the etcd
 // agent that holds the lease (Start, Agent, Lease), the renewal deadline
-// (Keeper), the watchdog process that SIGKILLs the server's tree if
-// dirlockd is paused or dies before the lease can end (Watchdog), and the
-// token file that remembers the highest fencing token that ran in a
-// directory (AdvanceTokenFile). It never imports etcd's client: the agent,
+// (Keeper), the lease as a holder's guard (Guard: run's, around its
+// server, and stress's), the watchdog process that SIGKILLs the server's
+// tree if dirlockd is paused or dies before the lease can end (Watchdog),
+// the token file that remembers the highest fencing token that ran in a
+// directory (AdvanceTokenFile), and what check, status and wait ask of
+// the key (Inspect, Waiter). It never imports etcd's client: the agent,
 // package agent, does.
 //
 // Go runs every package's initialisation at start: linked into dirlockd,
@@ -52,9 +54,10 @@ type Config struct {
 	Username    string        `json:"username,omitempty"`
 	Password    string        `json:"password,omitempty"`
 
-	// Renew is how often the parent renews; 0: TTL/3. It stays on this
-	// side of the pipe.
-	Renew time.Duration `json:"-"`
+	// Timing is how often the parent renews (0: TTL/3) and when a
+	// guarded server is stopped (Guard). It stays on this side of the
+	// pipe.
+	Timing `json:"-"`
 }
 
 func (c *Config) renew() time.Duration {

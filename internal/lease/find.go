@@ -40,3 +40,13 @@ func Path() (string, error) {
 	}
 	return "", &NotFoundError{Tried: tried}
 }
+
+// StartAgent starts the agent found for the running executable (Path) and
+// connects it to etcd for cfg (Start).
+func StartAgent(cfg Config) (*Agent, error) {
+	path, err := Path()
+	if err != nil {
+		return nil, err
+	}
+	return Start(path, cfg)
+}

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dirlockd/dirlockd/internal/eintr"
+	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/proc"
 )
 
@@ -29,7 +30,7 @@ import (
 // died, and the fence kills at the last kill time it was told.
 //
 // The watchdog is dirlockd's child, so dirlockd, the subreaper, reaps it like
-// a process of the tree: run leaves it out of the tree (supervise.Guard's Helpers),
+// a process of the tree: run leaves it out of the tree (Guard.Helpers),
 // counts the tree gone when the fence is its only child left, and then says
 // bye. It holds none of the interlock's witnesses: no pidfile descriptor, no
 // segment, no token in its environment.
@@ -128,6 +129,29 @@ func (f *Watchdog) Bye() {
 	unix.Sendmsg(f.sock, []byte("bye"), nil, nil, 0)
 	unix.Close(f.sock)
 	f.sock = -1
+}
+
+// WatchdogCommand is the hidden command of dirlockd that runs the watchdog
+// process (WatchdogMain); it is in no command table: users never run it.
+const WatchdogCommand = "fence"
+
+// WatchdogMain is the watchdog process: "dirlockd fence KILLAT", the
+// socket on descriptor 3. It is not for users.
+func WatchdogMain(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 1 && (args[0] == "-h" || args[0] == "--help") {
+		fmt.Fprintln(stdout, "dirlockd fence is internal: dirlockd run --etcd starts it to kill the server's tree if dirlockd itself\nis stopped or killed before the lease can end (docs/lease.md). It is not run by hand.")
+		return 0
+	}
+	if len(args) != 1 {
+		fmt.Fprintln(stderr, "dirlockd fence is started by dirlockd run --etcd, not by hand")
+		return exitcode.Usage
+	}
+	at, err := strconv.ParseInt(args[0], 10, 64)
+	if err != nil {
+		fmt.Fprintln(stderr, "dirlockd fence: bad kill time:", err)
+		return exitcode.Usage
+	}
+	return RunWatchdog(at, 3, stderr)
 }
 
 // RunWatchdog is the watchdog process's work, from its first kill time (on

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -247,4 +248,12 @@ func BecomeSubreaper() error {
 func HasChildren() bool {
 	var info unix.Siginfo
 	return unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WSTOPPED|unix.WCONTINUED|unix.WNOHANG|unix.WNOWAIT, nil) != unix.ECHILD
+}
+
+// Describe says how a process ended: its exit status or its signal.
+func Describe(ws unix.WaitStatus) string {
+	if ws.Signaled() {
+		return unix.SignalName(ws.Signal())
+	}
+	return strconv.Itoa(ws.ExitStatus())
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/lease"
 )
 
 // Config is a stress run on this host.
@@ -35,10 +36,10 @@ type Config struct {
 	Command func(run, id string) *exec.Cmd
 	// Progress, if set, is called every ProgressEvery while workers run.
 	Progress func(Progress)
-	// Guard, if set, is the second interlock the workers' holds take (see
-	// WorkerConfig.Guard): the parent takes it too to log kills and the
+	// Lease, if set, is the lease the workers' holds take (see
+	// WorkerConfig.Lease): the parent takes it too to log kills and the
 	// end of the run, which are appends to the log like any other.
-	Guard func(ctx context.Context) (token int64, release func() error, err error)
+	Lease *lease.Guard
 }
 
 // ProgressEvery is how often Run reports progress.
@@ -72,10 +73,11 @@ type WorkerError struct {
 func (e *WorkerError) Error() string { return fmt.Sprintf("worker PID %d: %s", e.PID, e.Msg) }
 
 type run struct {
-	cfg   Config
-	log   *writer // the parent's own: killed and stop events
-	stop  chan struct{}
-	kills chan Event
+	cfg    Config
+	guards *guards // the parent's: for its own appends
+	log    *writer // the parent's own: killed and stop events
+	stop   chan struct{}
+	kills  chan Event
 
 	mu     sync.Mutex
 	stats  Stats
@@ -101,7 +103,7 @@ func Run(ctx context.Context, cfg Config) (*Stats, error) {
 		return nil, err
 	}
 	defer lw.Close()
-	r := &run{cfg: cfg, log: lw, stop: make(chan struct{}), kills: make(chan Event, 16), failed: make(chan struct{})}
+	r := &run{cfg: cfg, guards: newGuards(cfg.Dir, cfg.Opts, cfg.Lease), log: lw, stop: make(chan struct{}), kills: make(chan Event, 16), failed: make(chan struct{})}
 
 	recCtx, cancelRec := context.WithCancel(context.Background())
 	defer cancelRec()
@@ -379,21 +381,11 @@ func (r *run) record(ctx context.Context) error {
 	return nil
 }
 
-// locked runs f holding the directory as a worker's hold does: the
-// interlock, and the guard if there is one.
+// locked runs f holding the directory as a worker's hold does.
 func (r *run) locked(ctx context.Context, f func() error) error {
-	opts := r.cfg.Opts
-	opts.Wait = -1
-	l, err := interlock.Acquire(ctx, r.cfg.Dir, opts)
-	if err != nil {
+	if err := r.guards.acquire(ctx); err != nil {
 		return err
 	}
-	release := func() error { return nil }
-	if r.cfg.Guard != nil {
-		if _, release, err = r.cfg.Guard(ctx); err != nil {
-			return errors.Join(err, l.Release())
-		}
-	}
-	err = f()
-	return errors.Join(err, release(), l.Release())
+	err := f()
+	return errors.Join(err, r.guards.release())
 }

@@ -2,8 +2,10 @@
 // interlock: whether two processes, on one host or on several clients of a
 // shared filesystem, can ever hold the same data directory at once.
 //
-// Workers loop on the real interlock.Acquire and Release. While they hold the
-// directory they report to two witness files that live in the data directory
+// Workers loop on the real interlock.Acquire and Release, through the
+// guards dirlockd run holds a directory with (supervise.LocalGuard, and
+// lease.Guard for --etcd: guards.go); Command is the stress command. While
+// they hold the directory they report to two witness files that live in the data directory
 // itself, so that every client of the storage writes to the same ones:
 //
 //   - the log (LogName): every hold appends an enter event and an exit event,

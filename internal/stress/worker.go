@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/lease"
 )
 
 // The protocol between the stress parent and a worker process. The worker
@@ -46,10 +47,9 @@ type WorkerConfig struct {
 	Verdicts bool
 	In       io.Reader // verdicts; end of file means stop
 	Out      io.Writer // MsgHolding lines
-	// Guard, if set, is a second interlock each hold takes after the
-	// local one and ends before it (a lease: stress --etcd). It blocks
-	// until held or ctx is done, and returns the hold's fencing token.
-	Guard func(ctx context.Context) (token int64, release func() error, err error)
+	// Lease, if set, is the lease each hold takes after the local
+	// interlock and ends before it (stress --etcd), as run takes it.
+	Lease *lease.Guard
 }
 
 type worker struct {
@@ -64,9 +64,10 @@ type worker struct {
 	counter *os.File
 }
 
-// Work acquires and releases the data directory in a loop, holding it each
-// time for cfg.Hold: it logs an enter with the counter it read, tells the
-// parent, sleeps, writes the counter plus one, logs an exit, and releases.
+// Work acquires and releases the data directory in a loop, through run's
+// guards, holding it each time for cfg.Hold: it logs an enter with the
+// counter it read, tells the parent, sleeps, writes the counter plus one,
+// logs an exit, and releases.
 // It returns nil once In is closed (or ctx is done), after finishing the
 // hold it is in.
 func Work(ctx context.Context, cfg WorkerConfig) error {
@@ -91,34 +92,18 @@ func Work(ctx context.Context, cfg WorkerConfig) error {
 		case <-ctx.Done():
 		}
 	}()
-	opts := cfg.Opts
-	opts.Wait = -1
+	g := newGuards(cfg.Dir, cfg.Opts, cfg.Lease)
 	for ctx.Err() == nil {
 		t0 := time.Now()
-		l, err := interlock.Acquire(ctx, cfg.Dir, opts)
-		if err != nil {
+		if err := g.acquire(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil // stopped while waiting
 			}
 			return err
 		}
-		var fence int64
-		release := func() error { return nil }
-		if cfg.Guard != nil {
-			if fence, release, err = cfg.Guard(ctx); err != nil {
-				l.Release()
-				if ctx.Err() != nil {
-					return nil
-				}
-				return err
-			}
-		}
-		err = w.hold(l.Record().Token, fence, time.Since(t0))
-		if gerr := release(); err == nil && gerr != nil {
-			err = gerr
-		}
-		if rerr := l.Release(); err == nil && rerr != nil {
-			err = fmt.Errorf("release %s: %w", cfg.Dir, rerr)
+		err := w.hold(g.token(), g.fence(), time.Since(t0))
+		if rerr := g.release(); err == nil {
+			err = rerr
 		}
 		if err != nil {
 			return err

@@ -50,14 +50,6 @@ func ExitCode(ws unix.WaitStatus) int {
 	return exitcode.Internal
 }
 
-// Describe says how a process ended: its exit status or its signal.
-func Describe(ws unix.WaitStatus) string {
-	if ws.Signaled() {
-		return unix.SignalName(ws.Signal())
-	}
-	return strconv.Itoa(ws.ExitStatus())
-}
-
 // exitCode is run's status once the tree is gone: the last main process's,
 // if its status is known, else the command's.
 func (s *Supervisor) exitCode() int {

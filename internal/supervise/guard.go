@@ -6,64 +6,33 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/guard"
 	"github.com/dirlockd/dirlockd/internal/proc"
 )
 
-// A Guard holds the data directory while the server runs: dirlockd's local
-// interlock, the etcd lease. It is acquired before the supervisor starts
-// the server; the supervisor learns of its changes (Changed, then Check),
-// stops the server when it is lost or its deadlines come, and releases it
-// after the tree is gone, guards in the reverse of their order. Its
-// methods are called from the supervisor's goroutine only.
-type Guard interface {
-	// Fields are the record fields it adds; Env the server's variables.
-	Fields() map[string]string
-	Env() []string
-	// Changed delivers a value when Check may have news.
-	Changed() <-chan struct{}
-	// Check says what has changed since the last call.
-	Check() Event
-	// Tree tells it the server's tree as it is now: at the start, and
-	// after each of its deadlines moved.
-	Tree(t proc.Tree)
-	// Helpers are its processes among our children that are not of the
-	// server's tree (the lease's agent and watchdog); HelperExited handles
-	// the exit of one of them, and reports whether pid was one.
-	Helpers() []int
-	HelperExited(pid int, ws unix.WaitStatus) (mine bool, ev Event)
-	// Overdue logs why the stop signal (kill false) or SIGKILL (kill
-	// true, to pids) is sent at its deadline.
-	Overdue(kill bool, pids []int)
-	// Release lets go of it. A guard with helpers is released once they
-	// are our only children left, so that they can exit and the tree be
-	// seen gone; the others once it is gone.
-	Release() error
-}
-
-// An Event is what a guard reports.
-type Event struct {
-	// Lost says the guard no longer holds the directory, and why: with
-	// Kill, the tree gets SIGKILL at once (a lease that may already have
-	// ended); without, OnLost says what is done.
-	Lost error
-	Kill bool
-	// Stop, when set, stops the server for that reason, whatever OnLost
-	// says: the guard cannot hold much longer (a lease with nobody left to
-	// renew it).
-	Stop string
-	// Deadlines sets, from now, when the server must be stopping (StopIn)
-	// and dead (KillIn); Why is the reason the stop at them gives.
-	Deadlines      bool
-	StopIn, KillIn time.Duration
-	Why            string
-}
-
 // guardState is what the supervisor keeps of a guard.
 type guardState struct {
-	g              Guard
-	stopAt, killAt time.Time // zero: none
-	why            string    // the deadlines' reason
+	g              guard.DeadlineGuard // a guard.Guard that is not one is a plainGuard
+	stopAt, killAt time.Time           // zero: none
+	why            string              // the deadlines' reason
 	released       bool
+}
+
+// plainGuard is a guard without deadlines or helpers, as the supervisor
+// keeps it: its guard.DeadlineGuard methods do nothing.
+type plainGuard struct{ guard.Guard }
+
+func (plainGuard) Tree(proc.Tree)                                        {}
+func (plainGuard) Overdue(bool, []int)                                   {}
+func (plainGuard) Helpers() []int                                        { return nil }
+func (plainGuard) HelperExited(int, unix.WaitStatus) (bool, guard.Event) { return false, guard.Event{} }
+
+// keep is what the supervisor keeps of g.
+func keep(g guard.Guard) *guardState {
+	if dg, ok := g.(guard.DeadlineGuard); ok {
+		return &guardState{g: dg}
+	}
+	return &guardState{g: plainGuard{g}}
 }
 
 // at is the guard's stop deadline, or its kill deadline.
@@ -105,7 +74,7 @@ func (s *Supervisor) checkGuard(gs *guardState) {
 }
 
 // act acts on ev, from the guard gs.
-func (s *Supervisor) act(gs *guardState, ev Event) {
+func (s *Supervisor) act(gs *guardState, ev guard.Event) {
 	if ev.Deadlines {
 		now := s.Clock.Now()
 		gs.stopAt, gs.killAt, gs.why = now.Add(ev.StopIn), now.Add(ev.KillIn), ev.Why

@@ -1,39 +1,20 @@
 package supervise
 
 import (
-	"bytes"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/dirlockd/dirlockd/internal/notify"
+	"github.com/dirlockd/dirlockd/internal/testutil"
 )
-
-// syncBuffer is a bytes.Buffer the timer's goroutine and the test share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) lines() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return strings.FieldsFunc(s.b.String(), func(r rune) bool { return r == '\n' })
-}
 
 // TestRejectLog: of 10,000 rejected notifications the first is logged and
 // the rest summarised, at most once an interval, and once at the end.
 func TestRejectLog(t *testing.T) {
 	const every = 300 * time.Millisecond
-	var buf syncBuffer
+	var buf testutil.Buffer
 	log := slog.New(slog.NewTextHandler(&buf, nil))
 	l := rejectLog{every: every}
 	m := notify.Message{PID: 4242, UID: 1234, Fields: []notify.Field{{Key: "READY", Value: "1"}}}
@@ -41,14 +22,14 @@ func TestRejectLog(t *testing.T) {
 	for range 10000 {
 		l.add(log, m)
 	}
-	if n := len(buf.lines()); n != 1 && time.Since(start) < every {
-		t.Fatalf("%d lines for 10,000 rejects within %v, want 1:\n%s", n, every, strings.Join(buf.lines(), "\n"))
+	if n := len(buf.Lines()); n != 1 && time.Since(start) < every {
+		t.Fatalf("%d lines for 10,000 rejects within %v, want 1:\n%s", n, every, strings.Join(buf.Lines(), "\n"))
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for len(buf.lines()) < 2 && time.Now().Before(deadline) {
+	for len(buf.Lines()) < 2 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	lines := buf.lines()
+	lines := buf.Lines()
 	if len(lines) != 2 || !strings.Contains(lines[0], "pid=4242") || !strings.Contains(lines[1], "count=9999") {
 		t.Fatalf("want the first reject, then a summary of 9999:\n%s", strings.Join(lines, "\n"))
 	}
@@ -60,14 +41,14 @@ func TestRejectLog(t *testing.T) {
 		l.add(log, m)
 	}
 	l.stop()
-	lines = buf.lines()
+	lines = buf.Lines()
 	if len(lines) != 3 || !strings.Contains(lines[2], "count=5") {
 		t.Fatalf("want a last summary of 5 at the end:\n%s", strings.Join(lines, "\n"))
 	}
 	if time.Since(summarised) < every {
 		time.Sleep(every - time.Since(summarised) + 100*time.Millisecond)
 	}
-	if n := len(buf.lines()); n != 3 {
+	if n := len(buf.Lines()); n != 3 {
 		t.Fatalf("%d lines after stop, want 3", n)
 	}
 }

@@ -1,6 +1,7 @@
 package supervise
 
 import (
+	"context"
 	"os"
 	"slices"
 	"syscall"
@@ -13,6 +14,33 @@ import (
 // Forwarded are the signals a supervisor acts on: give Run's Signals
 // these (signal.Notify).
 var Forwarded = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2}
+
+// Interruptible runs f, an acquisition before the server starts, while
+// watching sigs (Forwarded): SIGTERM or SIGINT cancels f's context, and is
+// returned; the other signals are kept in early, for Run to pass to the
+// server once it is ready (Supervisor.Early).
+func Interruptible(sigs <-chan os.Signal, early *[]syscall.Signal, f func(context.Context) error) (stop syscall.Signal, err error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- f(ctx) }()
+	for {
+		select {
+		case s := <-sigs:
+			sig := s.(syscall.Signal)
+			if sig != syscall.SIGTERM && sig != syscall.SIGINT {
+				*early = append(*early, sig)
+				continue
+			}
+			if stop == 0 {
+				stop = sig
+				cancel()
+			}
+		case err := <-done:
+			return stop, err
+		}
+	}
+}
 
 // forward passes a signal on: to the main process (and its process group,
 // with --signal-group), or, with no main process, to each process dirlockd

@@ -10,7 +10,8 @@
 // (stop.go), and once the tree is gone releases the guards in the reverse
 // of their order. Everything happens in one select loop on one goroutine;
 // a guard's own work (storage, etcd) runs on goroutines and processes of
-// its own and reaches the loop as an event (Guard).
+// its own and reaches the loop as an event (guard.Guard). The local interlock's
+// guard is here (LocalGuard, localguard.go), the lease's in package lease.
 package supervise
 
 import (
@@ -27,6 +28,7 @@ import (
 
 	"github.com/dirlockd/dirlockd/internal/eintr"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/guard"
 	"github.com/dirlockd/dirlockd/internal/notify"
 	"github.com/dirlockd/dirlockd/internal/proc"
 	"github.com/dirlockd/dirlockd/pidfile"
@@ -55,7 +57,7 @@ type Supervisor struct {
 
 	Log    *slog.Logger
 	Record Recorder
-	Guards []Guard // acquired, in order; released in reverse once the tree is gone
+	Guards []guard.Guard // acquired, in order; released in reverse once the tree is gone
 
 	Signals <-chan os.Signal // the signals to act on (see Run)
 	Early   []syscall.Signal // signals that came before Run, for the server once it is ready
@@ -117,7 +119,7 @@ func (s *Supervisor) Run() int {
 	}
 	s.early = s.Early
 	for _, g := range s.Guards {
-		s.guards = append(s.guards, &guardState{g: g})
+		s.guards = append(s.guards, keep(g))
 		for k, v := range g.Fields() {
 			s.Record.SetExtra(k, v)
 		}
@@ -257,7 +259,7 @@ func (s *Supervisor) exited(pid int, ws *unix.WaitStatus) {
 	case isMain:
 		s.mainExited(ws)
 	case pid != s.cmdPID:
-		s.Log.Debug("a process of the server's tree exited", "pid", pid, "status", Describe(*ws))
+		s.Log.Debug("a process of the server's tree exited", "pid", pid, "status", proc.Describe(*ws))
 	}
 }
 

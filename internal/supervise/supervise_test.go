@@ -14,8 +14,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/guard"
 	"github.com/dirlockd/dirlockd/internal/notify"
 	"github.com/dirlockd/dirlockd/internal/proc"
+	"github.com/dirlockd/dirlockd/internal/testutil"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
@@ -131,7 +133,7 @@ type fakeGuard struct {
 	changed chan struct{}
 
 	mu      sync.Mutex
-	next    []Event
+	next    []guard.Event
 	helper  int // a helper process's PID; 0 for none
 	onFree  func()
 	overdue []string
@@ -141,7 +143,7 @@ func newFakeGuard(name string, ev *events) *fakeGuard {
 	return &fakeGuard{name: name, ev: ev, changed: make(chan struct{}, 1)}
 }
 
-func (g *fakeGuard) post(e Event) {
+func (g *fakeGuard) post(e guard.Event) {
 	g.mu.Lock()
 	g.next = append(g.next, e)
 	g.mu.Unlock()
@@ -153,11 +155,11 @@ func (g *fakeGuard) Env() []string             { return []string{"FAKE_" + strin
 func (g *fakeGuard) Changed() <-chan struct{}  { return g.changed }
 func (g *fakeGuard) Tree(proc.Tree)            {}
 
-func (g *fakeGuard) Check() Event {
+func (g *fakeGuard) Check() guard.Event {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if len(g.next) == 0 {
-		return Event{}
+		return guard.Event{}
 	}
 	e := g.next[0]
 	g.next = g.next[1:]
@@ -173,15 +175,15 @@ func (g *fakeGuard) Helpers() []int {
 	return []int{g.helper}
 }
 
-func (g *fakeGuard) HelperExited(pid int, ws unix.WaitStatus) (bool, Event) {
+func (g *fakeGuard) HelperExited(pid int, ws unix.WaitStatus) (bool, guard.Event) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if pid == 0 || pid != g.helper {
-		return false, Event{}
+		return false, guard.Event{}
 	}
 	g.helper = 0
 	g.ev.add(g.name + " helper exited")
-	return true, Event{}
+	return true, guard.Event{}
 }
 
 func (g *fakeGuard) Overdue(kill bool, pids []int) {
@@ -198,23 +200,18 @@ func (g *fakeGuard) Release() error {
 	return nil
 }
 
-// syncLog is a log the supervisor and the test share.
-type syncLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
+// plainFake is a guard with none of guard.DeadlineGuard's methods, as the local
+// interlock is.
+type plainFake struct{ g *fakeGuard }
 
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
+func newPlainFake(name string, ev *events) plainFake { return plainFake{newFakeGuard(name, ev)} }
 
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+func (p plainFake) post(e guard.Event)        { p.g.post(e) }
+func (p plainFake) Fields() map[string]string { return p.g.Fields() }
+func (p plainFake) Env() []string             { return p.g.Env() }
+func (p plainFake) Changed() <-chan struct{}  { return p.g.Changed() }
+func (p plainFake) Check() guard.Event        { return p.g.Check() }
+func (p plainFake) Release() error            { return p.g.Release() }
 
 // harness runs one supervisor in the background.
 type harness struct {
@@ -222,11 +219,11 @@ type harness struct {
 	sigs  chan os.Signal
 	clock *fakeClock
 	rec   *fakeRecord
-	log   *syncLog
+	log   *testutil.Buffer
 	code  chan int
 }
 
-func newHarness(t *testing.T, argv []string, guards ...Guard) *harness {
+func newHarness(t *testing.T, argv []string, guards ...guard.Guard) *harness {
 	t.Helper()
 	path, err := lookPath(argv[0])
 	if err != nil {
@@ -249,7 +246,7 @@ func newHarness(t *testing.T, argv []string, guards ...Guard) *harness {
 			}
 		}
 	})
-	h := &harness{sigs: make(chan os.Signal, 4), clock: newFakeClock(), rec: &fakeRecord{}, log: &syncLog{}, code: make(chan int, 1)}
+	h := &harness{sigs: make(chan os.Signal, 4), clock: newFakeClock(), rec: &fakeRecord{}, log: &testutil.Buffer{}, code: make(chan int, 1)}
 	h.s = &Supervisor{
 		Path: path, Args: argv, Env: os.Environ(),
 		Log:    slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
@@ -275,7 +272,7 @@ func (h *harness) wait(t *testing.T) int {
 }
 
 // until polls cond for up to 10 s.
-func until(t *testing.T, what string, cond func() bool, log *syncLog) {
+func until(t *testing.T, what string, cond func() bool, log *testutil.Buffer) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
@@ -290,7 +287,9 @@ func until(t *testing.T, what string, cond func() bool, log *syncLog) {
 func (h *harness) treeSize() int {
 	var helpers []int
 	for _, g := range h.s.Guards { // not h.s.helpers: Run's state is its own
-		helpers = append(helpers, g.Helpers()...)
+		if dg, ok := g.(guard.DeadlineGuard); ok {
+			helpers = append(helpers, dg.Helpers()...)
+		}
 	}
 	t := proc.PinBelow(proc.Self(), helpers...)
 	defer t.Close()
@@ -301,7 +300,7 @@ const ignoreTerm = `trap "" TERM; sleep 30 & wait`
 
 func TestStopMainProcess(t *testing.T) {
 	ev := &events{}
-	h := newHarness(t, []string{"sleep", "30"}, newFakeGuard("local", ev))
+	h := newHarness(t, []string{"sleep", "30"}, newPlainFake("local", ev))
 	h.start()
 	until(t, "server", func() bool { return h.treeSize() == 1 }, h.log)
 	h.sigs <- syscall.SIGTERM
@@ -322,7 +321,7 @@ func TestStopMainProcess(t *testing.T) {
 func TestStopWithoutMainProcess(t *testing.T) {
 	ev := &events{}
 	// The command exits at once and leaves two processes: no main one.
-	h := newHarness(t, []string{"sh", "-c", "sleep 30 & sleep 30 & exit 0"}, newFakeGuard("local", ev))
+	h := newHarness(t, []string{"sh", "-c", "sleep 30 & sleep 30 & exit 0"}, newPlainFake("local", ev))
 	h.start()
 	until(t, "two orphans", func() bool {
 		return h.treeSize() == 2 && strings.Contains(h.log.String(), "holding the data directory until the last process")
@@ -337,7 +336,7 @@ func TestStopWithoutMainProcess(t *testing.T) {
 }
 
 func TestKillAtStopTimeout(t *testing.T) {
-	h := newHarness(t, []string{"sh", "-c", ignoreTerm}, newFakeGuard("local", &events{}))
+	h := newHarness(t, []string{"sh", "-c", ignoreTerm}, newPlainFake("local", &events{}))
 	h.s.StopTimeout = 90 * time.Second
 	h.start()
 	until(t, "server", func() bool { return h.treeSize() == 2 }, h.log)
@@ -358,11 +357,11 @@ func TestKillAtStopTimeout(t *testing.T) {
 }
 
 func TestLocalLossShutdown(t *testing.T) {
-	g := newFakeGuard("local", &events{})
+	g := newPlainFake("local", &events{})
 	h := newHarness(t, []string{"sleep", "30"}, g)
 	h.start()
 	until(t, "server", func() bool { return h.treeSize() == 1 }, h.log)
-	g.post(Event{Lost: errors.New("the pidfile was deleted")})
+	g.post(guard.Event{Lost: errors.New("the pidfile was deleted")})
 	if c := h.wait(t); c != 128+int(syscall.SIGTERM) {
 		t.Fatalf("status %d, want 143; log:\n%s", c, h.log.String())
 	}
@@ -373,12 +372,12 @@ func TestLocalLossShutdown(t *testing.T) {
 }
 
 func TestLocalLossLog(t *testing.T) {
-	g := newFakeGuard("local", &events{})
+	g := newPlainFake("local", &events{})
 	h := newHarness(t, []string{"sleep", "30"}, g)
 	h.s.OnLost = "log"
 	h.start()
 	until(t, "server", func() bool { return h.treeSize() == 1 }, h.log)
-	g.post(Event{Lost: errors.New("the pidfile was deleted")})
+	g.post(guard.Event{Lost: errors.New("the pidfile was deleted")})
 	until(t, "loss logged", func() bool { return strings.Contains(h.log.String(), "interlock is lost") }, h.log)
 	if st := h.rec.Statuses(); slices.Contains(st, pidfile.Stopping) || h.treeSize() != 1 {
 		t.Fatalf("--on-lost log stopped the server: %v; log:\n%s", st, h.log.String())
@@ -393,11 +392,11 @@ func TestLocalLossLog(t *testing.T) {
 }
 
 func TestLeaseDeadline(t *testing.T) {
-	local, ls := newFakeGuard("local", &events{}), newFakeGuard("lease", &events{})
+	local, ls := newPlainFake("local", &events{}), newFakeGuard("lease", &events{})
 	h := newHarness(t, []string{"sh", "-c", ignoreTerm}, local, ls)
 	h.s.StopTimeout = time.Hour
 	// The lease ends in 10 s: stopped by 6 s, dead by 9 s.
-	ls.next = []Event{{Deadlines: true, StopIn: 6 * time.Second, KillIn: 9 * time.Second, Why: "lease deadline"}}
+	ls.next = []guard.Event{{Deadlines: true, StopIn: 6 * time.Second, KillIn: 9 * time.Second, Why: "lease deadline"}}
 	start := h.clock.Now()
 	h.start()
 	until(t, "server", func() bool { return h.treeSize() == 2 }, h.log)
@@ -426,11 +425,11 @@ func TestLeaseDeadline(t *testing.T) {
 }
 
 func TestLeaseLost(t *testing.T) {
-	local, ls := newFakeGuard("local", &events{}), newFakeGuard("lease", &events{})
+	local, ls := newPlainFake("local", &events{}), newFakeGuard("lease", &events{})
 	h := newHarness(t, []string{"sh", "-c", ignoreTerm}, local, ls)
 	h.start()
 	until(t, "server", func() bool { return h.treeSize() == 2 }, h.log)
-	ls.post(Event{Lost: errors.New("lease gone"), Kill: true})
+	ls.post(guard.Event{Lost: errors.New("lease gone"), Kill: true})
 	// No clock move: the SIGKILL comes at once, not at a timeout.
 	if c := h.wait(t); c != 128+int(syscall.SIGKILL) {
 		t.Fatalf("status %d, want 137; log:\n%s", c, h.log.String())
@@ -445,7 +444,7 @@ func TestLeaseLost(t *testing.T) {
 // of their order, the local guard last.
 func TestReleaseOrder(t *testing.T) {
 	ev := &events{}
-	local, mid, ls := newFakeGuard("local", ev), newFakeGuard("mid", ev), newFakeGuard("lease", ev)
+	local, mid, ls := newPlainFake("local", ev), newFakeGuard("mid", ev), newFakeGuard("lease", ev)
 	pid, err := syscall.ForkExec("/bin/sleep", []string{"sleep", "60"}, &syscall.ProcAttr{Files: []uintptr{0, 1, 2}})
 	if err != nil {
 		t.Fatal(err)

@@ -9,7 +9,7 @@ import "github.com/dirlockd/dirlockd/internal/proc"
 // double fork, stays in the tree. The tree is therefore empty exactly when
 // the supervisor has no child left, which is what wait4 reports with
 // ECHILD, and nothing else can join it once it is empty. Its children that
-// are not of the tree are the guards' helpers (Guard.Helpers: the lease's
+// are not of the tree are the guards' helpers (guard.DeadlineGuard.Helpers: the lease's
 // watchdog and etcd agent): every listing of the tree leaves them out, and
 // their guards are released once they are its only children, so that
 // ECHILD still comes when the tree is gone.
