@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/cli"
 	"github.com/dirlockd/dirlockd/internal/proc"
 	"github.com/dirlockd/dirlockd/internal/supervise"
 	"github.com/dirlockd/dirlockd/internal/users"
@@ -74,13 +75,13 @@ var signalNames = []string{"TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2"}
 func stopFlagSet(g *globals, f *stopFlags, stderr io.Writer) *pflag.FlagSet {
 	fs := command(&stopDoc, g, stderr)
 	fs.StringVar(&f.signal, "signal", "TERM", "signal name or number")
-	detail(fs, "signal", "TERM, INT, QUIT, HUP, KILL, USR1, USR2 or a number. For a dead holder's server or survivors, the default is the --stop-signal run recorded.")
+	cli.Detail(fs, "signal", "TERM, INT, QUIT, HUP, KILL, USR1, USR2 or a number. For a dead holder's server or survivors, the default is the --stop-signal run recorded.")
 	fs.BoolVar(&f.survivors, "survivors", false, "stop the proven survivors of a dead holder")
-	detail(fs, "survivors", "The holder is dead: signal the processes the witnesses prove to be its own survivors (pinned through pidfds), --kill-after escalating to SIGKILL.")
+	cli.Detail(fs, "survivors", "The holder is dead: signal the processes the witnesses prove to be its own survivors (pinned through pidfds), --kill-after escalating to SIGKILL.")
 	fs.DurationVar(&f.timeout, "timeout", 60*time.Second, "how long to wait for the release")
 	fs.DurationVar(&f.killAfter, "kill-after", 0, "then SIGKILL the proven holders (0: never)")
-	detail(fs, "kill-after", "If the directory is still held this long after the signal, every process proven to hold the lock gets SIGKILL; must be shorter than --timeout.")
-	completeValues(fs, "signal", signalNames...)
+	cli.Detail(fs, "kill-after", "If the directory is still held this long after the signal, every process proven to hold the lock gets SIGKILL; must be shorter than --timeout.")
+	cli.CompleteValues(fs, "signal", signalNames...)
 	return fs
 }
 

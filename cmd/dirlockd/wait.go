@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/cli"
 	"github.com/dirlockd/dirlockd/pidfile"
 )
 
@@ -43,7 +44,7 @@ func waitFlagSet(g *globals, f *waitFlags, stderr io.Writer) *pflag.FlagSet {
 	fs := command(&waitDoc, g, stderr)
 	fs.StringVar(&f.target, "for", "free", "what to wait for: free or ready")
 	fs.DurationVar(&f.timeout, "timeout", 0, "give up after this long (0: wait forever)")
-	completeValues(fs, "for", "free", "ready")
+	cli.CompleteValues(fs, "for", "free", "ready")
 	addLeaseFlags(fs, &f.lease, leaseInspect)
 	return fs
 }
