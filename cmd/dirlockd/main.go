@@ -247,7 +247,7 @@ func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
 	}
 	switch format {
 	case "text":
-		return slog.New(escapingHandler{tint.NewTextHandler(w, &tint.Options{Level: lv, TimeFormat: time.TimeOnly, NoColor: !isTerminal(w)})}), nil
+		return slog.New(printable.Handler(tint.NewTextHandler(w, &tint.Options{Level: lv, TimeFormat: time.TimeOnly, NoColor: !isTerminal(w)}))), nil
 	case "logfmt":
 		return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv})), nil
 	case "json":

@@ -12,6 +12,7 @@ import (
 	"github.com/dirlockd/dirlockd/internal/cli"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/supervise"
+	"github.com/dirlockd/dirlockd/internal/users"
 )
 
 type runFlags struct {
@@ -204,6 +205,14 @@ func runFlagSet(g *globals, f *runFlags, stderr io.Writer) *pflag.FlagSet {
 	return fs
 }
 
+// The record fields in which runserver.go writes how the server is stopped
+// and reloaded (supervise.ReadRecord reads them).
+const (
+	stopSignalKey   = supervise.StopSignalKey
+	reloadSignalKey = supervise.ReloadSignalKey
+	killModeKey     = supervise.KillModeKey
+)
+
 // runFloors are the floors of run's durations (checkFloors): a recheck
 // writes to the storage, more often than 10 times a second is a load with
 // no gain; a stop needs time to deliver its signal; a takeover watch
@@ -242,10 +251,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if f.killMode, err = supervise.ParseKillMode(f.killModeArg); err != nil {
 		return usageErr("--kill-mode %v", err)
 	}
-	if f.stopSig, err = parseSignal(f.stopSigArg); err != nil {
+	if f.stopSig, err = supervise.ParseSignal(f.stopSigArg); err != nil {
 		return usageErr("--stop-signal: %v", err)
 	}
-	if f.reloadSig, err = parseSignal(f.reloadSigArg); err != nil {
+	if f.reloadSig, err = supervise.ParseSignal(f.reloadSigArg); err != nil {
 		return usageErr("--reload-signal: %v", err)
 	}
 	if f.readyTCP != "" {
@@ -261,7 +270,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		f.mainPIDFile = abs
 	}
 	if f.user != "" {
-		if err := becomeUser(f.user); err != nil {
+		if err := users.Become(f.user); err != nil {
 			g.log.Error("cannot run as --user "+f.user, "err", err)
 			return exitcode.Invalid
 		}

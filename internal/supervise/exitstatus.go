@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os/exec"
 	"strconv"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -65,12 +64,4 @@ func (s *Supervisor) exitCode() int {
 		return *s.mainCode
 	}
 	return s.cmdCode
-}
-
-// SignalName is a signal's name, SIGTERM, or its number if it has none.
-func SignalName(sig syscall.Signal) string {
-	if n := unix.SignalName(sig); n != "" {
-		return n
-	}
-	return strconv.Itoa(int(sig))
 }

@@ -1,0 +1,204 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/testutil"
+)
+
+func TestMain(m *testing.M) {
+	testutil.Main(m, map[string]testutil.Helper{"hold": helperHold})
+}
+
+// helperHold holds the data directory args[0] as a holder would, and says
+// "held PID". On SIGHUP it says "hup"; on SIGTERM it releases and exits 0,
+// unless args[1] is "ignore": then SIGTERM is ignored, and only SIGKILL
+// ends it.
+func helperHold(args []string) int {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGHUP)
+	if len(args) > 1 && args[1] == "ignore" {
+		signal.Reset(syscall.SIGTERM)
+		signal.Ignore(syscall.SIGTERM)
+	}
+	l, err := interlock.Acquire(context.Background(), args[0], interlock.Options{})
+	if err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	fmt.Println("held", l.Record().PID)
+	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			fmt.Println("hup")
+			continue
+		}
+		if err := l.Release(); err != nil {
+			fmt.Println("error", err)
+			return 1
+		}
+		return 0
+	}
+	return 0
+}
+
+// hold starts a holder of dir and waits until it holds it. When the test
+// ends, the holder is killed (if it still runs) and the directory taken
+// and released once, which removes the segment a killed holder leaves.
+func hold(t *testing.T, dir string, args ...string) *testutil.Proc {
+	t.Helper()
+	p := testutil.StartHelper(t, "hold", append([]string{dir}, args...)...)
+	t.Cleanup(func() {
+		p.Kill()
+		l, err := interlock.Acquire(context.Background(), dir, interlock.Options{})
+		if err != nil {
+			t.Errorf("clean-up: %v", err)
+			return
+		}
+		if err := l.Release(); err != nil {
+			t.Errorf("clean-up: %v", err)
+		}
+	})
+	if line := p.Expect(t, "held "); line == "" {
+		t.Fatal("the holder did not say it holds the directory")
+	}
+	return p
+}
+
+func testLog() (*slog.Logger, *bytes.Buffer) {
+	var b bytes.Buffer
+	return slog.New(slog.NewTextHandler(&b, nil)), &b
+}
+
+// TestStopNobody: a directory nobody holds is stopped already; one that
+// cannot be inspected is Unreadable.
+func TestStopNobody(t *testing.T) {
+	dir := testutil.DataDir(t)
+	log, out := testLog()
+	s := Stop{Log: log, Timeout: time.Second}
+	if got := s.Run(dir); got != Done || !strings.Contains(out.String(), "not running: nothing to stop") {
+		t.Errorf("free: %v; log:\n%s", got, out)
+	}
+	if got := s.Run(filepath.Join(dir, "nosuch")); got != Unreadable {
+		t.Errorf("a missing directory: %v, want Unreadable", got)
+	}
+	if got := Reload(log, dir, interlock.Options{}); got != NotRunning {
+		t.Errorf("reload of a free directory: %v, want NotRunning", got)
+	}
+}
+
+// TestStopHolder: the proven holder gets SIGTERM, and Stop returns once it
+// has released the directory.
+func TestStopHolder(t *testing.T) {
+	dir := testutil.DataDir(t)
+	p := hold(t, dir)
+	log, out := testLog()
+	s := Stop{Log: log, Timeout: 30 * time.Second}
+	if got := s.Run(dir); got != Done {
+		t.Fatalf("stop: %v; log:\n%s", got, out)
+	}
+	if code, ok := p.Exited(10 * time.Second); !ok || code != 0 {
+		t.Errorf("the holder: exited %v, code %d; want a clean exit on SIGTERM", ok, code)
+	}
+	for _, want := range []string{"signalled the holder", "signal=SIGTERM", "msg=stopped", "datadir=" + dir} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestStopKillAfter: a holder that ignores SIGTERM is still held at the
+// timeout without KillAfter, and SIGKILLed at KillAfter with it.
+func TestStopKillAfter(t *testing.T) {
+	dir := testutil.DataDir(t)
+	p := hold(t, dir, "ignore")
+	log, out := testLog()
+	s := Stop{Log: log, Timeout: 300 * time.Millisecond}
+	if got := s.Run(dir); got != Failed || !strings.Contains(out.String(), "still held after the timeout") {
+		t.Fatalf("stop without --kill-after: %v, want Failed; log:\n%s", got, out)
+	}
+	if !p.Alive() {
+		t.Fatal("the holder died of SIGTERM, which it ignores")
+	}
+	s = Stop{Log: log, Timeout: 30 * time.Second, KillAfter: 200 * time.Millisecond, Signal: syscall.SIGTERM}
+	if got := s.Run(dir); got != Done {
+		t.Fatalf("stop with --kill-after: %v; log:\n%s", got, out)
+	}
+	if code, ok := p.Exited(10 * time.Second); !ok || code != -1 {
+		t.Errorf("the holder: exited %v, code %d; want killed", ok, code)
+	}
+	if !strings.Contains(out.String(), "still held after --kill-after: sending SIGKILL") {
+		t.Errorf("log does not say SIGKILL was sent:\n%s", out)
+	}
+}
+
+// TestReload: the proven holder gets SIGHUP, and Reload does not wait.
+func TestReload(t *testing.T) {
+	dir := testutil.DataDir(t)
+	p := hold(t, dir)
+	log, out := testLog()
+	if got := Reload(log, dir, interlock.Options{}); got != Done {
+		t.Fatalf("reload: %v; log:\n%s", got, out)
+	}
+	p.Expect(t, "hup")
+	if !strings.Contains(out.String(), "asked the holder to reload the server") || !strings.Contains(out.String(), "reload_signal=SIGHUP") {
+		t.Errorf("log:\n%s", out)
+	}
+}
+
+// TestReport: the states status and check report, with their exit
+// statuses, and status's text.
+func TestReport(t *testing.T) {
+	dir := testutil.DataDir(t)
+	rep, err := interlock.Inspect(dir, interlock.Options{})
+	r := NewReport(dir, rep, err)
+	if r.State != "free" || r.Service != ServiceStopped || r.StatusExit() != exitcode.StatusNotRunning || r.CheckExit() != exitcode.CheckFree || r.HeldHere() {
+		t.Errorf("free: %+v", r)
+	}
+	var b bytes.Buffer
+	if r.WriteStatus(&b) || !strings.HasPrefix(b.String(), "free: ") {
+		t.Errorf("free: status text %q", b.String())
+	}
+
+	p := hold(t, dir)
+	rep, err = interlock.Inspect(dir, interlock.Options{})
+	r = NewReport(dir, rep, err)
+	if r.State != "held" || r.Service != ServiceRunning || r.StatusExit() != exitcode.StatusRunning || r.CheckExit() != exitcode.CheckHeld ||
+		!r.HeldHere() || r.PID != p.PID() || r.Started == "" || r.ShmID == nil {
+		t.Errorf("held: %+v", r)
+	}
+	b.Reset()
+	if !r.WriteStatus(&b) || !strings.HasPrefix(b.String(), "running: "+dir+"\n  pid "+fmt.Sprint(p.PID())+", main pid none yet,") {
+		t.Errorf("held: status text %q", b.String())
+	}
+
+	r = NewReport(dir, nil, errors.New("bad\ndirectory"))
+	if r.State != "invalid" || r.CheckExit() != exitcode.CheckInvalid || r.Service != "" {
+		t.Errorf("invalid: %+v", r)
+	}
+	r.SetService()
+	b.Reset()
+	if r.Service != ServiceUnknown || r.StatusExit() != exitcode.StatusUnknown || r.WriteStatus(&b) || b.String() != "invalid: bad\\ndirectory\n" {
+		t.Errorf("invalid: %+v, status text %q", r, b.String())
+	}
+
+	// A lease held elsewhere makes a free directory held (lease.go).
+	r = NewReport(dir, nil, errors.New("x"))
+	r.State, r.Status = "held", "stopping"
+	r.SetService()
+	if r.Service != ServiceStopping || r.StatusExit() != exitcode.StatusStopping || r.HeldHere() {
+		t.Errorf("held through a lease, stopping: %+v", r)
+	}
+}
