@@ -6,9 +6,8 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/cli"
-	"github.com/dirlockd/dirlockd/pidfile"
+	"github.com/dirlockd/dirlockd/internal/control"
 )
 
 var waitDoc = doc{
@@ -64,42 +63,15 @@ func cmdWait(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return usageError(stderr, "wait", "%v", err)
 	}
-	log := g.log.With("datadir", g.dirs[0])
-	start := time.Now()
-	var lw *leaseWaiter
+	w := control.Wait{Options: g.opts, Log: g.log, Ready: f.target == "ready", Timeout: f.timeout}
 	if withLease {
-		if lw, err = f.lease.waiter(); err != nil {
-			log.Error("cannot wait for the lease: " + err.Error())
+		lw, err := f.lease.waiter()
+		if err != nil {
+			g.log.Error("cannot wait for the lease: "+err.Error(), "datadir", g.dirs[0])
 			return 3
 		}
 		defer lw.Close()
+		w.Lease = lw.wait
 	}
-	for {
-		rep, err := interlock.Inspect(g.dirs[0], g.opts)
-		if err != nil {
-			log.Error("cannot inspect the data directory", "err", err)
-			return 3
-		}
-		free := rep.State == interlock.Free || rep.State == interlock.Stale
-		ready := rep.State == interlock.Held && rep.Record != nil && rep.Record.Status == pidfile.Ready
-		if lw != nil && (f.target == "free" && free || f.target == "ready" && ready) {
-			var until time.Time
-			if f.timeout > 0 {
-				until = start.Add(f.timeout)
-			}
-			if err := lw.wait(f.target == "ready", until); err != nil {
-				log.Debug("the lease is not there yet", "err", err)
-				free, ready = false, false
-			}
-		}
-		if f.target == "free" && free || f.target == "ready" && ready {
-			log.Debug("reached", "for", f.target, "after", time.Since(start))
-			return 0
-		}
-		if f.timeout > 0 && time.Since(start) >= f.timeout {
-			log.Error("timed out", "for", f.target, "state", rep.State, "timeout", f.timeout)
-			return 1
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return controlExit[w.Run(g.dirs[0])]
 }

@@ -1,8 +1,10 @@
 // Package control acts on a data directory's server from outside it, as
-// dirlockd stop and reload do: it inspects the directory, checks that the
-// caller may act on the holder, pins the holder (or a dead holder's
-// survivors) by pidfd once the kernel proves it, signals it, and for a stop
-// waits until the directory is free, with SIGKILL after a deadline.
+// dirlockd stop, reload, wait and status do: it inspects the directory,
+// checks that the caller may act on the holder, pins the holder (or a dead
+// holder's survivors) by pidfd once the kernel proves it, signals it, and
+// for a stop waits until the directory is free, with SIGKILL after a
+// deadline (Stop, Reload); it waits for a directory to be free or its
+// server ready (Wait); and it reports what it finds (Report).
 //
 // Nothing here is signalled by a PID alone: a process is signalled only
 // through a pidfd opened while interlock proved it the holder, a process
@@ -11,6 +13,11 @@
 // cannot be hit. How a dead holder's server is stopped and reloaded is what
 // its record says (supervise.ReadRecord). The package says what it does in
 // log lines; its callers turn the Outcome into an exit status.
+//
+// It is not a client of the running dirlockd: there is no control socket.
+// The holder's record in the pidfile and the kernel's word on the lock and
+// the processes are the whole interface, so that a server whose dirlockd
+// run died is still stopped and reloaded as it was told.
 package control
 
 import (

@@ -17,6 +17,7 @@ import (
 	"github.com/dirlockd/dirlockd/interlock"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/testutil"
+	"github.com/dirlockd/dirlockd/pidfile"
 )
 
 func TestMain(m *testing.M) {
@@ -24,7 +25,7 @@ func TestMain(m *testing.M) {
 }
 
 // helperHold holds the data directory args[0] as a holder would, and says
-// "held PID". On SIGHUP it says "hup"; on SIGTERM it releases and exits 0,
+// "held PID". On SIGHUP it marks its record ready and says "hup"; on SIGTERM it releases and exits 0,
 // unless args[1] is "ignore": then SIGTERM is ignored, and only SIGKILL
 // ends it.
 func helperHold(args []string) int {
@@ -42,6 +43,11 @@ func helperHold(args []string) int {
 	fmt.Println("held", l.Record().PID)
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
+			// Marks the record ready, as a server's READY=1 does.
+			if err := l.Update(func(r *pidfile.Record) { r.Status = pidfile.Ready }); err != nil {
+				fmt.Println("error", err)
+				return 1
+			}
 			fmt.Println("hup")
 			continue
 		}
@@ -200,5 +206,58 @@ func TestReport(t *testing.T) {
 	r.SetService()
 	if r.Service != ServiceStopping || r.StatusExit() != exitcode.StatusStopping || r.HeldHere() {
 		t.Errorf("held through a lease, stopping: %+v", r)
+	}
+}
+
+// TestWait: free at once when nobody holds the directory; a held one times
+// out, then is reached when its holder marks itself ready or releases it;
+// the lease is asked only once the directory itself is there, and until it
+// answers nil the wait goes on.
+func TestWait(t *testing.T) {
+	dir := testutil.DataDir(t)
+	log, out := testLog()
+	if got := (&Wait{Log: log, Timeout: time.Second}).Run(dir); got != Done {
+		t.Fatalf("free: %v; log:\n%s", got, out)
+	}
+	p := hold(t, dir)
+	for _, ready := range []bool{false, true} {
+		if got := (&Wait{Log: log, Ready: ready, Timeout: 200 * time.Millisecond}).Run(dir); got != Failed {
+			t.Errorf("held, not ready, ready %v: %v, want Failed", ready, got)
+		}
+	}
+	if !strings.Contains(out.String(), "timed out") {
+		t.Errorf("log does not say it timed out:\n%s", out)
+	}
+	if err := p.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	p.Expect(t, "hup")
+	var asked []bool
+	lease := func(held bool, until time.Time) error {
+		asked = append(asked, held)
+		if until.IsZero() {
+			t.Error("the lease was given no end, with a timeout")
+		}
+		if len(asked) < 3 {
+			return errors.New("not yet")
+		}
+		return nil
+	}
+	if got := (&Wait{Log: log, Ready: true, Timeout: 30 * time.Second, Lease: lease}).Run(dir); got != Done {
+		t.Fatalf("ready: %v; log:\n%s", got, out)
+	}
+	if len(asked) != 3 || !asked[0] || !asked[2] {
+		t.Errorf("the lease was asked %v, want held thrice", asked)
+	}
+	done := make(chan Outcome)
+	go func() { done <- (&Wait{Log: log, Timeout: 30 * time.Second}).Run(dir) }()
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-done; got != Done {
+		t.Errorf("free after the release: %v", got)
+	}
+	if got := (&Wait{Log: log, Timeout: time.Second}).Run(filepath.Join(dir, "nosuch")); got != Unreadable {
+		t.Errorf("a missing directory: %v, want Unreadable", got)
 	}
 }
