@@ -16,7 +16,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/lmittmann/tint"
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
@@ -174,7 +173,7 @@ func (g *globals) parse(fs *pflag.FlagSet, args []string, stdout, stderr io.Writ
 		return fail("--pidfile %q: want a file name inside the data directory, without /", g.pidfile)
 	}
 	g.opts.Pidfile, g.opts.LockMethod = g.pidfile, m
-	if g.log, err = newLogger(g.logFormat, g.logLevel, stderr); err != nil {
+	if g.log, err = cli.NewLogger(g.logFormat, g.logLevel, stderr); err != nil {
 		return fail("%v", err)
 	}
 	return fs.Args(), nil
@@ -234,33 +233,5 @@ func exitFor(err error) int {
 	return exitcode.Usage
 }
 
-func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
-	}
-	if format == "auto" {
-		format = "logfmt"
-		if isTerminal(w) {
-			format = "text"
-		}
-	}
-	switch format {
-	case "text":
-		return slog.New(printable.Handler(tint.NewTextHandler(w, &tint.Options{Level: lv, TimeFormat: time.TimeOnly, NoColor: !isTerminal(w)}))), nil
-	case "logfmt":
-		return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv})), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lv})), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: want auto, text, logfmt or json", format)
-}
-
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
-}
+// isTerminal is cli.IsTerminal, under the name stress.go calls.
+func isTerminal(w io.Writer) bool { return cli.IsTerminal(w) }

@@ -1,8 +1,9 @@
 // Package cli is the machinery of a command line made of subcommands, with
 // nothing of any one program in it: --help laid out by flag groups, shell
-// completion answered from the flag sets the commands parse, and "did you
-// mean" for a mistyped command or flag. Package manpage renders the same
-// flag sets as man pages.
+// completion answered from the flag sets the commands parse, "did you
+// mean" for a mistyped command or flag, the logger of --log-format and
+// --log-level, and the version a build recorded. Package manpage renders
+// the same flag sets as man pages.
 //
 // A program describes each command once, by its flag set (spf13/pflag) and
 // a few texts; help, completion and the man pages are all made from that,
