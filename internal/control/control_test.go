@@ -21,7 +21,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	testutil.Main(m, map[string]testutil.Helper{"hold": helperHold})
+	testutil.Main(m, map[string]testutil.Helper{"hold": helperHold, "act": helperAct})
 }
 
 // helperHold holds the data directory args[0] as a holder would, and says
@@ -57,6 +57,21 @@ func helperHold(args []string) int {
 		}
 		return 0
 	}
+	return 0
+}
+
+// helperAct stops (args[1] "stop") or reloads the server of args[0], and
+// prints the Outcome's number, then the log.
+func helperAct(args []string) int {
+	log, out := testLog()
+	var got Outcome
+	if args[1] == "stop" {
+		got = (&Stop{Log: log, Timeout: 2 * time.Second, KillAfter: time.Second}).Run(args[0])
+	} else {
+		got = Reload(log, args[0], interlock.Options{})
+	}
+	fmt.Println(int(got))
+	fmt.Print(out)
 	return 0
 }
 
@@ -260,4 +275,60 @@ func TestWait(t *testing.T) {
 	if got := (&Wait{Log: log, Timeout: time.Second}).Run(filepath.Join(dir, "nosuch")); got != Unreadable {
 		t.Errorf("a missing directory: %v, want Unreadable", got)
 	}
+}
+
+// TestNotAllowed: another local user may neither stop nor reload a holder
+// that runs as root, in a directory it can reach: it may not even inspect
+// the directory (interlock refuses), nothing is signalled, and the holder
+// holds on.
+func TestNotAllowed(t *testing.T) {
+	u := testutil.NewUser(t, "dl21c")
+	parent, err := os.MkdirTemp("/tmp", "dl21c-data")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(parent) })
+	dir := filepath.Join(parent, "data")
+	for _, d := range []string{parent, dir} {
+		if err := os.Mkdir(d, 0o755); err != nil && !os.IsExist(err) {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := hold(t, dir)
+	for _, action := range []string{"stop", "reload"} {
+		out, err := u.Command(t, "act", dir, action).Output()
+		if err != nil {
+			t.Fatalf("%s as %s: %v", action, u.Name, err)
+		}
+		got, log, _ := strings.Cut(string(out), "\n")
+		if got != fmt.Sprint(int(Unreadable)) || !strings.Contains(log, "only its owner and root may inspect it") {
+			t.Errorf("%s as %s: outcome %s, want %d (Unreadable); log:\n%s", action, u.Name, got, Unreadable, log)
+		}
+	}
+	if !p.Alive() {
+		t.Fatal("the holder is dead")
+	}
+	select {
+	case line := <-lines(p):
+		t.Errorf("the holder was signalled: it said %q", line)
+	case <-time.After(300 * time.Millisecond):
+	}
+	rep, err := interlock.Inspect(dir, interlock.Options{})
+	if err != nil || rep.State != interlock.Held || rep.Record.PID != p.PID() {
+		t.Errorf("the directory after the attempts: %v, %v; want held by %d", rep, err, p.PID())
+	}
+}
+
+// lines delivers the helper's next line of output, if it says one.
+func lines(p *testutil.Proc) <-chan string {
+	c := make(chan string, 1)
+	go func() {
+		if l, err := p.ReadLine(time.Second); err == nil {
+			c <- l
+		}
+	}()
+	return c
 }
