@@ -6,7 +6,8 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/dirlockd/dirlockd/interlock"
-	"github.com/dirlockd/dirlockd/internal/exitcode"
+	"github.com/dirlockd/dirlockd/internal/control"
+	"github.com/dirlockd/dirlockd/internal/lease"
 	"github.com/dirlockd/dirlockd/internal/printable"
 )
 
@@ -67,20 +68,18 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return usageError(stderr, "check", "%v", err)
 	}
-	var lr *leaseReport
+	var lr *lease.Report
 	if withLease {
 		lr = f.lease.inspectLease()
 	}
 	worst := 0
 	// One pass over /proc serves every directory.
 	for i, in := range interlock.InspectAll(g.dirs, g.opts) {
-		r := newReport(g.dirs[i], in.Report, in.Err)
+		r := &report{Report: control.NewReport(g.dirs[i], in.Report, in.Err)}
 		if lr != nil {
 			r.addLease(lr)
 		}
-		code := map[string]int{"free": exitcode.CheckFree, "stale": exitcode.CheckFree, "held": exitcode.CheckHeld,
-			"orphans": exitcode.CheckOrphans, "invalid": exitcode.CheckInvalid}[r.State]
-		worst = max(worst, code)
+		worst = max(worst, r.CheckExit())
 		if f.asJSON {
 			writeJSON(stdout, r)
 		} else {

@@ -3,15 +3,17 @@ package main
 import (
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 
 	"github.com/spf13/pflag"
+
+	"github.com/dirlockd/dirlockd/internal/cli"
 )
 
 // A doc is what a command says about itself. --help, the man pages and
 // the shell completions are all made from it and from the command's flag
-// set, so that none of them can say something the others do not.
+// set (package cli), so that none of them can say something the others do
+// not.
 type doc struct {
 	name     string
 	summary  string   // what it is for, in a phrase
@@ -20,100 +22,50 @@ type doc struct {
 	about    string   // what its man page says of it, in full
 	examples string   // indented command lines, the most common first
 	multiDir bool     // -D repeats
+	exec     bool     // COMMAND [ARGS...] follows its flags (run)
+	args     []string // what its one argument is, if it takes no flags (completion)
 }
-
-// helpWidth is the widest line --help writes: a terminal's. Help fits a
-// screen (helpLines); what does not fit is in the man page.
-const (
-	helpWidth = 80
-	helpLines = 60
-)
 
 // help writes the command's --help: usage, what it does, examples, then
 // the flags by group, and where the rest is told. fs is the flag set it
 // parses, nil for a command without flags.
 func (d *doc) help(w io.Writer, fs *pflag.FlagSet) {
-	fmt.Fprint(w, "Usage:\n")
+	h := cli.Help{Brief: d.brief, Examples: d.examples,
+		More: fmt.Sprintf("More: man dirlockd-%s; guides in %s", d.name, docsPointer())}
 	for _, s := range d.synopsis {
-		fmt.Fprintf(w, "  dirlockd %s\n", s)
-	}
-	fmt.Fprintf(w, "\n%s\n", d.brief)
-	if d.examples != "" {
-		fmt.Fprintf(w, "\nExamples:\n%s", d.examples)
+		h.Usage = append(h.Usage, "dirlockd "+s)
 	}
 	if fs != nil {
-		for _, g := range groupFlags(d.name, fs) {
-			fmt.Fprintf(w, "\n%s:\n%s", g.title, g.flags.FlagUsagesWrapped(helpWidth))
-		}
+		h.Groups = cli.GroupFlags(flagGroups, d.name, fs)
 	}
-	fmt.Fprintf(w, "\nMore: man dirlockd-%s; guides in %s\n", d.name, docsPointer())
+	h.Write(w)
 }
 
 // flagGroups places flags in the groups --help and the man pages list
 // them in, in this order. A flag is looked up as "COMMAND/FLAG", then as
-// "FLAG"; one in no group is listed under "Other flags", and
+// "FLAG"; one in no group is listed under cli.OtherFlags, and
 // TestFlagGroups fails: each new flag gets its place here. (A name means
 // one thing in every command but where "COMMAND/FLAG" says otherwise:
 // --user is the server's user.)
-var flagGroups = []struct {
-	title string
-	flags []string
-}{
-	{"Interlock", []string{"datadir", "pidfile", "lock-method", "wait", "conflict-exit-code"}},
-	{"Server and signals", []string{"user", "main-pid-file", "signal-group", "stop-timeout", "kill-mode", "stop-signal", "reload-signal"}},
-	{"Stopping", []string{"signal", "stop/timeout", "kill-after", "survivors"}},
-	{"Waiting", []string{"for", "wait/timeout"}},
-	{"Readiness", []string{"ready-notify", "ready-tcp"}},
-	{"Rechecks and storage", []string{"recheck", "on-lost", "takeover-after", "allow-local-locks"}},
-	{"Workers", []string{"workers", "duration", "hold", "kill-rate", "host-label", "verify"}},
-	{"Lease (etcd)", []string{"etcd", "lease-key", "lease-ttl", "lease-stop-timeout", "etcd-dial-timeout", "cacert", "cert", "key", "etcd-user"}},
-	{"Output and logging", []string{"json", "log-format", "log-level"}},
+var flagGroups = []cli.Group{
+	{Title: "Interlock", Flags: []string{"datadir", "pidfile", "lock-method", "wait", "conflict-exit-code"}},
+	{Title: "Server and signals", Flags: []string{"user", "main-pid-file", "signal-group", "stop-timeout", "kill-mode", "stop-signal", "reload-signal"}},
+	{Title: "Stopping", Flags: []string{"signal", "stop/timeout", "kill-after", "survivors"}},
+	{Title: "Waiting", Flags: []string{"for", "wait/timeout"}},
+	{Title: "Readiness", Flags: []string{"ready-notify", "ready-tcp"}},
+	{Title: "Rechecks and storage", Flags: []string{"recheck", "on-lost", "takeover-after", "allow-local-locks"}},
+	{Title: "Workers", Flags: []string{"workers", "duration", "hold", "kill-rate", "host-label", "verify"}},
+	{Title: "Lease (etcd)", Flags: []string{"etcd", "lease-key", "lease-ttl", "lease-stop-timeout", "etcd-dial-timeout", "cacert", "cert", "key", "etcd-user"}},
+	{Title: "Output and logging", Flags: []string{"json", "log-format", "log-level"}},
 }
 
-// otherFlags is the group of flags flagGroups does not place.
-const otherFlags = "Other flags"
-
-// A flagGroup is one group of a command's visible flags.
-type flagGroup struct {
-	title string
-	flags *pflag.FlagSet
-}
-
-// groupFlags sorts cmd's visible flags into flagGroups' groups, leaving
-// out empty ones.
-func groupFlags(cmd string, fs *pflag.FlagSet) []flagGroup {
-	place := func(name string) string {
-		for _, key := range []string{cmd + "/" + name, name} {
-			for _, g := range flagGroups {
-				if slices.Contains(g.flags, key) {
-					return g.title
-				}
-			}
-		}
-		return otherFlags
+// docsPointer says in --help where the guides are: the installed ones
+// (cli.DocDir), else the source tree's.
+func docsPointer() string {
+	if d := cli.DocDir("dirlockd"); d != "" {
+		return d + "/"
 	}
-	sets := map[string]*pflag.FlagSet{}
-	fs.VisitAll(func(f *pflag.Flag) {
-		if f.Hidden {
-			return
-		}
-		t := place(f.Name)
-		if sets[t] == nil {
-			sets[t] = pflag.NewFlagSet(t, pflag.ContinueOnError)
-			sets[t].SortFlags = false
-		}
-		sets[t].AddFlag(f)
-	})
-	var groups []flagGroup
-	for _, g := range flagGroups {
-		if s := sets[g.title]; s != nil {
-			groups = append(groups, flagGroup{g.title, s})
-		}
-	}
-	if s := sets[otherFlags]; s != nil {
-		groups = append(groups, flagGroup{otherFlags, s})
-	}
-	return groups
+	return "docs/ in the source tree"
 }
 
 // A subcommand is one of dirlockd's commands.
@@ -142,6 +94,16 @@ func commands() []*subcommand {
 		{&completionDoc, noFlags("completion"), cmdCompletion},
 		{&versionDoc, noFlags("version"), cmdVersion},
 	}
+}
+
+// completer answers the completion scripts (dirlockd __complete) from
+// cmds' flag sets.
+func completer(cmds []*subcommand) *cli.Completer {
+	c := &cli.Completer{TopFlags: []string{"--help", "--version", "-h"}}
+	for _, s := range cmds {
+		c.Commands = append(c.Commands, cli.Command{Name: s.name, Flags: s.flags, Args: s.args, Exec: s.exec})
+	}
+	return c
 }
 
 func noFlags(name string) func() *pflag.FlagSet {
@@ -187,15 +149,6 @@ Global flags (every command but completion and version):
 %s
 Run "dirlockd help COMMAND" for a command's flags and examples.
 More: man dirlockd; guides in %s
-`, globalFlags().FlagUsagesWrapped(helpWidth), docsPointer())
+`, globalFlags().FlagUsagesWrapped(cli.HelpWidth), docsPointer())
 	return b.String()
-}
-
-// annotationDetail is a flag's annotation with what its man page says of
-// it beyond the line --help gives it.
-const annotationDetail = "dirlockd/detail"
-
-// detail sets what the man page says of flag name after its --help line.
-func detail(fs *pflag.FlagSet, name, text string) {
-	fs.SetAnnotation(name, annotationDetail, []string{text})
 }

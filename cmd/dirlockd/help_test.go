@@ -6,10 +6,12 @@ import (
 	"testing"
 
 	"github.com/spf13/pflag"
+
+	"github.com/dirlockd/dirlockd/internal/cli"
 )
 
 // TestHelpFits: every command's --help, and dirlockd --help, fits a
-// screen: at most helpLines lines of at most helpWidth columns, usage
+// screen: at most cli.HelpLines lines of at most cli.HelpWidth columns, usage
 // first, then examples, then the flags, and a pointer to the man page.
 func TestHelpFits(t *testing.T) {
 	cmds := commands()
@@ -26,12 +28,12 @@ func TestHelpFits(t *testing.T) {
 	}
 	for name, text := range pages {
 		lines := strings.Split(strings.TrimSuffix(text, "\n"), "\n")
-		if len(lines) > helpLines {
-			t.Errorf("dirlockd %s --help: %d lines, want at most %d", name, len(lines), helpLines)
+		if len(lines) > cli.HelpLines {
+			t.Errorf("dirlockd %s --help: %d lines, want at most %d", name, len(lines), cli.HelpLines)
 		}
 		for i, l := range lines {
-			if n := len([]rune(l)); n > helpWidth {
-				t.Errorf("dirlockd %s --help: line %d is %d columns, want at most %d: %q", name, i+1, n, helpWidth, l)
+			if n := len([]rune(l)); n > cli.HelpWidth {
+				t.Errorf("dirlockd %s --help: line %d is %d columns, want at most %d: %q", name, i+1, n, cli.HelpWidth, l)
 			}
 		}
 		usageAt := strings.Index(text, "Usage:\n")
@@ -56,17 +58,17 @@ func TestHelpFits(t *testing.T) {
 // and run's flags fall into the groups its help promises.
 func TestFlagGroups(t *testing.T) {
 	for _, c := range commands() {
-		for _, g := range groupFlags(c.name, c.flags()) {
-			if g.title == otherFlags {
-				g.flags.VisitAll(func(f *pflag.Flag) {
+		for _, g := range cli.GroupFlags(flagGroups, c.name, c.flags()) {
+			if g.Title == cli.OtherFlags {
+				g.Flags.VisitAll(func(f *pflag.Flag) {
 					t.Errorf("dirlockd %s --%s is in no group of flagGroups: give it one", c.name, f.Name)
 				})
 			}
 		}
 	}
 	var titles []string
-	for _, g := range groupFlags("run", lookup(commands(), "run").flags()) {
-		titles = append(titles, g.title)
+	for _, g := range cli.GroupFlags(flagGroups, "run", lookup(commands(), "run").flags()) {
+		titles = append(titles, g.Title)
 	}
 	want := "Interlock, Server and signals, Readiness, Rechecks and storage, Lease (etcd), Output and logging"
 	if got := strings.Join(titles, ", "); got != want {
@@ -94,20 +96,9 @@ func TestDidYouMean(t *testing.T) {
 		"lease-tll": "lease-ttl", "nonsense": "", "worker": "", // hidden in stress, absent in run
 	} {
 		err := fs.Parse([]string{"--" + typed})
-		got := strings.TrimSuffix(strings.TrimPrefix(flagDidYouMean(fs, err), " (did you mean --"), "?)")
+		got := cli.SuggestFlag(fs, err)
 		if err == nil || got != want {
 			t.Errorf("run --%s: error %v, suggestion %q; want %q", typed, err, got, want)
-		}
-	}
-}
-
-func TestEditDistance(t *testing.T) {
-	for _, c := range []struct {
-		a, b string
-		want int
-	}{{"", "", 0}, {"", "abc", 3}, {"check", "chek", 1}, {"kitten", "sitting", 3}, {"stauts", "status", 1}, {"rnu", "run", 1}, {"ca", "abc", 3}, {"é", "e", 1}} {
-		if got := editDistance(c.a, c.b); got != c.want {
-			t.Errorf("editDistance(%q, %q) = %d, want %d", c.a, c.b, got, c.want)
 		}
 	}
 }

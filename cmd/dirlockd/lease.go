@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/dirlockd/dirlockd/internal/cli"
 	"github.com/dirlockd/dirlockd/internal/lease"
 )
 
@@ -41,36 +42,36 @@ func addLeaseFlags(fs *pflag.FlagSet, f *leaseFlags, use leaseUse) {
 	switch use {
 	case leaseRun:
 		fs.StringVar(&f.endpoints, "etcd", "", "etcd endpoints: hold a lease on etcd too")
-		detail(fs, "etcd", "Comma-separated host:port or URLs, default $DIRLOCKD_ETCD: the data directory is held with a lease on etcd too (docs/lease.md).")
+		cli.Detail(fs, "etcd", "Comma-separated host:port or URLs, default $DIRLOCKD_ETCD: the data directory is held with a lease on etcd too (docs/lease.md).")
 		fs.StringVar(&f.key, "lease-key", "", "the key naming the holder, on all hosts")
-		detail(fs, "lease-key", "Required with --etcd; the same on every host that runs the server.")
+		cli.Detail(fs, "lease-key", "Required with --etcd; the same on every host that runs the server.")
 		fs.DurationVar(&f.ttl, "lease-ttl", f.ttl, "lease TTL, whole seconds")
-		detail(fs, "lease-ttl", "A dead host's lease ends after at most this.")
+		cli.Detail(fs, "lease-ttl", "A dead host's lease ends after at most this.")
 		fs.DurationVar(&f.stopTimeout, "lease-stop-timeout", 0, "SIGTERM this long before the lease ends")
-		detail(fs, "lease-stop-timeout", "How long before the lease's deadline, less a margin of TTL/10, the server gets SIGTERM when renewals fail; SIGKILL follows at the margin. 0 is TTL/5; otherwise at least 100ms.")
+		cli.Detail(fs, "lease-stop-timeout", "How long before the lease's deadline, less a margin of TTL/10, the server gets SIGTERM when renewals fail; SIGKILL follows at the margin. 0 is TTL/5; otherwise at least 100ms.")
 	case leaseStress:
 		fs.StringVar(&f.endpoints, "etcd", "", "etcd endpoints: holds take a lease too")
-		detail(fs, "etcd", "Comma-separated host:port or URLs, default $DIRLOCKD_ETCD: each hold takes a lease on etcd too, as run --etcd does, and logs its fencing token (docs/lease.md).")
+		cli.Detail(fs, "etcd", "Comma-separated host:port or URLs, default $DIRLOCKD_ETCD: each hold takes a lease on etcd too, as run --etcd does, and logs its fencing token (docs/lease.md).")
 		fs.StringVar(&f.key, "lease-key", "", "the key every host's holds take")
-		detail(fs, "lease-key", "Required with --etcd.")
+		cli.Detail(fs, "lease-key", "Required with --etcd.")
 		fs.DurationVar(&f.ttl, "lease-ttl", f.ttl, "lease TTL, whole seconds")
-		detail(fs, "lease-ttl", "A killed worker's lease ends after it.")
+		cli.Detail(fs, "lease-ttl", "A killed worker's lease ends after it.")
 	default:
 		fs.StringVar(&f.endpoints, "etcd", "", "etcd endpoints: ask etcd too")
-		detail(fs, "etcd", "Comma-separated host:port or URLs, default $DIRLOCKD_ETCD: etcd is asked who holds --lease-key too (docs/lease.md).")
+		cli.Detail(fs, "etcd", "Comma-separated host:port or URLs, default $DIRLOCKD_ETCD: etcd is asked who holds --lease-key too (docs/lease.md).")
 		fs.StringVar(&f.key, "lease-key", "", "the key naming the holder, as given to run")
-		detail(fs, "lease-key", "Required with --etcd.")
+		cli.Detail(fs, "lease-key", "Required with --etcd.")
 	}
 	fs.DurationVar(&f.dialTimeout, "etcd-dial-timeout", 5*time.Second, "timeout of a request to etcd")
-	detail(fs, "etcd-dial-timeout", "How long etcd may take to answer a request (for run, while acquiring); at least 100ms.")
+	cli.Detail(fs, "etcd-dial-timeout", "How long etcd may take to answer a request (for run, while acquiring); at least 100ms.")
 	fs.StringVar(&f.cacert, "cacert", "", "CA bundle for etcd's TLS (PEM)")
-	completeFiles(fs, "cacert")
+	cli.CompleteFiles(fs, "cacert")
 	fs.StringVar(&f.cert, "cert", "", "TLS client certificate (PEM)")
-	completeFiles(fs, "cert")
+	cli.CompleteFiles(fs, "cert")
 	fs.StringVar(&f.certKey, "key", "", "TLS client key (PEM)")
-	completeFiles(fs, "key")
+	cli.CompleteFiles(fs, "key")
 	fs.StringVar(&f.user, "etcd-user", "", "etcd user, NAME[:PASSWORD]")
-	detail(fs, "etcd-user", "Without :PASSWORD, the password is read from $DIRLOCKD_ETCD_PASSWORD.")
+	cli.Detail(fs, "etcd-user", "Without :PASSWORD, the password is read from $DIRLOCKD_ETCD_PASSWORD.")
 }
 
 // settle fills in $DIRLOCKD_ETCD and checks the flags; it returns whether a
@@ -123,18 +124,15 @@ func (f *leaseFlags) config() lease.Config {
 	return cfg
 }
 
-// leaseReport is what check and status say about the lease key.
-type leaseReport = lease.Report
-
 // inspectLease asks etcd who holds the key. Nothing is held or written.
-func (f *leaseFlags) inspectLease() *leaseReport { return lease.Inspect(f.config()) }
+func (f *leaseFlags) inspectLease() *lease.Report { return lease.Inspect(f.config()) }
 
 // addLease folds the lease into a directory's report. A key held by
 // another holder makes a free or stale directory held: on shared storage
 // the local lock may prove nothing, the lease does. A lease that cannot be
 // inspected makes a free directory's state unknown (invalid): a start there
 // would fail.
-func (r *report) addLease(lr *leaseReport) {
+func (r *report) addLease(lr *lease.Report) {
 	r.Lease = lr
 	switch {
 	case r.State != "free" && r.State != "stale":

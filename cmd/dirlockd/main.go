@@ -16,11 +16,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/lmittmann/tint"
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/cli"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/lease"
 	"github.com/dirlockd/dirlockd/internal/printable"
@@ -49,8 +49,9 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "-V", "--version":
 		return cmdVersion(args[1:], stdout, stderr)
-	case completeCommand:
-		return cmdComplete(cmds, args[1:], stdout)
+	case cli.CompleteCommand:
+		completer(cmds).Answer(stdout, args[1:])
+		return 0
 	case lease.WatchdogCommand:
 		return lease.WatchdogMain(args[1:], stdout, stderr)
 	case manCommand:
@@ -65,6 +66,19 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 	return exitcode.Usage
 }
 
+// didYouMean is what "unknown command" adds for a mistyped command name:
+// `; did you mean "check"?`, or "".
+func didYouMean(typed string, cmds []*subcommand) string {
+	names := []string{"help", "--help", "--version"}
+	for _, c := range cmds {
+		names = append(names, c.name)
+	}
+	if s := cli.Suggest(typed, names); s != "" {
+		return fmt.Sprintf("; did you mean %q?", s)
+	}
+	return ""
+}
+
 // globals are the flags every command takes.
 type globals struct {
 	dirs      []string
@@ -72,7 +86,7 @@ type globals struct {
 	method    string
 	logFormat string
 	logLevel  string
-	command   bool // a COMMAND follows the flags (run)
+	command   bool // a COMMAND follows the flags (run: doc.exec)
 
 	opts  interlock.Options
 	log   *slog.Logger
@@ -85,26 +99,33 @@ func command(d *doc, g *globals, stderr io.Writer) *pflag.FlagSet {
 	fs := pflag.NewFlagSet(d.name, pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.SortFlags = false
+	if d.exec {
+		// As flock(1), env(1), sudo and systemd-run do, dirlockd's flags
+		// end at COMMAND, the first word that is not one: what follows is
+		// COMMAND's, "-D" and all.
+		fs.SetInterspersed(false)
+		g.command = true
+	}
 	if d.multiDir {
 		fs.StringArrayVarP(&g.dirs, "datadir", "D", nil, "data directories (default $DIRLOCKD_DATADIR)")
-		detail(fs, "datadir", "Repeat -D for several.")
+		cli.Detail(fs, "datadir", "Repeat -D for several.")
 	} else {
 		g.dirs = make([]string, 1)
 		fs.StringVarP(&g.dirs[0], "datadir", "D", "", "data directory (default $DIRLOCKD_DATADIR)")
 	}
-	completeDirs(fs, "datadir")
+	cli.CompleteDirs(fs, "datadir")
 	fs.StringVar(&g.pidfile, "pidfile", pidfile.DefaultName, "file name in DIR")
-	detail(fs, "pidfile", "A file name, without /: every holder of the directory must use the same.")
+	cli.Detail(fs, "pidfile", "A file name, without /: every holder of the directory must use the same.")
 	fs.StringVar(&g.method, "lock-method", "auto", "auto, flock, ofd or posix")
-	detail(fs, "lock-method", "auto takes flock where the filesystem keeps it, else OFD locks (fcntl); every holder of a directory, on every host, must use the same method.")
-	completeValues(fs, "lock-method", "auto", "flock", "ofd", "posix")
+	cli.Detail(fs, "lock-method", "auto takes flock where the filesystem keeps it, else OFD locks (fcntl); every holder of a directory, on every host, must use the same method.")
+	cli.CompleteValues(fs, "lock-method", "auto", "flock", "ofd", "posix")
 	fs.BoolVar(&g.opts.AllowLocalLocks, "allow-local-locks", false, "accept host-local locks on shared storage")
-	detail(fs, "allow-local-locks", "Such are NFS mounted nolock or local_lock=, CIFS nobrl: use it only if no other host mounts the filesystem.")
+	cli.Detail(fs, "allow-local-locks", "Such are NFS mounted nolock or local_lock=, CIFS nobrl: use it only if no other host mounts the filesystem.")
 	fs.StringVar(&g.logFormat, "log-format", "auto", "auto, text, logfmt or json")
-	detail(fs, "log-format", "auto is text on a terminal, else logfmt.")
-	completeValues(fs, "log-format", "auto", "text", "logfmt", "json")
+	cli.Detail(fs, "log-format", "auto is text on a terminal, else logfmt.")
+	cli.CompleteValues(fs, "log-format", "auto", "text", "logfmt", "json")
 	fs.StringVar(&g.logLevel, "log-level", "info", "debug, info, warn or error")
-	completeValues(fs, "log-level", "debug", "info", "warn", "error")
+	cli.CompleteValues(fs, "log-level", "debug", "info", "warn", "error")
 	// Help goes to stdout when asked for (parse prints it); a bad command
 	// line gets one line on stderr saying what is wrong, not the whole help.
 	fs.Usage = func() {}
@@ -128,10 +149,10 @@ func (g *globals) parse(fs *pflag.FlagSet, args []string, stdout, stderr io.Writ
 			g.usage(stdout)
 			return nil, err
 		}
-		if hint := flagDidYouMean(fs, err); hint != "" {
-			return fail("%v%s", err, hint)
+		if s := cli.SuggestFlag(fs, err); s != "" {
+			return fail("%v (did you mean --%s?)", err, s)
 		}
-		if flag, ok := unknownFlag(err); ok && g.command {
+		if flag, ok := cli.UnknownFlag(err); ok && g.command {
 			// Most likely the server's flag, before a COMMAND with no "--".
 			return fail("%v: if it is COMMAND's, did you mean \"-- COMMAND %s ...\"? dirlockd's flags go before COMMAND, COMMAND's after it", err, flag)
 		}
@@ -153,25 +174,10 @@ func (g *globals) parse(fs *pflag.FlagSet, args []string, stdout, stderr io.Writ
 		return fail("--pidfile %q: want a file name inside the data directory, without /", g.pidfile)
 	}
 	g.opts.Pidfile, g.opts.LockMethod = g.pidfile, m
-	if g.log, err = newLogger(g.logFormat, g.logLevel, stderr); err != nil {
+	if g.log, err = cli.NewLogger(g.logFormat, g.logLevel, stderr); err != nil {
 		return fail("%v", err)
 	}
 	return fs.Args(), nil
-}
-
-// unknownFlag reports the flag of a pflag error about a flag it does not
-// know ("unknown flag: --port", "unknown shorthand flag: 'p' in -p").
-func unknownFlag(err error) (string, bool) {
-	msg := err.Error()
-	if f, ok := strings.CutPrefix(msg, "unknown flag: "); ok {
-		return f, true
-	}
-	if _, f, ok := strings.Cut(msg, "unknown shorthand flag: "); ok {
-		if _, arg, ok := strings.Cut(f, " in "); ok {
-			return arg, true
-		}
-	}
-	return "", false
 }
 
 // usageError says on stderr, in one line, what is wrong with a command line
@@ -226,35 +232,4 @@ func exitFor(err error) int {
 		return 0
 	}
 	return exitcode.Usage
-}
-
-func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
-	}
-	if format == "auto" {
-		format = "logfmt"
-		if isTerminal(w) {
-			format = "text"
-		}
-	}
-	switch format {
-	case "text":
-		return slog.New(escapingHandler{tint.NewTextHandler(w, &tint.Options{Level: lv, TimeFormat: time.TimeOnly, NoColor: !isTerminal(w)})}), nil
-	case "logfmt":
-		return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv})), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lv})), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: want auto, text, logfmt or json", format)
-}
-
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
 }

@@ -4,120 +4,129 @@ package main
 
 import (
 	"fmt"
-	"regexp"
+	"io"
 	"strings"
+	"time"
 
-	"github.com/spf13/pflag"
-
+	"github.com/dirlockd/dirlockd/internal/cli"
+	"github.com/dirlockd/dirlockd/internal/cli/manpage"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/lease"
 	"github.com/dirlockd/dirlockd/internal/stress"
 )
 
-// The man pages are rendered as Markdown from the same docs and flag sets
-// as --help, and converted to roff with go-md2man by dirlockd __man (make
-// man). Built only with -tags manpages, so that the shipped binary carries
-// no Markdown parser.
+// The man pages are made from the same docs and flag sets as --help
+// (package manpage), and written in roff by dirlockd __man DIR (make man).
+// Built only with -tags manpages, so that the shipped binary carries no
+// Markdown parser (man_off.go).
 
-const manDatePlaceholder = "@DATE@"
-
-// A manItem is one entry of a definition list: EXIT STATUS, ENVIRONMENT,
-// FILES.
-type manItem struct{ term, meaning string }
+// manGenerator returns dirlockd __man DIR: write the man pages, in roff,
+// into DIR. A page's date is the day its text last changed (manpage.Write).
+func manGenerator() func(cmds []*subcommand, args []string, stderr io.Writer) int {
+	return func(cmds []*subcommand, args []string, stderr io.Writer) int {
+		if len(args) != 1 {
+			return usageError(stderr, manCommand, "want the directory to write the man pages to")
+		}
+		if err := manpage.Write(args[0], manPages(cmds), time.Now()); err != nil {
+			fmt.Fprintf(stderr, "dirlockd %s: %v\n", manCommand, err)
+			return exitcode.Internal
+		}
+		return 0
+	}
+}
 
 // exitStatuses are dirlockd(1)'s EXIT STATUS: run's, and those every
 // command shares; each command's page gives its own (commandExits).
-var exitStatuses = []manItem{
-	{"0", "success; for run, the server exited 0"},
-	{"1\u20134", "check, status, stop and wait: the state found (see their pages)"},
-	{fmt.Sprint(exitcode.Usage), "usage error"},
-	{fmt.Sprint(exitcode.Unavailable), "run and stress with --etcd: etcd unavailable; the server never started"},
-	{fmt.Sprint(exitcode.Internal), "internal error"},
-	{fmt.Sprint(exitcode.Held), "run: the data directory is held by a live instance (--conflict-exit-code changes it), or with --etcd the lease key by another holder"},
-	{fmt.Sprint(exitcode.Orphans), "run: orphaned processes of a dead holder survive"},
-	{fmt.Sprint(exitcode.Invalid), "run: invalid data directory, pidfile or configuration, host-local locks on shared storage, or a full or read-only filesystem; with --etcd, a lease key of another tool, no permission on it, or a fencing token below the fence file's"},
-	{fmt.Sprint(exitcode.NoExec), "run: COMMAND is not executable"},
-	{fmt.Sprint(exitcode.NotFound), "run: COMMAND not found"},
-	{fmt.Sprintf("%d+N", exitcode.SignalBase), "run: the server's main process was killed by signal N; otherwise run exits with its status"},
+var exitStatuses = []manpage.Item{
+	{Term: "0", Meaning: "success; for run, the server exited 0"},
+	{Term: "1\u20134", Meaning: "check, status, stop and wait: the state found (see their pages)"},
+	{Term: fmt.Sprint(exitcode.Usage), Meaning: "usage error"},
+	{Term: fmt.Sprint(exitcode.Unavailable), Meaning: "run and stress with --etcd: etcd unavailable; the server never started"},
+	{Term: fmt.Sprint(exitcode.Internal), Meaning: "internal error"},
+	{Term: fmt.Sprint(exitcode.Held), Meaning: "run: the data directory is held by a live instance (--conflict-exit-code changes it), or with --etcd the lease key by another holder"},
+	{Term: fmt.Sprint(exitcode.Orphans), Meaning: "run: orphaned processes of a dead holder survive"},
+	{Term: fmt.Sprint(exitcode.Invalid), Meaning: "run: invalid data directory, pidfile or configuration, host-local locks on shared storage, or a full or read-only filesystem; with --etcd, a lease key of another tool, no permission on it, or a fencing token below the fence file's"},
+	{Term: fmt.Sprint(exitcode.NoExec), Meaning: "run: COMMAND is not executable"},
+	{Term: fmt.Sprint(exitcode.NotFound), Meaning: "run: COMMAND not found"},
+	{Term: fmt.Sprintf("%d+N", exitcode.SignalBase), Meaning: "run: the server's main process was killed by signal N; otherwise run exits with its status"},
 }
 
 // commandExits are each command's EXIT STATUS (docs/cli.md tells the same).
-var commandExits = map[string][]manItem{
+var commandExits = map[string][]manpage.Item{
 	"run": {
-		{"0", "the server exited 0; otherwise run exits with the main process's status"},
-		{fmt.Sprintf("%d+N", exitcode.SignalBase), "the server's main process was killed by signal N"},
-		{fmt.Sprint(exitcode.Held), "the data directory is held by a live instance (--conflict-exit-code changes it), or with --etcd the lease key by another holder"},
-		{fmt.Sprint(exitcode.Orphans), "orphaned processes of a dead holder survive"},
-		{fmt.Sprint(exitcode.Invalid), "invalid data directory, pidfile or configuration, host-local locks on shared storage, or a full or read-only filesystem; with --etcd, a lease key of another tool, no permission on it, a fencing token below the fence file's, or no etcd agent"},
-		{fmt.Sprint(exitcode.Unavailable), "with --etcd: etcd unavailable; the server never started"},
-		{fmt.Sprint(exitcode.NoExec), "COMMAND is not executable"},
-		{fmt.Sprint(exitcode.NotFound), "COMMAND not found"},
-		{fmt.Sprint(exitcode.Usage), "usage error"},
-		{fmt.Sprint(exitcode.Internal), "internal error"},
+		{Term: "0", Meaning: "the server exited 0; otherwise run exits with the main process's status"},
+		{Term: fmt.Sprintf("%d+N", exitcode.SignalBase), Meaning: "the server's main process was killed by signal N"},
+		{Term: fmt.Sprint(exitcode.Held), Meaning: "the data directory is held by a live instance (--conflict-exit-code changes it), or with --etcd the lease key by another holder"},
+		{Term: fmt.Sprint(exitcode.Orphans), Meaning: "orphaned processes of a dead holder survive"},
+		{Term: fmt.Sprint(exitcode.Invalid), Meaning: "invalid data directory, pidfile or configuration, host-local locks on shared storage, or a full or read-only filesystem; with --etcd, a lease key of another tool, no permission on it, a fencing token below the fence file's, or no etcd agent"},
+		{Term: fmt.Sprint(exitcode.Unavailable), Meaning: "with --etcd: etcd unavailable; the server never started"},
+		{Term: fmt.Sprint(exitcode.NoExec), Meaning: "COMMAND is not executable"},
+		{Term: fmt.Sprint(exitcode.NotFound), Meaning: "COMMAND not found"},
+		{Term: fmt.Sprint(exitcode.Usage), Meaning: "usage error"},
+		{Term: fmt.Sprint(exitcode.Internal), Meaning: "internal error"},
 	},
 	"check": {
-		{fmt.Sprint(exitcode.CheckFree), "free or stale: nobody is left, a start is safe"},
-		{fmt.Sprint(exitcode.CheckHeld), "held by a live instance (with --etcd, or the lease key held by another holder)"},
-		{fmt.Sprint(exitcode.CheckOrphans), "orphaned processes of a dead holder still hold the directory"},
-		{fmt.Sprint(exitcode.CheckInvalid), "invalid or inaccessible data directory or pidfile, host-local locks on shared storage, or with --etcd etcd unreachable"},
-		{fmt.Sprint(exitcode.Usage), "usage error"},
+		{Term: fmt.Sprint(exitcode.CheckFree), Meaning: "free or stale: nobody is left, a start is safe"},
+		{Term: fmt.Sprint(exitcode.CheckHeld), Meaning: "held by a live instance (with --etcd, or the lease key held by another holder)"},
+		{Term: fmt.Sprint(exitcode.CheckOrphans), Meaning: "orphaned processes of a dead holder still hold the directory"},
+		{Term: fmt.Sprint(exitcode.CheckInvalid), Meaning: "invalid or inaccessible data directory or pidfile, host-local locks on shared storage, or with --etcd etcd unreachable"},
+		{Term: fmt.Sprint(exitcode.Usage), Meaning: "usage error"},
 	},
 	"status": {
-		{fmt.Sprint(exitcode.StatusRunning), "running: held by a live instance"},
-		{fmt.Sprint(exitcode.StatusDead), "dead: not running, but the record says the holder did not stop cleanly, or survivors of the dead holder live on (dirlockd stop --survivors)"},
-		{fmt.Sprint(exitcode.StatusNotRunning), "stopped: not running"},
-		{fmt.Sprint(exitcode.StatusStopping), "stopping: held, and the holder is stopping the server"},
-		{fmt.Sprint(exitcode.StatusUnsupervised), "running unsupervised: dirlockd run is dead, the server's recorded main process runs on (dirlockd stop stops it)"},
-		{fmt.Sprint(exitcode.StatusUnknown), "unknown: the data directory or pidfile cannot be inspected, or a usage error (LSB has no code of its own for it)"},
+		{Term: fmt.Sprint(exitcode.StatusRunning), Meaning: "running: held by a live instance"},
+		{Term: fmt.Sprint(exitcode.StatusDead), Meaning: "dead: not running, but the record says the holder did not stop cleanly, or survivors of the dead holder live on (dirlockd stop --survivors)"},
+		{Term: fmt.Sprint(exitcode.StatusNotRunning), Meaning: "stopped: not running"},
+		{Term: fmt.Sprint(exitcode.StatusStopping), Meaning: "stopping: held, and the holder is stopping the server"},
+		{Term: fmt.Sprint(exitcode.StatusUnsupervised), Meaning: "running unsupervised: dirlockd run is dead, the server's recorded main process runs on (dirlockd stop stops it)"},
+		{Term: fmt.Sprint(exitcode.StatusUnknown), Meaning: "unknown: the data directory or pidfile cannot be inspected, or a usage error (LSB has no code of its own for it)"},
 	},
 	"stop": {
-		{"0", "the directory is free: stopped, or was not running"},
-		{"1", "still held after --timeout, the holder cannot be proven, survivors without --survivors, not allowed, or the signal failed"},
-		{"3", "invalid data directory or pidfile"},
-		{fmt.Sprint(exitcode.Usage), "usage error (also --kill-after not shorter than --timeout)"},
+		{Term: "0", Meaning: "the directory is free: stopped, or was not running"},
+		{Term: "1", Meaning: "still held after --timeout, the holder cannot be proven, survivors without --survivors, not allowed, or the signal failed"},
+		{Term: "3", Meaning: "invalid data directory or pidfile"},
+		{Term: fmt.Sprint(exitcode.Usage), Meaning: "usage error (also --kill-after not shorter than --timeout)"},
 	},
 	"reload": {
-		{"0", "the signal was sent"},
-		{"1", "the holder or main process cannot be proven, not allowed, or the signal failed"},
-		{"3", "invalid data directory or pidfile"},
-		{"7", "not running (LSB's \"program is not running\")"},
-		{fmt.Sprint(exitcode.Usage), "usage error"},
+		{Term: "0", Meaning: "the signal was sent"},
+		{Term: "1", Meaning: "the holder or main process cannot be proven, not allowed, or the signal failed"},
+		{Term: "3", Meaning: "invalid data directory or pidfile"},
+		{Term: "7", Meaning: "not running (LSB's \"program is not running\")"},
+		{Term: fmt.Sprint(exitcode.Usage), Meaning: "usage error"},
 	},
 	"wait": {
-		{"0", "reached"},
-		{"1", "timed out"},
-		{"3", "invalid data directory or pidfile"},
-		{fmt.Sprint(exitcode.Usage), "usage error"},
+		{Term: "0", Meaning: "reached"},
+		{Term: "1", Meaning: "timed out"},
+		{Term: "3", Meaning: "invalid data directory or pidfile"},
+		{Term: fmt.Sprint(exitcode.Usage), Meaning: "usage error"},
 	},
 	"stress": {
-		{"0", "PASS"},
-		{"1", "FAIL or INCONCLUSIVE"},
-		{fmt.Sprint(exitcode.Usage), "usage error"},
-		{fmt.Sprint(exitcode.Unavailable), "with --etcd: etcd unavailable"},
-		{fmt.Sprint(exitcode.Internal), "internal error"},
-		{fmt.Sprint(exitcode.Orphans), "processes of an earlier holder still hold the directory"},
-		{fmt.Sprint(exitcode.Invalid), "the directory cannot carry the interlock, or its witness files may not be written"},
+		{Term: "0", Meaning: "PASS"},
+		{Term: "1", Meaning: "FAIL or INCONCLUSIVE"},
+		{Term: fmt.Sprint(exitcode.Usage), Meaning: "usage error"},
+		{Term: fmt.Sprint(exitcode.Unavailable), Meaning: "with --etcd: etcd unavailable"},
+		{Term: fmt.Sprint(exitcode.Internal), Meaning: "internal error"},
+		{Term: fmt.Sprint(exitcode.Orphans), Meaning: "processes of an earlier holder still hold the directory"},
+		{Term: fmt.Sprint(exitcode.Invalid), Meaning: "the directory cannot carry the interlock, or its witness files may not be written"},
 	},
 	"completion": {
-		{"0", "the script was printed"},
-		{fmt.Sprint(exitcode.Usage), "no shell, or one other than bash, zsh and fish"},
+		{Term: "0", Meaning: "the script was printed"},
+		{Term: fmt.Sprint(exitcode.Usage), Meaning: "no shell, or one other than bash, zsh and fish"},
 	},
 	"version": {
-		{"0", "always, but for a usage error"},
-		{fmt.Sprint(exitcode.Usage), "usage error"},
+		{Term: "0", Meaning: "always, but for a usage error"},
+		{Term: fmt.Sprint(exitcode.Usage), Meaning: "usage error"},
 	},
 }
 
 // manEnvironment is dirlockd(1)'s ENVIRONMENT.
-var manEnvironment = []manItem{
-	{"DIRLOCKD_DATADIR", "the data directory when no -D is given. run sets it for COMMAND, with DIRLOCKD_PIDFILE, DIRLOCKD_LOCK_FD (the locked pidfile's descriptor, 3), DIRLOCKD_SHM_ID and DIRLOCKD_TOKEN."},
-	{"DIRLOCKD_ETCD", "the etcd endpoints when no --etcd is given (docs/lease.md); DIRLOCKD_ETCD_PASSWORD the password for an --etcd-user without one. run --etcd sets DIRLOCKD_FENCING_TOKEN, DIRLOCKD_LEASE_KEY and DIRLOCKD_LEASE_TTL for COMMAND."},
-	{"NOTIFY_SOCKET", "systemd's notification socket: run tells systemd READY=1 and STOPPING=1 through it (Type=notify), and gives COMMAND a socket of its own in its place."},
+var manEnvironment = []manpage.Item{
+	{Term: "DIRLOCKD_DATADIR", Meaning: "the data directory when no -D is given. run sets it for COMMAND, with DIRLOCKD_PIDFILE, DIRLOCKD_LOCK_FD (the locked pidfile's descriptor, 3), DIRLOCKD_SHM_ID and DIRLOCKD_TOKEN."},
+	{Term: "DIRLOCKD_ETCD", Meaning: "the etcd endpoints when no --etcd is given (docs/lease.md); DIRLOCKD_ETCD_PASSWORD the password for an --etcd-user without one. run --etcd sets DIRLOCKD_FENCING_TOKEN, DIRLOCKD_LEASE_KEY and DIRLOCKD_LEASE_TTL for COMMAND."},
+	{Term: "NOTIFY_SOCKET", Meaning: "systemd's notification socket: run tells systemd READY=1 and STOPPING=1 through it (Type=notify), and gives COMMAND a socket of its own in its place."},
 }
 
 // manPages renders dirlockd(1) and one page per command, as Markdown by
-// file name (dirlockd.1, dirlockd-run.1, ...). The page's date is
-// left as manDatePlaceholder.
+// file name (dirlockd.1, dirlockd-run.1, ...).
 func manPages(cmds []*subcommand) map[string]string {
 	pages := map[string]string{"dirlockd.1": mainPage(cmds)}
 	for _, c := range cmds {
@@ -126,47 +135,44 @@ func manPages(cmds []*subcommand) map[string]string {
 	return pages
 }
 
-func mainPage(cmds []*subcommand) string {
-	var b strings.Builder
-	title(&b, "dirlockd", "one server process tree per data directory")
-	b.WriteString("# SYNOPSIS\n\n")
-	for _, c := range cmds {
-		fmt.Fprintf(&b, "**dirlockd** %s\n\n", mdEscape(c.synopsis[0]))
-	}
-	b.WriteString("# DESCRIPTION\n\n")
-	b.WriteString(mdText(`dirlockd guarantees that exactly one server process tree ever works in a data directory. It holds a kernel lock on a pidfile inside the directory and a System V shared-memory segment whose attach count reveals orphaned children of a crashed holder, and lets a new holder in only when every witness agrees that nobody is left.`))
-	b.WriteString("# COMMANDS\n\n")
-	for _, c := range cmds {
-		fmt.Fprintf(&b, "**%s**\n: %s; see **dirlockd-%s**(1).\n\n", c.name, mdEscape(c.summary), c.name)
-	}
-	b.WriteString("# GLOBAL FLAGS\n\nEvery command but completion and version takes these.\n\n")
-	flagList(&b, globalFlags())
-	b.WriteString("# EXIT STATUS\n\n")
-	itemList(&b, exitStatuses)
-	b.WriteString("# ENVIRONMENT\n\n")
-	itemList(&b, manEnvironment)
-	b.WriteString("# FILES\n\n")
-	itemList(&b, manFiles(""))
-	b.WriteString("# EXAMPLES\n\n```\n")
-	for _, c := range cmds {
-		b.WriteString(c.examples)
-	}
-	b.WriteString("```\n\n")
-	b.WriteString("# SEE ALSO\n\n")
-	var see []string
-	for _, c := range cmds {
-		see = append(see, fmt.Sprintf("**dirlockd-%s**(1)", c.name))
-	}
-	see = append(see, "**flock**(1)", "**start-stop-daemon**(8)", "**systemd.service**(5)", "**systemd.kill**(5)", "**sd_notify**(3)")
-	b.WriteString(strings.Join(see, ", ") + "\n")
-	return b.String()
+func newPage(name, summary string) *manpage.Page {
+	return manpage.New(name, 1, "dirlockd", "User Commands", summary)
 }
 
-// itemList writes items as a definition list.
-func itemList(b *strings.Builder, items []manItem) {
-	for _, e := range items {
-		fmt.Fprintf(b, "**%s**\n: %s\n\n", mdEscape(e.term), mdEscape(e.meaning))
+func mainPage(cmds []*subcommand) string {
+	p := newPage("dirlockd", "one server process tree per data directory")
+	p.Section("SYNOPSIS")
+	for _, c := range cmds {
+		p.Synopsis("dirlockd", c.synopsis[0])
 	}
+	p.Section("DESCRIPTION")
+	p.Text(`dirlockd guarantees that exactly one server process tree ever works in a data directory. It holds a kernel lock on a pidfile inside the directory and a System V shared-memory segment whose attach count reveals orphaned children of a crashed holder, and lets a new holder in only when every witness agrees that nobody is left.`)
+	p.Section("COMMANDS")
+	for _, c := range cmds {
+		p.Markdown(fmt.Sprintf("**%s**\n: %s; see **dirlockd-%s**(1).\n\n", c.name, manpage.Escape(c.summary), c.name))
+	}
+	p.Section("GLOBAL FLAGS")
+	p.Markdown("Every command but completion and version takes these.\n\n")
+	p.Flags(globalFlags())
+	p.Section("EXIT STATUS")
+	p.Items(exitStatuses)
+	p.Section("ENVIRONMENT")
+	p.Items(manEnvironment)
+	p.Section("FILES")
+	p.Items(manFiles(""))
+	p.Section("EXAMPLES")
+	var examples strings.Builder
+	for _, c := range cmds {
+		examples.WriteString(c.examples)
+	}
+	p.Code(examples.String())
+	p.Section("SEE ALSO")
+	var see []string
+	for _, c := range cmds {
+		see = append(see, "dirlockd-"+c.name+"(1)")
+	}
+	p.SeeAlso(append(see, "flock(1)", "start-stop-daemon(8)", "systemd.service(5)", "systemd.kill(5)", "sd_notify(3)")...)
+	return p.String()
 }
 
 // manDocDir is where the Debian package installs the guides; make install
@@ -174,42 +180,42 @@ func itemList(b *strings.Builder, items []manItem) {
 const manDocDir = "/usr/share/doc/dirlockd/"
 
 // manFiles are the FILES of command cmd's page, or of dirlockd(1) for "".
-func manFiles(cmd string) []manItem {
+func manFiles(cmd string) []manpage.Item {
 	pidfile := globalFlags().Lookup("pidfile").DefValue
-	var files []manItem
+	var files []manpage.Item
 	if cmd != "completion" && cmd != "version" {
-		files = append(files, manItem{"DIR/" + pidfile,
-			"the locked pidfile and its record (--pidfile names it). dirlockd never unlinks it: a removed pidfile would let a second holder lock a new file while the first still runs."})
+		files = append(files, manpage.Item{Term: "DIR/" + pidfile,
+			Meaning: "the locked pidfile and its record (--pidfile names it). dirlockd never unlinks it: a removed pidfile would let a second holder lock a new file while the first still runs."})
 	}
 	switch cmd {
 	case "", "run":
 		files = append(files,
-			manItem{"DIR/" + lease.TokenFileName(pidfile), "with run --etcd, the highest fencing token that ever ran in the directory: a start with a lower one is refused."},
-			manItem{"/usr/libexec/dirlockd/dirlockd-etcd", "the etcd agent that run --etcd starts (package dirlockd-etcd; PREFIX/libexec/dirlockd/ after make install)."},
-			manItem{"/usr/lib/systemd/system/dirlockd@.service", "the systemd unit template: dirlockd@NAME.service runs the server that /etc/dirlockd/NAME.conf names, under dirlockd run."})
+			manpage.Item{Term: "DIR/" + lease.TokenFileName(pidfile), Meaning: "with run --etcd, the highest fencing token that ever ran in the directory: a start with a lower one is refused."},
+			manpage.Item{Term: "/usr/libexec/dirlockd/dirlockd-etcd", Meaning: "the etcd agent that run --etcd starts (package dirlockd-etcd; PREFIX/libexec/dirlockd/ after make install)."},
+			manpage.Item{Term: "/usr/lib/systemd/system/dirlockd@.service", Meaning: "the systemd unit template: dirlockd@NAME.service runs the server that /etc/dirlockd/NAME.conf names, under dirlockd run."})
 	case "stress":
 		files = append(files,
-			manItem{"DIR/" + stress.LogName, "the witness log: a line when a hold begins, ends, or is killed, from every host that ran against DIR."},
-			manItem{"DIR/" + stress.CounterName, "the witness counter: each hold adds one."})
+			manpage.Item{Term: "DIR/" + stress.LogName, Meaning: "the witness log: a line when a hold begins, ends, or is killed, from every host that ran against DIR."},
+			manpage.Item{Term: "DIR/" + stress.CounterName, Meaning: "the witness counter: each hold adds one."})
 	case "completion":
 		files = append(files,
-			manItem{"/usr/share/bash-completion/completions/dirlockd", "bash's script, as make install and the package put it"},
-			manItem{"/usr/share/zsh/site-functions/_dirlockd", "zsh's"},
-			manItem{"/usr/share/fish/vendor_completions.d/dirlockd.fish", "fish's"})
+			manpage.Item{Term: "/usr/share/bash-completion/completions/dirlockd", Meaning: "bash's script, as make install and the package put it"},
+			manpage.Item{Term: "/usr/share/zsh/site-functions/_dirlockd", Meaning: "zsh's"},
+			manpage.Item{Term: "/usr/share/fish/vendor_completions.d/dirlockd.fish", Meaning: "fish's"})
 	}
-	return append(files, manItem{manDocDir, "the guides: README.md, cli.md (every command), design.md, lease.md (run --etcd), nfs.md (shared storage), format.md (the pidfile); PREFIX/share/doc/dirlockd/ after make install. Compressed (.md.gz) in the Debian package."})
+	return append(files, manpage.Item{Term: manDocDir, Meaning: "the guides: README.md, cli.md (every command), design.md, lease.md (run --etcd), nfs.md (shared storage), format.md (the pidfile); PREFIX/share/doc/dirlockd/ after make install. Compressed (.md.gz) in the Debian package."})
 }
 
 // manEnvironmentOf is the ENVIRONMENT of command c's page: what of
 // manEnvironment its flags read.
-func manEnvironmentOf(c *subcommand) []manItem {
+func manEnvironmentOf(c *subcommand) []manpage.Item {
 	fs := c.flags()
-	var env []manItem
+	var env []manpage.Item
 	for _, e := range manEnvironment {
 		switch {
-		case e.term == "DIRLOCKD_DATADIR" && fs.Lookup("datadir") != nil,
-			e.term == "DIRLOCKD_ETCD" && fs.Lookup("etcd") != nil,
-			e.term == "NOTIFY_SOCKET" && c.name == "run":
+		case e.Term == "DIRLOCKD_DATADIR" && fs.Lookup("datadir") != nil,
+			e.Term == "DIRLOCKD_ETCD" && fs.Lookup("etcd") != nil,
+			e.Term == "NOTIFY_SOCKET" && c.name == "run":
 			env = append(env, e)
 		}
 	}
@@ -229,109 +235,39 @@ var seeAlso = map[string][]string{
 }
 
 func commandPage(c *subcommand) string {
-	var b strings.Builder
-	title(&b, "dirlockd-"+c.name, c.summary)
-	b.WriteString("# SYNOPSIS\n\n")
+	p := newPage("dirlockd-"+c.name, c.summary)
+	p.Section("SYNOPSIS")
 	for _, s := range c.synopsis {
-		fmt.Fprintf(&b, "**dirlockd** %s\n\n", mdEscape(s))
+		p.Synopsis("dirlockd", s)
 	}
-	b.WriteString("# DESCRIPTION\n\n")
-	b.WriteString(mdText(c.about))
-	if groups := groupFlags(c.name, c.flags()); len(groups) > 0 {
-		b.WriteString("# OPTIONS\n\n")
+	p.Section("DESCRIPTION")
+	p.Text(c.about)
+	if groups := cli.GroupFlags(flagGroups, c.name, c.flags()); len(groups) > 0 {
+		p.Section("OPTIONS")
 		for _, g := range groups {
-			fmt.Fprintf(&b, "## %s\n\n", mdEscape(g.title))
-			flagList(&b, g.flags)
+			p.Subsection(g.Title)
+			p.Flags(g.Flags)
 		}
 	}
-	b.WriteString("# EXIT STATUS\n\n")
-	itemList(&b, commandExits[c.name])
-	b.WriteString("# ENVIRONMENT\n\n")
+	p.Section("EXIT STATUS")
+	p.Items(commandExits[c.name])
+	p.Section("ENVIRONMENT")
 	if env := manEnvironmentOf(c); len(env) > 0 {
-		itemList(&b, env)
+		p.Items(env)
 	} else {
-		fmt.Fprintf(&b, "dirlockd %s reads no environment variable of its own.\n\n", c.name)
+		p.Markdown(fmt.Sprintf("dirlockd %s reads no environment variable of its own.\n\n", c.name))
 	}
-	b.WriteString("# FILES\n\n")
-	itemList(&b, manFiles(c.name))
-	fmt.Fprintf(&b, "# EXAMPLES\n\n```\n%s```\n\n# SEE ALSO\n\n", c.examples)
-	see := []string{"**dirlockd**(1)"}
+	p.Section("FILES")
+	p.Items(manFiles(c.name))
+	p.Section("EXAMPLES")
+	p.Code(c.examples)
+	p.Section("SEE ALSO")
+	see := []string{"dirlockd(1)"}
 	for _, o := range commands() {
 		if o.name != c.name {
-			see = append(see, fmt.Sprintf("**dirlockd-%s**(1)", o.name))
+			see = append(see, "dirlockd-"+o.name+"(1)")
 		}
 	}
-	for _, p := range seeAlso[c.name] {
-		name, sec, _ := strings.Cut(p, "(")
-		see = append(see, "**"+name+"**("+sec)
-	}
-	b.WriteString(strings.Join(see, ", ") + "\n")
-	return b.String()
-}
-
-// title writes the page's .TH line, the date left as manDatePlaceholder, and its NAME
-// section. The page carries no version, so that it changes only with what
-// it says.
-func title(b *strings.Builder, name, summary string) {
-	fmt.Fprintf(b, "# %s 1 \""+manDatePlaceholder+"\" \"dirlockd\" \"User Commands\"\n\n# NAME\n\n%s - %s\n\n", strings.ToUpper(name), name, mdEscape(summary))
-}
-
-// flagList writes fs's visible flags as a definition list: what --help
-// says of each, its value's name, its default.
-func flagList(b *strings.Builder, fs *pflag.FlagSet) {
-	fs.VisitAll(func(f *pflag.Flag) {
-		if f.Hidden {
-			return
-		}
-		value, usage := pflag.UnquoteUsage(f)
-		if f.Shorthand != "" {
-			fmt.Fprintf(b, "**-%s**, ", f.Shorthand)
-		}
-		fmt.Fprintf(b, "**--%s**", f.Name)
-		if value != "" {
-			fmt.Fprintf(b, " *%s*", value)
-		}
-		if d := f.DefValue; d != "" && d != "0" && d != "0s" && d != "false" && d != "[]" {
-			usage += " (default " + d + ")"
-		}
-		if d := f.Annotations[annotationDetail]; len(d) > 0 {
-			usage += ". " + d[0]
-		}
-		fmt.Fprintf(b, "\n: %s\n\n", mdEscape(usage))
-	})
-}
-
-// mdText renders help text as Markdown: runs of unindented lines are
-// paragraphs, to be filled; indented lines (lists, commands) stay as they
-// are, as preformatted text.
-func mdText(text string) string {
-	var b strings.Builder
-	for _, para := range strings.Split(text, "\n\n") {
-		lines := strings.Split(para, "\n")
-		for len(lines) > 0 {
-			pre := strings.HasPrefix(lines[0], " ")
-			n := 1
-			for n < len(lines) && strings.HasPrefix(lines[n], " ") == pre {
-				n++
-			}
-			if pre {
-				fmt.Fprintf(&b, "```\n%s\n```\n\n", strings.Join(lines[:n], "\n"))
-			} else {
-				fmt.Fprintf(&b, "%s\n\n", mdEscape(strings.Join(lines[:n], " ")))
-			}
-			lines = lines[n:]
-		}
-	}
-	return b.String()
-}
-
-var (
-	mdSpecial    = regexp.MustCompile("[\\\\`*_\\[\\]<>#|~]")
-	mdLineMarker = regexp.MustCompile(`^([-+:]|\d+\.)`)
-)
-
-// mdEscape makes s literal text in Markdown, on one line.
-func mdEscape(s string) string {
-	s = mdSpecial.ReplaceAllString(s, `\$0`)
-	return mdLineMarker.ReplaceAllString(s, `\$1`)
+	p.SeeAlso(append(see, seeAlso[c.name]...)...)
+	return p.String()
 }

@@ -9,8 +9,10 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/dirlockd/dirlockd/internal/cli"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/supervise"
+	"github.com/dirlockd/dirlockd/internal/users"
 )
 
 type runFlags struct {
@@ -165,44 +167,40 @@ COMMAND holding it, pass signals on, release it once its whole tree has exited.
 Exit: COMMAND's (128+N: signal N); 75 held, 76 orphans, 78 invalid, 69 no etcd`,
 	about:    runAbout,
 	examples: runExamples,
+	exec:     true,
 }
 
 func runFlagSet(g *globals, f *runFlags, stderr io.Writer) *pflag.FlagSet {
 	fs := command(&runDoc, g, stderr)
-	// As flock(1), env(1), sudo and systemd-run do, dirlockd's flags end at
-	// COMMAND, the first word that is not one: what follows is COMMAND's,
-	// "-D" and all.
-	fs.SetInterspersed(false)
-	g.command = true
 	fs.DurationVar(&g.opts.Wait, "wait", 0, "wait this long for a held directory (0: fail)")
 	fs.IntVar(&f.conflictExit, "conflict-exit-code", exitcode.Held, "exit status if held")
-	detail(fs, "conflict-exit-code", "When the data directory is held by a live instance; 1 to 255.")
+	cli.Detail(fs, "conflict-exit-code", "When the data directory is held by a live instance; 1 to 255.")
 	fs.StringVar(&f.user, "user", "", "run as USER[:GROUP] (root only)")
-	detail(fs, "user", "dirlockd and COMMAND run as USER, with USER's supplementary groups and USER's primary group or GROUP, as setpriv --init-groups and start-stop-daemon --chuid do; the data directory must be USER's.")
+	cli.Detail(fs, "user", "dirlockd and COMMAND run as USER, with USER's supplementary groups and USER's primary group or GROUP, as setpriv --init-groups and start-stop-daemon --chuid do; the data directory must be USER's.")
 	fs.StringVar(&f.stopSigArg, "stop-signal", "TERM", "signal that stops the server")
-	detail(fs, "stop-signal", "As systemd's KillSignal=: INT for PostgreSQL's fast shutdown. Recorded in the pidfile, for dirlockd stop when dirlockd itself is dead.")
-	completeValues(fs, "stop-signal", signalNames...)
+	cli.Detail(fs, "stop-signal", "As systemd's KillSignal=: INT for PostgreSQL's fast shutdown. Recorded in the pidfile, for dirlockd stop when dirlockd itself is dead.")
+	cli.CompleteValues(fs, "stop-signal", signalNames...)
 	fs.StringVar(&f.killModeArg, "kill-mode", string(supervise.ControlGroup), "as systemd's KillMode=")
-	detail(fs, "kill-mode", "As systemd's KillMode=: control-group every process of the tree, mixed the main process (SIGTERM to the rest once it has exited), process the main process only. Recorded.")
-	completeValues(fs, "kill-mode", supervise.KillModes...)
+	cli.Detail(fs, "kill-mode", "As systemd's KillMode=: control-group every process of the tree, mixed the main process (SIGTERM to the rest once it has exited), process the main process only. Recorded.")
+	cli.CompleteValues(fs, "kill-mode", supervise.KillModes...)
 	fs.StringVar(&f.reloadSigArg, "reload-signal", "HUP", "signal for dirlockd reload")
-	detail(fs, "reload-signal", "Sent to the main process by dirlockd reload, or when dirlockd gets SIGHUP.")
-	completeValues(fs, "reload-signal", signalNames...)
+	cli.Detail(fs, "reload-signal", "Sent to the main process by dirlockd reload, or when dirlockd gets SIGHUP.")
+	cli.CompleteValues(fs, "reload-signal", signalNames...)
 	fs.BoolVar(&f.signalGroup, "signal-group", false, "signal the main process's process group too")
 	fs.DurationVar(&f.stopTimeout, "stop-timeout", 60*time.Second, "stop signal to SIGKILL")
-	detail(fs, "stop-timeout", "After a stop begins, how long the server's tree may take to exit before every process left in it (with --kill-mode process, the main process) gets SIGKILL; at least 100ms.")
+	cli.Detail(fs, "stop-timeout", "After a stop begins, how long the server's tree may take to exit before every process left in it (with --kill-mode process, the main process) gets SIGKILL; at least 100ms.")
 	fs.StringVar(&f.mainPIDFile, "main-pid-file", "", "where a forking server writes its main PID")
-	detail(fs, "main-pid-file", "As systemd's PIDFile=: the first line of the file names the main process, which signals go to and whose exit status dirlockd reports. Read as systemd reads it: a regular file, 4 KiB at most, never through another user's symlink; a refused file's content is never logged.")
-	completeFiles(fs, "main-pid-file")
+	cli.Detail(fs, "main-pid-file", "As systemd's PIDFile=: the first line of the file names the main process, which signals go to and whose exit status dirlockd reports. Read as systemd reads it: a regular file, 4 KiB at most, never through another user's symlink; a refused file's content is never logged.")
+	cli.CompleteFiles(fs, "main-pid-file")
 	fs.BoolVar(&f.readyNotify, "ready-notify", false, "ready when COMMAND sends READY=1 (sd_notify)")
 	fs.StringVar(&f.readyTCP, "ready-tcp", "", "ready when HOST:PORT accepts a connection")
 	fs.DurationVar(&g.opts.Recheck, "recheck", 10*time.Second, "recheck interval (0: never)")
-	detail(fs, "recheck", "How often to recheck the interlock and write a heartbeat; at least 100ms.")
+	cli.Detail(fs, "recheck", "How often to recheck the interlock and write a heartbeat; at least 100ms.")
 	fs.StringVar(&f.onLost, "on-lost", "shutdown", "shutdown or log if lost")
-	detail(fs, "on-lost", "When a recheck finds the interlock lost, shutdown stops COMMAND as SIGTERM does; log only logs it.")
-	completeValues(fs, "on-lost", "shutdown", "log")
+	cli.Detail(fs, "on-lost", "When a recheck finds the interlock lost, shutdown stops COMMAND as SIGTERM does; log only logs it.")
+	cli.CompleteValues(fs, "on-lost", "shutdown", "log")
 	fs.DurationVar(&g.opts.TakeoverAfter, "takeover-after", 0, "watch a remote holder's heartbeat this long")
-	detail(fs, "takeover-after", "On shared storage, how long to watch the heartbeat of a holder on another host that did not stop cleanly before taking over; 0 is 3 times the longer of --recheck and that holder's interval, otherwise at least 1s.")
+	cli.Detail(fs, "takeover-after", "On shared storage, how long to watch the heartbeat of a holder on another host that did not stop cleanly before taking over; 0 is 3 times the longer of --recheck and that holder's interval, otherwise at least 1s.")
 	addLeaseFlags(fs, &f.lease, leaseRun)
 	return fs
 }
@@ -245,10 +243,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if f.killMode, err = supervise.ParseKillMode(f.killModeArg); err != nil {
 		return usageErr("--kill-mode %v", err)
 	}
-	if f.stopSig, err = parseSignal(f.stopSigArg); err != nil {
+	if f.stopSig, err = supervise.ParseSignal(f.stopSigArg); err != nil {
 		return usageErr("--stop-signal: %v", err)
 	}
-	if f.reloadSig, err = parseSignal(f.reloadSigArg); err != nil {
+	if f.reloadSig, err = supervise.ParseSignal(f.reloadSigArg); err != nil {
 		return usageErr("--reload-signal: %v", err)
 	}
 	if f.readyTCP != "" {
@@ -264,7 +262,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		f.mainPIDFile = abs
 	}
 	if f.user != "" {
-		if err := becomeUser(f.user); err != nil {
+		if err := users.Become(f.user); err != nil {
 			g.log.Error("cannot run as --user "+f.user, "err", err)
 			return exitcode.Invalid
 		}

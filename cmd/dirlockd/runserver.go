@@ -115,9 +115,9 @@ func runServer(f *runFlags, opts interlock.Options, dir string, argv []string, l
 	}
 	// How the server is stopped and reloaded, for dirlockd stop and
 	// reload when dirlockd itself is gone.
-	rc.SetExtra(stopSignalKey, supervise.SignalName(f.stopSig))
-	rc.SetExtra(reloadSignalKey, supervise.SignalName(f.reloadSig))
-	rc.SetExtra(killModeKey, string(f.killMode))
+	rc.SetExtra(supervise.StopSignalKey, supervise.SignalName(f.stopSig))
+	rc.SetExtra(supervise.ReloadSignalKey, supervise.SignalName(f.reloadSig))
+	rc.SetExtra(supervise.KillModeKey, string(f.killMode))
 
 	// An abstract socket: nothing on disk that a crash could leave
 	// behind, or that a cleaner of /tmp could remove from under a server

@@ -2,14 +2,12 @@ package main
 
 import (
 	"errors"
-	"fmt"
 	"io"
-	"strconv"
-	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/control"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/printable"
 )
@@ -78,65 +76,27 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	// status names every holder: the wrapper and the server sharing its
 	// descriptor.
 	g.opts.ListHolders = true
-	r := inspect(g.dirs[0], g.opts)
+	rep, err := interlock.Inspect(g.dirs[0], g.opts)
+	r := &report{Report: control.NewReport(g.dirs[0], rep, err)}
 	if withLease {
 		r.addLease(f.lease.inspectLease())
 	}
-	r.Service = r.service() // the lease may have changed the state
-	code := serviceExit[r.Service]
+	r.SetService() // the lease may have changed the state
+	code := r.StatusExit()
 	if f.asJSON {
 		writeJSON(stdout, r)
 		return code
 	}
-	switch r.Service {
-	case serviceUnsupervised:
-		printable.Fprintf(stdout, "running unsupervised: %s\n  dirlockd run (PID %d) is dead; the server's main process %d runs on\n  stop it with: dirlockd stop -D %s\n", r.Datadir, r.PID, r.MainPID, r.Datadir)
-		return code
-	case serviceSurvivors:
-		printable.Fprintf(stdout, "dead with survivors: %s\n  %s\n  stop them with: dirlockd stop -D %s --survivors\n", r.Datadir, r.Reason, r.Datadir)
-		return code
-	}
-	if r.State != "held" {
-		printable.Fprintf(stdout, "%s: %s\n", r.State, r.Reason)
-		return code
-	}
-	if r.rep == nil || r.rep.State != interlock.Held {
+	if r.State == "held" && !r.HeldHere() {
 		// Held through the lease alone: by a holder on another host.
 		l := r.Lease
 		printable.Fprintf(stdout, "running: %s\n  held through the lease key %s by PID %d on host %s\n  since %s, fencing token %d\n",
 			r.Datadir, l.Key, l.PID, l.Host, l.Since, l.FencingToken)
 		return code
 	}
-	if r.rep.Record == nil {
-		// The lock is held, but its holder has written nothing: a
-		// start between its lock and its record, or a program that is
-		// not dirlockd holding the pidfile. There is no PID, host or
-		// status to print, only who holds the lock, which the reason
-		// says.
-		printable.Fprintf(stdout, "running: %s\n  no record: %s\n", r.Datadir, r.Reason)
-		return code
-	}
-	up := time.Since(r.rep.Record.StartTime).Round(time.Second).String()
-	main := "none (the command has exited, and no one process of its tree took over)"
-	switch {
-	case r.MainPID > 0 && r.MainPID == r.ChildPID:
-		main = strconv.Itoa(r.MainPID)
-	case r.MainPID > 0:
-		main = fmt.Sprintf("%d (command pid %d)", r.MainPID, r.ChildPID)
-	case r.ChildPID == 0:
-		main = "none yet"
-	}
-	printable.Fprintf(stdout, "%s: %s\n  pid %d, main pid %s, host %s\n  status %s, up %s (since %s)\n  lock %s, shm key %s id %d\n",
-		r.Service, r.Datadir, r.PID, main, r.Host, r.Status, up, r.Started, r.Method, r.ShmKey, derefInt(r.ShmID))
-	if l := r.Lease; l != nil {
+	if r.WriteStatus(stdout) && r.Lease != nil {
+		l := r.Lease
 		printable.Fprintf(stdout, "  lease key %s: %s by PID %d on host %s, fencing token %d\n", l.Key, l.State, l.PID, l.Host, l.FencingToken)
 	}
 	return code
-}
-
-func derefInt(p *int) int {
-	if p == nil {
-		return -1
-	}
-	return *p
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
+	"github.com/dirlockd/dirlockd/internal/cli"
 	"github.com/dirlockd/dirlockd/internal/exitcode"
 	"github.com/dirlockd/dirlockd/internal/stress"
 	"github.com/dirlockd/dirlockd/pidfile"
@@ -113,9 +114,9 @@ func stressFlagSet(g *globals, f *stressFlags, stderr io.Writer) *pflag.FlagSet 
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "how long the workers run")
 	fs.DurationVar(&f.hold, "hold", 5*time.Millisecond, "how long each hold lasts")
 	fs.Float64Var(&f.killRate, "kill-rate", 0, "fraction of holds whose worker is SIGKILLed")
-	detail(fs, "kill-rate", "From 0 to 1: those workers are killed inside their hold, to exercise the takeover of a dead holder's directory.")
+	cli.Detail(fs, "kill-rate", "From 0 to 1: those workers are killed inside their hold, to exercise the takeover of a dead holder's directory.")
 	fs.StringVar(&f.host, "host-label", "", "this host's name in the log (default hostname)")
-	detail(fs, "host-label", "Distinct on every client of the storage.")
+	cli.Detail(fs, "host-label", "Distinct on every client of the storage.")
 	fs.BoolVar(&f.verify, "verify", false, "check the witness files of every run; no worker")
 	fs.BoolVar(&f.json, "json", false, "print the report as one JSON object")
 	fs.StringVar(&f.worker, "worker", "", "run as a worker with this writer id (internal)")
@@ -179,7 +180,7 @@ func cmdStress(args []string, stdout, stderr io.Writer) int {
 		Config: stress.Config{Dir: dir, Opts: g.opts, Host: f.host, Workers: f.workers, Duration: f.duration,
 			Hold: f.hold, KillRate: f.killRate, Command: workerCommand(dir, f.host, args, stderr)},
 		Verify: f.verify, JSON: f.json, WorkerID: f.worker, RunID: f.run,
-		Log: g.log.With("datadir", dir), Stdout: stdout, Stderr: stderr, Terminal: isTerminal(stderr), Exit: stressExit,
+		Log: g.log.With("datadir", dir), Stdout: stdout, Stderr: stderr, Terminal: cli.IsTerminal(stderr), Exit: stressExit,
 	}
 	if withLease {
 		cfg := f.lease.config()

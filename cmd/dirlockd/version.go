@@ -5,6 +5,8 @@ import (
 	"io"
 	"runtime"
 	"runtime/debug"
+
+	"github.com/dirlockd/dirlockd/internal/cli"
 )
 
 // version is the release this binary was built from, set at link time:
@@ -42,32 +44,5 @@ func cmdVersion(args []string, stdout, stderr io.Writer) int {
 // GOOS/GOARCH)".
 func versionLine() string {
 	bi, _ := debug.ReadBuildInfo()
-	return fmt.Sprintf("dirlockd %s (%s %s/%s)", buildVersion(version, bi), runtime.Version(), runtime.GOOS, runtime.GOARCH)
-}
-
-// buildVersion picks the most precise version the build recorded: the
-// linker's, the module's, the VCS commit's.
-func buildVersion(linked string, bi *debug.BuildInfo) string {
-	if linked != "" {
-		return linked
-	}
-	if bi == nil {
-		return "devel"
-	}
-	if v := bi.Main.Version; v != "" && v != "(devel)" {
-		return v
-	}
-	var rev, dirty string
-	for _, s := range bi.Settings {
-		switch {
-		case s.Key == "vcs.revision":
-			rev = s.Value
-		case s.Key == "vcs.modified" && s.Value == "true":
-			dirty = "+dirty"
-		}
-	}
-	if rev == "" {
-		return "devel"
-	}
-	return "devel-" + rev[:min(len(rev), 12)] + dirty
+	return fmt.Sprintf("dirlockd %s (%s %s/%s)", cli.Version(version, bi), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }

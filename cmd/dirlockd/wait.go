@@ -6,9 +6,9 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/dirlockd/dirlockd/interlock"
+	"github.com/dirlockd/dirlockd/internal/cli"
+	"github.com/dirlockd/dirlockd/internal/control"
 	"github.com/dirlockd/dirlockd/internal/lease"
-	"github.com/dirlockd/dirlockd/pidfile"
 )
 
 var waitDoc = doc{
@@ -44,7 +44,7 @@ func waitFlagSet(g *globals, f *waitFlags, stderr io.Writer) *pflag.FlagSet {
 	fs := command(&waitDoc, g, stderr)
 	fs.StringVar(&f.target, "for", "free", "what to wait for: free or ready")
 	fs.DurationVar(&f.timeout, "timeout", 0, "give up after this long (0: wait forever)")
-	completeValues(fs, "for", "free", "ready")
+	cli.CompleteValues(fs, "for", "free", "ready")
 	addLeaseFlags(fs, &f.lease, leaseInspect)
 	return fs
 }
@@ -64,42 +64,15 @@ func cmdWait(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return usageError(stderr, "wait", "%v", err)
 	}
-	log := g.log.With("datadir", g.dirs[0])
-	start := time.Now()
-	var lw *lease.Waiter
+	w := control.Wait{Options: g.opts, Log: g.log, Ready: f.target == "ready", Timeout: f.timeout, Began: time.Now()}
 	if withLease {
-		if lw, err = lease.NewWaiter(f.lease.config()); err != nil {
-			log.Error("cannot wait for the lease: " + err.Error())
+		lw, err := lease.NewWaiter(f.lease.config())
+		if err != nil {
+			g.log.Error("cannot wait for the lease: "+err.Error(), "datadir", g.dirs[0])
 			return 3
 		}
 		defer lw.Close()
+		w.Lease = lw.Wait
 	}
-	for {
-		rep, err := interlock.Inspect(g.dirs[0], g.opts)
-		if err != nil {
-			log.Error("cannot inspect the data directory", "err", err)
-			return 3
-		}
-		free := rep.State == interlock.Free || rep.State == interlock.Stale
-		ready := rep.State == interlock.Held && rep.Record != nil && rep.Record.Status == pidfile.Ready
-		if lw != nil && (f.target == "free" && free || f.target == "ready" && ready) {
-			var until time.Time
-			if f.timeout > 0 {
-				until = start.Add(f.timeout)
-			}
-			if err := lw.Wait(f.target == "ready", until); err != nil {
-				log.Debug("the lease is not there yet", "err", err)
-				free, ready = false, false
-			}
-		}
-		if f.target == "free" && free || f.target == "ready" && ready {
-			log.Debug("reached", "for", f.target, "after", time.Since(start))
-			return 0
-		}
-		if f.timeout > 0 && time.Since(start) >= f.timeout {
-			log.Error("timed out", "for", f.target, "state", rep.State, "timeout", f.timeout)
-			return 1
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return controlExit[w.Run(g.dirs[0])]
 }

@@ -2,10 +2,12 @@ package supervise
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -65,4 +67,24 @@ func SignalName(sig syscall.Signal) string {
 		return n
 	}
 	return strconv.Itoa(int(sig))
+}
+
+// ParseSignal parses a signal as kill(1) takes it: a name, with or without
+// SIG, in any case (TERM, sigint), or a number from 1 to 64. It reads what
+// SignalName writes.
+func ParseSignal(s string) (syscall.Signal, error) {
+	if v, err := strconv.Atoi(s); err == nil {
+		if v <= 0 || v > 64 {
+			return 0, fmt.Errorf("signal number %d out of range", v)
+		}
+		return syscall.Signal(v), nil
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	if sig := unix.SignalNum(name); sig != 0 {
+		return sig, nil
+	}
+	return 0, fmt.Errorf("unknown signal %q", s)
 }

@@ -3,6 +3,12 @@ package supervise
 import (
 	"fmt"
 	"os"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dirlockd/dirlockd/pidfile"
 )
 
 // A KillMode says which processes of the server's tree a stop signals, with
@@ -39,3 +45,42 @@ func ParseKillMode(s string) (KillMode, error) {
 }
 
 func selfPID() int { return os.Getpid() }
+
+// The record fields with which dirlockd run tells dirlockd stop, reload and
+// status how its server is stopped and reloaded, for when dirlockd run
+// itself is gone. A record without them (written by an older dirlockd, or
+// by another program using package interlock) means the defaults: SIGTERM,
+// SIGHUP, control-group.
+const (
+	StopSignalKey   = "stop_signal"   // SignalName of the stop signal
+	ReloadSignalKey = "reload_signal" // SignalName of the reload signal
+	KillModeKey     = "kill_mode"     // the KillMode
+)
+
+// Recorded is how a holder's record says its server is stopped and
+// reloaded, and which process is its main process.
+type Recorded struct {
+	Stop, Reload syscall.Signal
+	KillMode     KillMode
+	MainPID      int // 0: none
+}
+
+// ReadRecord returns what rec says of its server; a field it lacks or that
+// cannot be read is the default (nil: the defaults).
+func ReadRecord(rec *pidfile.Record) Recorded {
+	r := Recorded{Stop: unix.SIGTERM, Reload: unix.SIGHUP, KillMode: ControlGroup}
+	if rec == nil {
+		return r
+	}
+	if sig, err := ParseSignal(rec.Extra[StopSignalKey]); err == nil {
+		r.Stop = sig
+	}
+	if sig, err := ParseSignal(rec.Extra[ReloadSignalKey]); err == nil {
+		r.Reload = sig
+	}
+	if m, err := ParseKillMode(rec.Extra[KillModeKey]); err == nil {
+		r.KillMode = m
+	}
+	r.MainPID, _ = strconv.Atoi(rec.Extra[MainPIDKey])
+	return r
+}

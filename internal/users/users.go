@@ -1,6 +1,7 @@
 // Package users names the users that messages speak of: "postgres (uid
 // 101)", as ls -l and ps name them, with the number a user may need for
-// chown or find.
+// chown or find; and makes the process run as one (Become, for run
+// --user).
 package users
 
 import (

@@ -1,21 +1,23 @@
-package main
+package printable
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
-
-	"github.com/dirlockd/dirlockd/internal/printable"
 )
 
-// escapingHandler passes each log record's message and attribute values
-// through printable.String, for the text format: tint prints the message bare,
-// and a value's terminal escapes raw when colouring (cut out when not).
-// logfmt quotes, and JSON escapes, what needs it by themselves.
+// Handler wraps h so that each log record's message and attribute values
+// (strings, errors, fmt.Stringers, string slices, in groups too) pass
+// through String first. It is for handlers that print them bare: tint's
+// text handler prints the message as it is, and a value's terminal escapes
+// raw when colouring. slog's own text (logfmt) and JSON handlers quote or
+// escape what needs it by themselves.
+func Handler(h slog.Handler) slog.Handler { return escapingHandler{h} }
+
 type escapingHandler struct{ slog.Handler }
 
 func (h escapingHandler) Handle(ctx context.Context, r slog.Record) error {
-	out := slog.NewRecord(r.Time, r.Level, printable.String(r.Message), r.PC)
+	out := slog.NewRecord(r.Time, r.Level, String(r.Message), r.PC)
 	r.Attrs(func(a slog.Attr) bool {
 		out.AddAttrs(escapeAttr(a))
 		return true
@@ -39,7 +41,7 @@ func escapeAttr(a slog.Attr) slog.Attr {
 	v := a.Value.Resolve()
 	switch v.Kind() {
 	case slog.KindString:
-		return slog.String(a.Key, printable.String(v.String()))
+		return slog.String(a.Key, String(v.String()))
 	case slog.KindGroup:
 		g := v.Group()
 		esc := make([]any, len(g))
@@ -50,13 +52,13 @@ func escapeAttr(a slog.Attr) slog.Attr {
 	case slog.KindAny:
 		switch x := v.Any().(type) {
 		case error:
-			return slog.String(a.Key, printable.String(x.Error()))
+			return slog.String(a.Key, String(x.Error()))
 		case fmt.Stringer:
-			return slog.String(a.Key, printable.String(x.String()))
+			return slog.String(a.Key, String(x.String()))
 		case []string:
 			esc := make([]string, len(x))
 			for i, s := range x {
-				esc[i] = printable.String(s)
+				esc[i] = String(s)
 			}
 			return slog.Any(a.Key, esc)
 		}

@@ -1,16 +1,15 @@
-package main
+package cli
 
 import (
 	"errors"
-	"fmt"
 
 	"github.com/spf13/pflag"
 )
 
-// suggest returns the name among known nearest to a mistyped one, if it is
+// Suggest returns the name among known nearest to a mistyped one, if it is
 // near enough to be a typo (as git's and cargo's "did you mean"): at most
 // a third of its length in edits, and at least one; "" if none is.
-func suggest(typed string, known []string) string {
+func Suggest(typed string, known []string) string {
 	best, bestDist := "", max(1, len([]rune(typed))/3)+1
 	for _, k := range known {
 		if d := editDistance(typed, k); d < bestDist {
@@ -50,22 +49,10 @@ func editDistance(a, b string) int {
 	return rows[len(ra)%3][len(rb)]
 }
 
-// didYouMean is what "unknown command" adds for a mistyped command name:
-// `; did you mean "check"?`, or "".
-func didYouMean(typed string, cmds []*subcommand) string {
-	names := []string{"help", "--help", "--version"}
-	for _, c := range cmds {
-		names = append(names, c.name)
-	}
-	if s := suggest(typed, names); s != "" {
-		return fmt.Sprintf("; did you mean %q?", s)
-	}
-	return ""
-}
-
-// flagDidYouMean is what a parse error adds for a mistyped long flag:
-// " (did you mean --ready-notify?)", or "".
-func flagDidYouMean(fs *pflag.FlagSet, err error) string {
+// SuggestFlag returns, for a parse error of fs about a long flag it does
+// not know, the visible flag of fs the user most likely meant (without
+// "--"), or "".
+func SuggestFlag(fs *pflag.FlagSet, err error) string {
 	var ne *pflag.NotExistError
 	if !errors.As(err, &ne) || ne.GetSpecifiedName() == "" {
 		return ""
@@ -76,8 +63,5 @@ func flagDidYouMean(fs *pflag.FlagSet, err error) string {
 			names = append(names, f.Name)
 		}
 	})
-	if s := suggest(ne.GetSpecifiedName(), names); s != "" {
-		return " (did you mean --" + s + "?)"
-	}
-	return ""
+	return Suggest(ne.GetSpecifiedName(), names)
 }

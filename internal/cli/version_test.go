@@ -1,11 +1,11 @@
-package main
+package cli
 
 import (
 	"runtime/debug"
 	"testing"
 )
 
-func TestBuildVersion(t *testing.T) {
+func TestVersion(t *testing.T) {
 	vcs := func(rev, modified string) *debug.BuildInfo {
 		return &debug.BuildInfo{Main: debug.Module{Version: "(devel)"}, Settings: []debug.BuildSetting{
 			{Key: "vcs", Value: "git"}, {Key: "vcs.revision", Value: rev}, {Key: "vcs.modified", Value: modified}}}
@@ -22,8 +22,8 @@ func TestBuildVersion(t *testing.T) {
 		{"no vcs", "", &debug.BuildInfo{Main: debug.Module{Version: "(devel)"}}, "devel"},
 		{"no build info", "", nil, "devel"},
 	} {
-		if got := buildVersion(c.linked, c.bi); got != c.want {
-			t.Errorf("%s: buildVersion = %q, want %q", c.name, got, c.want)
+		if got := Version(c.linked, c.bi); got != c.want {
+			t.Errorf("%s: Version = %q, want %q", c.name, got, c.want)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package users
 
 import (
 	"errors"
@@ -10,16 +10,19 @@ import (
 	"syscall"
 )
 
-// becomeUser makes dirlockd run as spec, USER[:GROUP] (names or numbers),
+// Become makes the process run as spec, USER[:GROUP] (names or numbers),
 // as setpriv --reuid --regid --init-groups and start-stop-daemon --chuid
 // do: the supplementary groups of USER (initgroups), then the group (USER's
-// primary group unless GROUP is given), then the user. It happens before
-// the data directory is opened, so that the pidfile, the segment and the
-// server's tree are all USER's: the start rule (the directory belongs to
-// whoever holds it) applies to USER, and USER can stop and reload what it
-// runs. USER, LOGNAME and HOME are set as systemd's User= sets them.
-// Go's Setuid and friends change every thread of the process.
-func becomeUser(spec string) error {
+// primary group unless GROUP is given), then the user. USER, LOGNAME and
+// HOME are set as systemd's User= sets them. Go's Setuid and friends change
+// every thread of the process. Only root may change its user; anyone may
+// "become" who it already is.
+//
+// dirlockd run --user calls it before the data directory is opened, so
+// that the pidfile, the segment and the server's tree are all USER's: the
+// start rule (the directory belongs to whoever holds it) applies to USER,
+// and USER can stop and reload what it runs.
+func Become(spec string) error {
 	name, group, hasGroup := strings.Cut(spec, ":")
 	u, err := lookupUser(name)
 	if err != nil {
