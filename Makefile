@@ -185,7 +185,7 @@ torture: deps
 # etcd 3.5 and 3.6 built from the module proxy, the three at once, until
 # SOAK_EVENTS fault events in all; the verdict and figures go to
 # docs/reliability.md. Needs root, ip(8), nft(8) and a loop device; about
-# 20 s a round, 1000 events in about 50 minutes.
+# 20 s a round, 1000 events in about 35 minutes (33 in the last run).
 # SOAK_FOR=1h stops it after that long, short of SOAK_EVENTS (the report
 # says so).
 SOAK_EVENTS ?= 1000
