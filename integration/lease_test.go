@@ -48,6 +48,16 @@ func eventuallyLogged(t *testing.T, w *testutil.Proc, timeout time.Duration, wha
 	}
 }
 
+// waitingForLease waits until w has found the lease key held and says it
+// waits for it, then a second more: time to reach its watch.
+func waitingForLease(t *testing.T, w *testutil.Proc) {
+	t.Helper()
+	eventuallyLogged(t, w, 30*time.Second, "the start to wait for the lease", func() bool {
+		return strings.Contains(w.Stderr(), "the lease key is held elsewhere; waiting for it")
+	})
+	time.Sleep(time.Second)
+}
+
 // leaseView waits for the server's line and returns its PID and token.
 func leaseView(t *testing.T, w *testutil.Proc) (pid int, token int64, key, ttl string) {
 	t.Helper()
@@ -137,6 +147,51 @@ func TestLeaseUnavailable(t *testing.T) {
 		if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 			t.Fatalf("an unavailable etcd left %v", ents)
 		}
+	}
+}
+
+// TestLeaseWaitUnavailable: with --wait, an etcd that does not answer at
+// the start (SIGSTOPped here, as a member without a majority during an
+// election) is waited for, as it is once the wait has begun: the start logs
+// it, the server starts once etcd answers, and a wait that ends first is
+// exit 69. Before, such a start exited 69 at once, and a standby started
+// just as its holder's host was cut off never took over (CI, issue 19).
+// 2 rounds of each.
+func TestLeaseWaitUnavailable(t *testing.T) {
+	e := testutil.StartEtcd(t, 1)
+	m := e.Members[0]
+	lf := []string{"--etcd", e.Endpoints(), "--lease-key", "/dirlockd/wait-unavailable", "--lease-ttl", "3s", "--etcd-dial-timeout", "1s"}
+	waiting := func(w *testutil.Proc) bool { return strings.Contains(w.Stderr(), "is unavailable: read the lock key") }
+	for round := range 2 {
+		m.Stop()
+		w := startRun(t, nil, testutil.DataDir(t), append(lf, "--wait", "1m"), leaseServer(false)...)
+		eventuallyLogged(t, w, 30*time.Second, "the start to say it waits for etcd", func() bool { return waiting(w) })
+		time.Sleep(2 * time.Second) // more attempts than one, all unanswered
+		if serverLine.MatchString(w.Stdout()) || !w.Alive() {
+			m.Cont()
+			t.Fatalf("round %d: with etcd stopped, the server started or the wrapper exited:\n%s", round, w.Stderr())
+		}
+		m.Cont()
+		pid, _, _, _ := leaseView(t, w)
+		w.Cmd.Process.Signal(syscall.SIGTERM)
+		if code := w.WaitExit(t, 20*time.Second); code != 143 {
+			t.Fatalf("round %d: exit %d after SIGTERM, want 143:\n%s", round, code, w.Stderr())
+		}
+		t.Logf("round %d: etcd stopped at the start with --wait 1m: logged, waited, server %d started once etcd answered", round, pid)
+	}
+	for round := range 2 {
+		m.Stop()
+		start := time.Now()
+		code, _, stderr := dirlockd(t, append(append([]string{"run", "-D", testutil.DataDir(t)}, lf...), "--wait", "3s", "--", "true")...)
+		took := time.Since(start)
+		m.Cont()
+		if code != 69 || !strings.Contains(stderr, "waiting for it (--wait)") || !strings.Contains(stderr, "cannot start: etcd at") {
+			t.Fatalf("round %d: exit %d after %v, want 69 once the 3s wait ended:\n%s", round, code, took, stderr)
+		}
+		if took < 3*time.Second {
+			t.Fatalf("round %d: gave up after %v, before the 3s wait ended:\n%s", round, took, stderr)
+		}
+		t.Logf("round %d: etcd stopped throughout --wait 3s: exit 69 after %v", round, took.Round(time.Millisecond))
 	}
 }
 
@@ -681,7 +736,7 @@ func TestLeaseCluster(t *testing.T) {
 		m.WaitHealthy(60 * time.Second)
 		next := startRun(t, nil, b, append(lf, "--wait", "2m"), leaseServer(false)...)
 		both := func() bool { return testutil.Alive(pid) && serverLine.MatchString(next.Stdout()) }
-		time.Sleep(time.Second) // let it reach its watch
+		waitingForLease(t, next)
 		if both() {
 			t.Fatalf("round %d: two servers at once: the waiter's started while the first ran:\n%s\n---\n%s", round, w.Stderr(), next.Stderr())
 		}

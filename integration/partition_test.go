@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,11 +26,18 @@ import (
 
 const (
 	partTTL = 3 * time.Second
-	// partBound is the takeover bound docs/lease.md states for TTL 3 s and
-	// the tests' election timeout of 2 s: after the holder is cut off, a
-	// waiter connected to a majority holds within 2 × TTL + 3 election
-	// timeouts + a renewal interval + 1 s.
-	partBound = 2*partTTL + 3*2*time.Second + partTTL/3 + time.Second
+	// partElection is the lab's election timeout (testutil.StartEtcdLab).
+	partElection = 2 * time.Second
+	// afterLeader is the takeover bound docs/lease.md states from the
+	// moment etcd's majority has a leader again after the holder is cut
+	// off: the new leader extends the lease by an election timeout past
+	// its TTL, the waiter distrusts the unclean end a TTL more, then one
+	// attempt (a renewal interval + 1 s).
+	afterLeader = partElection + 2*partTTL + partTTL/3 + time.Second
+	// partBound is the takeover bound counted from the cut, when the
+	// majority keeps its leader or elects one within two election
+	// timeouts (no split vote): 14 s.
+	partBound = 2*partElection + afterLeader
 )
 
 // partLab is the lab of one etcd version: ctl (the test's way to the
@@ -174,13 +182,13 @@ type outcome struct {
 	exit            time.Duration // A's wrapper's exit, from the fault
 }
 
-// watch polls, every 20 ms for up to limit, the holder a and the waiter b:
-// it fails the test if both servers run at once, and returns when b's
-// server has started (and a's is dead).
-func watchTakeover(t *testing.T, what string, a, b *holder, from time.Time, limit time.Duration) outcome {
+// watch polls, every 20 ms for as long as limit says (it is asked each
+// time), the holder a and the waiter b: it fails the test if both servers
+// run at once, and returns when b's server has started (and a's is dead).
+func watchTakeover(t *testing.T, what string, a, b *holder, from time.Time, limit func() time.Duration) outcome {
 	t.Helper()
 	o := outcome{death: -1, takeover: -1, exit: -1}
-	for time.Since(from) < limit {
+	for time.Since(from) < limit() {
 		aAlive := a.alive()
 		select {
 		case <-a.w.Done():
@@ -202,6 +210,69 @@ func watchTakeover(t *testing.T, what string, a, b *holder, from time.Time, limi
 		time.Sleep(20 * time.Millisecond)
 	}
 	return o
+}
+
+// election watches, every 100 ms a member, for the leader etcd's
+// majority elects after a fault: one other than before that two members
+// name.
+type election struct {
+	from   time.Time
+	before string
+	done   chan struct{}
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	first  map[string][]time.Duration // a leader: when members first named it
+}
+
+func (p *partLab) watchElection(from time.Time, before string) *election {
+	e := &election{from: from, before: before, done: make(chan struct{}), first: map[string][]time.Duration{}}
+	for _, m := range p.etcd.Members {
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			for {
+				select {
+				case <-e.done:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+				_, ld, err := m.Status()
+				if err == nil && ld != "" && ld != "0" && ld != e.before {
+					e.mu.Lock()
+					e.first[ld] = append(e.first[ld], time.Since(e.from))
+					e.mu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	return e
+}
+
+// elected returns how long after the fault two members first named the
+// same new leader, or -1.
+func (e *election) elected() time.Duration {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	at := time.Duration(-1)
+	for _, ds := range e.first {
+		if len(ds) >= 2 && (at < 0 || ds[1] < at) {
+			at = ds[1]
+		}
+	}
+	return at
+}
+
+// bound is the takeover bound of the round: partBound, or, after an
+// election that took longer than two election timeouts (a split vote),
+// afterLeader from its end.
+func (e *election) bound() time.Duration {
+	return max(partBound, e.elected()+afterLeader)
+}
+
+func (e *election) stop() {
+	close(e.done)
+	e.wg.Wait()
 }
 
 // checkWitness judges the witness file: each token's beats come from one
@@ -409,13 +480,14 @@ var (
 type partResult struct {
 	events                        int
 	death, takeover, healToHolder time.Duration
+	elected                       time.Duration // the majority's new leader named by two members
 	release                       time.Duration // from A's server's death to its wrapper's exit
 }
 
 // partStats gathers the results of rounds.
 type partStats struct {
-	rounds, events                            int
-	deaths, takeovers, healToHolder, releases []time.Duration
+	rounds, events                                       int
+	deaths, takeovers, healToHolder, releases, elections []time.Duration
 }
 
 func (s *partStats) add(r partResult) {
@@ -433,6 +505,21 @@ func (s *partStats) add(r partResult) {
 	if r.death >= 0 {
 		s.releases = append(s.releases, r.release)
 	}
+	if r.elected >= 0 {
+		s.elections = append(s.elections, r.elected)
+	}
+}
+
+// lateElections counts the elections that took longer than two election
+// timeouts: the rounds whose bound was afterLeader from the election.
+func (s partStats) lateElections() int {
+	n := 0
+	for _, d := range s.elections {
+		if d > 2*partElection {
+			n++
+		}
+	}
+	return n
 }
 
 // quantile returns the q-quantile of ds (nearest rank), 0 if empty.
@@ -447,8 +534,9 @@ func quantile(ds []time.Duration, q float64) time.Duration {
 }
 
 func (s partStats) String() string {
-	return fmt.Sprintf("%d rounds, %d fault events; fault to A's death max %v (%d deaths); fault to B's server p50 %v p99 %v max %v (%d takeovers); heal to a holder max %v (%d rounds where nobody held at the heal); A's death to its wrapper's exit max %v",
-		s.rounds, s.events, quantile(s.deaths, 1), len(s.deaths), quantile(s.takeovers, 0.5), quantile(s.takeovers, 0.99), quantile(s.takeovers, 1), len(s.takeovers),
+	return fmt.Sprintf("%d rounds, %d fault events; fault to A's death max %v (%d deaths); fault to the majority's new leader max %v (%d elections, %d longer than 2 election timeouts); fault to B's server p50 %v p99 %v max %v (%d takeovers); heal to a holder max %v (%d rounds where nobody held at the heal); A's death to its wrapper's exit max %v",
+		s.rounds, s.events, quantile(s.deaths, 1), len(s.deaths), quantile(s.elections, 1), len(s.elections), s.lateElections(),
+		quantile(s.takeovers, 0.5), quantile(s.takeovers, 0.99), quantile(s.takeovers, 1), len(s.takeovers),
 		quantile(s.healToHolder, 1), len(s.healToHolder), quantile(s.releases, 1))
 }
 
@@ -470,27 +558,34 @@ func (p *partLab) round(t *testing.T, round int, f partFault) partResult {
 		t.Fatalf("%s: A holds, but etcd has no key %s (err %v)", what, p.key, err)
 	}
 	b := p.start(t, p.b, p.endpoints(0, 1, 2), true)
-	time.Sleep(time.Second) // B reaches its watch
+	waitingForLease(t, b.w)
 	if b.started() {
 		t.Fatalf("%s: B started while A held:\n%s", what, b.w.Stderr())
 	}
 	r := partResult{healToHolder: -1, release: -1}
+	_, before, err := p.etcd.Leader(t, 30*time.Second).Status()
+	if err != nil {
+		t.Fatalf("%s: the leader before the fault: %v", what, err)
+	}
 	from := time.Now()
+	el := p.watchElection(from, before)
 	r.events = f.apply(t, p)
 	var o outcome
 	if f.takeover {
-		o = watchTakeover(t, what, a, b, from, partBound)
+		o = watchTakeover(t, what, a, b, from, el.bound)
 	} else {
-		o = watchTakeover(t, what, a, b, from, 4*partTTL+time.Second)
+		o = watchTakeover(t, what, a, b, from, func() time.Duration { return 4*partTTL + time.Second })
 	}
+	el.stop()
 	f.heal(t, p)
 	healed := time.Now()
-	r.death, r.takeover = o.death, o.takeover
+	r.death, r.takeover, r.elected = o.death, o.takeover, el.elected()
 	switch {
 	case f.takeover && o.death < 0:
-		t.Fatalf("%s: A's server still ran %v after the fault:\n%s", what, partBound, a.w.Stderr())
+		t.Fatalf("%s: A's server still ran %v after the fault:\n%s", what, el.bound(), a.w.Stderr())
 	case f.takeover && o.takeover < 0:
-		t.Fatalf("%s: B did not take over within %v of the fault (A's server died %v after it):\n%s", what, partBound, o.death, b.w.Stderr())
+		t.Fatalf("%s: B did not take over within %v of the fault (A's server died %v after it; the majority's new leader %s after it):\n%s",
+			what, el.bound(), o.death, seen(r.elected), b.w.Stderr())
 	case f.keeps && o.death >= 0:
 		t.Fatalf("%s: A's server died %v after the fault, which did not touch A:\n%s", what, o.death, a.w.Stderr())
 	}
@@ -499,7 +594,7 @@ func (p *partLab) round(t *testing.T, round int, f partFault) partResult {
 		// hold within the bound of the heal.
 		// healToHolder is measured only where nobody held at the heal.
 		if !a.alive() {
-			o2 := watchTakeover(t, what+", after the heal", a, b, healed, partBound)
+			o2 := watchTakeover(t, what+", after the heal", a, b, healed, func() time.Duration { return partBound })
 			if o2.takeover < 0 {
 				t.Fatalf("%s: nobody holds %v after the heal:\n%s\n---\n%s", what, partBound, a.w.Stderr(), b.w.Stderr())
 			}
@@ -532,8 +627,8 @@ func (p *partLab) round(t *testing.T, round int, f partFault) partResult {
 	if b.started() && b.token <= a.token {
 		t.Fatalf("%s: B's token %d after A's %d", what, b.token, a.token)
 	}
-	t.Logf("%s: %d events; A's server dead %s after the fault, its wrapper exited %s after that, B's server started %s after the fault, a holder %s after the heal",
-		what, r.events, seen(o.death), seen(r.release), seen(o.takeover), seen(r.healToHolder))
+	t.Logf("%s: %d events; A's server dead %s after the fault, its wrapper exited %s after that, the majority's new leader %s after the fault, B's server started %s after the fault, a holder %s after the heal",
+		what, r.events, seen(o.death), seen(r.release), seen(r.elected), seen(o.takeover), seen(r.healToHolder))
 	p.healthy(t)
 	a.end(t)
 	b.end(t)

@@ -21,7 +21,7 @@ import (
 // events (default 1000) have been made in all, or DIRLOCKD_SOAK_FOR has
 // passed (a shorter run, which the report says); healed between rounds.
 // Any round that breaks a rule (two servers at once, a takeover later than
-// partBound, a holder lost to a fault that did not touch it) fails the soak
+// its bound, a holder lost to a fault that did not touch it) fails the soak
 // there. With DIRLOCKD_SOAK_REPORT, the verdict and figures go to that
 // file's lease section (docs/reliability.md).
 func TestLeaseSoak(t *testing.T) {
@@ -103,7 +103,8 @@ func TestLeaseSoak(t *testing.T) {
 	}
 	fmt.Fprintf(&b, "The last run: %s, %d fault events (target %d) in %d rounds over %v, the %d versions at once, each in a lab of its own, on the project's machine (2 vCPU, shared), TTL %v, etcd election timeout 2 s.%s\n\n",
 		time.Now().UTC().Format("2006-01-02"), all.events, target, all.rounds, time.Since(began).Round(time.Second), len(testutil.EtcdVersions), partTTL, short)
-	fmt.Fprintf(&b, "**Verdict: %s.** Overlaps (two servers' beats interleaved, one clock): %d, over %d fencing tokens; the least gap between two holders' beats: %.2f s. Takeover bound (docs/lease.md): %v.\n\n", verdict, overlaps, toks, gap, partBound)
+	fmt.Fprintf(&b, "**Verdict: %s.** Overlaps (two servers' beats interleaved, one clock): %d, over %d fencing tokens; the least gap between two holders' beats: %.2f s. Takeover bound (docs/lease.md): %v from the fault, or %v from the majority's new leader when its election took longer than two election timeouts. Elections: %d, the longest %v after the fault, %d of them longer than two election timeouts.\n\n",
+		verdict, overlaps, toks, gap, partBound, afterLeader, len(all.elections), quantile(all.elections, 1), all.lateElections())
 	b.WriteString("| etcd | rounds | fault events | worst fault to holder's death | takeovers | p50 | p99 | max | heal to a holder, where nobody held at the heal: rounds, max |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	row := func(name string, s partStats) {
 		fmt.Fprintf(&b, "| %s | %d | %d | %v | %d | %v | %v | %v | %d, %v |\n", name, s.rounds, s.events, quantile(s.deaths, 1),
@@ -128,6 +129,7 @@ func (s *partStats) merge(o partStats) {
 	s.takeovers = append(s.takeovers, o.takeovers...)
 	s.healToHolder = append(s.healToHolder, o.healToHolder...)
 	s.releases = append(s.releases, o.releases...)
+	s.elections = append(s.elections, o.elections...)
 }
 
 func faultNames() string {

@@ -131,11 +131,12 @@ there: a start with a lower one (etcd restored from an old snapshot) is
 refused (78). Once the tree is gone, the lease is revoked, then the local
 interlock released. NAME held elsewhere: exit 75 naming its host, PID and
 since-when (--wait waits, watching NAME); etcd unreachable: 69, and nothing
-is written; a key of another tool, or no permission on it: 78. On shared
-storage, a takeover from a holder whose record names NAME under a token
-whose lease has ended skips the heartbeat watch. etcd's client is not in
-dirlockd: it runs in the etcd agent, dirlockd-etcd (beside dirlockd, or in
-../libexec/dirlockd/; missing: 78), which renews only when dirlockd asks.
+is written (--wait waits for it too); a key of another tool, or no
+permission on it: 78. On shared storage, a takeover from a holder whose
+record names NAME under a token whose lease has ended skips the heartbeat
+watch. etcd's client is not in dirlockd: it runs in the etcd agent,
+dirlockd-etcd (beside dirlockd, or in ../libexec/dirlockd/; missing: 78),
+which renews only when dirlockd asks.
 
 Durations below their floor are usage errors (64): --recheck and
 --stop-timeout 100ms, --takeover-after 1s, --lease-stop-timeout and

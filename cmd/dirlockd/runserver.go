@@ -44,13 +44,13 @@ func runServer(f *runFlags, opts interlock.Options, dir string, argv []string, l
 	var early []syscall.Signal // signals received while acquiring, for the server once it is ready
 
 	// Dial the lease before anything is written: etcd out of reach, or
-	// the key held without --wait, fails here and leaves nothing but a
+	// the key held, fails here without --wait and leaves nothing but a
 	// log line. A takeover on shared storage then asks the lease too.
 	var ls *lease.Guard
 	if f.withLease {
-		if ls, err = lease.Dial(f.lease.config(), opts.Wait != 0, log); err != nil {
+		if ls, err = lease.Dial(f.lease.config(), opts.Wait != 0, log); err != nil && !waitForEtcd(log, ls, err, opts.Wait, dir) {
 			ls.Release()
-			return leaseFailed(log, err, dir, f.conflictExit)
+			return leaseFailed(log.With("datadir", dir), err, f.conflictExit)
 		}
 		opts.TakeoverProof = ls.Proof
 	}
@@ -93,7 +93,7 @@ func runServer(f *runFlags, opts interlock.Options, dir string, argv []string, l
 				return ls.Acquire(ctx, rec.DataDir, wait)
 			})
 			if stopSig == 0 && err != nil {
-				return release(leaseFailed(log, err, dir, f.conflictExit))
+				return release(leaseFailed(log, err, f.conflictExit))
 			}
 		}
 	}
@@ -165,22 +165,40 @@ func runServer(f *runFlags, opts interlock.Options, dir string, argv []string, l
 }
 
 // leaseFailed logs why the lease cannot be had, with what to do, and
-// returns run's status (startExit).
-func leaseFailed(log *slog.Logger, err error, dir string, conflictExit int) int {
+// returns run's status (startExit). log names the data directory.
+func leaseFailed(log *slog.Logger, err error, conflictExit int) int {
 	var he *lease.HeldError
 	var ue *lease.UnavailableError
 	switch {
 	case errors.As(err, &he):
 		h := he.Holder
-		log.Error("cannot start: "+err.Error(), "datadir", dir, "lease_key", he.Key, "holder_host", h.Host, "holder_pid", h.PID,
+		log.Error("cannot start: "+err.Error(), "lease_key", he.Key, "holder_host", h.Host, "holder_pid", h.PID,
 			"since", h.Started.Format(time.RFC3339), "fencing_token", h.Token,
 			"hint", "stop it on "+h.Host+" first, or wait: --wait DURATION")
 	case errors.As(err, &ue):
-		log.Error("cannot start: "+err.Error(), "datadir", dir, "hint", "check --etcd and that a majority of etcd's members is up")
+		log.Error("cannot start: "+err.Error(), "hint", etcdHint)
 	default:
-		log.Error("cannot start: "+err.Error(), "datadir", dir)
+		log.Error("cannot start: " + err.Error())
 	}
 	return startExit(err, conflictExit)
+}
+
+// etcdHint is what to do about an etcd that does not answer.
+const etcdHint = "check --etcd and that a majority of etcd's members is up"
+
+// waitForEtcd reports whether a start with --wait goes on after Dial
+// failed with err, and logs it: an etcd without a majority for now (an
+// election, a member restarting, the cut that is ending the holder's
+// lease) is waited for, as it is once the wait has begun, until the wait
+// ends. A standby started a moment before its holder's host is cut off
+// must still take over.
+func waitForEtcd(log *slog.Logger, ls *lease.Guard, err error, wait time.Duration, dir string) bool {
+	var ue *lease.UnavailableError
+	if ls == nil || wait == 0 || !errors.As(err, &ue) {
+		return false
+	}
+	log.Warn(err.Error()+"; waiting for it (--wait)", "datadir", dir, "hint", etcdHint)
+	return true
 }
 
 // childVars are the variables run gives the server; any value the caller's

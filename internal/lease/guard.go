@@ -62,9 +62,10 @@ var _ guard.DeadlineGuard = (*Guard)(nil)
 // before anything is written: no agent installed, a foreign key or no
 // permission (RefusedError, NotFoundError), etcd unreachable
 // (UnavailableError), or, unless the holder may wait, a key held by
-// another holder (HeldError) fails here. log, if not nil, hears what the
-// guard does. The guard returned with an error, if not nil, is to be
-// released.
+// another holder (HeldError) fails here; a key held that the holder will
+// wait for is logged. log, if not nil, hears what the guard does. The
+// guard returned with an error, if not nil, is to be released: after an
+// UnavailableError it can still be used, by a caller that waits for etcd.
 func Dial(cfg Config, wait bool, log *slog.Logger) (*Guard, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -76,8 +77,13 @@ func Dial(cfg Config, wait bool, log *slog.Logger) (*Guard, error) {
 	g := &Guard{agent: a, timing: cfg.Timing, log: log, agentPID: a.PID()}
 	log.Debug("started the etcd agent", "pid", a.PID())
 	h, err := a.Holder(context.Background())
-	if err == nil && h != nil && !wait {
+	switch {
+	case err != nil || h == nil:
+	case !wait:
 		err = &HeldError{Key: a.Key(), Holder: *h}
+	default:
+		log.Info("the lease key is held elsewhere; waiting for it", "lease_key", a.Key(), "holder_host", h.Host, "holder_pid", h.PID,
+			"since", h.Started.Format(time.RFC3339), "fencing_token", h.Token)
 	}
 	return g, err
 }
