@@ -21,7 +21,8 @@ import (
 
 // TestWrapperKilledServerKeepsDirectory: SIGKILL the wrapper while the server
 // lives. The server keeps the lock through the inherited descriptor; check
-// names it as an orphan and run refuses with 76. Once the server is gone,
+// names it as an orphan and run refuses with 76, naming the command that
+// stops it (dirlockd stop --survivors). Once the server is gone,
 // check says the previous holder did not shut down cleanly, and run starts.
 func TestWrapperKilledServerKeepsDirectory(t *testing.T) {
 	dir := testutil.DataDir(t)
@@ -36,8 +37,9 @@ func TestWrapperKilledServerKeepsDirectory(t *testing.T) {
 		t.Fatalf("check after the wrapper was killed: exit %d, %+v; want 2, orphans [%d]", code, r, server)
 	}
 	code, _, stderr := dirlockd(t, "run", "-D", dir, "--", "true")
-	if code != exitcode.Orphans || !strings.Contains(stderr, strconv.Itoa(server)) || !strings.Contains(stderr, "sleep 300") {
-		t.Errorf("run against orphans: exit %d, stderr %q; want 76 naming %d and its command line", code, stderr, server)
+	if code != exitcode.Orphans || !strings.Contains(stderr, strconv.Itoa(server)) || !strings.Contains(stderr, "sleep 300") ||
+		!strings.Contains(stderr, "(dirlockd stop -D "+dir+" --survivors)") {
+		t.Errorf("run against orphans: exit %d, stderr %q; want 76 naming %d, its command line and the command that stops it", code, stderr, server)
 	}
 
 	killWait(t, server)

@@ -238,7 +238,7 @@ func acquireFailed(log *slog.Logger, err error, dir string, f *runFlags) int {
 			fmt.Fprintf(&b, "%d (%s)", o.PID, o.Cmdline)
 		}
 		log.Error("cannot start: "+err.Error(), "datadir", oe.Dir, "orphans", b.String(),
-			"hint", "stop the surviving processes of the old server, then start again")
+			"hint", "stop the surviving processes of the old server (dirlockd stop -D "+oe.Dir+" --survivors), then start again")
 	case invalidStorage(err):
 		attrs := []any{"datadir", dir}
 		if f.user != "" {
