@@ -91,8 +91,15 @@ func (k *Keeper) Stop() {
 	k.lose(fmt.Errorf("%w: released", ErrLost))
 }
 
-// maxInFlight bounds the renewals under way at once.
-const maxInFlight = 4
+// maxInFlight bounds the renewals under way at once. It must not bind
+// before the deadline does: an attempt that a follower forwards to a
+// stopped leader hangs for etcd's request timeout (5 s + 2 election
+// timeouts), longer than a short TTL, and with a cap of 4 such attempts
+// filled it after a leader's SIGSTOP, so that none went to the new leader
+// in time and the lease was lost (TestCluster, once). At the default
+// renewal interval (TTL/3) a new attempt starts every TTL/6 at most: 7
+// within a TTL.
+const maxInFlight = 8
 
 // result is the outcome of one renewal.
 type result struct {
