@@ -93,12 +93,12 @@ func (k *Keeper) Stop() {
 
 // maxInFlight bounds the renewals under way at once. It must not bind
 // before the deadline does: an attempt that a follower forwards to a
-// stopped leader hangs for etcd's request timeout (5 s + 2 election
-// timeouts), longer than a short TTL, and with a cap of 4 such attempts
-// filled it after a leader's SIGSTOP, so that none went to the new leader
-// in time and the lease was lost (TestCluster, once). At the default
-// renewal interval (TTL/3) a new attempt starts every TTL/6 at most: 7
-// within a TTL.
+// stopped leader can hang for etcd's request timeout (5 s + 2 election
+// timeouts), longer than a short TTL; with a cap of 4, such attempts are
+// what best explains a lease lost after a leader's SIGSTOP although a new
+// leader was elected in time (TestCluster, once). At the default renewal
+// interval (TTL/3) a new attempt starts every TTL/6 at most: 7 within a
+// TTL.
 const maxInFlight = 8
 
 // result is the outcome of one renewal.
