@@ -128,6 +128,106 @@ func TestKeeperCompany(t *testing.T) {
 	}
 }
 
+// TestKeeperRetry: a renewal that fails at once (a member without a
+// leader answers "no leader" at once) is retried after retryAfter, not at
+// once: over 2 s of failures, at most one attempt per retryAfter (the old
+// keeper made over 300,000). 3 rounds.
+func TestKeeperRetry(t *testing.T) {
+	for round := range 3 {
+		var failing atomic.Bool
+		var calls atomic.Int64
+		renew := func(ctx context.Context, until time.Duration) (Renewal, error) {
+			if failing.Load() {
+				calls.Add(1)
+				return Renewal{}, errors.New("etcdserver: no leader")
+			}
+			return Renewal{Sent: Now(), TTL: 2 * time.Second}, nil
+		}
+		k := Keep(renew, Renewal{Sent: Now(), TTL: 2 * time.Second}, 500*time.Millisecond, nil)
+		failing.Store(true)
+		start := Now()
+		lostAt, err := waitKeeperLost(k, 10*time.Second)
+		if err == nil {
+			t.Fatalf("round %d: not lost 10s after renewals began to fail", round)
+		}
+		max := int64((lostAt-start)/retryAfter) + 2
+		t.Logf("round %d: %d attempts in the %v before the loss (at most %d wanted)", round, calls.Load(), (lostAt - start).Round(time.Millisecond), max)
+		if n := calls.Load(); n < 3 || n > max {
+			t.Fatalf("round %d: %d attempts in %v, want 3 to %d", round, n, lostAt-start, max)
+		}
+		k.Stop()
+	}
+}
+
+// TestKeeperCap: attempts that never answer (forwarded to a stopped
+// leader) never keep a new one from going out: with 12 attempts unanswered
+// over 3 s, more than maxInFlight, the first that is answered afterwards
+// still keeps the lease (TTL 4 s), and no more than maxInFlight (+1 while the
+// oldest ends) are under way at once. The old keeper waited for a slot until the deadline and lost
+// the lease. 3 rounds.
+func TestKeeperCap(t *testing.T) {
+	for round := range 3 {
+		var hang atomic.Bool
+		var under, most atomic.Int32
+		renew := func(ctx context.Context, until time.Duration) (Renewal, error) {
+			n := under.Add(1)
+			defer under.Add(-1)
+			for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+			}
+			if hang.Load() {
+				select {
+				case <-ctx.Done():
+				case <-time.After(until - Now()):
+				}
+				return Renewal{}, errors.New("no answer")
+			}
+			return Renewal{Sent: Now(), TTL: 4 * time.Second}, nil
+		}
+		k := Keep(renew, Renewal{Sent: Now(), TTL: 4 * time.Second}, 400*time.Millisecond, nil)
+		hang.Store(true)
+		time.Sleep(3 * time.Second)
+		hang.Store(false)
+		dl0, _ := k.Deadline()
+		for end := time.Now().Add(5 * time.Second); ; {
+			dl, err := k.Deadline()
+			if err != nil {
+				t.Fatalf("round %d: lost behind unanswered attempts (at most %d at once): %v", round, most.Load(), err)
+			}
+			if dl > dl0 {
+				break
+			}
+			if time.Now().After(end) {
+				t.Fatalf("round %d: no renewal 5s after etcd answered again", round)
+			}
+			select {
+			case <-k.Changed():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		// A cancelled attempt takes a moment to end: one more may be
+		// under way meanwhile.
+		if m := most.Load(); m < maxInFlight || m > maxInFlight+1 {
+			t.Fatalf("round %d: %d attempts under way at once, want the cap, %d (+1)", round, m, maxInFlight)
+		}
+		k.Stop()
+	}
+}
+
+// waitKeeperLost waits until k is lost and returns when, on Now's clock.
+func waitKeeperLost(k *Keeper, timeout time.Duration) (time.Duration, error) {
+	end := time.After(timeout)
+	for {
+		if _, err := k.Deadline(); err != nil {
+			return Now(), err
+		}
+		select {
+		case <-k.Changed():
+		case <-end:
+			return Now(), nil
+		}
+	}
+}
+
 // TestKeeperNoAnswer: renewals that get no answer at all (a member cut
 // off) are reported as such, with the time since the last success, not as
 // no error; the loss at the deadline says so too. 3 rounds.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -91,21 +92,37 @@ func (k *Keeper) Stop() {
 	k.lose(fmt.Errorf("%w: released", ErrLost))
 }
 
-// maxInFlight bounds the renewals under way at once. It must not bind
-// before the deadline does: an attempt that a follower forwards to a
-// stopped leader can hang for etcd's request timeout (5 s + 2 election
-// timeouts), longer than a short TTL; with a cap of 4, such attempts are
-// what best explains a lease lost after a leader's SIGSTOP although a new
-// leader was elected in time (TestCluster, once). At the default renewal
-// interval (TTL/3) a new attempt starts every TTL/6 at most: 7 within a
-// TTL.
+// maxInFlight bounds the renewals under way at once. An attempt that a
+// follower forwards to a stopped leader can hang for etcd's request timeout
+// (5 s + 2 election timeouts), longer than a short TTL, and so can one that
+// etcd's balancer sends to the stopped member itself. When a new attempt is
+// due and the cap is reached, the oldest attempt is cancelled to make room:
+// its answer would prove the earliest deadline of all, and a cap that held
+// new attempts back until the old ones gave up would hold them back until
+// the deadline.
 const maxInFlight = 8
+
+// retryAfter is the least time from a failed renewal to the next attempt.
+// A member without a leader answers "no leader" at once; the keeper used to
+// ask again at once: over 300,000 times a second in process
+// (TestKeeperRetry), 2,000 a second through the agent to a real member
+// (TestNoLeaderRetry). A member learns of a new leader from its first
+// heartbeat, so asking every 200 ms finds the new leader soon after the
+// election.
+const retryAfter = 200 * time.Millisecond
 
 // result is the outcome of one renewal.
 type result struct {
 	Renewal
+	attempt  int
 	received time.Duration
 	err      error
+}
+
+// attempt is a renewal under way.
+type attempt struct {
+	n      int
+	cancel context.CancelFunc
 }
 
 // keep renews every interval, counted from the send time of the last
@@ -124,7 +141,8 @@ func (k *Keeper) keep(newest time.Duration) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel() // ends the attempts still under way
 	results := make(chan result, maxInFlight)
-	inFlight := 0
+	var inFlight []attempt // oldest first
+	launched := 0
 	dl, _ := k.Deadline()
 	nextAt := newest + k.every
 	tick := time.NewTimer(0)
@@ -135,12 +153,22 @@ func (k *Keeper) keep(newest time.Duration) {
 			k.lose(fmt.Errorf("%w: no renewal succeeded before its deadline (%v)", ErrLost, k.LastError()))
 			return
 		}
-		if now >= nextAt && inFlight < maxInFlight {
-			inFlight++
-			go func(until time.Duration) {
-				r, err := k.renew(ctx, until)
-				results <- result{Renewal: r, received: Now(), err: err}
-			}(dl)
+		if now >= nextAt {
+			if len(inFlight) == maxInFlight {
+				inFlight[0].cancel()
+				inFlight = inFlight[1:]
+			}
+			launched++
+			actx, acancel := context.WithCancel(ctx)
+			inFlight = append(inFlight, attempt{n: launched, cancel: acancel})
+			go func(n int, until time.Duration) {
+				r, err := k.renew(actx, until)
+				acancel()
+				select {
+				case results <- result{Renewal: r, attempt: n, received: Now(), err: err}:
+				case <-k.done: // gone; cancelled attempts may outnumber results' room
+				}
+			}(launched, dl)
 			nextAt = now + patience
 		}
 		tick.Reset(min(nextAt-now, dl-now, time.Second))
@@ -149,7 +177,7 @@ func (k *Keeper) keep(newest time.Duration) {
 			return
 		case <-tick.C:
 		case r := <-results:
-			inFlight--
+			inFlight = slices.DeleteFunc(inFlight, func(a attempt) bool { return a.n == r.attempt })
 			switch {
 			case r.err == nil:
 				if r.Sent > newest {
@@ -172,13 +200,13 @@ func (k *Keeper) keep(newest time.Duration) {
 			case errors.Is(r.err, ErrLost):
 				k.lose(r.err)
 				return
+			case errors.Is(r.err, context.Canceled) && ctx.Err() == nil:
+				// Cancelled to make room for a newer attempt: no news.
 			default:
 				k.mu.Lock()
 				k.lastErr = r.err
 				k.mu.Unlock()
-				if inFlight == 0 {
-					nextAt = Now()
-				}
+				nextAt = min(nextAt, r.received+retryAfter)
 			}
 		}
 	}

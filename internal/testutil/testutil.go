@@ -8,11 +8,13 @@ package testutil
 import (
 	"bufio"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -98,16 +100,45 @@ func Segments() ([]int, error) {
 	return ids, nil
 }
 
-// FreePort returns a loopback TCP port that was free a moment ago.
+// FreePort returns a loopback TCP port that was free a moment ago, for a
+// server the test is about to start. It is never one the kernel picks by
+// itself: two members of one etcd cluster once got the same port from a
+// listen on port 0, and the second could not start (the other's /health
+// answered for it). A port picked that way can also be taken meanwhile by
+// an outgoing connection, from the same ephemeral range. So the port comes
+// from below that range (net.ipv4.ip_local_port_range), where only an
+// explicit bind takes a port, and is handed out once per test binary.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	const base = 10000
+	top := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if lo, err := strconv.Atoi(f[0]); err == nil && lo > base+1000 {
+				top = lo
+			}
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	for range 1000 {
+		p := base + rand.IntN(top-base)
+		if _, taken := handedOut.LoadOrStore(p, true); taken {
+			continue
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return p
+	}
+	t.Fatalf("no free loopback port in %d-%d", base, top-1)
+	return 0
 }
+
+// handedOut holds the ports FreePort returned: the one piece of state
+// shared by a test binary's tests, since a port is shared by the whole
+// host.
+var handedOut sync.Map
 
 // Eventually polls cond every 10ms until it holds, and fails the test if it
 // does not within timeout.

@@ -1,12 +1,14 @@
 package agent_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +23,12 @@ import (
 // pipes, with agent's own client at the other end, as dirlockd talks to
 // dirlockd-etcd. It is closed when the test ends.
 func dial(t *testing.T, endpoints, key string, ttl time.Duration, tweak ...func(*agent.Config)) *lease.Agent {
+	a, _ := dialCounting(t, endpoints, key, ttl, tweak...)
+	return a
+}
+
+// dialCounting is dial that also counts the renewals asked of the agent.
+func dialCounting(t *testing.T, endpoints, key string, ttl time.Duration, tweak ...func(*agent.Config)) (*lease.Agent, *renewals) {
 	t.Helper()
 	cfg := agent.Config{Endpoints: strings.Split(endpoints, ","), Key: key, TTL: ttl, DialTimeout: 5 * time.Second}
 	for _, f := range tweak {
@@ -36,15 +44,33 @@ func dial(t *testing.T, endpoints, key string, ttl time.Duration, tweak ...func(
 		}
 		outW.Close()
 	}()
-	a, err := lease.Connect(outR, inW, cfg)
+	n := &renewals{w: inW}
+	a, err := lease.Connect(outR, n, cfg)
 	if err != nil {
 		inW.Close()
 		<-served
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close(); <-served })
-	return a
+	return a, n
 }
+
+// renewals counts the renewal requests written to an agent (a request a
+// line, each in one write).
+type renewals struct {
+	w io.WriteCloser
+	n atomic.Int64
+}
+
+func (r *renewals) Write(p []byte) (int, error) {
+	r.n.Add(int64(bytes.Count(p, []byte(`"op":"`+lease.OpRenew+`"`))))
+	return r.w.Write(p)
+}
+
+func (r *renewals) Close() error { return r.w.Close() }
+
+// Sent returns how many renewals were asked so far.
+func (r *renewals) Sent() int { return int(r.n.Load()) }
 
 func identity(t *testing.T, pid int) agent.Identity {
 	t.Helper()
