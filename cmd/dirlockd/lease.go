@@ -46,7 +46,7 @@ func addLeaseFlags(fs *pflag.FlagSet, f *leaseFlags, use leaseUse) {
 		fs.StringVar(&f.key, "lease-key", "", "the key naming the holder, on all hosts")
 		cli.Detail(fs, "lease-key", "Required with --etcd; the same on every host that runs the server.")
 		fs.DurationVar(&f.ttl, "lease-ttl", f.ttl, "lease TTL, whole seconds")
-		cli.Detail(fs, "lease-ttl", "A dead host's lease ends after at most this. For a crash or pause of etcd's leader to cost nothing, keep it at least 5 times etcd's election timeout (docs/lease.md).")
+		cli.Detail(fs, "lease-ttl", "A dead host's lease ends after at most this. For a crash or pause of etcd's leader to cost nothing, keep it at least 6 times etcd's election timeout (docs/lease.md).")
 		fs.DurationVar(&f.stopTimeout, "lease-stop-timeout", 0, "SIGTERM this long before the lease ends")
 		cli.Detail(fs, "lease-stop-timeout", "How long before the lease's deadline, less a margin of TTL/10, the server gets SIGTERM when renewals fail; SIGKILL follows at the margin. 0 is TTL/5; otherwise at least 100ms.")
 	case leaseStress:
