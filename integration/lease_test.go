@@ -695,11 +695,11 @@ func leaderOf(t *testing.T, e *testutil.EtcdCluster) *testutil.EtcdMember {
 	return ld
 }
 
-// TestLeaseCluster: run --etcd on a 3-member cluster (TTL 10 s, the
-// default, with an election timeout of 2 s: an election on this loaded
-// machine can take over 4 s, which a 6 s TTL does not survive). The leader
-// SIGKILLed and restarted costs no loss over a TTL (without a renewal the
-// server would get SIGTERM 7 s after the last one); so does a member the
+// TestLeaseCluster: run --etcd on a 3-member cluster (TTL 20 s, with an
+// election timeout of 2 s: an election on this loaded machine has taken
+// over 7 s, docs/lease.md "How long a TTL must be"). The leader SIGKILLed
+// and restarted costs no loss over a TTL (without a renewal the server
+// would get SIGTERM 14 s after the last one); so does a member the
 // etcd agent has a connection to SIGSTOPped for a TTL (the leader in round
 // 0, a follower in round 1);
 // 2 of 3 members SIGSTOPped stop the server before the lease can end, and
