@@ -135,9 +135,8 @@ func FreePort(t testing.TB) int {
 	return 0
 }
 
-// handedOut holds the ports FreePort returned: the one piece of state
-// shared by a test binary's tests, since a port is shared by the whole
-// host.
+// handedOut holds the ports FreePort returned. It is shared by all of a
+// test binary's tests, as the ports themselves are shared by the host.
 var handedOut sync.Map
 
 // Eventually polls cond every 10ms until it holds, and fails the test if it

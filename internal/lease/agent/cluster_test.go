@@ -70,12 +70,12 @@ func follower(t *testing.T, e *testutil.EtcdCluster) *testutil.EtcdMember {
 // lease at its deadline, and after SIGCONT the lost lease stays lost and a
 // new holder gets a higher token.
 //
-// Why 12 s: a leader's loss costs nothing only if a renewal gets through
-// before the deadline, and the time since the last one (up to TTL/3), the
-// time without a leader (one to two election timeouts, more after a split
-// vote) and the first renewal after the election must all fit in the TTL
-// (docs/lease.md, "How long a TTL"). With TTL 8 s, CI lost the lease while
-// the leader was stopped, in 2 runs.
+// Why 12 s: a leader's crash or pause costs nothing only if the time since
+// the last renewal (up to TTL/3), the time without a leader (one to two
+// election timeouts, more after a split vote) and the first renewal after
+// the election all fit before the deadline (docs/lease.md, "How long a TTL
+// must be"). With TTL 8 s, CI lost the lease while the leader was stopped,
+// in 2 runs.
 func TestCluster(t *testing.T) {
 	e := testutil.StartEtcd(t, 3)
 	const key = "/dirlockd/cluster"
