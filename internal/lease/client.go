@@ -248,6 +248,13 @@ func (a *Agent) WaitFor(ctx context.Context, held bool) (*Holder, error) {
 // process until Release.
 func (a *Agent) Acquire(ctx context.Context, id Identity, wait bool) (*Lease, error) {
 	rep, err := a.call(ctx, Request{Op: OpAcquire, Identity: &id, Wait: wait})
+	var he *HeldError
+	if errors.Is(err, context.DeadlineExceeded) && !errors.As(err, &he) {
+		// The wait ended inside an attempt, with etcd's answer still to
+		// come (the agent answers the cancel with "canceled"): etcd did
+		// not answer in time, as when it ends between two attempts.
+		err = &UnavailableError{Endpoints: a.cfg.Endpoints, Err: fmt.Errorf("no answer before the wait ended: %w", err)}
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -42,11 +43,12 @@ func TestNewTiming(t *testing.T) {
 }
 
 // fakeAgent serves the agent's protocol in process, as an etcd that grants
-// every acquire a new token, renews while renew is set, and counts
-// revokes.
+// every acquire a new token (or, while silent is set, never answers one),
+// renews while renew is set, and counts revokes.
 type fakeAgent struct {
 	ttl     time.Duration
 	renew   atomic.Bool
+	silent  atomic.Bool
 	revokes atomic.Int32
 
 	w     io.Writer
@@ -85,6 +87,9 @@ func (f *fakeAgent) serve(r io.Reader) {
 		}
 		switch req.Op {
 		case OpAcquire:
+			if f.silent.Load() {
+				continue // answered only by a cancel, as an agent whose etcd is silent
+			}
 			f.mu.Lock()
 			f.token += 3
 			tok := f.token
@@ -169,5 +174,28 @@ func TestGuard(t *testing.T) {
 	}
 	if f.revokes.Load() != 3 {
 		t.Errorf("%d revokes, want 3: Release revoked a lease revoked already", f.revokes.Load())
+	}
+}
+
+// TestWaitEndsWhileEtcdSilent: a wait that ends while the agent is still
+// waiting for etcd to answer an attempt is etcd unavailable (run's 69),
+// not a bare "context deadline exceeded" (70): the agent answers the
+// cancel of the acquire with "canceled". CI met this once in
+// TestLeaseWaitUnavailable, when the wait ended inside an attempt rather
+// than between two. 3 rounds.
+func TestWaitEndsWhileEtcdSilent(t *testing.T) {
+	f, a := startFakeAgent(t, Config{Endpoints: []string{"http://127.0.0.1:1"}, Key: "/k", TTL: time.Second, DialTimeout: time.Second})
+	f.silent.Store(true)
+	for round := range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		_, err := a.Acquire(ctx, Identity{PID: 1, Host: "h"}, true)
+		cancel()
+		var ue *UnavailableError
+		if !errors.As(err, &ue) || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "http://127.0.0.1:1") {
+			t.Fatalf("round %d: %v (%T), want an UnavailableError naming the endpoint and the wait's end", round, err, err)
+		}
+		if round == 0 {
+			t.Logf("%v", err)
+		}
 	}
 }
