@@ -104,11 +104,11 @@ const maxInFlight = 8
 
 // retryAfter is the least time from a failed renewal to the next attempt.
 // A member without a leader answers "no leader" at once; the keeper used to
-// ask again at once: over 300,000 times a second in process
-// (TestKeeperRetry), 2,000 a second through the agent to a real member
-// (TestNoLeaderRetry). A member learns of a new leader from its first
-// heartbeat, so asking every 200 ms finds the new leader soon after the
-// election.
+// ask again at once: 704,201 times in 2 s in process (TestKeeperRetry),
+// 12,042 times through the agent to a real member in the 8 s from its
+// followers' stop to the deadline (TestNoLeaderRetry). A member learns of
+// a new leader from its first heartbeat, so asking every 200 ms finds the
+// new leader soon after the election.
 const retryAfter = 200 * time.Millisecond
 
 // result is the outcome of one renewal.
